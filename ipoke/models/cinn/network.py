@@ -1,0 +1,188 @@
+"""The conditional invertible network of stage 2: video latent z <-> residual kinematics r given (x0, poke)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from ipoke.models.base import SavableModule
+from ipoke.models.cinn.blocks import ActNorm
+from ipoke.models.cinn.coupling import build_coupling_flow
+from ipoke.models.cinn.macow import RELEASED_FACTOR, RELEASED_NUM_STEPS, build_macow_flow
+
+ARCHITECTURES = ("macow", "coupling")
+
+
+class ConditionalINN(SavableModule):
+    """Conditional bijection ``r = tau(z | h)`` between the video latent ``z`` and a Gaussian residual ``r``.
+
+    ``z`` and ``r`` have shape ``(B, z_dim, S, S)``; the condition ``h`` (``(B, condition_channels, S, S)``) is the
+    concatenation of the image embedding of x0 and the poke embedding (64 + 64 = 128 channels at 8x8 in iPOKE).
+    Training maximises the likelihood of ``z`` under ``r ~ N(0, I)`` (see :mod:`ipoke.losses.flow`); sampling draws
+    ``r`` and inverts.
+
+    Two architectures:
+
+    * ``"macow"``: the reference design (:mod:`ipoke.models.cinn.macow`). The defaults are the released configs:
+      ``num_steps=[10,5,5,4,4,4,3,3,3,2,2,2,1,1,1]``, ``factor=16``, ``hidden_channels=2048`` (1054.4 M parameters for
+      ``z_dim=32``). Its inverse is sequential over rows/columns (slow sampling).
+    * ``"coupling"``: ``num_blocks`` x (ActNorm -> conditional GLOW coupling -> shuffle)
+      (:mod:`ipoke.models.cinn.coupling`), whose inverse is a single parallel pass (fast sampling).
+
+    ActNorm layers initialise from data on the first training-mode forward; call :meth:`initialize_actnorm` on the
+    first batch explicitly (and :func:`broadcast_actnorm` in multi-process training) to control that.
+
+    Args:
+        z_dim: Channels of the latent ``z``.
+        condition_channels: Channels of the condition ``h``.
+        spatial_size: Side ``S`` of the latent grid.
+        architecture: ``"macow"`` or ``"coupling"``.
+        hidden_channels: Width of the coupling networks (both architectures).
+        num_steps: ``macow``: MaCow steps per level.
+        factor: ``macow``: every level factors out ``z_dim // factor`` channels.
+        masked_conv_hidden_factor: ``macow``: masked convolutions are ``factor * C_level`` wide.
+        condition_couplings: ``macow``: also feed the condition to the affine couplings (off in the reference).
+        num_blocks: ``coupling``: number of blocks.
+        clamp: ``coupling``: soft clamp of the log-scales.
+        seed: Seed of the fixed channel permutations (not of the weights).
+    """
+
+    def __init__(self, *, z_dim: int = 32, condition_channels: int = 128, spatial_size: int = 8,
+                 architecture: str = "macow", hidden_channels: int = 2048,
+                 num_steps: Sequence[int] = RELEASED_NUM_STEPS, factor: int = RELEASED_FACTOR,
+                 masked_conv_hidden_factor: int = 4, condition_couplings: bool = False, num_blocks: int = 16,
+                 clamp: float = 2.0, seed: int = 0):
+        super().__init__()
+        if architecture not in ARCHITECTURES:
+            raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}")
+        self.z_dim = z_dim
+        self.condition_channels = condition_channels
+        self.spatial_size = spatial_size
+        self.architecture = architecture
+        if architecture == "macow":
+            self.flow: nn.Module = build_macow_flow(
+                channels=z_dim, spatial_size=spatial_size, condition_channels=condition_channels,
+                num_steps=list(num_steps), factor=factor, hidden_channels=hidden_channels,
+                masked_conv_hidden_factor=masked_conv_hidden_factor, condition_couplings=condition_couplings,
+                seed=seed)
+        else:
+            self.flow = build_coupling_flow(
+                channels=z_dim, spatial_size=spatial_size, condition_channels=condition_channels,
+                num_blocks=num_blocks, hidden_channels=hidden_channels, clamp=clamp, seed=seed)
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        """``(z_dim, S, S)``."""
+        return (self.z_dim, self.spatial_size, self.spatial_size)
+
+    @property
+    def num_dimensions(self) -> int:
+        """``z_dim * S * S``: the dimensionality the NLL is summed over."""
+        return self.z_dim * self.spatial_size * self.spatial_size
+
+    def _run(self, x: Tensor, condition: Tensor, rev: bool, jac: bool) -> tuple[Tensor, Tensor]:
+        if x.shape[1:] != self.latent_shape:
+            raise ValueError(f"expected a latent of shape (B, {', '.join(map(str, self.latent_shape))}), "
+                             f"got {tuple(x.shape)}")
+        expected = (x.shape[0], self.condition_channels, self.spatial_size, self.spatial_size)
+        if tuple(condition.shape) != expected:
+            raise ValueError(f"expected a condition of shape {expected}, got {tuple(condition.shape)}")
+        out, log_det = self.flow(x, c=[condition], rev=rev, jac=jac)
+        if not torch.is_tensor(log_det) or log_det.dim() == 0:
+            log_det = x.new_zeros(x.shape[0]) + log_det
+        return out, log_det
+
+    def forward(self, z: Tensor, condition: Tensor) -> tuple[Tensor, Tensor]:
+        """Map a latent to its residual.
+
+        Args:
+            z: ``(B, z_dim, S, S)``.
+            condition: ``(B, condition_channels, S, S)``.
+
+        Returns:
+            ``(r, log_det)``: ``r`` of the shape of ``z``, ``log_det = log|det dr/dz|`` of shape ``(B,)``.
+        """
+        return self._run(z, condition, rev=False, jac=True)
+
+    def inverse(self, r: Tensor, condition: Tensor) -> Tensor:
+        """Map a residual back to its latent: ``z = tau^-1(r | h)``.
+
+        Args:
+            r: ``(B, z_dim, S, S)``.
+            condition: ``(B, condition_channels, S, S)``.
+
+        Returns:
+            ``z``, ``(B, z_dim, S, S)``.
+        """
+        return self._run(r, condition, rev=True, jac=False)[0]
+
+    def sample(self, condition: Tensor, generator: torch.Generator | None = None,
+               temperature: float = 1.0) -> Tensor:
+        """Draw ``r ~ N(0, temperature^2 I)`` and invert it.
+
+        Args:
+            condition: ``(B, condition_channels, S, S)``.
+            generator: Makes the draw reproducible; ``r`` is drawn on the generator's device (so a CPU generator
+                gives the same ``z`` whichever device the network is on).
+            temperature: Standard deviation of ``r``.
+
+        Returns:
+            ``z``, ``(B, z_dim, S, S)`` in the condition's dtype if it is float64, else float32.
+        """
+        device = generator.device if generator is not None else condition.device
+        dtype = torch.float64 if condition.dtype == torch.float64 else torch.float32
+        r = torch.randn((condition.shape[0], *self.latent_shape), generator=generator, device=device, dtype=dtype)
+        return self.inverse(r.to(condition.device) * temperature, condition.to(dtype))
+
+    def actnorm_layers(self) -> list[ActNorm]:
+        """All :class:`~ipoke.models.cinn.blocks.ActNorm` layers, in module order."""
+        return [module for module in self.modules() if isinstance(module, ActNorm)]
+
+    @property
+    def actnorm_initialized(self) -> bool:
+        """Whether every ActNorm layer has been initialised (from data or a loaded state dict)."""
+        return all(bool(layer.initialized) for layer in self.actnorm_layers())
+
+    @torch.no_grad()
+    def initialize_actnorm(self, z: Tensor, condition: Tensor) -> None:
+        """Data-dependent init of every ActNorm layer from one batch, each on the activations that reach it.
+
+        Re-initialises layers that were initialised before. Runs in fp32 (or the input's dtype if float64) without
+        autocast.
+
+        Args:
+            z: ``(B, z_dim, S, S)``, e.g. posterior samples of the first training batch.
+            condition: ``(B, condition_channels, S, S)``.
+        """
+        for layer in self.actnorm_layers():
+            layer.initialized.zero_()
+        was_training = self.training
+        self.train()
+        dtype = torch.float64 if z.dtype == torch.float64 else torch.float32
+        try:
+            with torch.autocast(device_type=z.device.type, enabled=False):
+                self._run(z.to(dtype), condition.to(dtype), rev=False, jac=False)
+        finally:
+            self.train(was_training)
+
+
+@torch.no_grad()
+def broadcast_actnorm(model: nn.Module, src: int = 0) -> None:
+    """Copy every ActNorm's parameters and init flag from rank ``src`` to all ranks (no-op if not distributed).
+
+    ActNorm initialises on each rank's own first batch; without this the replicas of a DDP run differ from step one
+    (DDP broadcasts parameters only when it wraps the model).
+
+    Args:
+        model: Any module containing :class:`~ipoke.models.cinn.blocks.ActNorm` layers.
+        src: The rank whose values win.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    for module in model.modules():
+        if isinstance(module, ActNorm):
+            for tensor in (module.log_scale.data, module.bias.data, module.initialized):
+                dist.broadcast(tensor, src=src)
