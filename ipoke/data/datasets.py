@@ -1,0 +1,177 @@
+"""``PokeDataset``: clips with pokes from a prepared dataset folder.
+
+A sample is a dict (tensors are what the default collate stacks into batches)::
+
+    video        float32 (T+1, 3, S, S) in [-1, 1]; video[0] is the start frame x0
+    flow         float32 (2, S, S)  flow x0 -> last frame, pixels at size S (zeros for a background-poke sample)
+    poke         float32 (2, S, S)  poke map (see ipoke.data.pokes)
+    poke_coords  float32 (n_pokes, 4) rows (x, y, dx, dy), zero-padded
+    poke_count   int64   ()         number of valid rows in poke_coords
+    mask         uint8   (S, S)     object mask of x0 (1 = object); all ones when the dataset has none
+    has_mask     bool    ()
+    background_poke bool ()         the poke is on the background and the clip is static
+    video_id     str;  start  int64 ()
+
+Clips are ``T + 1`` frames ``start, start + step, ..., start + T * step``; the poke is simulated from the stored
+flow at lag ``T * step``, which must be one of the dataset's ``flow_lags``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ipoke.data.augment import AugmentSettings, augment_clip
+from ipoke.data.format import PreparedDataset
+from ipoke.data.pokes import background_poke, pad_coords, poke_map_from_coords, sample_pokes
+
+
+def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
+    """Resize uint8 ``(N, H, W, 3)`` frames to ``(N, size, size, 3)`` (area interpolation when shrinking)."""
+    if frames.shape[1] == size and frames.shape[2] == size:
+        return np.ascontiguousarray(frames)
+    interpolation = cv2.INTER_AREA if frames.shape[1] > size else cv2.INTER_LINEAR
+    return np.stack([cv2.resize(frame, (size, size), interpolation=interpolation) for frame in frames])
+
+
+def resize_flow(flow: np.ndarray, size: int) -> np.ndarray:
+    """Resize a ``(2, H, W)`` flow field to ``(2, size, size)`` and rescale its vectors to the new pixel units."""
+    height, width = flow.shape[1:]
+    if height == size and width == size:
+        return flow.astype(np.float32)
+    channels = [cv2.resize(np.ascontiguousarray(c, dtype=np.float32), (size, size), interpolation=cv2.INTER_LINEAR)
+                for c in flow]
+    return np.stack([channels[0] * (size / width), channels[1] * (size / height)]).astype(np.float32)
+
+
+def frames_to_tensor(frames: np.ndarray) -> torch.Tensor:
+    """uint8 ``(N, S, S, 3)`` -> float32 ``(N, 3, S, S)`` in [-1, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+
+
+class PokeDataset(Dataset):
+    """Clips with simulated (or recorded) pokes from a prepared dataset.
+
+    Args:
+        root: Prepared dataset folder.
+        split: Which split to read (``train``, ``val``, ``test``, ...).
+        size: Model resolution S; frames and flow are resized (flow vectors rescaled). Default: the dataset's.
+        n_frames: Future frames T per clip (the clip has T + 1 frames).
+        frame_step: Stored frames between two clip frames.
+        n_pokes: Maximum pokes per sample.
+        poke_size: Side of each poke square in pixels at size S.
+        zero_poke_fraction: Probability that a sample becomes a static clip with a background poke.
+        augment: Apply :func:`ipoke.data.augment.augment_clip` (training only).
+        poke_source: ``"flow"`` simulates pokes from the flow (the papers' protocol, works for every dataset);
+            ``"recorded"`` uses the pokes stored with synthetic videos when the clip starts at frame 0.
+        fixed_poke_count: Always use exactly ``n_pokes`` pokes (evaluation uses 1).
+        deterministic: Same pokes and augmentation for an index every time (``seed`` + index); for evaluation.
+        seed: Seed of the deterministic mode.
+        max_clips: Keep at most this many clips (evenly spaced), e.g. to bound validation.
+    """
+
+    def __init__(self, root: str | os.PathLike, *, split: str = "train", size: int | None = None, n_frames: int = 10,
+                 frame_step: int = 1, n_pokes: int = 5, poke_size: int = 5, zero_poke_fraction: float = 1 / 12,
+                 augment: bool = False, poke_source: str = "flow", fixed_poke_count: bool = False,
+                 deterministic: bool = False, seed: int = 0, max_clips: int | None = None) -> None:
+        if poke_source not in ("flow", "recorded"):
+            raise ValueError(f"poke_source must be 'flow' or 'recorded', got {poke_source!r}")
+        if not 0 <= zero_poke_fraction < 1:
+            raise ValueError(f"zero_poke_fraction must be in [0, 1), got {zero_poke_fraction}")
+        self.data = PreparedDataset(root)
+        self.split = split
+        self.size = int(size or self.data.size)
+        self.n_frames, self.frame_step = int(n_frames), int(frame_step)
+        self.lag = self.n_frames * self.frame_step
+        if self.lag not in self.data.flow_lags:
+            raise ValueError(
+                f"clips of n_frames={n_frames} x frame_step={frame_step} need flow at lag {self.lag}, but "
+                f"{self.data.root} stores lags {self.data.flow_lags}; choose n_frames * frame_step among them or "
+                "prepare the data with that lag (--lags)")
+        self.n_pokes, self.poke_size = int(n_pokes), int(poke_size)
+        self.zero_poke_fraction = float(zero_poke_fraction)
+        self.augment, self.poke_source = augment, poke_source
+        self.fixed_poke_count, self.deterministic, self.seed = fixed_poke_count, deterministic, int(seed)
+        self.augment_settings = AugmentSettings()
+        self.clips: list[tuple[str, int]] = []
+        for meta in self.data.videos:
+            if meta["split"] != split:
+                continue
+            for start in meta["flow_starts"]:
+                if start + self.lag < meta["n_frames"]:
+                    self.clips.append((meta["id"], int(start)))
+        if not self.clips:
+            raise ValueError(f"{self.data.root} has no clips of {self.n_frames + 1} frames (step {self.frame_step}) in "
+                             f"split {split!r}; its splits are {self.data.splits()}")
+        if max_clips is not None and len(self.clips) > max_clips:
+            keep = np.linspace(0, len(self.clips) - 1, max_clips).round().astype(int)
+            self.clips = [self.clips[i] for i in keep]
+        self._videos: dict[str, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def _video(self, video_id: str):
+        # Memory maps are opened lazily per worker process (they must not be shared across fork).
+        if video_id not in self._videos:
+            self._videos[video_id] = self.data.video(video_id)
+        return self._videos[video_id]
+
+    def _rng(self, index: int) -> np.random.Generator:
+        if self.deterministic:
+            return np.random.default_rng([self.seed, index])
+        # Drawn from torch's generator: seeded per worker by the DataLoader (and by Lightning's seed_everything).
+        return np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        video_id, start = self.clips[index]
+        rng = self._rng(index)
+        video = self._video(video_id)
+        stop = start + self.lag + 1
+        frames = np.array(video.frames[start:stop:self.frame_step])  # copy out of the memory map
+        flow = video.flow_between(start, self.lag, self.data.flow_lags)
+        mask = None if video.masks is None else (np.asarray(video.masks[start]) > 0).astype(np.uint8)
+        stored_size = frames.shape[1]
+        frames = resize_frames(frames, self.size)
+        flow = resize_flow(flow, self.size)
+        if mask is not None and stored_size != self.size:
+            mask = cv2.resize(mask, (self.size, self.size), interpolation=cv2.INTER_NEAREST)
+        if self.augment:
+            frames, flow, masks = augment_clip(frames, flow, None if mask is None else mask[None], rng,
+                                               self.augment_settings)
+            mask = None if masks is None else masks[0]
+
+        recorded = video.pokes if (self.poke_source == "recorded" and start == 0 and not self.augment) else None
+        is_background = bool(video.meta.get("background_poke", False))
+        if rng.random() < self.zero_poke_fraction:
+            poke, coords = background_poke(flow, rng, poke_size=self.poke_size, mask=mask)
+            frames = np.repeat(frames[:1], len(frames), axis=0)
+            flow = np.zeros_like(flow)
+            is_background = True
+        elif recorded is not None and len(recorded):
+            coords = np.asarray(recorded, np.float32).copy()
+            coords *= self.size / stored_size
+            coords = coords[: self.n_pokes]
+            poke = poke_map_from_coords(coords, self.size, self.poke_size)
+        else:
+            poke, coords = sample_pokes(flow, rng, n_pokes=self.n_pokes, poke_size=self.poke_size, mask=mask,
+                                        fixed_count=self.fixed_poke_count)
+            is_background = is_background or not np.any(flow)
+        padded, count = pad_coords(coords, self.n_pokes)
+        return {
+            "video": frames_to_tensor(frames),
+            "flow": torch.from_numpy(np.ascontiguousarray(flow, dtype=np.float32)),
+            "poke": torch.from_numpy(poke),
+            "poke_coords": torch.from_numpy(padded),
+            "poke_count": torch.tensor(count, dtype=torch.int64),
+            "mask": torch.from_numpy(mask if mask is not None else np.ones((self.size, self.size), np.uint8)),
+            "has_mask": torch.tensor(mask is not None),
+            "background_poke": torch.tensor(is_background),
+            "video_id": video_id,
+            "start": torch.tensor(start, dtype=torch.int64),
+        }

@@ -1,0 +1,309 @@
+"""The prepared dataset format: writing videos atomically, rebuilding the index, reading clips memory-mapped.
+
+The layout is specified in ``docs/data_format.md``. In short::
+
+    DATASET/ipoke_dataset.json              index (format version, size, flow_lags, one entry per video)
+    DATASET/videos/<video_id>/meta.json     this video's entry
+    DATASET/videos/<video_id>/frames.npy    uint8   (N, S, S, 3)
+    DATASET/videos/<video_id>/flow.npy      float16 (F, L, 2, S, S), flow from flow_starts[f] to +flow_lags[l]
+    DATASET/videos/<video_id>/flow_starts.npy  int32 (F,)
+    optional: masks.npy uint8 (N, S, S), keypoints.npy float32 (N, K, 2), pokes.npy float32 (P, 4), scene.json
+
+A video is written into ``videos/.<id>.tmp/`` and renamed when complete, so a folder without the leading dot is
+always whole; writers skip finished videos when re-run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FORMAT_NAME = "ipoke-prepared"
+FORMAT_VERSION = 1
+INDEX_FILE = "ipoke_dataset.json"
+VIDEOS_DIR = "videos"
+_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+OPTIONAL_ARRAYS = {"masks": np.uint8, "keypoints": np.float32, "pokes": np.float32}
+
+
+class DatasetFormatError(ValueError):
+    """A folder is not a prepared ipoke dataset, or a video in it is malformed."""
+
+
+def is_dataset(root: str | os.PathLike) -> bool:
+    """True if ``root`` holds an ipoke dataset index."""
+    return (Path(root) / INDEX_FILE).is_file()
+
+
+def _check_id(video_id: str) -> None:
+    if not _ID_PATTERN.match(video_id):
+        raise DatasetFormatError(
+            f"video id {video_id!r} is not allowed: use letters, digits, '_', '-', '.' and start with a letter or digit")
+
+
+def validate_video_arrays(frames: np.ndarray, flow: np.ndarray, flow_starts: np.ndarray, flow_lags: list[int],
+                          **optional: np.ndarray | None) -> None:
+    """Check shapes and dtypes of one video's arrays against the format; raises :class:`DatasetFormatError`."""
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[1] != frames.shape[2] or frames.dtype != np.uint8:
+        raise DatasetFormatError(f"frames must be uint8 (N, S, S, 3), got {frames.dtype} {frames.shape}")
+    n_frames, size = frames.shape[0], frames.shape[1]
+    if n_frames < 2:
+        raise DatasetFormatError(f"a video needs at least 2 frames, got {n_frames}")
+    expected = (len(flow_starts), len(flow_lags), 2, size, size)
+    if flow.shape != expected:
+        raise DatasetFormatError(f"flow must have shape (F, L, 2, S, S) = {expected}, got {flow.shape}")
+    if len(flow_starts) and (flow_starts.min() < 0 or flow_starts.max() + max(flow_lags) >= n_frames):
+        raise DatasetFormatError(
+            f"flow_starts {flow_starts.tolist()[:5]}... with lags {flow_lags} reach past the {n_frames} frames")
+    masks = optional.get("masks")
+    if masks is not None and masks.shape != (n_frames, size, size):
+        raise DatasetFormatError(f"masks must have shape (N, S, S) = {(n_frames, size, size)}, got {masks.shape}")
+    keypoints = optional.get("keypoints")
+    if keypoints is not None and (keypoints.ndim != 3 or keypoints.shape[0] != n_frames or keypoints.shape[2] != 2):
+        raise DatasetFormatError(f"keypoints must have shape (N, K, 2) with N = {n_frames}, got {keypoints.shape}")
+    pokes = optional.get("pokes")
+    if pokes is not None and (pokes.ndim != 2 or pokes.shape[1] != 4):
+        raise DatasetFormatError(f"pokes must have shape (P, 4) rows (x, y, dx, dy), got {pokes.shape}")
+
+
+class DatasetWriter:
+    """Writes videos into a prepared dataset folder, atomically per video, and the index at the end.
+
+    Args:
+        root: Dataset folder; created if missing. If it exists it must be empty or an ipoke dataset with the
+            same ``size`` and ``flow_lags`` (so that a run can be resumed).
+        size: Frame side length S.
+        flow_lags: Frame lags at which flow is stored, the same for every video.
+        source: Provenance tag, e.g. ``"synthetic"`` or ``"prepare"``.
+        settings: Generator/preparation options stored in the index for provenance.
+
+    Example::
+
+        writer = DatasetWriter("data/mine", size=64, flow_lags=[10, 20], source="prepare")
+        if not writer.has_video("clip0"):
+            writer.write_video("clip0", split="train", frames=..., flow=..., flow_starts=...)
+        writer.write_index()
+    """
+
+    def __init__(self, root: str | os.PathLike, *, size: int, flow_lags: list[int], source: str,
+                 settings: dict[str, Any] | None = None) -> None:
+        self.root = Path(root)
+        self.size = int(size)
+        self.flow_lags = [int(lag) for lag in flow_lags]
+        if not self.flow_lags or min(self.flow_lags) < 1:
+            raise DatasetFormatError(f"flow_lags must be positive integers, got {flow_lags}")
+        self.source = source
+        self.settings = settings or {}
+        if self.root.exists() and not self.root.is_dir():
+            raise DatasetFormatError(f"output {self.root} exists and is not a folder")
+        if self.root.exists() and any(self.root.iterdir()):
+            if not is_dataset(self.root) and not (self.root / VIDEOS_DIR).is_dir():
+                raise DatasetFormatError(
+                    f"output {self.root} exists, is not empty and is not an ipoke dataset; choose an empty or new "
+                    "folder (refusing to write into it)")
+            if is_dataset(self.root):
+                index = json.loads((self.root / INDEX_FILE).read_text())
+                if index.get("size") != self.size or index.get("flow_lags") != self.flow_lags:
+                    raise DatasetFormatError(
+                        f"{self.root} is a dataset with size {index.get('size')} and flow_lags "
+                        f"{index.get('flow_lags')}, but this run asks for size {self.size} and flow_lags "
+                        f"{self.flow_lags}; use another --out folder or the same settings to resume")
+        (self.root / VIDEOS_DIR).mkdir(parents=True, exist_ok=True)
+        for stale in (self.root / VIDEOS_DIR).glob(".*.tmp"):
+            shutil.rmtree(stale, ignore_errors=True)
+
+    def video_dir(self, video_id: str) -> Path:
+        return self.root / VIDEOS_DIR / video_id
+
+    def has_video(self, video_id: str) -> bool:
+        """True if the video was written completely (by this or an earlier run)."""
+        return (self.video_dir(video_id) / "meta.json").is_file()
+
+    def write_video(self, video_id: str, *, split: str, frames: np.ndarray, flow: np.ndarray,
+                    flow_starts: np.ndarray | list[int], masks: np.ndarray | None = None,
+                    keypoints: np.ndarray | None = None, pokes: np.ndarray | None = None,
+                    scene: dict[str, Any] | None = None, **extra_meta: Any) -> dict[str, Any]:
+        """Write one video; nothing is visible under its final name until every file is complete.
+
+        Args:
+            video_id: Unique name (letters, digits, ``_-.``).
+            split: ``"train"``, ``"val"`` or ``"test"`` (or another name the user chose).
+            frames: uint8 ``(N, S, S, 3)`` RGB.
+            flow: ``(F, L, 2, S, S)`` flow in pixels at size S; stored as float16.
+            flow_starts: ``(F,)`` frame indices the flow starts from.
+            masks, keypoints, pokes: optional arrays, see the module docstring.
+            scene: optional JSON-able description (synthetic data: enough to re-simulate).
+            **extra_meta: JSON-able fields added to the video's entry (e.g. ``object_id``, ``source_file``).
+
+        Returns:
+            The video's index entry.
+        """
+        _check_id(video_id)
+        flow_starts = np.asarray(flow_starts, dtype=np.int32)
+        validate_video_arrays(frames, flow, flow_starts, self.flow_lags, masks=masks, keypoints=keypoints, pokes=pokes)
+        if frames.shape[1] != self.size:
+            raise DatasetFormatError(f"video {video_id}: frames are {frames.shape[1]} px, dataset size is {self.size}")
+        final = self.video_dir(video_id)
+        tmp = final.parent / f".{video_id}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        try:
+            np.save(tmp / "frames.npy", np.ascontiguousarray(frames))
+            np.save(tmp / "flow.npy", np.ascontiguousarray(flow, dtype=np.float16))
+            np.save(tmp / "flow_starts.npy", flow_starts)
+            arrays = {"masks": masks, "keypoints": keypoints, "pokes": pokes}
+            for name, array in arrays.items():
+                if array is not None:
+                    np.save(tmp / f"{name}.npy", np.ascontiguousarray(array, dtype=OPTIONAL_ARRAYS[name]))
+            if scene is not None:
+                (tmp / "scene.json").write_text(json.dumps(scene))
+            meta = {
+                "id": video_id, "split": split, "n_frames": int(frames.shape[0]),
+                "flow_starts": flow_starts.tolist(),
+                **{f"has_{name}": array is not None for name, array in arrays.items()},
+                **extra_meta,
+            }
+            # meta.json last: its presence marks a finished video even before the rename.
+            (tmp / "meta.json").write_text(json.dumps(meta))
+            if final.exists():
+                shutil.rmtree(final)
+            tmp.rename(final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return meta
+
+    def write_index(self, *, complete: bool = True) -> dict[str, Any]:
+        """Rebuild ``ipoke_dataset.json`` from the finished videos' ``meta.json`` files (atomic replace).
+
+        Args:
+            complete: False while a run is still writing videos; readers refuse incomplete datasets.
+        """
+        return write_index(self.root, size=self.size, flow_lags=self.flow_lags, source=self.source,
+                           settings=self.settings, complete=complete)
+
+
+def write_index(root: str | os.PathLike, *, size: int | None = None, flow_lags: list[int] | None = None,
+                source: str | None = None, settings: dict[str, Any] | None = None,
+                complete: bool = True) -> dict[str, Any]:
+    """Rebuild the index of ``root`` from its videos; missing arguments are kept from an existing index."""
+    root = Path(root)
+    old: dict[str, Any] = json.loads((root / INDEX_FILE).read_text()) if is_dataset(root) else {}
+    videos = []
+    for meta_file in sorted((root / VIDEOS_DIR).glob("*/meta.json")):
+        videos.append(json.loads(meta_file.read_text()))
+    index = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "size": size if size is not None else old.get("size"),
+        "flow_lags": flow_lags if flow_lags is not None else old.get("flow_lags"),
+        "source": source if source is not None else old.get("source", "unknown"),
+        "settings": settings if settings is not None else old.get("settings", {}),
+        "complete": complete,
+        "videos": videos,
+    }
+    if index["size"] is None or index["flow_lags"] is None:
+        raise DatasetFormatError(f"{root} has no index to take size/flow_lags from; pass them")
+    tmp = root / f".{INDEX_FILE}.tmp"
+    tmp.write_text(json.dumps(index, indent=1))
+    tmp.replace(root / INDEX_FILE)
+    return index
+
+
+@dataclass
+class VideoArrays:
+    """One video of a prepared dataset, arrays memory-mapped (see the module docstring for shapes)."""
+
+    meta: dict[str, Any]
+    frames: np.ndarray
+    flow: np.ndarray
+    flow_starts: np.ndarray
+    masks: np.ndarray | None = None
+    keypoints: np.ndarray | None = None
+    pokes: np.ndarray | None = None
+
+    def flow_between(self, start: int, lag: int, flow_lags: list[int]) -> np.ndarray:
+        """Flow ``(2, S, S)`` float32 from frame ``start`` to ``start + lag``; raises if not stored."""
+        rows = np.nonzero(self.flow_starts == start)[0]
+        if len(rows) == 0 or lag not in flow_lags:
+            raise KeyError(f"video {self.meta['id']} has no flow from frame {start} at lag {lag} "
+                           f"(starts {self.flow_starts.tolist()[:8]}..., lags {flow_lags})")
+        return np.asarray(self.flow[rows[0], flow_lags.index(lag)], dtype=np.float32)
+
+
+class PreparedDataset:
+    """Read access to a prepared dataset folder.
+
+    Args:
+        root: The dataset folder (holding ``ipoke_dataset.json``).
+
+    Raises:
+        DatasetFormatError: If ``root`` is not a dataset or its format version is unknown.
+    """
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+        if not self.root.exists():
+            raise DatasetFormatError(f"dataset folder {self.root} does not exist; create one with `ipoke data synth "
+                                     "--out DIR` or `ipoke data prepare --videos RAW --out DIR`")
+        if not is_dataset(self.root):
+            raise DatasetFormatError(f"{self.root} is not an ipoke dataset (no {INDEX_FILE}); create one with "
+                                     "`ipoke data synth` or `ipoke data prepare`, or rebuild a lost index with "
+                                     "`ipoke data index DIR`")
+        self.index = json.loads((self.root / INDEX_FILE).read_text())
+        if self.index.get("format") != FORMAT_NAME or self.index.get("format_version") != FORMAT_VERSION:
+            raise DatasetFormatError(f"{self.root}: unsupported format {self.index.get('format')!r} version "
+                                     f"{self.index.get('format_version')!r} (this ipoke reads {FORMAT_NAME} "
+                                     f"v{FORMAT_VERSION})")
+        if not self.index.get("complete", True):
+            raise DatasetFormatError(f"{self.root} is incomplete: the run that wrote it was interrupted; run the same "
+                                     "`ipoke data synth`/`ipoke data prepare` command again to finish it")
+        self.size: int = int(self.index["size"])
+        self.flow_lags: list[int] = [int(lag) for lag in self.index["flow_lags"]]
+        self.videos: list[dict[str, Any]] = self.index["videos"]
+        self._by_id = {meta["id"]: meta for meta in self.videos}
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def splits(self) -> dict[str, int]:
+        """Number of videos per split."""
+        counts: dict[str, int] = {}
+        for meta in self.videos:
+            counts[meta["split"]] = counts.get(meta["split"], 0) + 1
+        return counts
+
+    def ids(self, split: str | None = None) -> list[str]:
+        """Video ids, optionally of one split only."""
+        return [meta["id"] for meta in self.videos if split is None or meta["split"] == split]
+
+    def video(self, video_id: str, *, mmap: bool = True) -> VideoArrays:
+        """The arrays of one video (memory-mapped unless ``mmap=False``)."""
+        if video_id not in self._by_id:
+            raise KeyError(f"{self.root} has no video {video_id!r}")
+        folder = self.root / VIDEOS_DIR / video_id
+        mode = "r" if mmap else None
+
+        def load(name: str, required: bool = True) -> np.ndarray | None:
+            path = folder / f"{name}.npy"
+            if not path.exists():
+                if required:
+                    raise DatasetFormatError(f"{path} is missing; the dataset is damaged (re-run the writer)")
+                return None
+            return np.load(path, mmap_mode=mode)
+
+        return VideoArrays(meta=self._by_id[video_id], frames=load("frames"), flow=load("flow"),
+                           flow_starts=np.asarray(load("flow_starts")), masks=load("masks", False),
+                           keypoints=load("keypoints", False), pokes=load("pokes", False))
+
+    def scene(self, video_id: str) -> dict[str, Any] | None:
+        """The synthetic scene description of a video, if stored."""
+        path = self.root / VIDEOS_DIR / video_id / "scene.json"
+        return json.loads(path.read_text()) if path.exists() else None

@@ -1,0 +1,628 @@
+"""The built-in synthetic poking dataset: articulated plants on textured backgrounds, moved by a 2D physics engine.
+
+Every scene is a set of plants, each a tree of rigid bodies (stem and branch segments, leaves) joined by pivots with
+damped rotary springs (pymunk). A *poke* is an impulse at a pixel of the first frame, in a direction and with a
+magnitude; the springs carry the motion along the kinematic chain, so parts far from the poke move too. The same
+first frame and poke admit several futures: each *physics sample* perturbs joint stiffness and damping, the
+impulse, and adds small secondary impulses. Poking the background moves nothing.
+
+Because every object pixel belongs to a known rigid body, the ground truth is exact: dense flow from frame 0 to
+every later frame (``R(θ_t − θ_0)(x − c_0) + c_t − x`` per body), part masks, joint keypoints and the poke.
+
+Coordinates: physics runs in "world" units = pixels of a 256 x 256 canvas; frames are rendered at any size S
+(supersampled and area-downsampled, so edges are anti-aliased) and flow is returned in pixels at size S.
+
+The held-out ``test`` split uses plant species (leaf shapes, palettes, branching) and backgrounds that never appear
+in ``train``/``val``, to measure generalisation to novel objects.
+
+Main entry points: :func:`sample_scene`, :func:`sample_poke`, :func:`simulate` and :func:`generate_dataset`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pymunk
+
+WORLD = 256.0
+GENERATOR_VERSION = 1
+
+# ----------------------------------------------------------------------------------------------------------------
+# Species: what a plant looks like. Train and novel (test) species share nothing visible.
+
+
+@dataclass(frozen=True)
+class Species:
+    """Appearance and structure ranges of one family of plants."""
+
+    name: str
+    leaf_shape: str  # "ellipse" | "teardrop" | "lobed" | "star" | "heart"
+    leaf_hue: tuple[float, float]  # OpenCV hue range, 0..180
+    stem_hue: tuple[float, float]
+    n_segments: tuple[int, int]  # stem segments, inclusive range
+    branch_probability: float
+    leaf_length: tuple[float, float]  # world units
+    height: tuple[float, float]  # total stem length, world units
+
+
+TRAIN_SPECIES = (
+    Species("fern", "ellipse", (40, 75), (20, 40), (3, 5), 0.55, (34, 54), (150, 215)),
+    Species("sprout", "teardrop", (30, 55), (15, 35), (2, 4), 0.35, (42, 64), (120, 180)),
+    Species("reed", "ellipse", (55, 85), (25, 45), (4, 6), 0.25, (26, 40), (170, 225)),
+    Species("shrub", "teardrop", (35, 70), (10, 25), (3, 4), 0.8, (30, 46), (130, 190)),
+)
+NOVEL_SPECIES = (
+    Species("maple", "lobed", (0, 15), (5, 15), (3, 5), 0.6, (38, 56), (150, 210)),
+    Species("starflower", "star", (120, 150), (90, 110), (2, 4), 0.5, (40, 60), (130, 190)),
+    Species("heartvine", "heart", (160, 178), (150, 170), (3, 5), 0.45, (34, 50), (160, 215)),
+)
+
+TRAIN_IMAGES = ("grass", "gravel", "brick", "coffee", "chelsea", "astronaut", "rocket", "immunohistochemistry")
+NOVEL_IMAGES = ("moon", "hubble_deep_field", "retina", "coins", "camera", "clock")
+TRAIN_TEXTURES = ("noise", "stripes")
+NOVEL_TEXTURES = ("checker", "cells")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Backgrounds
+
+
+@lru_cache(maxsize=None)
+def _sample_image(name: str) -> np.ndarray:
+    """RGB uint8 sample image shipped inside scikit-image (no download)."""
+    import skimage.data
+
+    image = getattr(skimage.data, name)()
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=2)
+    return np.ascontiguousarray(image[..., :3])
+
+
+def _procedural_texture(kind: str, rng: np.random.Generator, size: int) -> np.ndarray:
+    if kind == "noise":
+        texture = np.zeros((size, size, 3), np.float32)
+        for octave in (4, 8, 16, 32):
+            grid = rng.random((octave, octave, 3)).astype(np.float32)
+            texture += cv2.resize(grid, (size, size), interpolation=cv2.INTER_CUBIC) / octave ** 0.5
+    elif kind == "stripes":
+        angle, period = rng.uniform(0, math.pi), rng.uniform(8, 40) * size / WORLD
+        yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+        wave = np.sin((xx * math.cos(angle) + yy * math.sin(angle)) * 2 * math.pi / period)
+        texture = wave[..., None] * rng.uniform(0.2, 1, 3).astype(np.float32)
+    elif kind == "checker":
+        cell = max(2, int(rng.uniform(10, 36) * size / WORLD))
+        yy, xx = np.mgrid[0:size, 0:size]
+        board = (((xx // cell) + (yy // cell)) % 2).astype(np.float32)
+        texture = board[..., None] * rng.uniform(0.3, 1, 3).astype(np.float32)
+    elif kind == "cells":
+        n_points = int(rng.integers(12, 40))
+        points = rng.uniform(0, size, (n_points, 2)).astype(np.float32)
+        colors = rng.random((n_points, 3)).astype(np.float32)
+        yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+        distances = (xx[..., None] - points[:, 0]) ** 2 + (yy[..., None] - points[:, 1]) ** 2
+        texture = colors[np.argmin(distances, axis=-1)]
+    else:
+        raise ValueError(f"unknown texture {kind!r}")
+    texture -= texture.min()
+    texture /= max(float(texture.max()), 1e-6)
+    return texture
+
+
+def render_background(spec: dict[str, Any], size: int) -> np.ndarray:
+    """Render a background from its spec (see :func:`sample_background`) as uint8 ``(size, size, 3)``."""
+    rng = np.random.default_rng(spec["seed"])
+    if spec["kind"] == "image":
+        image = _sample_image(spec["name"]).astype(np.float32) / 255.0
+        height, width = image.shape[:2]
+        crop = int(min(height, width) * spec["crop_fraction"])
+        top = int(spec["crop_y"] * (height - crop))
+        left = int(spec["crop_x"] * (width - crop))
+        texture = cv2.resize(image[top:top + crop, left:left + crop], (size, size), interpolation=cv2.INTER_AREA)
+    else:
+        texture = _procedural_texture(spec["kind"], rng, size)
+    blur = spec["blur"] * size / WORLD
+    if blur > 0.3:
+        texture = cv2.GaussianBlur(texture, (0, 0), blur)
+    # Recolour and flatten contrast so the plants stay the most salient thing in the frame.
+    tint = np.asarray(spec["tint"], np.float32)
+    gray = texture.mean(axis=2, keepdims=True)
+    texture = gray + spec["saturation"] * (texture - gray)
+    texture = spec["brightness"] + spec["contrast"] * (texture - 0.5)
+    texture = texture * tint
+    return np.clip(texture * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def sample_background(rng: np.random.Generator, novel: bool) -> dict[str, Any]:
+    """Draw a background spec: a cropped, blurred, recoloured sample image or a procedural texture."""
+    images, textures = (NOVEL_IMAGES, NOVEL_TEXTURES) if novel else (TRAIN_IMAGES, TRAIN_TEXTURES)
+    use_image = rng.random() < 0.6
+    spec: dict[str, Any] = {
+        "kind": "image" if use_image else str(rng.choice(textures)),
+        "seed": int(rng.integers(2**31)),
+        "blur": float(rng.uniform(0.5, 3.0)),
+        "tint": [float(v) for v in rng.uniform(0.6, 1.0, 3)],
+        "saturation": float(rng.uniform(0.2, 0.7)),
+        "brightness": float(rng.uniform(0.35, 0.65)),
+        "contrast": float(rng.uniform(0.25, 0.55)),
+    }
+    if use_image:
+        spec.update(name=str(rng.choice(images)), crop_fraction=float(rng.uniform(0.35, 0.9)),
+                    crop_x=float(rng.random()), crop_y=float(rng.random()))
+    return spec
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Plants: a scene is plain data (JSON-able), so it can be stored and re-simulated exactly.
+
+
+def _leaf_outline(shape: str, length: float, width: float) -> list[list[float]]:
+    """Leaf polygon in body coordinates: base at x = -length/2, tip at +length/2, symmetric about y = 0."""
+    t = np.linspace(0.0, 1.0, 13)
+    if shape == "ellipse":
+        half = 0.5 * width * np.sqrt(np.clip(1 - (2 * t - 1) ** 2, 0, 1))
+    elif shape == "teardrop":
+        half = 0.5 * width * np.sin(math.pi * t) * (1.2 - 0.6 * t)
+    elif shape == "lobed":
+        half = 0.5 * width * np.sin(math.pi * t) * (0.75 + 0.35 * np.cos(6 * math.pi * t))
+    elif shape == "star":
+        half = 0.5 * width * np.sin(math.pi * t) * (0.55 + 0.45 * np.abs(np.sin(5 * math.pi * t)))
+    elif shape == "heart":
+        half = 0.5 * width * np.sin(math.pi * t) * (1.3 - t) ** 1.5
+    else:
+        raise ValueError(f"unknown leaf shape {shape!r}")
+    x = (t - 0.5) * length
+    upper = [[float(a), float(b)] for a, b in zip(x, half)]
+    lower = [[float(a), float(-b)] for a, b in zip(x[::-1], half[::-1])]
+    return upper + lower[1:-1]
+
+
+def _hsv_color(rng: np.random.Generator, hue: tuple[float, float], saturation=(140, 230), value=(110, 230)) -> list[int]:
+    hsv = np.uint8([[[rng.uniform(*hue), rng.uniform(*saturation), rng.uniform(*value)]]])
+    return [int(v) for v in cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0]]
+
+
+def _add_chain(bodies: list[dict[str, Any]], rng: np.random.Generator, species: Species, *, parent: int, start: np.ndarray,
+               angle: float, n_segments: int, length: float, thickness: float, stiffness: float, color: list[int],
+               leaf_color: list[int], depth: int) -> None:
+    """Append a chain of segments (with side branches and leaves) growing from ``start`` at ``angle``."""
+    lengths = length * np.array([0.85 ** i for i in range(n_segments)])
+    lengths *= length / lengths.sum()
+    point = start.astype(float)
+    for index, segment_length in enumerate(lengths):
+        angle += rng.normal(0, 0.22)
+        direction = np.array([math.cos(angle), math.sin(angle)])
+        end = point + direction * segment_length
+        body_thickness = max(2.0, thickness * (1 - 0.5 * index / n_segments))
+        bodies.append({
+            "kind": "segment", "parent": parent, "center": ((point + end) / 2).tolist(), "angle": angle,
+            "length": float(segment_length), "thickness": float(body_thickness), "color": color,
+            "joint": point.tolist(), "stiffness": float(stiffness * (1 - 0.55 * index / n_segments)),
+            "damping": float(rng.uniform(0.8, 1.2)),
+        })
+        parent = len(bodies) - 1
+        if depth == 0 and index >= 1 and rng.random() < species.branch_probability:
+            side = rng.choice([-1.0, 1.0])
+            _add_chain(bodies, rng, species, parent=parent, start=point, angle=angle + side * rng.uniform(0.5, 1.2),
+                       n_segments=int(rng.integers(1, 3)), length=length * rng.uniform(0.3, 0.5),
+                       thickness=body_thickness * 0.7, stiffness=stiffness * 0.5, color=color,
+                       leaf_color=leaf_color, depth=depth + 1)
+        if index < n_segments - 1 and rng.random() < 0.5:
+            _add_leaf(bodies, rng, species, parent=parent, base=end, angle=angle + rng.choice([-1, 1]) * 0.9,
+                      stiffness=stiffness * 0.25, color=leaf_color, scale=0.7)
+        point = end
+    _add_leaf(bodies, rng, species, parent=parent, base=point, angle=angle, stiffness=stiffness * 0.3, color=leaf_color,
+              scale=1.0)
+
+
+def _add_leaf(bodies: list[dict[str, Any]], rng: np.random.Generator, species: Species, *, parent: int,
+              base: np.ndarray, angle: float, stiffness: float, color: list[int], scale: float) -> None:
+    length = rng.uniform(*species.leaf_length) * scale
+    width = length * rng.uniform(0.35, 0.6)
+    direction = np.array([math.cos(angle), math.sin(angle)])
+    bodies.append({
+        "kind": "leaf", "parent": parent, "center": (base + direction * length / 2).tolist(), "angle": angle,
+        "length": float(length), "outline": _leaf_outline(species.leaf_shape, length, width),
+        "color": [int(np.clip(c + rng.integers(-20, 21), 0, 255)) for c in color], "joint": base.tolist(),
+        "stiffness": float(stiffness), "damping": float(rng.uniform(0.8, 1.2)),
+    })
+
+
+def sample_scene(rng: np.random.Generator, *, novel: bool = False) -> dict[str, Any]:
+    """Draw a scene: 1-3 plants (rigid-body trees) and a background, as JSON-able data.
+
+    Args:
+        rng: Source of randomness.
+        novel: Draw from the held-out species and backgrounds (the ``test`` split) instead of the training ones.
+
+    Returns:
+        ``{"bodies": [...], "background": {...}, "species": [...]}``; bodies are listed parent before child, each
+        with its world-space centre, angle, geometry, colour, parent index (-1 = ground) and joint point.
+    """
+    species_pool = NOVEL_SPECIES if novel else TRAIN_SPECIES
+    n_plants = int(rng.choice([1, 1, 2, 2, 3]))
+    bases = np.sort(rng.uniform(45, WORLD - 45, n_plants))
+    bodies: list[dict[str, Any]] = []
+    names = []
+    for base_x in bases:
+        species = species_pool[int(rng.integers(len(species_pool)))]
+        names.append(species.name)
+        stem_color = _hsv_color(rng, species.stem_hue, value=(70, 160))
+        leaf_color = _hsv_color(rng, species.leaf_hue)
+        base = np.array([base_x + rng.normal(0, 8), rng.uniform(WORLD - 30, WORLD - 8)])
+        height = rng.uniform(*species.height) * (0.8 if n_plants == 3 else 1.0)
+        _add_chain(bodies, rng, species, parent=-1, start=base, angle=-math.pi / 2 + rng.normal(0, 0.25),
+                   n_segments=int(rng.integers(species.n_segments[0], species.n_segments[1] + 1)), length=height,
+                   thickness=rng.uniform(8, 13), stiffness=rng.uniform(0.8, 1.25), color=stem_color,
+                   leaf_color=leaf_color, depth=0)
+    return {"version": GENERATOR_VERSION, "bodies": bodies, "background": sample_background(rng, novel),
+            "species": names, "novel": novel}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Rendering
+
+
+def _body_polygon(body: dict[str, Any], center: np.ndarray, angle: float) -> np.ndarray | None:
+    """World-space outline of a leaf; None for segments (drawn as thick lines)."""
+    if body["kind"] != "leaf":
+        return None
+    outline = np.asarray(body["outline"], np.float64)
+    rotation = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+    return outline @ rotation.T + center
+
+
+def _segment_ends(body: dict[str, Any], center: np.ndarray, angle: float) -> tuple[np.ndarray, np.ndarray]:
+    half = 0.5 * body["length"] * np.array([math.cos(angle), math.sin(angle)])
+    return center - half, center + half
+
+
+def _draw_bodies(canvas: np.ndarray, bodies: list[dict[str, Any]], poses: np.ndarray, scale: float,
+                 ids: bool) -> None:
+    """Draw every body at its pose; colours, or body index + 1 when ``ids`` (no anti-aliasing then)."""
+    shift = 4  # cv2 sub-pixel precision bits
+    line_type = cv2.LINE_8 if ids else cv2.LINE_AA
+    # Pixel centres sit at (i + 0.5) world/scale: shift by half a pixel so ids and colours agree with the flow grid.
+    offset = -0.5
+    for order in ("segment", "leaf"):
+        for index, body in enumerate(bodies):
+            if body["kind"] != order:
+                continue
+            center, angle = poses[index, :2], poses[index, 2]
+            color = (index + 1,) if ids else tuple(int(c) for c in body["color"])
+            if order == "segment":
+                a, b = _segment_ends(body, center, angle)
+                pa = tuple(int(round((v * scale + offset) * (1 << shift))) for v in a)
+                pb = tuple(int(round((v * scale + offset) * (1 << shift))) for v in b)
+                thickness = max(1, int(round(body["thickness"] * scale)))
+                cv2.line(canvas, pa, pb, color, thickness, line_type, shift)
+            else:
+                polygon = _body_polygon(body, center, angle)
+                points = np.round((polygon * scale + offset) * (1 << shift)).astype(np.int32)
+                cv2.fillPoly(canvas, [points], color, line_type, shift)
+                if not ids:
+                    darker = tuple(int(c * 0.6) for c in body["color"])
+                    a, b = _segment_ends({"length": body["length"] * 0.8}, center, angle)
+                    pa = tuple(int(round((v * scale + offset) * (1 << shift))) for v in a)
+                    pb = tuple(int(round((v * scale + offset) * (1 << shift))) for v in b)
+                    cv2.line(canvas, pa, pb, darker, max(1, int(round(1.2 * scale))), line_type, shift)
+
+
+def render_frame(bodies: list[dict[str, Any]], poses: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """Anti-aliased RGB frame ``(S, S, 3)`` uint8: bodies drawn 4x supersampled over ``background``."""
+    size = background.shape[0]
+    supersample = 4 if size <= 128 else 2
+    big = cv2.resize(background, (size * supersample, size * supersample), interpolation=cv2.INTER_NEAREST)
+    _draw_bodies(big, bodies, poses, size * supersample / WORLD, ids=False)
+    return cv2.resize(big, (size, size), interpolation=cv2.INTER_AREA)
+
+
+def render_ids(bodies: list[dict[str, Any]], poses: np.ndarray, size: int) -> np.ndarray:
+    """Part mask ``(S, S)`` uint8: 0 = background, k = body k-1 (topmost body wins)."""
+    if len(bodies) > 254:
+        raise ValueError("at most 254 bodies per scene fit a uint8 part mask")
+    ids = np.zeros((size, size), np.uint8)
+    _draw_bodies(ids, bodies, poses, size / WORLD, ids=True)
+    return ids
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Physics
+
+
+@dataclass
+class Poke:
+    """An impulse at a world point; ``(x, y)`` in world units, ``(dx, dy)`` the impulse direction times magnitude."""
+
+    x: float
+    y: float
+    dx: float
+    dy: float
+    body: int  # index of the poked body, -1 for the background
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {"x": self.x, "y": self.y, "dx": self.dx, "dy": self.dy, "body": self.body}
+
+
+def sample_poke(rng: np.random.Generator, scene: dict[str, Any], *, background: bool = False,
+                size: int = 128) -> Poke:
+    """Draw a poke on a random body (weighted by visible area) or, with ``background=True``, on the background.
+
+    Direction is uniform; the magnitude is drawn so that the poked point moves a few percent of the image.
+    """
+    bodies = scene["bodies"]
+    poses = np.array([[*b["center"], b["angle"]] for b in bodies])
+    ids = render_ids(bodies, poses, size)
+    if background:
+        free = ids == 0
+        # Keep background pokes clear of the plants so they are unambiguous.
+        free = cv2.erode(free.astype(np.uint8), np.ones((7, 7), np.uint8)).astype(bool)
+        candidates = np.argwhere(free)
+    else:
+        inner = cv2.erode((ids > 0).astype(np.uint8), np.ones((2, 2), np.uint8)).astype(bool)
+        candidates = np.argwhere(inner if inner.any() else ids > 0)
+    if len(candidates) == 0:
+        raise ValueError("no pixel available for the requested poke")
+    row, col = candidates[int(rng.integers(len(candidates)))]
+    x, y = (col + 0.5) * WORLD / size, (row + 0.5) * WORLD / size
+    angle = rng.uniform(0, 2 * math.pi)
+    magnitude = rng.uniform(0.5, 1.0)
+    return Poke(x=float(x), y=float(y), dx=float(magnitude * math.cos(angle)), dy=float(magnitude * math.sin(angle)),
+                body=-1 if background else int(ids[row, col]) - 1)
+
+
+def _build_space(scene: dict[str, Any], rng: np.random.Generator, *, perturb: bool) -> tuple[pymunk.Space, list]:
+    space = pymunk.Space()
+    space.gravity = (0.0, 0.0)
+    space.damping = 0.5
+    bodies = []
+    for spec in scene["bodies"]:
+        density = 0.02 if spec["kind"] == "segment" else 0.008
+        area = spec["length"] * (spec.get("thickness") or spec["length"] * 0.45)
+        mass = density * area
+        moment = mass * spec["length"] ** 2 / 12.0
+        body = pymunk.Body(mass, moment)
+        body.position = tuple(spec["center"])
+        body.angle = spec["angle"]
+        space.add(body)
+        parent = space.static_body if spec["parent"] < 0 else bodies[spec["parent"]]
+        pivot = pymunk.PivotJoint(parent, body, tuple(spec["joint"]))
+        stiffness = 9000.0 * spec["stiffness"] * (rng.uniform(0.75, 1.3) if perturb else 1.0)
+        damping = 60.0 * spec["damping"] * (rng.uniform(0.7, 1.4) if perturb else 1.0)
+        parent_angle = 0.0 if spec["parent"] < 0 else scene["bodies"][spec["parent"]]["angle"]
+        spring = pymunk.DampedRotarySpring(parent, body, spec["angle"] - parent_angle, stiffness, damping)
+        space.add(pivot, spring)
+        bodies.append(body)
+    return space, bodies
+
+
+def simulate(scene: dict[str, Any], poke: Poke, *, n_frames: int, size: int, physics_seed: int,
+             stochastic: bool = True, impulse_scale: float = 260.0, frame_dt: float = 1 / 24,
+             substeps: int = 8) -> dict[str, np.ndarray]:
+    """Simulate ``n_frames`` future frames after a poke and render them with exact ground truth.
+
+    Args:
+        scene: From :func:`sample_scene` (or a stored ``scene.json``).
+        poke: Where and how hard to push; a background poke (``body == -1``) moves nothing.
+        n_frames: Future frames T; the video has T + 1 frames (frame 0 = before any motion).
+        size: Output side length S.
+        physics_seed: Seed of this physics sample (stiffness/damping jitter, impulse jitter, secondary impulses).
+        stochastic: If False, nominal physics without any perturbation.
+        impulse_scale: World impulse per unit of poke magnitude.
+        frame_dt: Simulated seconds between frames.
+        substeps: Physics steps per frame.
+
+    Returns:
+        ``frames`` uint8 ``(T+1, S, S, 3)``, ``flow`` float32 ``(T, 2, S, S)`` from frame 0 to frames 1..T in pixels at
+        size S, ``masks`` uint8 ``(T+1, S, S)`` part ids, ``keypoints`` float32 ``(T+1, K, 2)`` joint positions in
+        pixels at size S, ``poses`` float64 ``(T+1, n_bodies, 3)`` world (x, y, angle).
+    """
+    rng = np.random.default_rng(physics_seed)
+    bodies_spec = scene["bodies"]
+    space, bodies = _build_space(scene, rng, perturb=stochastic)
+    n_bodies = len(bodies_spec)
+    poses = np.zeros((n_frames + 1, n_bodies, 3))
+    poses[0] = [[*b["center"], b["angle"]] for b in bodies_spec]
+    if poke.body >= 0:
+        jitter = rng.uniform(0.85, 1.15) if stochastic else 1.0
+        impulse = (poke.dx * impulse_scale * jitter, poke.dy * impulse_scale * jitter)
+        bodies[poke.body].apply_impulse_at_world_point(impulse, (poke.x, poke.y))
+        if stochastic:
+            for other in rng.choice(n_bodies, size=min(n_bodies, int(rng.integers(1, 4))), replace=False):
+                angle = rng.uniform(0, 2 * math.pi)
+                strength = impulse_scale * rng.uniform(0.02, 0.08) * bodies[other].mass / max(bodies[poke.body].mass, 1e-6)
+                strength = min(strength, impulse_scale * 0.08)
+                bodies[other].apply_impulse_at_local_point((strength * math.cos(angle), strength * math.sin(angle)))
+        step = frame_dt / substeps
+        for frame in range(1, n_frames + 1):
+            for _ in range(substeps):
+                space.step(step)
+            poses[frame] = [[b.position.x, b.position.y, b.angle] for b in bodies]
+    else:
+        poses[1:] = poses[0]
+
+    background = render_background(scene["background"], size)
+    frames = np.stack([render_frame(bodies_spec, poses[t], background) for t in range(n_frames + 1)])
+    masks = np.stack([render_ids(bodies_spec, poses[t], size) for t in range(n_frames + 1)])
+    flow = _exact_flow(masks[0], poses, size)
+    keypoints = _keypoints(bodies_spec, poses, size)
+    return {"frames": frames, "flow": flow, "masks": masks, "keypoints": keypoints, "poses": poses}
+
+
+def _exact_flow(ids0: np.ndarray, poses: np.ndarray, size: int) -> np.ndarray:
+    """Flow ``(T, 2, S, S)`` from frame 0: every object pixel follows the rigid motion of its body."""
+    n_future = poses.shape[0] - 1
+    flow = np.zeros((n_future, 2, size, size), np.float32)
+    scale = WORLD / size
+    for body in np.unique(ids0):
+        if body == 0:
+            continue
+        rows, cols = np.nonzero(ids0 == body)
+        points = np.stack([(cols + 0.5) * scale, (rows + 0.5) * scale], axis=1)
+        x0, y0, a0 = poses[0, body - 1]
+        relative = points - (x0, y0)
+        for t in range(1, n_future + 1):
+            xt, yt, at = poses[t, body - 1]
+            cos, sin = math.cos(at - a0), math.sin(at - a0)
+            moved = np.stack([cos * relative[:, 0] - sin * relative[:, 1] + xt,
+                              sin * relative[:, 0] + cos * relative[:, 1] + yt], axis=1)
+            displacement = (moved - points) / scale
+            flow[t - 1, 0, rows, cols] = displacement[:, 0]
+            flow[t - 1, 1, rows, cols] = displacement[:, 1]
+    return flow
+
+
+def _keypoints(bodies: list[dict[str, Any]], poses: np.ndarray, size: int) -> np.ndarray:
+    """Joint positions (the pivot of every body) over time, pixels at size S."""
+    keypoints = np.zeros((poses.shape[0], len(bodies), 2), np.float32)
+    for index, body in enumerate(bodies):
+        x0, y0, a0 = poses[0, index]
+        local = np.asarray(body["joint"]) - (x0, y0)
+        for t in range(poses.shape[0]):
+            xt, yt, at = poses[t, index]
+            cos, sin = math.cos(at - a0), math.sin(at - a0)
+            keypoints[t, index] = ((cos * local[0] - sin * local[1] + xt) * size / WORLD,
+                                   (sin * local[0] + cos * local[1] + yt) * size / WORLD)
+    return keypoints
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Whole datasets
+
+
+@dataclass(frozen=True)
+class SyntheticSettings:
+    """Options of :func:`generate_dataset` (also stored in the dataset index)."""
+
+    videos: int = 4000
+    frames: int = 10
+    size: int = 64
+    seed: int = 0
+    val_fraction: float = 0.05
+    test_fraction: float = 0.1
+    background_poke_fraction: float = 1 / 12
+    min_motion: float = 0.5
+
+
+def _video_plan(settings: SyntheticSettings) -> list[tuple[str, str, int]]:
+    """(video_id, split, index) of every video, with a fixed split assignment."""
+    n_test = int(round(settings.videos * settings.test_fraction))
+    n_val = int(round(settings.videos * settings.val_fraction))
+    n_train = settings.videos - n_test - n_val
+    plan = [(f"train_{i:06d}", "train", i) for i in range(n_train)]
+    plan += [(f"val_{i:06d}", "val", i) for i in range(n_val)]
+    plan += [(f"test_{i:06d}", "test", i) for i in range(n_test)]
+    return plan
+
+
+def make_video(settings: SyntheticSettings, split: str, index: int) -> dict[str, Any]:
+    """Generate one video of the dataset, deterministically from ``(seed, split, index)``.
+
+    Retries with fresh draws (at most 20) when a non-background poke barely moves anything, so that every object
+    poke in the dataset produces visible motion.
+    """
+    split_key = {"train": 0, "val": 1, "test": 2}[split]
+    rng = np.random.default_rng(np.random.SeedSequence([settings.seed, split_key, index]))
+    background_poke = rng.random() < settings.background_poke_fraction
+    for _attempt in range(20):
+        scene = sample_scene(rng, novel=split == "test")
+        poke = sample_poke(rng, scene, background=background_poke, size=max(settings.size, 64))
+        physics_seed = int(rng.integers(2**31))
+        result = simulate(scene, poke, n_frames=settings.frames, size=settings.size, physics_seed=physics_seed)
+        moved = np.linalg.norm(result["flow"][-1], axis=0).max()
+        if background_poke or moved * 64 / settings.size >= settings.min_motion:
+            break
+    scale = settings.size / WORLD
+    px, py = poke.x * scale, poke.y * scale
+    col = min(int(px), settings.size - 1)
+    row = min(int(py), settings.size - 1)
+    if background_poke:
+        # A background poke records the drag the user made; nothing moved.
+        vector = (poke.dx * 0.1 * settings.size, poke.dy * 0.1 * settings.size)
+    else:
+        # An object poke is recorded like a flow-simulated one: the endpoint displacement at the poked pixel.
+        vector = tuple(float(v) for v in result["flow"][-1, :, row, col])
+    scene_record = {**scene, "poke": poke.as_dict(), "physics_seed": physics_seed, "frames": settings.frames}
+    return {
+        "frames": result["frames"],
+        "flow": result["flow"][None],  # (F=1, L=T, 2, S, S)
+        "masks": result["masks"],
+        "keypoints": result["keypoints"],
+        "pokes": np.array([[px, py, *vector]], np.float32),
+        "scene": scene_record,
+        "meta": {"object_id": "+".join(scene["species"]), "background_poke": bool(background_poke),
+                 "poked_body": poke.body},
+    }
+
+
+def resimulate(scene_record: dict[str, Any], *, size: int, physics_seed: int, stochastic: bool = True) -> dict[str, np.ndarray]:
+    """Another physics sample of a stored video (same first frame and poke, different future)."""
+    poke = Poke(**scene_record["poke"])
+    return simulate(scene_record, poke, n_frames=scene_record["frames"], size=size, physics_seed=physics_seed,
+                    stochastic=stochastic)
+
+
+def _worker(args: tuple[SyntheticSettings, str, str, int, Any]) -> str:
+    # The writer is created once by the parent (its constructor cleans stale tmp folders, which must not race).
+    settings, video_id, split, index, writer = args
+    video = make_video(settings, split, index)
+    writer.write_video(video_id, split=split, frames=video["frames"], flow=video["flow"], flow_starts=[0],
+                       masks=video["masks"], keypoints=video["keypoints"], pokes=video["pokes"], scene=video["scene"],
+                       **video["meta"])
+    return video_id
+
+
+def generate_dataset(out: str | os.PathLike, settings: SyntheticSettings, *, workers: int = 1,
+                     progress: bool = True) -> Path:
+    """Write a synthetic dataset in the prepared format; resumable and deterministic for a seed.
+
+    Args:
+        out: Output folder (new, empty, or an unfinished/finished synthetic dataset with the same settings).
+        settings: Dataset size, clip length, resolution, seed and split fractions.
+        workers: Processes generating videos in parallel (the result does not depend on it).
+        progress: Show a progress bar.
+
+    Returns:
+        The dataset folder.
+    """
+    from tqdm.auto import tqdm
+
+    from ipoke.data.format import DatasetFormatError, DatasetWriter
+
+    if settings.videos < 1 or settings.frames < 1 or settings.size < 16:
+        raise ValueError(f"need videos >= 1, frames >= 1 and size >= 16, got {settings}")
+    root = Path(out)
+    writer = DatasetWriter(root, size=settings.size, flow_lags=list(range(1, settings.frames + 1)), source="synthetic",
+                           settings=settings.__dict__)
+    if (root / "ipoke_dataset.json").exists():
+        import json
+
+        stored = json.loads((root / "ipoke_dataset.json").read_text()).get("settings", {})
+        if stored and stored != settings.__dict__:
+            raise DatasetFormatError(f"{root} was generated with settings {stored}, not {settings.__dict__}; use "
+                                     "another --out folder or the same options to resume")
+    todo = [(settings, vid, split, index, writer) for vid, split, index in _video_plan(settings)
+            if not writer.has_video(vid)]
+    bar = tqdm(total=settings.videos, initial=settings.videos - len(todo), desc="synthesising videos", unit="video",
+               disable=not progress)
+    # The index is written first, marked incomplete, so that an interrupted run is recognised (readers refuse it)
+    # and resumed by running the same command again.
+    writer.write_index(complete=False)
+    if workers > 1 and len(todo) > 1:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            for _ in pool.map(_worker, todo, chunksize=8):
+                bar.update()
+    else:
+        for job in todo:
+            _worker(job)
+            bar.update()
+    bar.close()
+    writer.write_index()
+    return root

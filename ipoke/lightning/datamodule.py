@@ -1,0 +1,80 @@
+"""``PokeDataModule``: train/val/test loaders of clips with pokes from a prepared dataset folder."""
+
+from __future__ import annotations
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from ipoke.data.datasets import PokeDataset
+
+
+class PokeDataModule(L.LightningDataModule):
+    """Loaders over a prepared dataset (``ipoke data synth`` or ``ipoke data prepare`` output).
+
+    Training clips are augmented and get random pokes every epoch; validation and test clips are not augmented and
+    get the same pokes every time (seeded per clip), so metrics are comparable across epochs and runs.
+
+    Args:
+        data_dir: Prepared dataset folder.
+        size: Model resolution S (frames and flow are resized on the fly). Default: the dataset's size.
+        n_frames: Future frames T per clip.
+        frame_step: Stored frames between clip frames.
+        batch_size: Clips per batch (per device).
+        num_workers: Loader processes.
+        n_pokes: Maximum pokes per training clip.
+        poke_size: Poke square side in pixels at size S.
+        zero_poke_fraction: Fraction of training clips turned into static clips with a background poke.
+        augment: Augment training clips.
+        poke_source: ``"flow"`` (simulate from flow, the papers' protocol) or ``"recorded"`` (synthetic data's
+            stored pokes where possible).
+        train_split, val_split, test_split: Split names.
+        eval_n_pokes: Pokes per validation/test clip (the papers' test protocol uses exactly 1).
+        max_val_clips: Bound on validation clips (evenly spaced); ``None`` = all.
+        seed: Seed of the deterministic validation/test pokes.
+    """
+
+    def __init__(self, *, data_dir: str, size: int | None = None, n_frames: int = 10, frame_step: int = 1,
+                 batch_size: int = 20, num_workers: int = 2, n_pokes: int = 5, poke_size: int = 5,
+                 zero_poke_fraction: float = 1 / 12, augment: bool = True, poke_source: str = "flow",
+                 train_split: str = "train", val_split: str = "val", test_split: str = "test", eval_n_pokes: int = 1,
+                 max_val_clips: int | None = 1000, seed: int = 0) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.train_set: PokeDataset | None = None
+        self.val_set: PokeDataset | None = None
+        self.test_set: PokeDataset | None = None
+
+    def _dataset(self, split: str, *, train: bool, max_clips: int | None = None) -> PokeDataset:
+        hp = self.hparams
+        return PokeDataset(
+            hp.data_dir, split=split, size=hp.size, n_frames=hp.n_frames, frame_step=hp.frame_step,
+            n_pokes=hp.n_pokes if train else hp.eval_n_pokes, poke_size=hp.poke_size,
+            zero_poke_fraction=hp.zero_poke_fraction if train else 0.0, augment=hp.augment and train,
+            poke_source=hp.poke_source, fixed_poke_count=not train, deterministic=not train, seed=hp.seed,
+            max_clips=max_clips)
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit") and self.train_set is None:
+            self.train_set = self._dataset(self.hparams.train_split, train=True)
+        if stage in (None, "fit", "validate") and self.val_set is None:
+            self.val_set = self._dataset(self.hparams.val_split, train=False, max_clips=self.hparams.max_val_clips)
+        if stage in (None, "test", "predict") and self.test_set is None:
+            self.test_set = self._dataset(self.hparams.test_split, train=False)
+
+    def _loader(self, dataset: PokeDataset, *, shuffle: bool) -> DataLoader:
+        workers = self.hparams.num_workers
+        return DataLoader(dataset, batch_size=self.hparams.batch_size, shuffle=shuffle, num_workers=workers,
+                          drop_last=shuffle and len(dataset) >= self.hparams.batch_size,
+                          persistent_workers=workers > 0, pin_memory=False)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, shuffle=False)

@@ -1,0 +1,200 @@
+"""The one way networks remember how they were built, and how they are saved and loaded.
+
+Every network of ipoke subclasses :class:`SavableModule`. Its constructor takes keyword arguments only; they are
+recorded as ``module.config`` so that a checkpoint can carry ``{"class_path", "init_args"}`` and be loaded with one
+call and no YAML:
+
+    save_pretrained(model, "out/autoencoder")          # out/autoencoder/{model_config.yaml, model.pt}
+    model = VideoAutoencoder.from_checkpoint("out/autoencoder")
+    model = VideoAutoencoder.from_checkpoint("logs/.../last.ckpt")   # a Lightning checkpoint of a training module
+
+Lightning checkpoints written by ipoke's training modules hold, besides Lightning's own keys,
+``checkpoint["ipoke_networks"] = {attribute_name: {"class_path", "init_args"}}`` (see
+:func:`network_specs`), so any network trained inside them can be pulled out by attribute name.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+import yaml
+from torch import nn
+
+CONFIG_FILE = "model_config.yaml"
+WEIGHTS_FILE = "model.pt"
+NETWORKS_KEY = "ipoke_networks"
+
+T = TypeVar("T", bound="SavableModule")
+
+
+def class_path_of(obj_or_cls: Any) -> str:
+    """Dotted import path of a class or of an object's class, e.g. ``ipoke.models.autoencoder.VideoAutoencoder``."""
+    cls = obj_or_cls if isinstance(obj_or_cls, type) else type(obj_or_cls)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def import_class(class_path: str) -> type:
+    """Import ``package.module.ClassName``; raises ``ValueError`` naming the path when it does not resolve."""
+    module_name, _, name = class_path.rpartition(".")
+    if not module_name:
+        raise ValueError(f"class_path {class_path!r} is not a dotted path like 'package.module.ClassName'")
+    try:
+        module = importlib.import_module(module_name)
+        return getattr(module, name)
+    except (ImportError, AttributeError) as error:
+        raise ValueError(f"cannot import class_path {class_path!r}: {error}") from error
+
+
+def instantiate(spec: dict[str, Any]) -> Any:
+    """Build an object from ``{"class_path": ..., "init_args": {...}}`` (Lightning's dialect), recursively."""
+    if not isinstance(spec, dict) or "class_path" not in spec:
+        raise ValueError(f"expected a mapping with 'class_path' (and optionally 'init_args'), got {spec!r}")
+    unknown = set(spec) - {"class_path", "init_args"}
+    if unknown:
+        raise ValueError(f"unknown keys {sorted(unknown)} next to class_path {spec['class_path']!r}")
+    cls = import_class(spec["class_path"])
+    init_args = {
+        key: instantiate(value) if isinstance(value, dict) and "class_path" in value else value
+        for key, value in (spec.get("init_args") or {}).items()
+    }
+    return cls(**init_args)
+
+
+class SavableModule(nn.Module):
+    """``nn.Module`` whose keyword-only constructor arguments are recorded in ``self.config``.
+
+    Subclasses write an ordinary ``__init__(self, *, ...)``; the recording wraps it. Only plain data (numbers,
+    strings, lists, dicts) should be passed so that the config can be written as YAML.
+    """
+
+    config: dict[str, Any]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            return
+
+        @functools.wraps(init)
+        def recording_init(self: SavableModule, *args: Any, **init_kwargs: Any) -> None:
+            if args:
+                raise TypeError(f"{cls.__name__} takes keyword arguments only, got {len(args)} positional")
+            outermost = not self.__dict__.get("_recording_config", False)
+            if outermost:
+                object.__setattr__(self, "_recording_config", True)
+            try:
+                init(self, **init_kwargs)
+            finally:
+                if outermost:
+                    object.__setattr__(self, "_recording_config", False)
+            if outermost:
+                object.__setattr__(self, "config", dict(init_kwargs))
+
+        cls.__init__ = recording_init  # type: ignore[method-assign]
+
+    def spec(self) -> dict[str, Any]:
+        """``{"class_path", "init_args"}`` that rebuilds this network (without weights)."""
+        return {"class_path": class_path_of(self), "init_args": _plain(self.config)}
+
+    @classmethod
+    def from_checkpoint(cls: type[T], path: str | os.PathLike, *, name: str | None = None,
+                        map_location: str | torch.device = "cpu") -> T:
+        """Load a network saved by :func:`save_pretrained` or trained inside an ipoke Lightning module.
+
+        Args:
+            path: A folder written by :func:`save_pretrained`, or a Lightning ``.ckpt`` written by an ipoke
+                training module.
+            name: For Lightning checkpoints that hold several networks, the attribute name of the one to load
+                (e.g. ``"autoencoder"``). Defaults to the only network whose class is ``cls`` or a subclass.
+            map_location: Where to load the tensors.
+
+        Returns:
+            The network in eval mode, with weights loaded strictly.
+        """
+        model = load_network(path, name=name, map_location=map_location, expected_class=cls)
+        return model  # type: ignore[return-value]
+
+
+def _plain(value: Any) -> Any:
+    """Convert tuples to lists (and recurse) so a config dumps to YAML and compares equal after a round trip."""
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
+
+
+def network_specs(module: nn.Module) -> dict[str, dict[str, Any]]:
+    """Specs of the :class:`SavableModule` children of a (Lightning) module, keyed by attribute name."""
+    return {name: child.spec() for name, child in module.named_children() if isinstance(child, SavableModule)}
+
+
+def save_pretrained(model: SavableModule, directory: str | os.PathLike) -> Path:
+    """Write ``model_config.yaml`` and ``model.pt`` into ``directory`` atomically (all or nothing)."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        (tmp / CONFIG_FILE).write_text(yaml.safe_dump(model.spec(), sort_keys=False))
+        torch.save(model.state_dict(), tmp / WEIGHTS_FILE)
+        if directory.exists():
+            shutil.rmtree(directory)
+        tmp.rename(directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def _load_state(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise RuntimeError(
+            f"weights in {source} do not match {class_path_of(module)}: missing keys {missing[:8]}"
+            f"{'...' if len(missing) > 8 else ''}, unexpected keys {unexpected[:8]}{'...' if len(unexpected) > 8 else ''}"
+        )
+
+
+def load_network(path: str | os.PathLike, *, name: str | None = None, map_location: str | torch.device = "cpu",
+                 expected_class: type | None = None) -> SavableModule:
+    """Load any ipoke network from a :func:`save_pretrained` folder or a Lightning checkpoint (see module doc)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if path.is_dir():
+        config_file, weights_file = path / CONFIG_FILE, path / WEIGHTS_FILE
+        if not config_file.exists() or not weights_file.exists():
+            raise FileNotFoundError(
+                f"{path} is not a saved network: expected {CONFIG_FILE} and {WEIGHTS_FILE} inside (written by "
+                "ipoke.models.base.save_pretrained)")
+        spec = yaml.safe_load(config_file.read_text())
+        model = instantiate(spec)
+        _load_state(model, torch.load(weights_file, map_location=map_location, weights_only=True), str(path))
+    else:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+        specs = checkpoint.get(NETWORKS_KEY) if isinstance(checkpoint, dict) else None
+        if not specs:
+            raise ValueError(f"{path} carries no ipoke network configs (key {NETWORKS_KEY!r}); was it written by an "
+                             "ipoke training module?")
+        if name is None:
+            candidates = [key for key, spec in specs.items()
+                          if expected_class is None or issubclass(import_class(spec["class_path"]), expected_class)]
+            if len(candidates) != 1:
+                raise ValueError(f"{path} holds networks {sorted(specs)}; pass name= to choose one")
+            name = candidates[0]
+        if name not in specs:
+            raise KeyError(f"{path} holds no network named {name!r}; it has {sorted(specs)}")
+        model = instantiate(specs[name])
+        prefix = f"{name}."
+        state = {key[len(prefix):]: value for key, value in checkpoint["state_dict"].items() if key.startswith(prefix)}
+        _load_state(model, state, f"{path} [{name}]")
+    if expected_class is not None and not isinstance(model, expected_class):
+        raise TypeError(f"{path} holds a {class_path_of(model)}, not a {class_path_of(expected_class)}")
+    return model.eval()
