@@ -1,0 +1,177 @@
+"""Control accuracy: does a generated video move the way the poke asked? (For data whose true motion is known.)
+
+The motion from x0 to the last generated frame is estimated with OpenCV's DIS optical flow (``PRESET_MEDIUM``, no
+learned weights, deterministic) on the grayscale frames, and compared with the ground-truth endpoint flow of the
+dataset (the synthetic generator knows it exactly). Per clip, with F the estimated and G the true flow in pixels:
+
+* ``control/poke_epe`` (object pokes only): mean of the per-pixel endpoint error ‖F − G‖ over a
+  ``(2r+1) x (2r+1)`` window around the poked pixel (r = ``window_radius``, default 2: the 5x5 poke square),
+  clipped to the image.
+* ``control/poke_angle_deg`` (object pokes only): angle in degrees, in [0, 180], between the mean of F over that
+  window and the poke vector (dx, dy). NaN when the estimated motion there is below ``min_motion`` pixels (a
+  direction is undefined); such clips are left out of the mean, so read it together with ``poke_epe``.
+* ``control/object_epe``: mean ‖F − G‖ over the object pixels of x0 (mask), every clip with a non-empty mask.
+* ``control/background_motion``: mean ‖F‖ over background pixels, every clip. Background pixels within
+  ``max ‖G‖ + background_margin`` pixels of the object are left out, because the object may cover them by the
+  last frame (occlusion) and flow estimated there is not background motion.
+* ``control/background_poke_motion`` (background pokes only): mean ‖F‖ over the whole image; a poke on the
+  background should move nothing.
+
+Clips where a metric does not apply get NaN; :class:`ControlAccuracy` averages over the clips where it applies.
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+import torch
+
+from ipoke.metrics.averaging import MeanAccumulator
+from ipoke.metrics.common import (
+    CONTROL_BACKGROUND_MOTION,
+    CONTROL_BACKGROUND_POKE_MOTION,
+    CONTROL_OBJECT_EPE,
+    CONTROL_POKE_ANGLE_DEG,
+    CONTROL_POKE_EPE,
+    N_CLIPS,
+    as_tensor,
+    check_video,
+    to_unit_range,
+)
+
+CONTROL_KEYS = (CONTROL_POKE_EPE, CONTROL_POKE_ANGLE_DEG, CONTROL_OBJECT_EPE, CONTROL_BACKGROUND_MOTION,
+                CONTROL_BACKGROUND_POKE_MOTION)
+
+
+def _gray_uint8(frame: np.ndarray) -> np.ndarray:
+    """``(3, H, W)`` float in [-1, 1] -> ``(H, W)`` uint8 grayscale."""
+    rgb = np.clip(np.round((frame.transpose(1, 2, 0) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    return cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)
+
+
+def estimate_flow(first: torch.Tensor | np.ndarray, last: torch.Tensor | np.ndarray) -> np.ndarray:
+    """DIS-MEDIUM optical flow from ``first`` to ``last``.
+
+    Args:
+        first: ``(N, 3, H, W)`` frames in [-1, 1] (or uint8).
+        last: ``(N, 3, H, W)`` frames, same convention.
+
+    Returns:
+        ``(N, 2, H, W)`` float32 flow in pixels (channel 0 = dx, 1 = dy) such that ``first(p) ≈ last(p + flow(p))``.
+    """
+    first, last = to_unit_range(first).cpu().numpy(), to_unit_range(last).cpu().numpy()
+    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    flows = [dis.calc(_gray_uint8(a), _gray_uint8(b), None) for a, b in zip(first, last)]
+    return np.stack(flows).transpose(0, 3, 1, 2).astype(np.float32)
+
+
+def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
+    if radius <= 0:
+        return mask
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+    return cv2.dilate(mask.astype(np.uint8), kernel).astype(bool)
+
+
+def control_errors_from_flow(estimated_flow: np.ndarray, true_flow: np.ndarray, object_mask: np.ndarray,
+                             poke: np.ndarray, background_poke: np.ndarray, *, window_radius: int = 2,
+                             min_motion: float = 0.5, background_margin: int = 2) -> dict[str, np.ndarray]:
+    """Per-clip control errors given an estimated flow (see the module doc for the definitions).
+
+    Args:
+        estimated_flow: ``(N, 2, S, S)`` estimated flow x0 -> last frame, pixels.
+        true_flow: ``(N, 2, S, S)`` ground-truth flow x0 -> last frame, pixels.
+        object_mask: ``(N, S, S)`` bool, object pixels in x0.
+        poke: ``(N, 4)`` rows (x, y, dx, dy), pixel coordinates at size S.
+        background_poke: ``(N,)`` bool, True where the poke lies on the background.
+        window_radius: Half size of the window around the poke.
+        min_motion: Smallest estimated motion (pixels) for which a direction is measured.
+        background_margin: Extra pixels around the object (beyond the largest true displacement) left out of the
+            background.
+
+    Returns:
+        ``{key: (N,) float64}`` for the five ``control/*`` keys, NaN where a metric does not apply.
+    """
+    count, _, height, width = estimated_flow.shape
+    results = {key: np.full(count, np.nan) for key in CONTROL_KEYS}
+    for i in range(count):
+        flow, truth, mask = estimated_flow[i], true_flow[i], object_mask[i].astype(bool)
+        error = np.linalg.norm(flow - truth, axis=0)
+        magnitude = np.linalg.norm(flow, axis=0)
+        if mask.any():
+            results[CONTROL_OBJECT_EPE][i] = error[mask].mean()
+        largest_shift = int(math.ceil(np.linalg.norm(truth, axis=0).max()))
+        background = ~_dilate(mask, largest_shift + background_margin) if mask.any() else np.ones_like(mask)
+        if background.any():
+            results[CONTROL_BACKGROUND_MOTION][i] = magnitude[background].mean()
+        if background_poke[i]:
+            results[CONTROL_BACKGROUND_POKE_MOTION][i] = magnitude.mean()
+            continue
+        x, y = int(round(float(poke[i, 0]))), int(round(float(poke[i, 1])))
+        x, y = min(max(x, 0), width - 1), min(max(y, 0), height - 1)
+        rows = slice(max(y - window_radius, 0), y + window_radius + 1)
+        cols = slice(max(x - window_radius, 0), x + window_radius + 1)
+        results[CONTROL_POKE_EPE][i] = error[rows, cols].mean()
+        motion = flow[:, rows, cols].reshape(2, -1).mean(axis=1)
+        poke_vector = np.asarray(poke[i, 2:4], dtype=np.float64)
+        if np.linalg.norm(motion) >= min_motion and np.linalg.norm(poke_vector) > 0:
+            cosine = motion @ poke_vector / (np.linalg.norm(motion) * np.linalg.norm(poke_vector))
+            results[CONTROL_POKE_ANGLE_DEG][i] = math.degrees(math.acos(float(np.clip(cosine, -1.0, 1.0))))
+    return results
+
+
+def control_errors(videos: torch.Tensor | np.ndarray, true_flow: torch.Tensor | np.ndarray,
+                   object_mask: torch.Tensor | np.ndarray, poke: torch.Tensor | np.ndarray,
+                   background_poke: torch.Tensor | np.ndarray, **kwargs) -> dict[str, np.ndarray]:
+    """Per-clip control errors of generated videos (DIS flow from frame 0 to the last frame).
+
+    Args:
+        videos: ``(N, T+1, 3, S, S)`` generated videos including x0, float in [-1, 1] or uint8.
+        true_flow: ``(N, 2, S, S)`` ground-truth flow x0 -> last frame, pixels (channel 0 = dx).
+        object_mask: ``(N, S, S)`` bool (or 0/1), object pixels in x0.
+        poke: ``(N, 4)`` rows (x, y, dx, dy) in pixels at size S.
+        background_poke: ``(N,)`` bool, True where the poke is on the background.
+        **kwargs: ``window_radius``, ``min_motion``, ``background_margin`` of :func:`control_errors_from_flow`.
+
+    Returns:
+        ``{key: (N,) float64 array}`` for the five ``control/*`` keys (NaN where not applicable).
+    """
+    videos = to_unit_range(videos)
+    check_video(videos, "videos")
+    estimated = estimate_flow(videos[:, 0], videos[:, -1])
+    return control_errors_from_flow(
+        estimated, as_tensor(true_flow).detach().cpu().numpy().astype(np.float32),
+        as_tensor(object_mask).detach().cpu().numpy().astype(bool), as_tensor(poke).detach().cpu().double().numpy(),
+        as_tensor(background_poke).detach().cpu().numpy().astype(bool).reshape(-1), **kwargs)
+
+
+class ControlAccuracy:
+    """Streaming control accuracy: :meth:`update` per batch, :meth:`compute` for the means over applicable clips.
+
+    Args:
+        window_radius: Half size of the window around the poke (default 2, the 5x5 poke square).
+        min_motion: Smallest estimated motion (pixels) for which the poke angle is measured.
+        background_margin: Pixels around the object (beyond the largest true displacement) excluded from the
+            background.
+    """
+
+    def __init__(self, *, window_radius: int = 2, min_motion: float = 0.5, background_margin: int = 2) -> None:
+        self.options = {"window_radius": window_radius, "min_motion": min_motion,
+                        "background_margin": background_margin}
+        self.means = MeanAccumulator()
+        self.n_clips = 0
+
+    def update(self, videos: torch.Tensor | np.ndarray, true_flow: torch.Tensor | np.ndarray,
+               object_mask: torch.Tensor | np.ndarray, poke: torch.Tensor | np.ndarray,
+               background_poke: torch.Tensor | np.ndarray) -> dict[str, np.ndarray]:
+        """Add a batch (arguments as :func:`control_errors`); returns its per-clip errors."""
+        errors = control_errors(videos, true_flow, object_mask, poke, background_poke, **self.options)
+        self.means.update(errors)
+        self.n_clips += len(videos)
+        return errors
+
+    def compute(self) -> dict[str, float | int]:
+        """``{control/*: mean over clips where it applies (NaN if none), "n_clips": clips seen}``."""
+        means = self.means.compute()
+        return {**{key: means.get(key, math.nan) for key in CONTROL_KEYS}, N_CLIPS: self.n_clips}
