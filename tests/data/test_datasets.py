@@ -1,0 +1,80 @@
+"""PokeDataset samples and the data module's batches."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ipoke.data.datasets import PokeDataset, resize_flow
+from ipoke.lightning.datamodule import PokeDataModule
+
+
+def test_sample_layout_and_values(synthetic_dataset):
+    dataset = PokeDataset(synthetic_dataset, split="train", augment=True, zero_poke_fraction=0.0)
+    sample = dataset[0]
+    assert sample["video"].shape == (11, 3, 64, 64) and sample["video"].dtype == torch.float32
+    assert sample["video"].min() >= -1 and sample["video"].max() <= 1
+    assert sample["flow"].shape == sample["poke"].shape == (2, 64, 64)
+    assert sample["poke_coords"].shape == (5, 4) and 1 <= int(sample["poke_count"]) <= 5
+    assert sample["mask"].shape == (64, 64) and bool(sample["has_mask"])
+    # Each poke square carries the flow vector at its centre (later pokes overwrite overlaps: check the last).
+    x, y, dx, dy = sample["poke_coords"][int(sample["poke_count"]) - 1]
+    assert sample["poke"][:, int(y), int(x)].tolist() == pytest.approx([float(dx), float(dy)])
+    assert sample["flow"][:, int(y), int(x)].tolist() == pytest.approx([float(dx), float(dy)])
+
+
+def test_zero_poke_sample_is_static(synthetic_dataset):
+    dataset = PokeDataset(synthetic_dataset, split="train", zero_poke_fraction=0.999, deterministic=True)
+    sample = dataset[1]
+    assert bool(sample["background_poke"])
+    assert torch.equal(sample["video"][0], sample["video"][-1])
+    assert not sample["flow"].any() and sample["poke"].abs().sum() > 0
+
+
+def test_deterministic_mode_repeats_and_seed_changes(synthetic_dataset):
+    a = PokeDataset(synthetic_dataset, split="val", deterministic=True, seed=1, augment=True)
+    b = PokeDataset(synthetic_dataset, split="val", deterministic=True, seed=2, augment=True)
+    assert torch.equal(a[0]["video"], a[0]["video"]) and torch.equal(a[0]["poke"], a[0]["poke"])
+    assert not torch.equal(a[0]["video"], b[0]["video"])
+
+
+def test_recorded_pokes_are_rescaled_with_the_frames(synthetic_dataset):
+    full = PokeDataset(synthetic_dataset, split="train", poke_source="recorded", zero_poke_fraction=0.0)
+    half = PokeDataset(synthetic_dataset, split="train", size=32, poke_source="recorded", zero_poke_fraction=0.0)
+    index = next(i for i, (vid, _) in enumerate(full.clips) if not full.data.video(vid).meta["background_poke"])
+    big, small = full[index], half[index]
+    assert small["video"].shape == (11, 3, 32, 32)
+    np.testing.assert_allclose(small["poke_coords"][0].numpy(), big["poke_coords"][0].numpy() / 2, rtol=1e-5)
+    assert torch.allclose(small["flow"].abs().max(), big["flow"].abs().max() / 2, rtol=0.35)
+
+
+def test_resize_flow_rescales_vectors():
+    flow = np.ones((2, 16, 16), np.float32) * np.array([3.0, -1.0], np.float32)[:, None, None]
+    small = resize_flow(flow, 8)
+    np.testing.assert_allclose(small[:, 4, 4], [1.5, -0.5])
+
+
+def test_clear_errors(synthetic_dataset):
+    with pytest.raises(ValueError, match="lag 20"):
+        PokeDataset(synthetic_dataset, n_frames=10, frame_step=2)
+    with pytest.raises(ValueError, match="split 'nope'"):
+        PokeDataset(synthetic_dataset, split="nope")
+    with pytest.raises(ValueError, match="poke_source"):
+        PokeDataset(synthetic_dataset, poke_source="magic")
+
+
+def test_datamodule_batches(synthetic_dataset):
+    module = PokeDataModule(data_dir=synthetic_dataset, batch_size=4, num_workers=0, max_val_clips=2)
+    module.setup("fit")
+    batch = next(iter(module.train_dataloader()))
+    assert batch["video"].shape == (4, 11, 3, 64, 64)
+    assert batch["poke_coords"].shape == (4, 5, 4) and batch["poke_count"].shape == (4,)
+    assert len(batch["video_id"]) == 4
+    val = next(iter(module.val_dataloader()))
+    again = next(iter(module.val_dataloader()))
+    assert len(module.val_set) == 2
+    assert torch.equal(val["poke"], again["poke"]) and torch.equal(val["video"], again["video"])
+    assert (val["poke_count"] == 1).all()
+    module.setup("test")
+    assert len(module.test_set) == 4

@@ -1,0 +1,185 @@
+"""The synthetic poking generator: determinism, physical sanity, exact ground truth, held-out split."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ipoke.data.format import PreparedDataset
+from ipoke.data.synthetic import (
+    NOVEL_SPECIES,
+    TRAIN_SPECIES,
+    Poke,
+    SyntheticSettings,
+    generate_dataset,
+    make_video,
+    resimulate,
+    sample_poke,
+    sample_scene,
+    simulate,
+)
+
+SETTINGS = SyntheticSettings(videos=10, frames=8, size=64, seed=3)
+
+
+def test_make_video_is_deterministic_and_seed_dependent():
+    first, again = make_video(SETTINGS, "train", 4), make_video(SETTINGS, "train", 4)
+    np.testing.assert_array_equal(first["frames"], again["frames"])
+    np.testing.assert_array_equal(first["flow"], again["flow"])
+    other = make_video(SyntheticSettings(videos=10, frames=8, size=64, seed=4), "train", 4)
+    assert not np.array_equal(first["frames"][0], other["frames"][0])
+    assert first["frames"].shape == (9, 64, 64, 3) and first["frames"].dtype == np.uint8
+    assert first["flow"].shape == (1, 8, 2, 64, 64)
+    assert first["masks"].shape == (9, 64, 64)
+    assert first["pokes"].shape == (1, 4)
+
+
+def _object_poke_cases(n: int):
+    rng = np.random.default_rng(11)
+    for _ in range(n):
+        scene = sample_scene(rng)
+        poke = sample_poke(rng, scene, size=128)
+        yield scene, poke
+
+
+def test_poke_moves_poked_part_along_poke_and_motion_propagates():
+    for scene, poke in _object_poke_cases(8):
+        result = simulate(scene, poke, n_frames=6, size=128, physics_seed=0, stochastic=False)
+        col, row = int(poke.x * 128 / 256), int(poke.y * 128 / 256)
+        displacement = result["flow"][-1][:, row, col]
+        assert np.dot(displacement, [poke.dx, poke.dy]) > 0, "the poked point must move along the poke"
+        moved = np.linalg.norm(result["poses"][-1, :, :2] - result["poses"][0, :, :2], axis=1)
+        others = np.delete(moved, poke.body)
+        # Parts joined to the poked one move too (the kinematic chain carries the motion).
+        assert (others > 0.05).sum() >= 1
+
+
+def test_background_poke_moves_nothing():
+    rng = np.random.default_rng(5)
+    scene = sample_scene(rng)
+    poke = sample_poke(rng, scene, background=True, size=64)
+    assert poke.body == -1
+    result = simulate(scene, poke, n_frames=5, size=64, physics_seed=1)
+    for frame in result["frames"][1:]:
+        np.testing.assert_array_equal(frame, result["frames"][0])
+    assert not result["flow"].any()
+
+
+def test_exact_flow_carries_every_object_pixel_to_its_body():
+    rng = np.random.default_rng(2)
+    scene = sample_scene(rng)
+    poke = sample_poke(rng, scene, size=128)
+    result = simulate(scene, poke, n_frames=8, size=128, physics_seed=3)
+    masks, flow = result["masks"], result["flow"]
+    assert flow[:, :, masks[0] == 0].max() == 0, "background pixels have zero flow"
+    # Part interiors (all 3x3 neighbours in the same part): edges are ambiguous after rounding to pixels.
+    same = np.ones_like(masks[0], bool)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            same &= np.roll(masks[0], (dy, dx), axis=(0, 1)) == masks[0]
+    interior = same & (masks[0] > 0)
+    rows, cols = np.nonzero(interior)
+    assert len(rows) > 100
+    for t in (3, 7):
+        x = np.clip(np.round(cols + flow[t, 0, rows, cols]).astype(int), 0, 127)
+        y = np.clip(np.round(rows + flow[t, 1, rows, cols]).astype(int), 0, 127)
+        landed = masks[t + 1][y, x]
+        # Parts overlap at joints (the topmost is drawn), so a few interior pixels land under another part;
+        # none may land on the background.
+        assert (landed == masks[0][rows, cols]).mean() > 0.9
+        assert (landed == 0).mean() < 0.01
+    assert np.abs(flow).max() > 1.0
+
+
+def test_flow_matches_frame_differences_inside_parts():
+    """Warping frame t back along the exact flow reproduces frame 0 on part interiors."""
+    import cv2
+
+    rng = np.random.default_rng(8)
+    scene = sample_scene(rng)
+    poke = sample_poke(rng, scene, size=128)
+    result = simulate(scene, poke, n_frames=8, size=128, physics_seed=0, stochastic=False)
+    frames, flow, masks = result["frames"], result["flow"], result["masks"]
+    grid_y, grid_x = np.mgrid[0:128, 0:128].astype(np.float32)
+    warped = cv2.remap(frames[8], grid_x + flow[7, 0], grid_y + flow[7, 1], cv2.INTER_LINEAR)
+    interior = cv2.erode((masks[0] > 0).astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    moving = np.linalg.norm(flow[7], axis=0) > 0.5
+    region = interior & moving
+    assert region.sum() > 20
+    error = np.abs(warped.astype(float) - frames[0].astype(float))[region].mean()
+    static_error = np.abs(frames[8].astype(float) - frames[0].astype(float))[region].mean()
+    assert error < 0.5 * static_error
+
+
+def test_physics_samples_differ_but_share_the_first_frame():
+    video = make_video(SETTINGS, "train", 1)
+    scene = video["scene"]
+    if scene["poke"]["body"] < 0:
+        pytest.skip("drawn a background poke")
+    a = resimulate(scene, size=64, physics_seed=100)
+    b = resimulate(scene, size=64, physics_seed=200)
+    np.testing.assert_array_equal(a["frames"][0], b["frames"][0])
+    np.testing.assert_array_equal(a["frames"][0], video["frames"][0])
+    assert np.abs(a["flow"][-1] - b["flow"][-1]).max() > 0.1
+
+
+def test_heldout_split_uses_novel_species_and_backgrounds():
+    novel_names = {s.name for s in NOVEL_SPECIES}
+    train_names = {s.name for s in TRAIN_SPECIES}
+    assert not novel_names & train_names
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        train_scene, test_scene = sample_scene(rng), sample_scene(rng, novel=True)
+        assert set(train_scene["species"]) <= train_names
+        assert set(test_scene["species"]) <= novel_names
+        background = test_scene["background"]
+        assert background["kind"] in ("image", "checker", "cells")
+        if background["kind"] == "image":
+            assert background["name"] in ("moon", "hubble_deep_field", "retina", "coins", "camera", "clock")
+
+
+def test_generate_dataset_resumes_and_is_independent_of_workers(tmp_path):
+    settings = SyntheticSettings(videos=6, frames=4, size=32, seed=1)
+    one = generate_dataset(tmp_path / "one", settings, workers=1, progress=False)
+    two = generate_dataset(tmp_path / "two", settings, workers=2, progress=False)
+    a, b = PreparedDataset(one), PreparedDataset(two)
+    assert a.ids() == b.ids() and len(a) == 6
+    for vid in a.ids():
+        np.testing.assert_array_equal(a.video(vid).frames, b.video(vid).frames)
+    # Delete one finished video and leave a stale tmp folder: a re-run restores exactly the same data.
+    import shutil
+
+    victim = a.ids()[2]
+    reference = np.array(a.video(victim).frames)
+    shutil.rmtree(one / "videos" / victim)
+    (one / "videos" / ".stale.tmp").mkdir()
+    generate_dataset(one, settings, workers=1, progress=False)
+    np.testing.assert_array_equal(PreparedDataset(one).video(victim).frames, reference)
+    assert not (one / "videos" / ".stale.tmp").exists()
+
+
+def test_generate_dataset_refuses_other_settings(tmp_path):
+    from ipoke.data.format import DatasetFormatError
+
+    generate_dataset(tmp_path / "d", SyntheticSettings(videos=2, frames=3, size=32), progress=False)
+    with pytest.raises(DatasetFormatError, match="settings"):
+        generate_dataset(tmp_path / "d", SyntheticSettings(videos=3, frames=3, size=32), progress=False)
+
+
+def test_recorded_poke_is_the_endpoint_motion_of_the_poked_pixel(synthetic_dataset):
+    data = PreparedDataset(synthetic_dataset)
+    checked = 0
+    for vid in data.ids("train"):
+        video = data.video(vid)
+        if video.meta["background_poke"]:
+            continue
+        x, y, dx, dy = video.pokes[0]
+        np.testing.assert_allclose(video.flow[0, -1, :, int(y), int(x)].astype(np.float32), [dx, dy], atol=0.02)
+        assert np.hypot(dx, dy) > 0
+        checked += 1
+    assert checked >= 5
+
+
+def test_poke_dataclass_roundtrip():
+    poke = Poke(x=1.0, y=2.0, dx=0.5, dy=-0.5, body=3)
+    assert Poke(**poke.as_dict()) == poke
