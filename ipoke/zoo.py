@@ -1,0 +1,104 @@
+"""A small model zoo: refer to trained or downloaded models by name.
+
+The registry is a YAML file (``$IPOKE_HOME/models.yaml``, default ``~/.cache/ipoke/models.yaml``) mapping a name
+(e.g. ``plants_64``, as the reference's model names) to an exported model folder, its resolution, and a SHA-256
+checksum of its files. ``Poker.from_checkpoint("plants_64")``, ``ipoke sample --ckpt plants_64`` and
+``ipoke evaluate --ckpt plants_64`` accept registered names; the checksum is verified on every load, so a model
+that changed on disk is refused rather than silently used.
+
+    ipoke zoo register plants_64 runs/export/plants_64     # after `ipoke export` or `ipoke quickstart`
+    ipoke zoo list
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ENV_HOME = "IPOKE_HOME"
+
+
+def registry_file() -> Path:
+    """Where the registry lives (``$IPOKE_HOME/models.yaml`` or ``~/.cache/ipoke/models.yaml``)."""
+    home = os.environ.get(ENV_HOME)
+    return Path(home) / "models.yaml" if home else Path.home() / ".cache" / "ipoke" / "models.yaml"
+
+
+def _load() -> dict[str, dict[str, Any]]:
+    path = registry_file()
+    return yaml.safe_load(path.read_text()) or {} if path.exists() else {}
+
+
+def _save(entries: dict[str, dict[str, Any]]) -> None:
+    path = registry_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump(entries, sort_keys=True))
+    tmp.replace(path)
+
+
+def folder_checksum(folder: str | os.PathLike) -> str:
+    """SHA-256 over the relative paths and contents of every file in a folder (order independent of the OS)."""
+    folder = Path(folder)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(str(file.relative_to(folder)).encode())
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def names() -> list[str]:
+    """Registered model names."""
+    return sorted(_load())
+
+
+def is_registered(name: str) -> bool:
+    return name in _load()
+
+
+def register(name: str, folder: str | os.PathLike, *, overwrite: bool = False) -> dict[str, Any]:
+    """Register an exported model folder under ``name`` (records its checksum and settings)."""
+    from ipoke.sampling import MODEL_FILE
+
+    folder = Path(folder).resolve()
+    if not (folder / MODEL_FILE).exists():
+        raise FileNotFoundError(f"{folder} is not an exported model (no {MODEL_FILE}); make one with `ipoke export`")
+    entries = _load()
+    if name in entries and not overwrite:
+        raise ValueError(f"model name {name!r} is taken (by {entries[name]['path']}); pass overwrite=True "
+                         "(--overwrite) to replace it")
+    manifest = yaml.safe_load((folder / MODEL_FILE).read_text())
+    entries[name] = {"path": str(folder), "sha256": folder_checksum(folder), "size": manifest.get("size"),
+                     "n_frames": manifest.get("n_frames")}
+    _save(entries)
+    return entries[name]
+
+
+def unregister(name: str) -> None:
+    entries = _load()
+    if name not in entries:
+        raise KeyError(f"no model named {name!r}; registered: {', '.join(sorted(entries)) or 'none'}")
+    del entries[name]
+    _save(entries)
+
+
+def resolve(name: str) -> Path:
+    """The folder of a registered model, after checking its checksum."""
+    entries = _load()
+    if name not in entries:
+        raise KeyError(f"no model named {name!r}; registered: {', '.join(sorted(entries)) or 'none'}")
+    entry = entries[name]
+    folder = Path(entry["path"])
+    if not folder.exists():
+        raise FileNotFoundError(f"model {name!r} is registered at {folder}, which no longer exists")
+    checksum = folder_checksum(folder)
+    if checksum != entry["sha256"]:
+        raise ValueError(f"model {name!r} at {folder} changed on disk (checksum {checksum[:12]} != registered "
+                         f"{entry['sha256'][:12]}); re-register it with `ipoke zoo register --overwrite`")
+    return folder

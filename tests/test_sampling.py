@@ -1,0 +1,143 @@
+"""Poker (sampling API), export + zoo, `ipoke sample` and `ipoke evaluate` on a tiny random-weight model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ipoke import zoo
+from ipoke.cli import main
+from ipoke.models.autoencoder import VideoAutoencoder
+from ipoke.models.cinn.network import ConditionalINN
+from ipoke.models.encoders import ImageEncoder, PokeEncoder
+from ipoke.sampling import Poker
+
+
+def tiny_poker(n_frames: int = 10) -> Poker:
+    torch.manual_seed(0)
+    autoencoder = VideoAutoencoder(spatial_size=64, n_frames=n_frames, z_dim=4, encoder_channels=[8, 8, 8, 8],
+                                   decoder_channels=[8, 8, 8, 8], spade_hidden_channels=8, gru_layers=1,
+                                   norm_groups=4, encoder_blocks_per_stage=1)
+    image_encoder = ImageEncoder(spatial_size=64, embedding_channels=8, base_channels=8, max_channels=8, norm_groups=4)
+    poke_encoder = PokeEncoder(spatial_size=64, embedding_channels=8, base_channels=8, max_channels=8, norm_groups=4)
+    cinn = ConditionalINN(z_dim=4, condition_channels=16, architecture="coupling", hidden_channels=16, num_blocks=2)
+    with torch.no_grad():  # make the cINN non-trivial (its last layers start at zero)
+        for parameter in cinn.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    return Poker(autoencoder=autoencoder, image_encoder=image_encoder, poke_encoder=poke_encoder, cinn=cinn)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("model") / "tiny"
+    tiny_poker().export(folder)
+    return folder
+
+
+def test_animate_shapes_determinism_and_seed(exported):
+    poker = Poker.from_checkpoint(exported)
+    image = np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8)
+    a = poker.animate(image, [(80, 60, 10, -5)], n_samples=3, seed=1)
+    b = poker.animate(image, [(80, 60, 10, -5)], n_samples=3, seed=1)
+    c = poker.animate(image, [(80, 60, 10, -5)], n_samples=3, seed=2)
+    assert a.shape == (3, 11, 3, 64, 64)
+    assert torch.equal(a, b) and not torch.allclose(a, c)
+    assert not torch.allclose(a[0, 1:], a[1, 1:]), "samples of one call differ"
+    assert a.min() >= -1 and a.max() <= 1
+
+
+def test_prepare_maps_pokes_through_crop_and_resize(exported):
+    poker = Poker.from_checkpoint(exported)
+    image = np.zeros((100, 200, 3), np.uint8)  # centre square: x in [50, 150)
+    x0, poke, mapped = poker.prepare(image, [(100, 50, 20, 10)])
+    np.testing.assert_allclose(mapped[0], [32.0, 32.0, 12.8, 6.4], rtol=1e-5)
+    assert poke[0, 0, 32, 32] == pytest.approx(12.8) and poke[0, 1, 32, 32] == pytest.approx(6.4)
+    assert x0.shape == (1, 3, 64, 64)
+    with pytest.raises(ValueError, match="centre square"):
+        poker.prepare(image, [(10, 50, 1, 1)])
+    with pytest.raises(ValueError, match="outside the 200x100 image"):
+        poker.prepare(image, [(250, 50, 1, 1)])
+
+
+def test_export_round_trip_is_exact(exported, tmp_path):
+    poker = Poker.from_checkpoint(exported)
+    again = Poker.from_checkpoint(poker.export(tmp_path / "again"))
+    x0, poke = torch.rand(2, 3, 64, 64) * 2 - 1, torch.randn(2, 2, 64, 64)
+    first = poker.sample(x0, poke, n_samples=2, generator=torch.Generator().manual_seed(0))
+    second = again.sample(x0, poke, n_samples=2, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(first, second)
+
+
+def test_transfer_reuses_the_residual(exported):
+    poker = Poker.from_checkpoint(exported)
+    video = torch.rand(2, 11, 3, 64, 64) * 2 - 1
+    poke = torch.randn(2, 2, 64, 64)
+    same = poker.transfer(video, poke, video[:, 0])
+    z = poker.autoencoder.encode(video).mean
+    expected = poker.autoencoder.decode(z, video[:, 0])
+    torch.testing.assert_close(same[:, 1:], expected, atol=1e-4, rtol=1e-4)
+    other = poker.transfer(video, poke, video.flip(0)[:, 0])
+    assert torch.equal(other[:, 0], video.flip(0)[:, 0]) and not torch.allclose(other[:, 1:], same[:, 1:])
+
+
+def test_zoo_register_resolve_and_tamper(exported, tmp_path, monkeypatch):
+    monkeypatch.setenv("IPOKE_HOME", str(tmp_path / "home"))
+    folder = Poker.from_checkpoint(exported).export(tmp_path / "zoo_model")
+    zoo.register("tiny_64", folder)
+    assert zoo.names() == ["tiny_64"]
+    assert Poker.from_checkpoint("tiny_64").size == 64
+    with pytest.raises(ValueError, match="taken"):
+        zoo.register("tiny_64", folder)
+    (folder / "cinn" / "model.pt").write_bytes(b"tampered")
+    with pytest.raises(ValueError, match="changed on disk"):
+        zoo.resolve("tiny_64")
+    with pytest.raises(FileNotFoundError, match="registered: tiny_64"):
+        Poker.from_checkpoint("no_such_model")
+
+
+def test_sample_command_writes_videos_and_overviews(exported, tmp_path, synthetic_dataset):
+    import cv2
+
+    image = tmp_path / "image.png"
+    cv2.imwrite(str(image), np.random.default_rng(0).integers(0, 255, (64, 96, 3), dtype=np.uint8))
+    out = tmp_path / "samples"
+    assert main(["sample", "--ckpt", str(exported), "--image", str(image), "--poke", "48,32,5,0", "--poke",
+                 "40,20,0,3", "--samples", "2", "--out", str(out), "--scale", "1"]) == 0
+    for name in ("sample_0_0.mp4", "sample_0_1.gif", "overview_0.gif", "overview_0.png"):
+        assert (out / name).stat().st_size > 0
+    overview = cv2.imread(str(out / "overview_0.png"))
+    assert overview.shape == (64, 3 * 64 + 2 * 4, 3)
+    out_data = tmp_path / "from_data"
+    assert main(["sample", "--ckpt", str(exported), "--data", synthetic_dataset, "--n", "2", "--samples", "1",
+                 "--mode", "transfer", "--out", str(out_data), "--scale", "1"]) == 0
+    assert sorted(p.name for p in out_data.glob("overview_*.png")) == ["overview_0.png", "overview_1.png"]
+    assert main(["sample", "--ckpt", str(exported), "--out", str(out)]) == 2
+
+
+def test_evaluate_command_reports_model_and_baselines(exported, tmp_path, synthetic_dataset):
+    out = tmp_path / "metrics.json"
+    assert main(["evaluate", "--ckpt", str(exported), "--data", synthetic_dataset, "--metrics",
+                 "ssim,psnr,diversity,control", "--n-clips", "3", "--samples", "2", "--batch-size", "2",
+                 "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    results = report["results"]
+    assert set(results) == {"tiny", "copy_x0", "ground_truth_resimulated"}
+    for row in results.values():
+        assert row["n_clips"] == 3 and row["n_samples"] == 2
+        assert {"ssim", "psnr", "diversity/mse", "control/object_epe"} <= set(row)
+    assert results["copy_x0"]["diversity/mse"] == 0.0
+    assert results["copy_x0"]["control/background_motion"] < 0.05
+    # Another physics sample of the true motion is closer to the truth than no motion at all.
+    assert results["ground_truth_resimulated"]["control/object_epe"] < results["copy_x0"]["control/object_epe"]
+    assert results["ground_truth_resimulated"]["psnr"] > results["copy_x0"]["psnr"]
+
+
+def test_evaluate_missing_metric_alone_fails(tmp_path, synthetic_dataset, monkeypatch, capsys):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("IPOKE_CACHE", str(tmp_path / "cache"))
+    assert main(["evaluate", "--data", synthetic_dataset, "--metrics", "lpips", "--n-clips", "2",
+                 "--out", str(tmp_path / "m.json")]) == 2
+    assert "LPIPS is unavailable" in capsys.readouterr().err
