@@ -1,0 +1,95 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ipoke.metrics import (
+    CONTROL_BACKGROUND_MOTION,
+    CONTROL_BACKGROUND_POKE_MOTION,
+    CONTROL_OBJECT_EPE,
+    CONTROL_POKE_ANGLE_DEG,
+    CONTROL_POKE_EPE,
+    N_CLIPS,
+    ControlAccuracy,
+    control_errors,
+)
+
+SIZE = 64
+SHIFT = (3, 2)  # dx, dy of the object in pixels
+
+
+def texture(seed: int, cells: int) -> torch.Tensor:
+    noise = torch.rand(1, 3, cells, cells, generator=torch.Generator().manual_seed(seed))
+    return F.interpolate(noise, size=(SIZE, SIZE), mode="bicubic", align_corners=False)[0].clamp(0, 1) * 1.8 - 0.9
+
+
+def scene(shift: tuple[int, int]):
+    """x0 and the last frame of a textured disc translated by an integer ``shift`` over a static textured background."""
+    background, pattern = texture(0, 12), texture(1, 8)
+    yy, xx = torch.meshgrid(torch.arange(SIZE), torch.arange(SIZE), indexing="ij")
+    mask = (xx - 28) ** 2 + (yy - 30) ** 2 <= 12 ** 2
+    first = torch.where(mask, pattern, background)
+    moved_pattern = torch.roll(pattern, shifts=(shift[1], shift[0]), dims=(1, 2))
+    moved_mask = torch.roll(mask, shifts=(shift[1], shift[0]), dims=(0, 1))
+    last = torch.where(moved_mask, moved_pattern, background)
+    return first, last, mask
+
+
+def clip(last_shift: tuple[int, int], frames: int = 4):
+    first, last, mask = scene(last_shift)
+    video = torch.stack([first] * (frames - 1) + [last])
+    return video, mask
+
+
+def ground_truth(mask):
+    flow = torch.zeros(2, SIZE, SIZE)
+    flow[0][mask], flow[1][mask] = SHIFT[0], SHIFT[1]
+    return flow
+
+
+def run(videos, background_poke=False):
+    mask = scene(SHIFT)[2]
+    count = len(videos)
+    poke = torch.tensor([[28.0, 30.0, 6.0, 4.0]]).expand(count, 4)
+    return control_errors(torch.stack(videos), ground_truth(mask).expand(count, -1, -1, -1), mask.expand(count, -1, -1),
+                          poke, torch.tensor(background_poke).expand(count))
+
+
+def test_ground_truth_like_video_has_small_errors():
+    video, _ = clip(SHIFT)
+    errors = run([video])
+    assert errors[CONTROL_POKE_EPE][0] < 0.5
+    assert errors[CONTROL_POKE_ANGLE_DEG][0] < 8.0
+    assert errors[CONTROL_OBJECT_EPE][0] < 1.0
+    assert errors[CONTROL_BACKGROUND_MOTION][0] < 0.3
+    assert math.isnan(errors[CONTROL_BACKGROUND_POKE_MOTION][0])
+
+
+def test_static_and_reversed_videos_have_large_errors():
+    static, _ = clip((0, 0))
+    reversed_video, _ = clip((-SHIFT[0], -SHIFT[1]))
+    errors = run([static, reversed_video])
+    true_norm = math.hypot(*SHIFT)
+    assert errors[CONTROL_POKE_EPE][0] == pytest.approx(true_norm, rel=0.15)  # nothing moved
+    assert math.isnan(errors[CONTROL_POKE_ANGLE_DEG][0])  # no motion: no direction to measure
+    assert errors[CONTROL_POKE_EPE][1] > 1.5 * true_norm  # moved the wrong way
+    assert errors[CONTROL_POKE_ANGLE_DEG][1] > 150.0
+    assert errors[CONTROL_OBJECT_EPE][1] > 1.5 * true_norm
+
+
+def test_background_pokes_measure_any_motion():
+    static, _ = clip((0, 0))
+    moving, _ = clip(SHIFT)
+    metric = ControlAccuracy()
+    errors = metric.update(torch.stack([static, moving]), torch.zeros(2, 2, SIZE, SIZE),
+                           scene(SHIFT)[2].expand(2, -1, -1), torch.tensor([[2.0, 2.0, 5.0, 0.0]] * 2),
+                           torch.tensor([True, True]))
+    assert errors[CONTROL_BACKGROUND_POKE_MOTION][0] < 0.1
+    assert errors[CONTROL_BACKGROUND_POKE_MOTION][1] > 0.3  # the object moved although the background was poked
+    assert np.isnan(errors[CONTROL_POKE_EPE]).all()
+    summary = metric.compute()
+    assert summary[N_CLIPS] == 2
+    assert summary[CONTROL_BACKGROUND_POKE_MOTION] == pytest.approx(errors[CONTROL_BACKGROUND_POKE_MOTION].mean())
+    assert math.isnan(summary[CONTROL_POKE_EPE])

@@ -1,0 +1,49 @@
+"""LPIPS pipeline tests with a STAND-IN random AlexNet backbone (the numbers are not LPIPS, only the plumbing)."""
+
+import lpips
+import pytest
+import torch
+
+from ipoke.metrics import LearnedPerceptualSimilarity, MetricUnavailable, lpips_per_frame
+
+
+@pytest.mark.filterwarnings("ignore:.*(pretrained|weight enum).*:UserWarning")  # lpips' own torchvision call
+def test_backbone_and_heads_are_loaded_through_the_real_path(random_alexnet_path):
+    model = LearnedPerceptualSimilarity.from_pretrained(backbone_path=random_alexnet_path)
+    saved = torch.load(random_alexnet_path, weights_only=True)
+    torch.testing.assert_close(model.network.net.slice1._modules["0"].weight, saved["features.0.weight"])
+    torch.testing.assert_close(model.network.net.slice5._modules["10"].bias, saved["features.10.bias"])
+    heads = lpips.LPIPS(net="alex", version="0.1", pnet_rand=True, verbose=False).lin0.model[1].weight
+    torch.testing.assert_close(model.network.lin0.model[1].weight, heads)
+    assert not any(parameter.requires_grad for parameter in model.parameters())
+
+
+def test_identical_inputs_give_zero_and_different_inputs_do_not(random_alexnet_path):
+    model = LearnedPerceptualSimilarity.from_pretrained(backbone_path=random_alexnet_path)
+    generator = torch.Generator().manual_seed(0)
+    video = torch.rand(2, 3, 3, 64, 64, generator=generator) * 2 - 1
+    other = torch.rand(2, 3, 3, 64, 64, generator=generator) * 2 - 1
+    same = lpips_per_frame(video, video, model=model)
+    assert same.shape == (2, 3)
+    assert torch.all(same.abs() < 1e-6)
+    different = model.video_distance(video, other, batch_size=4)
+    assert different.shape == (2, 3) and torch.all(different > 0)
+    # Frames are paired in order: row 0 equals the image-level distances of video 0.
+    torch.testing.assert_close(different[0], model(video[0], other[0]))
+
+
+def test_missing_backbone_is_reported_unavailable(tmp_path):
+    # The autouse fixture points both caches at empty folders.
+    with pytest.raises(MetricUnavailable, match="alexnet-owt-7be5be79.pth"):
+        LearnedPerceptualSimilarity.from_pretrained()
+    with pytest.raises(MetricUnavailable, match="does not exist"):
+        LearnedPerceptualSimilarity.from_pretrained(backbone_path=tmp_path / "nope.pth")
+
+
+def test_backbone_found_in_the_torch_hub_cache(random_alexnet_path):
+    checkpoints = __import__("pathlib").Path(torch.hub.get_dir()) / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    (checkpoints / "alexnet-owt-7be5be79.pth").write_bytes(random_alexnet_path.read_bytes())
+    model = LearnedPerceptualSimilarity.from_pretrained()
+    image = torch.zeros(1, 3, 32, 32)
+    assert float(model(image, image)) == pytest.approx(0.0, abs=1e-6)
