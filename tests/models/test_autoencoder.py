@@ -1,0 +1,116 @@
+"""VideoAutoencoder: shapes at 64 and 128, reference sizes, posterior, determinism, save/load, overfitting."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ipoke.models.autoencoder import AutoencoderOutput, VideoAutoencoder
+from ipoke.models.base import save_pretrained
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Small convolutions run far slower with several threads on a shared 2-core machine than with one.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_autoencoder(spatial_size: int = 64, n_frames: int = 3) -> VideoAutoencoder:
+    halvings = {32: 2, 64: 3, 128: 4}[spatial_size]
+    return VideoAutoencoder(spatial_size=spatial_size, n_frames=n_frames, z_dim=8,
+                            encoder_channels=[8] * (halvings + 1), decoder_channels=[16] * halvings + [8],
+                            spade_hidden_channels=8, gru_layers=2, norm_groups=4, encoder_blocks_per_stage=1)
+
+
+def random_video(batch: int, frames: int, size: int, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(batch, frames, 3, size, size, generator=generator) * 2 - 1
+
+
+@pytest.mark.parametrize("spatial_size", [64, 128])
+def test_shapes_and_range(spatial_size):
+    model = tiny_autoencoder(spatial_size)
+    video = random_video(2, 4, spatial_size)
+    out = model(video)
+    assert isinstance(out, AutoencoderOutput)
+    assert out.sample.shape == (2, 3, 3, spatial_size, spatial_size)
+    assert out.posterior.mean.shape == (2, 8, 8, 8)
+    assert out.sample.abs().max() <= 1.0
+    assert model.decode(out.posterior.mode(), video[:, 0], n_frames=5).shape == (2, 5, 3, spatial_size, spatial_size)
+
+
+@pytest.mark.parametrize(("spatial_size", "z_dim", "expected_millions"), [(64, 32, 19.74), (128, 32, 29.26)])
+def test_default_widths_match_reference_parameter_counts(spatial_size, z_dim, expected_millions):
+    with torch.device("meta"):
+        model = VideoAutoencoder(spatial_size=spatial_size, z_dim=z_dim)
+    count = sum(p.numel() for p in model.parameters()) / 1e6
+    # Reference (ipoke.md section 8): 19.8 M at 64 px and 29.3 M at 128 px for z_dim 32.
+    assert count == pytest.approx(expected_millions, abs=0.01)
+
+
+def test_wrong_channel_list_is_rejected():
+    with pytest.raises(ValueError, match="encoder_channels needs 4 entries"):
+        VideoAutoencoder(spatial_size=64, encoder_channels=[8, 8, 8])
+
+
+def test_posterior_sampling_uses_generator_and_mode_is_deterministic():
+    model = tiny_autoencoder().eval()
+    video = random_video(1, 4, 64)
+    posterior = model.encode(video)
+    a = posterior.sample(torch.Generator().manual_seed(3))
+    b = posterior.sample(torch.Generator().manual_seed(3))
+    c = posterior.sample(torch.Generator().manual_seed(4))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    with torch.no_grad():
+        first = model(video, sample_posterior=False).sample
+        second = model(video, sample_posterior=False).sample
+    assert torch.equal(first, second)
+
+
+def test_batch_independence():
+    model = tiny_autoencoder().eval()
+    video = random_video(2, 4, 64)
+    with torch.no_grad():
+        joint = model(video, sample_posterior=False).sample
+        single = torch.cat([model(video[i:i + 1], sample_posterior=False).sample for i in range(2)])
+    torch.testing.assert_close(joint, single, atol=1e-5, rtol=1e-5)
+
+
+def test_save_pretrained_round_trip(tmp_path):
+    model = tiny_autoencoder().eval()
+    video = random_video(2, 4, 64)
+    save_pretrained(model, tmp_path / "ae")
+    loaded = VideoAutoencoder.from_checkpoint(tmp_path / "ae")
+    assert loaded.config == model.config
+    with torch.no_grad():
+        assert torch.equal(loaded(video, sample_posterior=False).sample, model(video, sample_posterior=False).sample)
+
+
+def test_overfits_one_tiny_batch():
+    torch.manual_seed(0)
+    model = VideoAutoencoder(spatial_size=16, latent_size=4, n_frames=3, z_dim=8, encoder_channels=[8, 8, 8],
+                             decoder_channels=[16, 16, 8], spade_hidden_channels=8, gru_layers=2, norm_groups=4,
+                             encoder_blocks_per_stage=1)
+    # Two moving squares on a dark background: the decoder has to unroll the motion from z and x0.
+    video = torch.full((2, 4, 3, 16, 16), -1.0)
+    for t in range(4):
+        video[0, t, :, 4:8, 2 + 2 * t:6 + 2 * t] = 1.0
+        video[1, t, 1, 2 + 2 * t:6 + 2 * t, 8:12] = 0.5
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+
+    def error() -> float:
+        with torch.no_grad():
+            return (model(video, sample_posterior=False).sample - video[:, 1:]).abs().mean().item()
+
+    initial = error()
+    for _ in range(40):
+        loss = (model(video).sample - video[:, 1:]).abs().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    final = error()
+    assert final < initial / 8, (initial, final)
