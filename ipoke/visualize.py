@@ -25,7 +25,7 @@ def draw_pokes(frame: np.ndarray, pokes: np.ndarray, *, factor: int = 1, color=(
     Returns:
         uint8 ``(S * factor, S * factor, 3)``.
     """
-    canvas = np.ascontiguousarray(upscale(frame, factor))
+    canvas = np.array(upscale(frame, factor), dtype=np.uint8, order="C", copy=True)  # cv2 draws in place
     for x, y, dx, dy in np.asarray(pokes, np.float32).reshape(-1, 4):
         start = (int(round(x * factor)), int(round(y * factor)))
         end = (int(round((x + dx) * factor)), int(round((y + dy) * factor)))

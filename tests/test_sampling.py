@@ -10,31 +10,12 @@ import torch
 
 from ipoke import zoo
 from ipoke.cli import main
-from ipoke.models.autoencoder import VideoAutoencoder
-from ipoke.models.cinn.network import ConditionalINN
-from ipoke.models.encoders import ImageEncoder, PokeEncoder
 from ipoke.sampling import Poker
 
 
-def tiny_poker(n_frames: int = 10) -> Poker:
-    torch.manual_seed(0)
-    autoencoder = VideoAutoencoder(spatial_size=64, n_frames=n_frames, z_dim=4, encoder_channels=[8, 8, 8, 8],
-                                   decoder_channels=[8, 8, 8, 8], spade_hidden_channels=8, gru_layers=1,
-                                   norm_groups=4, encoder_blocks_per_stage=1)
-    image_encoder = ImageEncoder(spatial_size=64, embedding_channels=8, base_channels=8, max_channels=8, norm_groups=4)
-    poke_encoder = PokeEncoder(spatial_size=64, embedding_channels=8, base_channels=8, max_channels=8, norm_groups=4)
-    cinn = ConditionalINN(z_dim=4, condition_channels=16, architecture="coupling", hidden_channels=16, num_blocks=2)
-    with torch.no_grad():  # make the cINN non-trivial (its last layers start at zero)
-        for parameter in cinn.parameters():
-            parameter.add_(0.05 * torch.randn_like(parameter))
-    return Poker(autoencoder=autoencoder, image_encoder=image_encoder, poke_encoder=poke_encoder, cinn=cinn)
-
-
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("model") / "tiny"
-    tiny_poker().export(folder)
-    return folder
+def exported(tiny_model):
+    return tiny_model
 
 
 def test_animate_shapes_determinism_and_seed(exported):
