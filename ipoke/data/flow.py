@@ -1,0 +1,279 @@
+"""Optical flow between two RGB frames, without custom CUDA ops: OpenCV DIS or Farneback, or torchvision's RAFT.
+
+All estimators take uint8 RGB frames ``(H, W, 3)`` and return float32 flow ``(2, H, W)`` in pixels: channel 0 is the
+horizontal displacement ``dx``, channel 1 the vertical ``dy``, forward, so the content at ``(x, y)`` in ``frame_a`` is
+at ``(x + dx, y + dy)`` in ``frame_b`` (the convention of ``docs/data_format.md``)::
+
+    flow = estimate_flow(frame_a, frame_b)                        # DIS, MEDIUM preset (default)
+    flow = estimate_flow(frame_a, frame_b, method="farneback")
+    raft = make_flow_estimator("raft", raft_model="raft_large", device="cuda")   # weights must be on disk
+    flows = raft.estimate_pairs([a0, a1], [b0, b1])               # (2, 2, H, W), one batched forward pass
+
+Which to choose (measured on this project's 2-core CPU, see ``docs/real_data.md``): DIS MEDIUM is as accurate as
+Farneback on smooth synthetic motion at 3-4x the speed and copes with large motion, and needs no weights. RAFT is far
+more accurate on real footage (the original iPOKE used FlowNet2, which needs custom CUDA ops) but needs its weights
+file and is slow without a GPU. ipoke never downloads weights.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+FLOW_METHODS = ("dis", "farneback", "raft")
+DIS_PRESETS = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST, "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
+               "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}
+# torchvision's default (best) weights of each RAFT variant; the file names are the last part of their URLs.
+RAFT_WEIGHT_FILES = {"raft_small": "raft_small_C_T_V2-01064c6d.pth",
+                     "raft_large": "raft_large_C_T_SKHT_V2-ff5fadd5.pth"}
+RAFT_MIN_SIDE = 128
+
+
+def _check_pair(frame_a: np.ndarray, frame_b: np.ndarray) -> None:
+    if frame_a.shape != frame_b.shape or frame_a.ndim != 3 or frame_a.shape[-1] != 3:
+        raise ValueError(f"expected two RGB frames (H, W, 3) of the same size, got {frame_a.shape} and "
+                         f"{frame_b.shape}")
+    if frame_a.dtype != np.uint8 or frame_b.dtype != np.uint8:
+        raise ValueError(f"expected uint8 frames, got {frame_a.dtype} and {frame_b.dtype}")
+
+
+class FlowEstimator:
+    """Base class: ``estimator(frame_a, frame_b)`` -> float32 ``(2, H, W)``; subclasses implement :meth:`__call__`."""
+
+    name = "base"
+
+    def __call__(self, frame_a: np.ndarray, frame_b: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def estimate_pairs(self, frames_a: Sequence[np.ndarray], frames_b: Sequence[np.ndarray]) -> np.ndarray:
+        """Flow for several pairs of equally sized frames.
+
+        Args:
+            frames_a: P uint8 ``(H, W, 3)`` source frames.
+            frames_b: P uint8 ``(H, W, 3)`` target frames.
+
+        Returns:
+            float32 ``(P, 2, H, W)``.
+        """
+        return np.stack([self(a, b) for a, b in zip(frames_a, frames_b, strict=True)])
+
+
+class DISFlow(FlowEstimator):
+    """OpenCV's Dense Inverse Search flow on the grey-scale frames (CPU, deterministic, no weights).
+
+    Args:
+        preset: ``"medium"`` (default; most accurate), ``"fast"`` or ``"ultrafast"``.
+    """
+
+    name = "dis"
+
+    def __init__(self, *, preset: str = "medium") -> None:
+        if preset not in DIS_PRESETS:
+            raise ValueError(f"DIS preset must be one of {sorted(DIS_PRESETS)}, got {preset!r}")
+        self.preset = preset
+        self._dis = cv2.DISOpticalFlow_create(DIS_PRESETS[preset])
+
+    def __call__(self, frame_a: np.ndarray, frame_b: np.ndarray) -> np.ndarray:
+        _check_pair(frame_a, frame_b)
+        grey_a = cv2.cvtColor(frame_a, cv2.COLOR_RGB2GRAY)
+        grey_b = cv2.cvtColor(frame_b, cv2.COLOR_RGB2GRAY)
+        flow = self._dis.calc(grey_a, grey_b, None)
+        return np.ascontiguousarray(flow.transpose(2, 0, 1), dtype=np.float32)
+
+
+class FarnebackFlow(FlowEstimator):
+    """OpenCV's Farneback polynomial-expansion flow (CPU, no weights; slower than DIS, weak on large motion).
+
+    Args:
+        pyramid_scale, levels, window_size, iterations, poly_n, poly_sigma: ``cv2.calcOpticalFlowFarneback``'s
+            parameters; the defaults are OpenCV's documented example values.
+    """
+
+    name = "farneback"
+
+    def __init__(self, *, pyramid_scale: float = 0.5, levels: int = 3, window_size: int = 15, iterations: int = 3,
+                 poly_n: int = 5, poly_sigma: float = 1.2) -> None:
+        self.parameters = (pyramid_scale, levels, window_size, iterations, poly_n, poly_sigma, 0)
+
+    def __call__(self, frame_a: np.ndarray, frame_b: np.ndarray) -> np.ndarray:
+        _check_pair(frame_a, frame_b)
+        grey_a = cv2.cvtColor(frame_a, cv2.COLOR_RGB2GRAY)
+        grey_b = cv2.cvtColor(frame_b, cv2.COLOR_RGB2GRAY)
+        flow = cv2.calcOpticalFlowFarneback(grey_a, grey_b, None, *self.parameters)
+        return np.ascontiguousarray(flow.transpose(2, 0, 1), dtype=np.float32)
+
+
+def find_raft_weights(model: str = "raft_small", *, path: str | os.PathLike | None = None) -> Path:
+    """Locate the weights file of a torchvision RAFT model without downloading it.
+
+    Args:
+        model: ``"raft_small"`` or ``"raft_large"``.
+        path: A weights file given by the user (a ``state_dict`` saved with ``torch.save``); when set, nothing else
+            is searched.
+
+    Returns:
+        The file: ``path``, else ``RAFT_WEIGHT_FILES[model]`` in the ipoke cache or torch's hub cache.
+
+    Raises:
+        WeightsNotFoundError: If it is not there; the message names the file, where it looked and how to get it.
+    """
+    from ipoke.weights import WeightsNotFoundError, find_torch_hub_checkpoint
+
+    if model not in RAFT_WEIGHT_FILES:
+        raise ValueError(f"RAFT model must be one of {sorted(RAFT_WEIGHT_FILES)}, got {model!r}")
+    try:
+        return find_torch_hub_checkpoint(RAFT_WEIGHT_FILES[model], path=path)
+    except WeightsNotFoundError as error:
+        raise WeightsNotFoundError(
+            f"RAFT flow needs torchvision's {model} weights: {error} Without them, use the default flow method "
+            "'dis' (OpenCV, no weights).") from error
+
+
+class RAFTFlow(FlowEstimator):
+    """torchvision's RAFT (pure PyTorch, runs on CPU or GPU); weights are read from disk, never downloaded.
+
+    Args:
+        raft_model: ``"raft_small"`` (1 M parameters) or ``"raft_large"`` (5.3 M, more accurate).
+        weights: Path of a weights file; default: the torchvision file in the ipoke or torch hub cache
+            (see :func:`find_raft_weights`).
+        device: Torch device, e.g. ``"cpu"`` or ``"cuda"``.
+        iterations: Number of recurrent refinement steps (12 is torchvision's default).
+
+    Raises:
+        WeightsNotFoundError: If the weights file is not found.
+    """
+
+    name = "raft"
+
+    def __init__(self, *, raft_model: str = "raft_small", weights: str | os.PathLike | None = None,
+                 device: str = "cpu", iterations: int = 12) -> None:
+        weights_path = find_raft_weights(raft_model, path=weights)  # before the slow torchvision import
+        import torch
+        from torchvision.models import optical_flow
+
+        network = getattr(optical_flow, raft_model)(weights=None)
+        state = torch.load(weights_path, map_location="cpu", weights_only=True)
+        try:
+            network.load_state_dict(state)
+        except (RuntimeError, TypeError, AttributeError) as error:
+            raise ValueError(f"{weights_path} is not a state_dict of torchvision's {raft_model}: {error}") from error
+        self.raft_model = raft_model
+        self.weights_path = weights_path
+        self.device = torch.device(device)
+        self.iterations = int(iterations)
+        self.network = network.eval().to(self.device)
+
+    def __call__(self, frame_a: np.ndarray, frame_b: np.ndarray) -> np.ndarray:
+        return self.estimate_pairs([frame_a], [frame_b])[0]
+
+    def estimate_pairs(self, frames_a: Sequence[np.ndarray], frames_b: Sequence[np.ndarray]) -> np.ndarray:
+        import torch
+        import torch.nn.functional as F
+
+        for frame_a, frame_b in zip(frames_a, frames_b, strict=True):
+            _check_pair(frame_a, frame_b)
+        height, width = frames_a[0].shape[:2]
+        # RAFT's correlation pyramid needs feature maps of at least 16 x 16, i.e. images of at least 128 px: enlarge
+        # small frames by an integer factor and shrink the flow back (vectors rescaled by resize_flow).
+        scale = max(1, -(-RAFT_MIN_SIDE // min(height, width)))
+        if scale > 1:
+            frames_a = [cv2.resize(frame, (width * scale, height * scale), interpolation=cv2.INTER_LINEAR)
+                        for frame in frames_a]
+            frames_b = [cv2.resize(frame, (width * scale, height * scale), interpolation=cv2.INTER_LINEAR)
+                        for frame in frames_b]
+        big_height, big_width = height * scale, width * scale
+
+        def to_tensor(frames: Sequence[np.ndarray]) -> torch.Tensor:
+            batch = torch.from_numpy(np.stack(frames)).to(self.device).permute(0, 3, 1, 2).float()
+            # RAFT's weights were trained on images in [-1, 1] and its encoder downsamples by 8, so sides must be
+            # multiples of 8: pad by repeating the border, then crop the flow back.
+            batch = batch / 127.5 - 1.0
+            return F.pad(batch, (0, -big_width % 8, 0, -big_height % 8), mode="replicate")
+
+        with torch.inference_mode():
+            predictions = self.network(to_tensor(frames_a), to_tensor(frames_b), num_flow_updates=self.iterations)
+        flow = predictions[-1][:, :, :big_height, :big_width].float().cpu().numpy()
+        if scale > 1:
+            flow = np.stack([resize_flow(field, (height, width)) for field in flow])
+        return flow
+
+
+def make_flow_estimator(method: str = "dis", **options: Any) -> FlowEstimator:
+    """Build a flow estimator.
+
+    Args:
+        method: ``"dis"`` (default), ``"farneback"`` or ``"raft"``.
+        **options: Passed to the estimator: ``preset`` (DIS); Farneback's parameters; ``raft_model``, ``weights``,
+            ``device``, ``iterations`` (RAFT). Options of other methods are ignored, so one option dict can serve
+            every method.
+
+    Returns:
+        A :class:`FlowEstimator`.
+    """
+    if method == "dis":
+        return DISFlow(**{key: value for key, value in options.items() if key == "preset"})
+    if method == "farneback":
+        allowed = ("pyramid_scale", "levels", "window_size", "iterations", "poly_n", "poly_sigma")
+        return FarnebackFlow(**{key: value for key, value in options.items() if key in allowed})
+    if method == "raft":
+        allowed = ("raft_model", "weights", "device", "iterations")
+        return RAFTFlow(**{key: value for key, value in options.items() if key in allowed})
+    raise ValueError(f"flow method must be one of {FLOW_METHODS}, got {method!r}")
+
+
+@lru_cache(maxsize=4)
+def _cached_estimator(method: str, options: tuple[tuple[str, Any], ...]) -> FlowEstimator:
+    return make_flow_estimator(method, **dict(options))
+
+
+def estimate_flow(frame_a: np.ndarray, frame_b: np.ndarray, method: str = "dis", **options: Any) -> np.ndarray:
+    """Optical flow from ``frame_a`` to ``frame_b``.
+
+    Args:
+        frame_a: uint8 RGB ``(H, W, 3)``.
+        frame_b: uint8 RGB ``(H, W, 3)``.
+        method: ``"dis"`` (OpenCV DIS, MEDIUM preset; default), ``"farneback"`` or ``"raft"``.
+        **options: See :func:`make_flow_estimator`; estimators are cached per method and options, so repeated
+            calls do not reload RAFT.
+
+    Returns:
+        float32 ``(2, H, W)``: ``(dx, dy)`` in pixels.
+    """
+    return _cached_estimator(method, tuple(sorted(options.items())))(frame_a, frame_b)
+
+
+def resize_flow(flow: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """Resize a flow field and rescale its vectors so they stay in pixels of the new size.
+
+    Args:
+        flow: ``(2, H, W)`` flow in pixels at ``H x W``.
+        size: New side ``S`` or ``(height, width)``.
+
+    Returns:
+        float32 ``(2, height, width)``; ``dx`` is multiplied by ``width / W`` and ``dy`` by ``height / H``.
+    """
+    height, width = (size, size) if isinstance(size, int) else size
+    old_height, old_width = flow.shape[1:]
+    if (height, width) == (old_height, old_width):
+        return np.asarray(flow, dtype=np.float32).copy()
+    shrinking = height < old_height and width < old_width
+    interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    resized = np.stack([cv2.resize(np.asarray(channel, dtype=np.float32), (width, height),
+                                   interpolation=interpolation) for channel in flow])
+    resized[0] *= width / old_width
+    resized[1] *= height / old_height
+    return resized
+
+
+def endpoint_error(flow: np.ndarray, reference: np.ndarray, *, border: int = 0) -> float:
+    """Mean end-point error (Euclidean distance of the vectors) between two ``(2, H, W)`` flows, ignoring a border."""
+    if border:
+        flow = flow[:, border:-border, border:-border]
+        reference = reference[:, border:-border, border:-border]
+    return float(np.sqrt(((np.asarray(flow, np.float64) - reference) ** 2).sum(0)).mean())

@@ -1,0 +1,100 @@
+"""Flow estimation: DIS/Farneback recover a known shift, resize_flow rescales vectors, RAFT loads weights only from
+disk (clear error when missing) and runs with a random-weight state dict the test saves."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from ipoke.data.flow import (
+    RAFT_WEIGHT_FILES,
+    endpoint_error,
+    estimate_flow,
+    make_flow_estimator,
+    resize_flow,
+)
+from ipoke.weights import WeightsNotFoundError
+
+
+def textured_pair(dx: int, dy: int, size: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Two crops of a smooth random texture; the content moves by (dx, dy) from the first to the second."""
+    rng = np.random.default_rng(0)
+    texture = cv2.GaussianBlur(rng.uniform(0, 255, (size + 40, size + 40, 3)).astype(np.float32), (0, 0), 2.0)
+    texture = cv2.normalize(texture, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+    frame_a = texture[20:20 + size, 20:20 + size]
+    frame_b = texture[20 - dy:20 - dy + size, 20 - dx:20 - dx + size]
+    reference = np.zeros((2, size, size), np.float32)
+    reference[0], reference[1] = dx, dy
+    return frame_a, frame_b, reference
+
+
+@pytest.mark.parametrize("method", ["dis", "farneback"])
+def test_classical_flow_recovers_a_known_shift(method):
+    frame_a, frame_b, reference = textured_pair(3, -2)
+    flow = estimate_flow(frame_a, frame_b, method)
+    assert flow.shape == (2, 64, 64) and flow.dtype == np.float32
+    assert endpoint_error(flow, reference, border=8) < 0.3
+    zero = estimate_flow(frame_a, frame_a, method)
+    assert np.abs(zero).mean() < 0.02  # identical frames: (almost) no motion
+
+
+def test_estimate_pairs_matches_single_calls_and_bad_input_is_rejected():
+    frame_a, frame_b, _ = textured_pair(1, 1)
+    estimator = make_flow_estimator("dis", preset="fast")
+    pairs = estimator.estimate_pairs([frame_a, frame_b], [frame_b, frame_a])
+    assert pairs.shape == (2, 2, 64, 64)
+    np.testing.assert_allclose(pairs[0], estimator(frame_a, frame_b))
+    with pytest.raises(ValueError, match="same size"):
+        estimate_flow(frame_a, frame_b[:32])
+    with pytest.raises(ValueError, match="flow method"):
+        make_flow_estimator("flownet2")
+
+
+def test_resize_flow_rescales_vectors_to_the_new_pixels():
+    flow = np.zeros((2, 40, 80), np.float32)
+    flow[0], flow[1] = 8.0, -4.0
+    small = resize_flow(flow, (20, 20))
+    assert small.shape == (2, 20, 20)
+    np.testing.assert_allclose(small[0], 2.0, atol=1e-5)  # width 80 -> 20: dx / 4
+    np.testing.assert_allclose(small[1], -2.0, atol=1e-5)  # height 40 -> 20: dy / 2
+
+
+@pytest.fixture
+def empty_weight_caches(tmp_path, monkeypatch):
+    monkeypatch.setenv("IPOKE_CACHE", str(tmp_path / "ipoke_cache"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    return tmp_path
+
+
+def test_raft_without_weights_names_the_file_and_never_downloads(empty_weight_caches):
+    with pytest.raises(WeightsNotFoundError) as caught:
+        make_flow_estimator("raft", raft_model="raft_small")
+    message = str(caught.value)
+    assert RAFT_WEIGHT_FILES["raft_small"] in message and "dis" in message
+    assert str(empty_weight_caches / "torch_home") in message
+    with pytest.raises(WeightsNotFoundError, match="does not exist"):
+        make_flow_estimator("raft", weights=empty_weight_caches / "nope.pth")
+
+
+def test_raft_runs_with_a_saved_state_dict(empty_weight_caches):
+    from torchvision.models.optical_flow import raft_small
+
+    torch.manual_seed(0)
+    weights = empty_weight_caches / "my_raft_small.pth"
+    torch.save(raft_small(weights=None).state_dict(), weights)
+    estimator = make_flow_estimator("raft", raft_model="raft_small", weights=weights, iterations=2)
+    frame_a, frame_b, _ = textured_pair(2, 1, size=64)
+    flow = estimator(frame_a[:, :60], frame_b[:, :60])  # 64 x 60: enlarged to >= 128 and padded to a multiple of 8
+    assert flow.shape == (2, 64, 60) and flow.dtype == np.float32 and np.isfinite(flow).all()
+    pairs = estimator.estimate_pairs([frame_a, frame_b], [frame_b, frame_a])
+    assert pairs.shape == (2, 2, 64, 64)
+    # The same weights found in the torch hub cache under torchvision's file name.
+    cache = empty_weight_caches / "torch_home" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    (cache / RAFT_WEIGHT_FILES["raft_small"]).write_bytes(weights.read_bytes())
+    cached = make_flow_estimator("raft", raft_model="raft_small", iterations=2)
+    np.testing.assert_allclose(cached(frame_a, frame_b), pairs[0], atol=1e-4)
+    with pytest.raises(ValueError, match="not a state_dict"):
+        make_flow_estimator("raft", raft_model="raft_large", weights=weights)

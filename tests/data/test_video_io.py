@@ -1,0 +1,118 @@
+"""Video I/O: exact lossless round trips, natural frame order, writers' input layouts, resize geometry, errors."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from ipoke.data.video_io import (
+    VideoReadError,
+    iter_frames,
+    natural_sort_key,
+    read_frames,
+    read_gif,
+    resize_frame,
+    to_uint8_frames,
+    video_fps,
+    write_video,
+)
+
+
+@pytest.fixture
+def noise_clip() -> np.ndarray:
+    """uint8 (6, 18, 22, 3) random frames: any lossy step would change them."""
+    return np.random.default_rng(1).integers(0, 256, (6, 18, 22, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("name, codec, crf", [("clip.mkv", "ffv1", 18), ("clip.avi", None, 18),
+                                              ("clip_rgb.mkv", "libx264rgb", 0)])
+def test_lossless_video_round_trip_is_exact(tmp_path, noise_clip, name, codec, crf):
+    path = write_video(tmp_path / name, noise_clip, fps=12, codec=codec, crf=crf)
+    frames = read_frames(path)
+    assert frames.dtype == np.uint8 and frames.shape == noise_clip.shape
+    np.testing.assert_array_equal(frames, noise_clip)
+    assert video_fps(path) == pytest.approx(12)
+
+
+def test_mp4_is_h264_and_close_for_smooth_content(tmp_path):
+    import av
+
+    ramp = np.linspace(0, 255, 32, dtype=np.float32)
+    frames = np.stack([np.stack([np.add.outer(ramp, ramp * 0) * 0.5 + 10 * t, np.add.outer(ramp * 0, ramp) * 0.8,
+                                 np.full((32, 32), 100.0)], -1) for t in range(5)]).clip(0, 255).astype(np.uint8)
+    path = write_video(tmp_path / "smooth.mp4", frames)
+    with av.open(str(path)) as container:
+        assert container.streams.video[0].codec_context.name == "h264"
+    back = read_frames(path)
+    assert back.shape == frames.shape
+    assert np.abs(back.astype(int) - frames).mean() < 3.0
+
+
+def test_writers_accept_float_channel_first_torch_and_pad_odd_sides(tmp_path, noise_clip):
+    as_float = torch.from_numpy(noise_clip).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # (T, 3, H, W) in [-1, 1]
+    np.testing.assert_array_equal(to_uint8_frames(as_float), noise_clip)
+    np.testing.assert_array_equal(to_uint8_frames(noise_clip.transpose(0, 3, 1, 2)), noise_clip)
+    odd = noise_clip[:, :17, :21]
+    back = read_frames(write_video(tmp_path / "odd.mp4", odd))
+    assert back.shape == (6, 18, 22, 3)  # 4:2:0 needs even sides: padded by one repeated row/column
+    with pytest.raises(ValueError, match="channels"):
+        to_uint8_frames(np.zeros((2, 5, 8, 8), np.uint8))
+
+
+def test_gif_round_trip_keeps_length_and_approximate_colours(tmp_path):
+    frames = np.zeros((4, 16, 16, 3), np.uint8)
+    for t in range(4):
+        frames[t, :, 4 * t:4 * t + 4] = (255, 40, 0)  # a red bar moving right
+    path = write_video(tmp_path / "bar.gif", frames, fps=5)
+    back = read_gif(path)
+    assert back.shape == frames.shape
+    np.testing.assert_allclose(back.astype(int), frames.astype(int), atol=8)
+    np.testing.assert_array_equal(read_frames(path).shape, frames.shape)  # PyAV reads GIFs too
+
+
+def test_frame_folder_natural_order_step_and_limit(tmp_path, noise_clip):
+    for index in range(len(noise_clip)):  # frame_2 must come before frame_10
+        cv2.imwrite(str(tmp_path / f"frame_{index * 4}.png"), cv2.cvtColor(noise_clip[index], cv2.COLOR_RGB2BGR))
+    (tmp_path / "notes.txt").write_text("not a frame")
+    np.testing.assert_array_equal(read_frames(tmp_path), noise_clip)
+    np.testing.assert_array_equal(read_frames(tmp_path, frame_step=2), noise_clip[::2])
+    np.testing.assert_array_equal(np.stack(list(iter_frames(tmp_path, frame_step=2, max_frames=2))), noise_clip[:4:2])
+    assert sorted(["f10", "f2", "f1"], key=natural_sort_key) == ["f1", "f2", "f10"]
+
+
+def test_video_frame_step_matches_every_kth_frame(tmp_path, noise_clip):
+    path = write_video(tmp_path / "clip.mkv", noise_clip)
+    np.testing.assert_array_equal(read_frames(path, frame_step=3), noise_clip[::3])
+    assert video_fps(tmp_path) is None
+
+
+def test_read_errors_name_the_file(tmp_path):
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(200))
+    with pytest.raises(VideoReadError, match="broken.mp4"):
+        read_frames(broken)
+    with pytest.raises(VideoReadError, match="does not exist"):
+        read_frames(tmp_path / "missing.mp4")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(VideoReadError, match="contains no images"):
+        read_frames(empty)
+    (empty / "frame_0.png").write_bytes(b"not a png")
+    with pytest.raises(VideoReadError, match="frame_0.png"):
+        read_frames(empty)
+
+
+def test_resize_crop_keeps_centre_and_squash_keeps_everything():
+    frame = np.zeros((40, 80, 3), np.uint8)
+    frame[:, 20:60] = 255  # the centre square is white, the sides black
+    cropped = resize_frame(frame, 20, mode="crop")
+    assert cropped.shape == (20, 20, 3) and cropped.min() == 255
+    squashed = resize_frame(frame, 20, mode="squash")
+    assert squashed.shape == (20, 20, 3)
+    assert squashed[:, 0].max() == 0 and squashed[:, 10].min() == 255  # black sides survive, squeezed
+    same = np.random.default_rng(0).integers(0, 256, (20, 24, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(resize_frame(same, 20, mode="crop"), same[:, 2:22])  # no resampling at size S
+    with pytest.raises(ValueError, match="resize mode"):
+        resize_frame(frame, 20, mode="stretch")
