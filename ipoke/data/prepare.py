@@ -1,0 +1,680 @@
+"""``ipoke data prepare``: turn a folder of real videos into the prepared dataset format (``docs/data_format.md``).
+
+For every video file or frame folder under ``videos_dir`` (found by a layout, :mod:`ipoke.data.layouts`):
+
+1. frames are decoded (every ``frame_step``-th one), made square (centre crop, or squash as the original did) and
+   resized to ``size`` x ``size``;
+2. optical flow (:mod:`ipoke.data.flow`; DIS by default) is estimated from every ``flow_stride``-th frame ``s`` to
+   ``s + lag`` for each lag, for the starts where all lags fit in the video; with ``flow_resolution`` larger than
+   ``size`` the flow is computed on larger frames and resized, its vectors rescaled to pixels at ``size``;
+3. optionally a GrabCut foreground mask per frame (``masks="grabcut"``, as the original iPOKE computed for iPER and
+   TaiChi: 5 iterations from a rectangle over the central region), stored as ``masks.npy`` with 1 = foreground;
+4. the video is written atomically with :class:`~ipoke.data.format.DatasetWriter`, and at the end the index.
+
+Videos are split into train/test by a split file, by the layout (iPER ``train.txt``, Human3.6M subjects, TaiChi
+folders), or by a seeded fraction of the videos. Work is spread over ``workers`` processes. A re-run skips finished
+videos (after checking that it uses the same settings), redoes interrupted ones and only relabels splits that
+changed. ::
+
+    result = prepare_dataset("raw/plants", "data/plants", size=128, layout="plants", workers=2)
+    print(result.summary())
+
+``add_prepare_arguments`` and ``run_prepare`` give the command line (``ipoke data prepare``, or
+``python -m ipoke.data.prepare``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import logging
+import multiprocessing
+import os
+import sys
+from collections import deque
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from ipoke.data.flow import (
+    DIS_PRESETS,
+    FLOW_METHODS,
+    RAFT_WEIGHT_FILES,
+    FlowEstimator,
+    make_flow_estimator,
+    resize_flow,
+)
+from ipoke.data.format import VIDEOS_DIR, DatasetFormatError, DatasetWriter, is_dataset
+from ipoke.data.layouts import LAYOUTS, LayoutError, VideoSource, discover_videos
+from ipoke.data.video_io import RESIZE_MODES, VideoReadError, iter_frames, resize_frame, video_fps
+
+logger = logging.getLogger(__name__)
+
+MASK_MODES = ("none", "grabcut")
+SPLIT_BY = ("video", "object")
+UNLISTED = ("error", "train", "test", "skip")
+SETTINGS_FILE = ".ipoke_prepare.json"
+# Settings that change the arrays of a video: a resumed run must use the same ones, or the dataset would mix them.
+ARRAY_SETTINGS = ("size", "resize", "flow_method", "flow_options", "lags", "flow_stride", "frame_step",
+                  "flow_resolution", "masks", "max_frames")
+
+
+class PrepareError(ValueError):
+    """Bad input for preparation (too short video, bad split file, mismatched resume, ...); the message says which."""
+
+
+@dataclass
+class PrepareResult:
+    """What a :func:`prepare_dataset` run did.
+
+    Attributes:
+        out: The dataset folder.
+        written: Ids of videos prepared by this run.
+        skipped: Ids of videos that were already finished and were kept.
+        relabelled: Ids of finished videos whose split changed (their ``meta.json`` was updated).
+        failed: Video id -> error message, for videos skipped because of bad input (``on_error="skip"``).
+        index: The written index (``ipoke_dataset.json``).
+    """
+
+    out: Path
+    written: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    relabelled: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    index: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        """One paragraph for the command line."""
+        splits: dict[str, int] = {}
+        for meta in self.index.get("videos", []):
+            splits[meta["split"]] = splits.get(meta["split"], 0) + 1
+        text = (f"{self.out}: {len(self.index.get('videos', []))} videos "
+                f"({', '.join(f'{name} {count}' for name, count in sorted(splits.items()))}); this run prepared "
+                f"{len(self.written)}, kept {len(self.skipped)} finished, relabelled {len(self.relabelled)}")
+        if self.failed:
+            text += f"; {len(self.failed)} FAILED and were left out:\n" + "\n".join(
+                f"  {video_id}: {message}" for video_id, message in sorted(self.failed.items()))
+        return text
+
+
+def grabcut_foreground(frame: np.ndarray, *, iterations: int = 5) -> tuple[np.ndarray, bool]:
+    """Foreground mask of one frame by GrabCut, initialised with a rectangle over the central region.
+
+    As the original iPOKE: 5 iterations, rectangle ``x`` in [W/5, 4W/5); rows from a small margin (H/25, the
+    original's poke-size border) to the bottom minus that margin, since people and plants usually span the height.
+
+    Args:
+        frame: uint8 RGB ``(H, W, 3)``.
+        iterations: GrabCut iterations.
+
+    Returns:
+        ``(mask, ok)``: uint8 ``(H, W)`` with 1 = foreground (GrabCut's sure or probable foreground); ``ok`` is False
+        when GrabCut failed (e.g. a uniform frame), in which case the initial rectangle is returned.
+    """
+    height, width = frame.shape[:2]
+    margin = max(1, height // 25)
+    left, right = width // 5, (4 * width) // 5
+    rect = (left, margin, max(1, right - left), max(1, height - 2 * margin))
+    labels = np.zeros((height, width), np.uint8)
+    background_model = np.zeros((1, 65), np.float64)
+    foreground_model = np.zeros((1, 65), np.float64)
+    try:
+        cv2.grabCut(np.ascontiguousarray(frame), labels, rect, background_model, foreground_model, iterations,
+                    cv2.GC_INIT_WITH_RECT)
+    except cv2.error:
+        fallback = np.zeros((height, width), np.uint8)
+        fallback[rect[1]:rect[1] + rect[3], rect[0]:rect[0] + rect[2]] = 1
+        return fallback, False
+    return ((labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)).astype(np.uint8), True
+
+
+def prepare_video_arrays(source: str | os.PathLike, *, estimator: FlowEstimator, size: int = 256,
+                         resize: str = "crop", lags: Sequence[int] = (10, 20), flow_stride: int = 1,
+                         frame_step: int = 1, flow_resolution: int | None = None, masks: str = "none",
+                         max_frames: int | None = None) -> dict[str, Any]:
+    """Frames, flow and masks of one video, streaming (only ``max(lags) + 1`` frames at flow resolution are held).
+
+    Args:
+        source: Video file or frame folder.
+        estimator: Flow estimator (:func:`ipoke.data.flow.make_flow_estimator`).
+        size: Output side S.
+        resize: ``"crop"`` or ``"squash"`` (see :func:`ipoke.data.video_io.resize_frame`).
+        lags: Flow lags in kept frames (after ``frame_step``).
+        flow_stride: Flow from every ``flow_stride``-th frame.
+        frame_step: Keep every ``frame_step``-th raw frame.
+        flow_resolution: Side at which flow is computed (None = S); flow is then resized to S, vectors rescaled.
+        masks: ``"none"`` or ``"grabcut"``.
+        max_frames: Use at most this many (kept) frames.
+
+    Returns:
+        Dict with ``frames`` uint8 ``(N, S, S, 3)``, ``flow`` float16 ``(F, L, 2, S, S)``, ``flow_starts`` int32
+        ``(F,)``, ``masks`` uint8 ``(N, S, S)`` or None, ``raw_size`` ``[H, W]`` and ``grabcut_failures``.
+
+    Raises:
+        VideoReadError: If the source cannot be read.
+        PrepareError: If it has fewer than ``max(lags) + 1`` frames.
+    """
+    lags = [int(lag) for lag in lags]
+    max_lag = max(lags)
+    flow_side = flow_resolution or size
+    frames: list[np.ndarray] = []
+    window: deque[np.ndarray] = deque(maxlen=max_lag + 1)  # frames i - max_lag .. i at flow resolution
+    flows: list[np.ndarray] = []
+    starts: list[int] = []
+    raw_size: list[int] = []
+    for index, raw in enumerate(iter_frames(source, frame_step=frame_step, max_frames=max_frames)):
+        if not raw_size:
+            raw_size = list(raw.shape[:2])
+        frame = resize_frame(raw, size, mode=resize)
+        frames.append(frame)
+        window.append(frame if flow_side == size else resize_frame(raw, flow_side, mode=resize))
+        start = index - max_lag
+        # Flow is computed once the furthest lag's frame has arrived, so every stored start has all lags.
+        if start >= 0 and start % flow_stride == 0:
+            pairs = estimator.estimate_pairs([window[0]] * len(lags), [window[lag] for lag in lags])
+            if flow_side != size:
+                pairs = np.stack([resize_flow(pair, size) for pair in pairs])
+            flows.append(pairs.astype(np.float16))
+            starts.append(start)
+    if len(frames) < max_lag + 1:
+        step_note = f" (every {frame_step}th frame kept)" if frame_step > 1 else ""
+        raise PrepareError(f"{source}: has {len(frames)} frames{step_note}, too few for flow lags {lags}: at least "
+                           f"{max_lag + 1} are needed (use smaller --lags or --frame-step, or leave the video out)")
+    mask_array, failures = None, 0
+    if masks == "grabcut":
+        mask_list = []
+        for frame in frames:
+            mask, ok = grabcut_foreground(frame)
+            mask_list.append(mask)
+            failures += not ok
+        mask_array = np.stack(mask_list)
+    return {"frames": np.stack(frames), "flow": np.stack(flows), "flow_starts": np.asarray(starts, np.int32),
+            "masks": mask_array, "raw_size": raw_size, "grabcut_failures": failures}
+
+
+def read_split_file(path: str | os.PathLike) -> dict[str, str]:
+    """Read a split file: one video per line, ``<name> <split>`` (whitespace, tab or comma between them).
+
+    ``<name>`` is a video id, a path relative to the videos folder, or such a path without its extension; it may
+    contain spaces (the split is the last field). Empty lines and lines starting with ``#`` are ignored.
+
+    Returns:
+        Name -> split.
+
+    Raises:
+        PrepareError: If the file is missing or a line has no split.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise PrepareError(f"split file {path} does not exist")
+    entries: dict[str, str] = {}
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.replace(",", " ").replace("\t", " ").rsplit(None, 1)
+        if len(parts) != 2:
+            raise PrepareError(f"{path}:{number}: expected '<video name> <split>', got {line!r}")
+        name, split = parts[0].strip().strip("/"), parts[1].strip()
+        entries[name] = split
+    if not entries:
+        raise PrepareError(f"split file {path} lists no videos")
+    return entries
+
+
+def _names_of(source: VideoSource) -> list[str]:
+    relative = source.relative_path
+    return [source.video_id, relative, os.path.splitext(relative)[0], Path(relative).name,
+            os.path.splitext(Path(relative).name)[0]]
+
+
+def _fraction_count(count: int, fraction: float) -> int:
+    """How many of ``count`` items go to test: rounded, at least one and at most ``count - 1`` when ``count >= 2``."""
+    if fraction <= 0 or count < 2:
+        return 0
+    return min(count - 1, max(1, round(fraction * count)))
+
+
+def assign_splits(sources: Sequence[VideoSource], *, split_file: str | os.PathLike | None = None,
+                  test_fraction: float = 0.2, seed: int = 0, split_by: str = "video",
+                  unlisted: str = "error") -> dict[str, str | None]:
+    """Decide the split of every video.
+
+    Precedence: a split file, then the layout's split, then a seeded random split of the rest:
+
+    * ``split_by="video"``: when the videos have object ids (plants, iPER actors, ...), each object with at least
+      two videos sends ``round(test_fraction * n)`` of them (at least one, never all) to test, so every object is
+      also in training; without object ids, ``round(test_fraction * N)`` of all videos go to test.
+    * ``split_by="object"``: that fraction of the objects goes to test with all their videos (stronger test of
+      generalisation to unseen objects).
+
+    Args:
+        sources: The videos.
+        split_file: Optional file for :func:`read_split_file`.
+        test_fraction: Fraction of videos (or objects) for test in a random split, in [0, 1).
+        seed: Seed of the random split.
+        split_by: ``"video"`` or ``"object"``.
+        unlisted: For videos the split file does not name: ``"error"``, ``"train"``, ``"test"`` or ``"skip"``
+            (left out; their split is None).
+
+    Returns:
+        Video id -> split (None for videos to leave out).
+    """
+    if not 0 <= test_fraction < 1:
+        raise PrepareError(f"test_fraction must be in [0, 1), got {test_fraction}")
+    if split_by not in SPLIT_BY:
+        raise PrepareError(f"split_by must be one of {SPLIT_BY}, got {split_by!r}")
+    if unlisted not in UNLISTED:
+        raise PrepareError(f"unlisted must be one of {UNLISTED}, got {unlisted!r}")
+    splits: dict[str, str | None] = {}
+    if split_file is not None:
+        entries = read_split_file(split_file)
+        used: set[str] = set()
+        missing = []
+        for source in sources:
+            name = next((name for name in _names_of(source) if name in entries), None)
+            if name is None:
+                if unlisted == "error":
+                    missing.append(source.relative_path)
+                splits[source.video_id] = None if unlisted in ("skip", "error") else unlisted
+            else:
+                used.add(name)
+                splits[source.video_id] = entries[name]
+        if missing:
+            raise PrepareError(f"split file {split_file} does not name {len(missing)} of the videos, e.g. "
+                               f"{missing[:5]}; add them, or pass --unlisted train|test|skip")
+        unknown = sorted(set(entries) - used)
+        if unknown and not used:
+            raise PrepareError(f"no name in split file {split_file} matches a video (first entries: "
+                               f"{sorted(entries)[:3]}; videos are named like {_names_of(sources[0])[:2]})")
+        if unknown:
+            logger.warning("split file %s names %d videos that were not found, e.g. %s", split_file, len(unknown),
+                           unknown[:5])
+        return splits
+    rng = np.random.default_rng(seed)
+    pending = [source for source in sorted(sources, key=lambda s: s.video_id)]
+    for source in pending:
+        splits[source.video_id] = source.split
+    pending = [source for source in pending if source.split is None]
+    if not pending:
+        return splits
+    groups: dict[str, list[str]] = {}
+    for source in pending:
+        groups.setdefault(source.object_id or source.video_id, []).append(source.video_id)
+    test: set[str] = set()
+    if split_by == "object":
+        names = sorted(groups)
+        for index in rng.permutation(len(names))[:_fraction_count(len(names), test_fraction)]:
+            test.update(groups[names[index]])
+    elif any(source.object_id for source in pending):
+        for name in sorted(groups):
+            members = groups[name]
+            test.update(members[i] for i in rng.permutation(len(members))[:_fraction_count(len(members),
+                                                                                         test_fraction)])
+    else:
+        ids = [source.video_id for source in pending]
+        test.update(ids[i] for i in rng.permutation(len(ids))[:_fraction_count(len(ids), test_fraction)])
+    for source in pending:
+        splits[source.video_id] = "test" if source.video_id in test else "train"
+    return splits
+
+
+# Per-process state of the workers: the writer (unpickled without running its constructor, so a worker never
+# deletes another worker's unfinished .tmp folder), the options and a flow estimator made on first use.
+_STATE: dict[str, Any] = {}
+
+
+def _init_worker(writer: DatasetWriter, options: dict[str, Any], threads: int | None) -> None:
+    _STATE.clear()
+    _STATE.update(writer=writer, options=options, estimator=None)
+    if threads is not None:
+        cv2.setNumThreads(threads)
+        if options["flow_method"] == "raft":
+            import torch
+
+            torch.set_num_threads(threads)
+
+
+def _prepare_one(task: tuple[VideoSource, str]) -> tuple[str, str | None]:
+    """Prepare and write one video; returns ``(video_id, error message or None)`` for bad input."""
+    source, split = task
+    options = _STATE["options"]
+    if _STATE["estimator"] is None:
+        _STATE["estimator"] = make_flow_estimator(options["flow_method"], **options["flow_options"])
+    try:
+        arrays = prepare_video_arrays(
+            source.path, estimator=_STATE["estimator"], size=options["size"], resize=options["resize"],
+            lags=options["lags"], flow_stride=options["flow_stride"], frame_step=options["frame_step"],
+            flow_resolution=options["flow_resolution"], masks=options["masks"], max_frames=options["max_frames"])
+        fps = video_fps(source.path)
+    except (VideoReadError, PrepareError) as error:
+        return source.video_id, str(error)
+    extra = dict(source.meta)
+    if options["masks"] == "grabcut":
+        extra["grabcut_failures"] = arrays["grabcut_failures"]
+    _STATE["writer"].write_video(
+        source.video_id, split=split, frames=arrays["frames"], flow=arrays["flow"],
+        flow_starts=arrays["flow_starts"], masks=arrays["masks"], object_id=source.object_id,
+        source_file=source.relative_path, raw_size=arrays["raw_size"],
+        fps=fps / options["frame_step"] if fps else None, **extra)
+    return source.video_id, None
+
+
+def _relabel(writer: DatasetWriter, video_id: str, split: str) -> bool:
+    meta_file = writer.video_dir(video_id) / "meta.json"
+    meta = json.loads(meta_file.read_text())
+    if meta.get("split") == split:
+        return False
+    meta["split"] = split
+    tmp = meta_file.with_name(".meta.json.tmp")
+    tmp.write_text(json.dumps(meta))
+    tmp.replace(meta_file)
+    return True
+
+
+def _check_resume(out: Path, settings: dict[str, Any]) -> None:
+    marker = out / SETTINGS_FILE
+    if marker.is_file():
+        previous = json.loads(marker.read_text())
+        different = {key: (previous.get(key), settings[key]) for key in ARRAY_SETTINGS
+                     if previous.get(key) != settings[key]}
+        if different:
+            details = ", ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in different.items())
+            raise PrepareError(f"{out} was prepared with other settings ({details}); resuming would mix videos "
+                               "prepared differently. Use the same options, or another --out folder")
+    elif is_dataset(out) or (out / VIDEOS_DIR).is_dir():
+        raise PrepareError(f"{out} holds a dataset that `ipoke data prepare` did not make (no {SETTINGS_FILE}); "
+                           "choose another --out folder")
+
+
+def prepare_dataset(videos_dir: str | os.PathLike, out: str | os.PathLike, *, size: int = 256,
+                    flow_method: str = "dis", lags: Sequence[int] = (10, 20), flow_stride: int = 1,
+                    frame_step: int = 1, masks: str = "none", split_file: str | os.PathLike | None = None,
+                    test_fraction: float = 0.2, layout: str = "plain", workers: int = 1, seed: int = 0,
+                    resize: str = "crop", flow_resolution: int | None = None, split_by: str = "video",
+                    unlisted: str = "error", exclude: Iterable[str] = (), max_frames: int | None = None,
+                    flow_options: dict[str, Any] | None = None, train_list: str | os.PathLike | None = None,
+                    on_error: str = "raise", progress: bool = True) -> PrepareResult:
+    """Prepare a folder of real videos as an ipoke dataset (see the module docstring for the steps).
+
+    Args:
+        videos_dir: Raw folder of video files and/or frame folders.
+        out: Output dataset folder: new, empty, or an earlier (possibly interrupted) run with the same settings.
+        size: Frame side S of the dataset.
+        flow_method: ``"dis"`` (default), ``"farneback"`` or ``"raft"``.
+        lags: Flow lags, counted in kept frames (after ``frame_step``).
+        flow_stride: Flow from every ``flow_stride``-th frame (1 = every frame is a possible clip start).
+        frame_step: Keep every ``frame_step``-th raw frame (the original's ``frames_discr``).
+        masks: ``"none"`` or ``"grabcut"`` (foreground masks per frame; slow: a GrabCut per frame).
+        split_file: Optional ``<name> <split>`` file, see :func:`read_split_file`.
+        test_fraction: Fraction for test in a random split (see :func:`assign_splits`).
+        layout: Raw layout, one of :data:`ipoke.data.layouts.LAYOUTS`.
+        workers: Processes preparing videos in parallel.
+        seed: Seed of the random split.
+        resize: ``"crop"`` (centre square, default) or ``"squash"`` (the original's aspect-ratio change).
+        flow_resolution: Side at which flow is estimated (None = ``size``); larger can help small motions.
+        split_by: ``"video"`` or ``"object"`` (random split only).
+        unlisted: What to do with videos a split file does not name (see :func:`assign_splits`).
+        exclude: Glob patterns of video ids or relative paths to leave out.
+        max_frames: Use at most this many frames per video.
+        flow_options: Estimator options (``preset`` for DIS; ``raft_model``, ``weights``, ``device``,
+            ``iterations`` for RAFT).
+        train_list: iPER layout only: ``train.txt`` when it is not in ``videos_dir``.
+        on_error: ``"raise"`` stops at the first bad video (finished videos stay, the index is not written, so the
+            output is not mistaken for a complete dataset); ``"skip"`` leaves bad videos out, writes the index and
+            lists them in the result and in the index's settings.
+        progress: Show a tqdm progress bar.
+
+    Returns:
+        A :class:`PrepareResult`.
+
+    Raises:
+        LayoutError: If ``videos_dir`` is missing, holds no videos or does not fit ``layout``.
+        PrepareError: For bad options, a bad split file, a resume with other settings, or (``on_error="raise"``)
+            an unreadable or too short video; the message names the file.
+        DatasetFormatError: If ``out`` exists and is not empty and not a dataset.
+        WeightsNotFoundError: For ``flow_method="raft"`` without its weights on disk.
+    """
+    out = Path(out)
+    lags = sorted({int(lag) for lag in lags})
+    flow_options = dict(flow_options or {})
+    checks = [
+        (size >= 8, f"size must be at least 8, got {size}"),
+        (bool(lags) and min(lags) >= 1, f"lags must be positive integers, got {lags}"),
+        (flow_stride >= 1, f"flow_stride must be >= 1, got {flow_stride}"),
+        (frame_step >= 1, f"frame_step must be >= 1, got {frame_step}"),
+        (workers >= 1, f"workers must be >= 1, got {workers}"),
+        (flow_method in FLOW_METHODS, f"flow method must be one of {FLOW_METHODS}, got {flow_method!r}"),
+        (masks in MASK_MODES, f"masks must be one of {MASK_MODES}, got {masks!r}"),
+        (resize in RESIZE_MODES, f"resize must be one of {RESIZE_MODES}, got {resize!r}"),
+        (on_error in ("raise", "skip"), f"on_error must be 'raise' or 'skip', got {on_error!r}"),
+        (flow_resolution is None or flow_resolution >= 8, f"flow_resolution must be >= 8, got {flow_resolution}"),
+        (max_frames is None or max_frames >= 2, f"max_frames must be >= 2, got {max_frames}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise PrepareError(message)
+    if max_frames is not None and max_frames < max(lags) + 1:
+        raise PrepareError(f"max_frames {max_frames} leaves too few frames for lags {lags}")
+    if flow_resolution == size:
+        flow_resolution = None
+
+    # Everything that can fail on the input is checked before the output folder is touched.
+    layout_options = {"train_list": train_list} if layout == "iper" and train_list is not None else {}
+    sources = discover_videos(videos_dir, layout, **layout_options)
+    patterns = list(exclude)
+    sources = [source for source in sources
+               if not any(fnmatch.fnmatch(name, pattern) for pattern in patterns
+                          for name in (source.video_id, source.relative_path))]
+    if not sources:
+        raise PrepareError(f"every video in {videos_dir} matches an --exclude pattern {patterns}")
+    splits = assign_splits(sources, split_file=split_file, test_fraction=test_fraction, seed=seed,
+                           split_by=split_by, unlisted=unlisted)
+    sources = [source for source in sources if splits[source.video_id] is not None]
+    if flow_method == "raft":
+        # Fail now rather than in a worker: the weights file must exist.
+        from ipoke.data.flow import find_raft_weights
+
+        flow_options["weights"] = str(find_raft_weights(flow_options.get("raft_model", "raft_small"),
+                                                        path=flow_options.get("weights")))
+
+    settings: dict[str, Any] = {
+        "size": size, "resize": resize, "flow_method": flow_method,
+        "flow_options": {key: value for key, value in sorted(flow_options.items()) if key != "device"},
+        "lags": lags, "flow_stride": flow_stride, "frame_step": frame_step, "flow_resolution": flow_resolution,
+        "masks": masks, "max_frames": max_frames, "layout": layout, "videos_dir": str(Path(videos_dir).resolve()),
+        "split_file": str(split_file) if split_file is not None else None, "test_fraction": test_fraction,
+        "split_by": split_by, "seed": seed, "exclude": patterns,
+    }
+    if out.exists() and out.is_dir() and any(out.iterdir()):
+        _check_resume(out, settings)
+    writer = DatasetWriter(out, size=size, flow_lags=lags, source="prepare", settings=settings)
+    (out / SETTINGS_FILE).write_text(json.dumps(settings, indent=1))
+
+    result = PrepareResult(out=out)
+    tasks = []
+    for source in sources:
+        split = splits[source.video_id]
+        assert split is not None
+        if writer.has_video(source.video_id):
+            result.skipped.append(source.video_id)
+            if _relabel(writer, source.video_id, split):
+                result.relabelled.append(source.video_id)
+        else:
+            tasks.append((source, split))
+    known = {source.video_id for source in sources}
+    strays = sorted(path.name for path in (out / VIDEOS_DIR).iterdir()
+                    if (path / "meta.json").is_file() and path.name not in known)
+    if strays:
+        logger.warning("%d finished videos in %s are not among this run's videos (e.g. %s); they stay in the "
+                       "index; delete their folders under %s/ to drop them", len(strays), out, strays[:3], VIDEOS_DIR)
+
+    options = {key: settings[key] for key in ARRAY_SETTINGS}
+    options["flow_options"] = flow_options
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(sources), initial=len(result.skipped), desc="prepare", unit="video",
+               disable=not progress, dynamic_ncols=True)
+    failed_error: PrepareError | None = None
+    executor = None
+    try:
+        if workers == 1 or len(tasks) <= 1:
+            _init_worker(writer, options, None)
+            outcomes: Iterable[tuple[str, str | None]] = (_prepare_one(task) for task in tasks)
+        else:
+            # spawn: safe with CUDA (RAFT) and with OpenCV's/torch's thread pools, unlike fork. A process pool
+            # executor (unlike multiprocessing.Pool) fails with BrokenProcessPool instead of hanging when a worker
+            # dies.
+            threads = max(1, (os.cpu_count() or 1) // workers)
+            executor = ProcessPoolExecutor(min(workers, len(tasks)), mp_context=multiprocessing.get_context("spawn"),
+                                           initializer=_init_worker, initargs=(writer, options, threads))
+            futures = [executor.submit(_prepare_one, task) for task in tasks]
+            outcomes = (future.result() for future in as_completed(futures))
+        for video_id, message in outcomes:
+            bar.update(1)
+            if message is None:
+                result.written.append(video_id)
+                continue
+            result.failed[video_id] = message
+            if on_error == "raise":
+                failed_error = PrepareError(
+                    f"{message}\n(stopped; the {len(result.written)} videos finished by this run and those in progress "
+                    "are kept, the index was not written; fix or --exclude the video and re-run the same command to "
+                    "resume, or pass --skip-bad to leave bad videos out)")
+                break
+            logger.warning("leaving out %s: %s", video_id, message)
+    finally:
+        if executor is not None:
+            # Videos in progress finish (each is written whole); queued ones are cancelled.
+            executor.shutdown(wait=True, cancel_futures=True)
+        bar.close()
+    if failed_error is not None:
+        raise failed_error
+    if result.failed:
+        writer.settings = {**settings, "failed": result.failed}
+    result.index = writer.write_index()
+    return result
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.replace(" ", "").split(",") if part]
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 10,20, got {text!r}") from error
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one integer")
+    return values
+
+
+def add_prepare_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the options of ``ipoke data prepare`` to ``parser`` (returned for chaining)."""
+    parser.add_argument("--videos", required=True, metavar="DIR",
+                        help="folder of raw videos (mp4/mkv/avi/webm/... files and/or folders of png/jpg frames), "
+                             "searched recursively")
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help="output dataset folder: new or empty, or an earlier run of the same command to resume")
+    parser.add_argument("--layout", choices=LAYOUTS, default="plain",
+                        help="raw layout: plain (any folder; default), plants (Poking Plants VID_<plant>_<take>), "
+                             "iper (train.txt in the videos folder), h36m (<subject>/<action>/<camera>, S9/S11 test), "
+                             "taichi (train/ and test/ folders); see docs/real_data.md")
+    parser.add_argument("--size", type=int, default=256, help="side S of the square frames (default 256)")
+    parser.add_argument("--resize", choices=RESIZE_MODES, default="crop",
+                        help="crop: centre square then resize, keeps aspect ratio (default); squash: resize the whole "
+                             "frame to S x S like the original iPOKE (distorts non-square footage)")
+    parser.add_argument("--flow", dest="flow_method", choices=FLOW_METHODS, default="dis",
+                        help="optical flow: dis (OpenCV DIS, CPU, no weights; default), farneback (OpenCV), raft "
+                             "(torchvision RAFT; needs its weights file on disk, best with a GPU)")
+    parser.add_argument("--lags", type=_int_list, default=[10, 20], metavar="L1,L2",
+                        help="flow lags in kept frames, comma-separated (default 10,20); the clip length times the "
+                             "loader's subsample step must be one of them")
+    parser.add_argument("--flow-stride", type=int, default=1, metavar="K",
+                        help="compute flow from every K-th frame only (default 1 = every frame); fewer clip starts, "
+                             "K times less flow on disk")
+    parser.add_argument("--frame-step", type=int, default=1, metavar="K",
+                        help="keep every K-th raw frame (default 1), e.g. 8 for 50 fps Human3.6M")
+    parser.add_argument("--flow-resolution", type=int, default=None, metavar="R",
+                        help="estimate flow on R x R frames and resize it to S (vectors rescaled); default: S")
+    parser.add_argument("--masks", choices=MASK_MODES, default="none",
+                        help="foreground masks: none (default) or grabcut (one GrabCut per frame, as the original for "
+                             "iPER/TaiChi; slow)")
+    parser.add_argument("--split-file", default=None, metavar="FILE",
+                        help="file of '<video name> <split>' lines (name = id, relative path or path without "
+                             "extension); overrides the layout's and the random split")
+    parser.add_argument("--unlisted", choices=UNLISTED, default="error",
+                        help="videos the split file does not name: error (default), train, test or skip")
+    parser.add_argument("--test-fraction", type=float, default=0.2,
+                        help="random split: fraction of videos (or objects) for test (default 0.2)")
+    parser.add_argument("--split-by", choices=SPLIT_BY, default="video",
+                        help="random split unit: video (default; per object when object ids are known, so every "
+                             "object is in train) or object (hold out whole objects)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random split (default 0)")
+    parser.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
+                        help="leave out videos whose id or relative path matches this glob (repeatable)")
+    parser.add_argument("--max-frames", type=int, default=None, metavar="N",
+                        help="use at most N (kept) frames per video")
+    parser.add_argument("--workers", type=int, default=1, help="parallel processes, one video each (default 1)")
+    parser.add_argument("--dis-preset", choices=sorted(DIS_PRESETS), default="medium",
+                        help="DIS speed/quality preset (default medium)")
+    parser.add_argument("--raft-model", choices=sorted(RAFT_WEIGHT_FILES), default="raft_small",
+                        help="RAFT variant (default raft_small)")
+    parser.add_argument("--raft-weights", default=None, metavar="FILE",
+                        help="RAFT weights file; default: torchvision's file in $IPOKE_CACHE or the torch hub cache "
+                             f"({', '.join(RAFT_WEIGHT_FILES.values())})")
+    parser.add_argument("--raft-iterations", type=int, default=12, help="RAFT refinement steps (default 12)")
+    parser.add_argument("--device", default="cpu", help="torch device for RAFT, e.g. cuda (default cpu)")
+    parser.add_argument("--train-list", default=None, metavar="FILE",
+                        help="iper layout: the official train.txt when it is not in the videos folder")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="leave unreadable or too short videos out (listed at the end, exit code 1) instead of "
+                             "stopping at the first")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def run_prepare(args: argparse.Namespace) -> int:
+    """Run ``ipoke data prepare`` from parsed arguments.
+
+    Returns:
+        0 on success, 1 if some videos were left out (``--skip-bad``), 2 on an error (printed to stderr).
+    """
+    from ipoke.weights import WeightsNotFoundError
+
+    if args.flow_method == "raft":
+        flow_options = {"raft_model": args.raft_model, "weights": args.raft_weights, "device": args.device,
+                        "iterations": args.raft_iterations}
+    elif args.flow_method == "dis":
+        flow_options = {"preset": args.dis_preset}
+    else:
+        flow_options = {}
+    try:
+        result = prepare_dataset(
+            args.videos, args.out, size=args.size, flow_method=args.flow_method, lags=args.lags,
+            flow_stride=args.flow_stride, frame_step=args.frame_step, masks=args.masks, split_file=args.split_file,
+            test_fraction=args.test_fraction, layout=args.layout, workers=args.workers, seed=args.seed,
+            resize=args.resize, flow_resolution=args.flow_resolution, split_by=args.split_by,
+            unlisted=args.unlisted, exclude=args.exclude, max_frames=args.max_frames, flow_options=flow_options,
+            train_list=args.train_list, on_error="skip" if args.skip_bad else "raise",
+            progress=not args.no_progress)
+    except (PrepareError, LayoutError, VideoReadError, DatasetFormatError, WeightsNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(result.summary())
+    return 1 if result.failed else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m ipoke.data.prepare``: the same as ``ipoke data prepare``."""
+    parser = argparse.ArgumentParser(prog="ipoke data prepare", description=__doc__.split("\n\n")[0])
+    add_prepare_arguments(parser)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    return run_prepare(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,286 @@
+"""``prepare_dataset`` on tiny lossless videos written here: exact frames, sane flow, splits, resuming, bad input."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from ipoke.data.format import DatasetFormatError, PreparedDataset
+from ipoke.data.layouts import LayoutError, VideoSource
+from ipoke.data.prepare import (
+    SETTINGS_FILE,
+    PrepareError,
+    add_prepare_arguments,
+    assign_splits,
+    grabcut_foreground,
+    prepare_dataset,
+    run_prepare,
+)
+from ipoke.data.video_io import write_video
+
+LAGS = (2, 4)
+
+
+def texture(seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    smooth = cv2.GaussianBlur(rng.uniform(0, 255, (80, 160, 3)).astype(np.float32), (0, 0), 1.5)
+    return cv2.normalize(smooth, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+
+
+def panning_clip(n_frames: int, *, seed: int = 0, height: int = 32, width: int = 40, speed: int = 1) -> np.ndarray:
+    """uint8 (N, H, W, 3): a window sliding left over a texture, so the content moves right by ``speed`` px/frame."""
+    image = texture(seed)
+    return np.stack([image[20:20 + height, 80 - t * speed:80 - t * speed + width] for t in range(n_frames)])
+
+
+def write_frame_folder(folder: Path, frames: np.ndarray) -> None:
+    folder.mkdir(parents=True)
+    for index, frame in enumerate(frames):
+        cv2.imwrite(str(folder / f"img_{index}.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+
+
+@pytest.fixture
+def raw(tmp_path) -> tuple[Path, dict[str, np.ndarray]]:
+    """A raw folder: two PNG frame folders and an FFV1 (lossless) mkv, 40x32 frames; returns the clips by id."""
+    clips = {"walk": panning_clip(9, seed=0), "pan": panning_clip(10, seed=1), "sub__jump": panning_clip(8, seed=2)}
+    root = tmp_path / "raw"
+    write_frame_folder(root / "walk", clips["walk"])
+    write_video(root / "pan.mkv", clips["pan"], codec="ffv1")
+    write_frame_folder(root / "sub" / "jump", clips["sub__jump"])
+    return root, clips
+
+
+def centre(clip: np.ndarray) -> np.ndarray:
+    """The centred 32x32 crop of 40x32 frames (what resize='crop' keeps at size 32)."""
+    return clip[:, :, 4:36]
+
+
+def interior_mean(flow: np.ndarray) -> np.ndarray:
+    return np.asarray(flow, np.float32)[..., 6:-6, 6:-6].mean(axis=(-1, -2))
+
+
+def test_prepare_round_trip_frames_flow_and_index(raw, tmp_path):
+    root, clips = raw
+    result = prepare_dataset(root, tmp_path / "out", size=32, lags=LAGS, progress=False)
+    assert sorted(result.written) == sorted(clips) and not result.skipped and not result.failed
+    dataset = PreparedDataset(tmp_path / "out")
+    assert dataset.size == 32 and dataset.flow_lags == list(LAGS)
+    assert dataset.index["source"] == "prepare" and dataset.index["settings"]["flow_method"] == "dis"
+    for video_id, clip in clips.items():
+        video = dataset.video(video_id)
+        np.testing.assert_array_equal(video.frames, centre(clip))  # lossless source, no resampling at size S
+        n_frames = len(clip)
+        np.testing.assert_array_equal(video.flow_starts, np.arange(n_frames - max(LAGS)))
+        assert video.flow.shape == (n_frames - max(LAGS), len(LAGS), 2, 32, 32) and video.flow.dtype == np.float16
+        for lag_index, lag in enumerate(LAGS):  # content moves right 1 px per frame
+            np.testing.assert_allclose(interior_mean(video.flow[:, lag_index]), [[lag, 0]] * len(video.flow_starts),
+                                       atol=0.3)
+        assert video.masks is None and video.meta["raw_size"] == [32, 40]
+    assert dataset.video("pan").meta["source_file"] == "pan.mkv" and dataset.video("pan").meta["fps"] == 10
+    assert dataset.video("sub__jump").meta["source_file"] == "sub/jump"
+    assert (tmp_path / "out" / SETTINGS_FILE).is_file()
+
+
+def test_frame_step_flow_stride_and_flow_resolution(raw, tmp_path):
+    root, clips = raw
+    prepare_dataset(root, tmp_path / "out", size=32, lags=(1, 2), frame_step=2, flow_stride=2, flow_resolution=64,
+                    exclude=["sub*"], progress=False)
+    dataset = PreparedDataset(tmp_path / "out")
+    assert sorted(dataset.ids()) == ["pan", "walk"]
+    video = dataset.video("pan")
+    np.testing.assert_array_equal(video.frames, centre(clips["pan"])[::2])  # frames 0, 2, ..., 8
+    np.testing.assert_array_equal(video.flow_starts, [0, 2])  # starts where lag 2 (4 raw frames) fits
+    # Two raw frames per kept frame: lag 1 = 2 px; estimated at 64 px and rescaled back to pixels at 32.
+    np.testing.assert_allclose(interior_mean(video.flow[:, 0]), [[2, 0]] * 2, atol=0.25)
+    np.testing.assert_allclose(interior_mean(video.flow[:, 1]), [[4, 0]] * 2, atol=0.35)
+    assert video.meta["fps"] == 5
+
+
+def test_squash_resize_keeps_the_whole_frame(raw, tmp_path):
+    root, clips = raw
+    prepare_dataset(root, tmp_path / "out", size=16, lags=LAGS, resize="squash", exclude=["sub*", "pan"],
+                    progress=False)
+    frames = PreparedDataset(tmp_path / "out").video("walk").frames
+    expected = cv2.resize(clips["walk"][0], (16, 16), interpolation=cv2.INTER_AREA)
+    np.testing.assert_array_equal(frames[0], expected)
+
+
+def test_resume_skips_finished_redoes_interrupted_and_relabels(raw, tmp_path, monkeypatch):
+    root, _ = raw
+    out = tmp_path / "out"
+    import ipoke.data.format as format_module
+
+    real_save = np.save
+    calls = {"flow": 0}
+
+    def interrupted_save(path, array, *args, **kwargs):
+        if Path(path).name == "flow.npy":
+            calls["flow"] += 1
+            if calls["flow"] == 2:  # the second video is interrupted while its files are written
+                raise KeyboardInterrupt
+        return real_save(path, array, *args, **kwargs)
+
+    monkeypatch.setattr(format_module.np, "save", interrupted_save)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_dataset(root, out, size=32, lags=LAGS, progress=False)
+    monkeypatch.setattr(format_module.np, "save", real_save)
+    finished = [path.name for path in (out / "videos").iterdir()]
+    assert len(finished) == 1 and not finished[0].startswith(".")  # nothing half-written, no index yet
+    assert not (out / "ipoke_dataset.json").exists()
+    (out / "videos" / ".ghost.tmp").mkdir()  # a stale folder, e.g. from a killed worker
+
+    second = prepare_dataset(root, out, size=32, lags=LAGS, progress=False)
+    assert second.skipped == finished and len(second.written) == 2
+    assert not (out / "videos" / ".ghost.tmp").exists()
+    frames_before = np.load(out / "videos" / "walk" / "frames.npy")
+
+    third = prepare_dataset(root, out, size=32, lags=LAGS, progress=False)
+    assert third.written == [] and len(third.skipped) == 3
+    np.testing.assert_array_equal(np.load(out / "videos" / "walk" / "frames.npy"), frames_before)
+
+    split_file = tmp_path / "splits.txt"
+    split_file.write_text("walk test\npan.mkv, train\nsub/jump\ttest\n")
+    fourth = prepare_dataset(root, out, size=32, lags=LAGS, split_file=split_file, progress=False)
+    assert fourth.written == []
+    assert PreparedDataset(out).splits() == {"test": 2, "train": 1}
+    before = {meta["id"]: meta["split"] for meta in second.index["videos"]}
+    wanted = {"walk": "test", "pan": "train", "sub__jump": "test"}
+    assert sorted(fourth.relabelled) == sorted(vid for vid in wanted if wanted[vid] != before[vid])
+    assert json.loads((out / "videos" / "walk" / "meta.json").read_text())["split"] == "test"
+
+    with pytest.raises(PrepareError, match="other settings.*size: 32 -> 16"):
+        prepare_dataset(root, out, size=16, lags=LAGS, progress=False)
+
+
+def test_workers_give_the_same_dataset(raw, tmp_path):
+    root, _ = raw
+    prepare_dataset(root, tmp_path / "one", size=32, lags=LAGS, progress=False)
+    prepare_dataset(root, tmp_path / "two", size=32, lags=LAGS, workers=2, progress=False)
+    one, two = PreparedDataset(tmp_path / "one"), PreparedDataset(tmp_path / "two")
+    assert one.videos == two.videos
+    for video_id in one.ids():
+        np.testing.assert_array_equal(one.video(video_id).frames, two.video(video_id).frames)
+        np.testing.assert_array_equal(one.video(video_id).flow, two.video(video_id).flow)
+
+
+def test_bad_videos_stop_the_run_or_are_skipped(raw, tmp_path):
+    root, _ = raw
+    write_frame_folder(root / "short", panning_clip(4))  # lags up to 4 need 5 frames
+    (root / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(100))
+    out = tmp_path / "out"
+    with pytest.raises(PrepareError, match=r"broken\.mp4"):
+        prepare_dataset(root, out, size=32, lags=LAGS, progress=False)
+    assert not (out / "ipoke_dataset.json").exists()  # not mistaken for a complete dataset
+    with pytest.raises(PrepareError, match=r"short.*4 frames.*at least 5"):
+        prepare_dataset(root, out, size=32, lags=LAGS, exclude=["broken"], progress=False)
+    result = prepare_dataset(root, out, size=32, lags=LAGS, on_error="skip", progress=False)
+    assert sorted(result.failed) == ["broken", "short"]
+    index = json.loads((out / "ipoke_dataset.json").read_text())
+    assert sorted(video["id"] for video in index["videos"]) == ["pan", "sub__jump", "walk"]
+    assert sorted(index["settings"]["failed"]) == ["broken", "short"]
+    assert not (out / "videos" / "short").exists()
+
+
+def test_bad_folders_and_outputs(raw, tmp_path):
+    root, _ = raw
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(LayoutError, match="no videos found"):
+        prepare_dataset(empty, tmp_path / "never", progress=False)
+    assert not (tmp_path / "never").exists()
+    cluttered = tmp_path / "cluttered"
+    cluttered.mkdir()
+    (cluttered / "thesis.tex").write_text("precious")
+    with pytest.raises(DatasetFormatError, match="not an ipoke dataset"):
+        prepare_dataset(root, cluttered, size=32, lags=LAGS, progress=False)
+    assert sorted(path.name for path in cluttered.iterdir()) == ["thesis.tex"]
+    foreign = tmp_path / "foreign"
+    (foreign / "videos").mkdir(parents=True)
+    (foreign / "ipoke_dataset.json").write_text(json.dumps({"size": 32, "flow_lags": list(LAGS)}))
+    with pytest.raises(PrepareError, match="did not make"):
+        prepare_dataset(root, foreign, size=32, lags=LAGS, progress=False)
+    with pytest.raises(PrepareError, match="lags"):
+        prepare_dataset(root, tmp_path / "x", lags=(0, 2), progress=False)
+    bad_split = tmp_path / "bad_split.txt"
+    bad_split.write_text("walk\n")
+    with pytest.raises(PrepareError, match="bad_split.txt:1"):
+        prepare_dataset(root, tmp_path / "x", split_file=bad_split, progress=False)
+
+
+def sources(*specs: tuple[str, str | None]) -> list[VideoSource]:
+    return [VideoSource(video_id=vid, path=Path(vid), relative_path=f"{vid}.mp4", object_id=obj)
+            for vid, obj in specs]
+
+
+def test_random_split_is_seeded_and_keeps_objects_in_train():
+    plain = sources(*[(f"v{i}", None) for i in range(10)])
+    first = assign_splits(plain, test_fraction=0.3, seed=1)
+    assert first == assign_splits(list(reversed(plain)), test_fraction=0.3, seed=1)
+    assert sorted(first.values()).count("test") == 3
+    assert first != assign_splits(plain, test_fraction=0.3, seed=2)
+    plants = sources(("a0", "A"), ("a1", "A"), ("a2", "A"), ("a3", "A"), ("b0", "B"), ("b1", "B"), ("c0", "C"))
+    by_video = assign_splits(plants, test_fraction=0.25, seed=0)
+    for plant, expected_test in (("a", 1), ("b", 1), ("c", 0)):  # each plant with >= 2 takes: some in test, not all
+        splits = [split for vid, split in by_video.items() if vid.startswith(plant)]
+        assert splits.count("test") == expected_test and "train" in splits
+    by_object = assign_splits(plants, test_fraction=0.34, seed=0, split_by="object")
+    test_objects = {vid[0] for vid, split in by_object.items() if split == "test"}
+    assert len(test_objects) == 1
+    assert all((split == "test") == (vid[0] in test_objects) for vid, split in by_object.items())
+    assert set(assign_splits(plain, test_fraction=0.0).values()) == {"train"}
+
+
+def test_split_file_names_and_unlisted(tmp_path):
+    videos = sources(("walk", None), ("run", None), ("sit", None))
+    split_file = tmp_path / "splits.txt"
+    split_file.write_text("# name split\nwalk.mp4 val\nrun test\n")
+    with pytest.raises(PrepareError, match="does not name 1"):
+        assign_splits(videos, split_file=split_file)
+    assert assign_splits(videos, split_file=split_file, unlisted="train") == {
+        "walk": "val", "run": "test", "sit": "train"}
+    assert assign_splits(videos, split_file=split_file, unlisted="skip")["sit"] is None
+
+
+def test_grabcut_finds_a_central_object():
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 60, (64, 64, 3), dtype=np.uint8)  # dark noisy background
+    cv2.circle(frame, (32, 34), 12, (250, 220, 40), -1)
+    mask, ok = grabcut_foreground(frame)
+    assert ok and mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 1}
+    assert mask[30:38, 28:36].mean() > 0.95 and mask[:6, :6].max() == 0 and mask[:, :10].max() == 0
+    _, ok = grabcut_foreground(np.zeros((32, 32, 3), np.uint8))
+    assert isinstance(ok, bool)
+
+
+def test_grabcut_masks_are_stored(raw, tmp_path):
+    root, _ = raw
+    prepare_dataset(root, tmp_path / "out", size=32, lags=LAGS, masks="grabcut", exclude=["sub*", "pan"],
+                    progress=False)
+    video = PreparedDataset(tmp_path / "out").video("walk")
+    assert video.meta["has_masks"] and video.masks.shape == (9, 32, 32) and video.masks.dtype == np.uint8
+    assert video.masks.max() <= 1
+
+
+def test_command_line(raw, tmp_path, capsys):
+    root, _ = raw
+    parser = add_prepare_arguments(argparse.ArgumentParser())
+    args = parser.parse_args(["--videos", str(root), "--out", str(tmp_path / "out"), "--size", "32", "--lags",
+                              "2,4", "--exclude", "sub*", "--no-progress", "--test-fraction", "0.5"])
+    assert args.lags == [2, 4] and args.flow_method == "dis" and args.resize == "crop"
+    assert run_prepare(args) == 0
+    assert "2 videos (test 1, train 1)" in capsys.readouterr().out
+    write_frame_folder(root / "tiny", panning_clip(2))
+    args = parser.parse_args(["--videos", str(root), "--out", str(tmp_path / "out2"), "--size", "32", "--lags",
+                              "2,4", "--no-progress"])
+    assert run_prepare(args) == 2
+    assert "error:" in capsys.readouterr().err
+    args.skip_bad = True
+    assert run_prepare(args) == 1
+    assert "FAILED" in capsys.readouterr().out and len(PreparedDataset(tmp_path / "out2")) == 3
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--videos", "x", "--out", "y", "--lags", "ten"])
