@@ -83,6 +83,24 @@ class ActNorm(InvertibleModule):
         # uint8 rather than bool: collective backends (NCCL, gloo) broadcast it without special cases.
         self.register_buffer("initialized", torch.zeros((), dtype=torch.uint8))
         self._pixels = math.prod(dims_in[0][1:])
+        # Host-side copy of the flag: reading the buffer is a device sync, which in every training forward of 515
+        # layers would stall the GPU (and break CUDA-graph capture). Only "known initialised" is cached.
+        self._known_initialized = False
+
+    def is_initialized(self) -> bool:
+        """Whether the layer has been initialised (from data or a loaded state dict); syncs at most once."""
+        if not self._known_initialized:
+            self._known_initialized = bool(self.initialized)
+        return self._known_initialized
+
+    def reset_initialization(self) -> None:
+        """Forget the initialisation so that the next training forward (or :meth:`initialize`) sets it again."""
+        self.initialized.zero_()
+        self._known_initialized = False
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._known_initialized = False
 
     @torch.no_grad()
     def initialize(self, x: Tensor) -> None:
@@ -100,11 +118,12 @@ class ActNorm(InvertibleModule):
         self.log_scale.copy_(log_scale)
         self.bias.copy_(-mean * log_scale.exp())
         self.initialized.fill_(1)
+        self._known_initialized = True
 
     def forward(self, x: Sequence[Tensor], c: Sequence[Tensor] | None = None, rev: bool = False,
                 jac: bool = True) -> tuple[tuple[Tensor], Tensor]:
         x = x[0]
-        if not rev and self.training and not bool(self.initialized):
+        if not rev and self.training and not self.is_initialized():
             self.initialize(x)
         log_scale = self.log_scale.to(x.dtype)
         bias = self.bias.to(x.dtype)

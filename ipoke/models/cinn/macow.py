@@ -32,7 +32,7 @@ RELEASED_FACTOR = 16
 
 
 class _SequenceBlock(Fm.InvertibleModule):
-    """An ``InvertibleModule`` made of a FrEIA ``SequenceINN`` (so it can be a node of a ``GraphINN``)."""
+    """An ``InvertibleModule`` made of a FrEIA ``SequenceINN`` (so it can itself be appended to one)."""
 
     def _build(self, dims_in: Sequence[Shape]) -> Ff.SequenceINN:
         self.flow = Ff.SequenceINN(*dims_in[0])
@@ -158,57 +158,73 @@ def factored_channels_per_level(channels: int, num_steps: Sequence[int], factor:
     return step
 
 
-def build_macow_flow(*, channels: int, spatial_size: int, condition_channels: int, num_steps: Sequence[int],
-                     factor: int, hidden_channels: int, masked_conv_hidden_factor: int = 4,
-                     condition_couplings: bool = False, seed: int = 0) -> Ff.GraphINN:
-    """The MaCow multi-scale cINN as a FrEIA ``GraphINN``.
+class MaCowMultiScale(Fm.InvertibleModule):
+    """The MaCow channel multi-scale cINN: levels of FrEIA ``SequenceINN`` s with channels factored out in between.
 
-    Call it as ``r, log_det = flow(z, c=[h])`` with ``z`` of shape ``(B, channels, S, S)`` and ``h`` of shape
-    ``(B, condition_channels, S, S)``; ``rev=True`` inverts.
+    Called like every FrEIA module: ``(r,), log_det = flow([z], c=[h])``; ``rev=True`` inverts. (The level
+    structure is a chain with side outputs; written as a loop over ``SequenceINN`` levels rather than a
+    ``GraphINN``, whose forward copies a host tensor to the device, i.e. syncs, on every call.)
 
     Args:
-        channels: Channels of z (``z_dim``).
-        spatial_size: ``S`` (8 in iPOKE).
-        condition_channels: Channels of the condition (128 in iPOKE).
+        dims_in: ``[(C, S, S)]`` (``C = z_dim``).
+        dims_c: ``[(C_h, S, S)]``.
         num_steps: MaCow steps per level; ``len(num_steps)`` levels.
-        factor: Every level splits off ``channels // factor`` channels.
+        factor: Every level splits off ``C // factor`` channels.
         hidden_channels: Width of the coupling networks.
         masked_conv_hidden_factor: Width of the masked convolutions relative to the level's channels.
         condition_couplings: Also condition the couplings (not in the reference).
         seed: Seed of all channel shuffles.
-
-    Returns:
-        The flow; its ``module_list`` holds the levels' modules in order.
     """
-    step = factored_channels_per_level(channels, num_steps, factor)
-    seeds: Iterator[int] = itertools.count(seed * 1_000_003)
-    spatial = (spatial_size, spatial_size)
-    input_node = Ff.InputNode(channels, *spatial, name="z")
-    condition = Ff.ConditionNode(condition_channels, *spatial, name="condition")
-    nodes: list[Ff.Node] = [input_node, condition]
-    coupling_condition = condition if condition_couplings else None
-    current: Ff.Node | tuple[Ff.Node, int] = input_node
-    current_channels = channels
-    factored: list[tuple[Ff.Node, int]] = []
-    for level, level_steps in enumerate(num_steps):
-        for index in range(level_steps):
-            nodes.append(Ff.Node(current, MaCowStep, dict(
-                hidden_channels=hidden_channels, masked_conv_hidden_factor=masked_conv_hidden_factor,
-                condition_couplings=condition_couplings, seed=next(seeds)), conditions=condition,
-                name=f"level{level}_step{index}"))
-            current = nodes[-1]
-        nodes.append(Ff.Node(current, MultiScalePrior, dict(
-            factored_channels=step, hidden_channels=hidden_channels, seed=next(seeds)),
-            conditions=coupling_condition, name=f"level{level}_prior"))
-        # The reference shuffles once more before splitting, so the factored-out channels are a random pick of
-        # prior-normalised and other channels; kept for fidelity (a permutation costs nothing and is exact).
-        nodes.append(Ff.Node(nodes[-1], ChannelShuffle, dict(seed=next(seeds)), name=f"level{level}_shuffle"))
-        nodes.append(Ff.Node(nodes[-1], Fm.Split, dict(section_sizes=[current_channels - step, step], dim=0),
-                             name=f"level{level}_split"))
-        factored.append((nodes[-1], 1))
-        current = (nodes[-1], 0)
-        current_channels -= step
-    pieces = [current, *reversed(factored)]
-    nodes.append(Ff.Node(pieces, Fm.Concat, dict(dim=0), name="merge"))
-    nodes.append(Ff.OutputNode(nodes[-1], name="r"))
-    return Ff.GraphINN(nodes)
+
+    def __init__(self, dims_in: Sequence[Shape], dims_c: Sequence[Shape] | None = None, *,
+                 num_steps: Sequence[int] = RELEASED_NUM_STEPS, factor: int = RELEASED_FACTOR,
+                 hidden_channels: int = 2048, masked_conv_hidden_factor: int = 4, condition_couplings: bool = False,
+                 seed: int = 0):
+        super().__init__(dims_in, dims_c)
+        if not self.dims_c:
+            raise ValueError("MaCowMultiScale is conditional: pass dims_c")
+        channels, *spatial = dims_in[0]
+        condition_shape = tuple(self.dims_c[0])
+        self.factored_channels = factored_channels_per_level(channels, num_steps, factor)
+        seeds: Iterator[int] = itertools.count(seed * 1_000_003)
+        self.levels = torch.nn.ModuleList()
+        current = channels
+        for level_steps in num_steps:
+            level = Ff.SequenceINN(current, *spatial)
+            for _ in range(level_steps):
+                level.append(MaCowStep, cond=0, cond_shape=condition_shape, hidden_channels=hidden_channels,
+                             masked_conv_hidden_factor=masked_conv_hidden_factor,
+                             condition_couplings=condition_couplings, seed=next(seeds))
+            prior_condition = dict(cond=0, cond_shape=condition_shape) if condition_couplings else {}
+            level.append(MultiScalePrior, factored_channels=self.factored_channels, hidden_channels=hidden_channels,
+                         seed=next(seeds), **prior_condition)
+            # The reference shuffles once more before splitting, so the factored-out channels are a random pick of
+            # prior-normalised and other channels; kept for fidelity (a fixed permutation is exact and free).
+            level.append(ChannelShuffle, seed=next(seeds))
+            self.levels.append(level)
+            current -= self.factored_channels
+
+    def forward(self, x: Sequence[Tensor], c: Sequence[Tensor] | None = None, rev: bool = False,
+                jac: bool = True) -> tuple[tuple[Tensor], Tensor]:
+        k = self.factored_channels
+        condition = list(c)
+        log_det = 0.0
+        if not rev:
+            current, factored = x[0], []
+            for level in self.levels:
+                current, level_log_det = level(current, c=condition, jac=jac)
+                log_det = log_det + level_log_det
+                factored.append(current[:, -k:])
+                current = current[:, :-k]
+            # Latest pieces first, as the reference.
+            return (torch.cat([current, *reversed(factored)], dim=1),), log_det
+        remainder = x[0].shape[1] - k * len(self.levels)
+        current = x[0][:, :remainder]
+        pieces = x[0][:, remainder:].split(k, dim=1)[::-1]
+        for level, piece in zip(reversed(self.levels), reversed(pieces)):
+            current, level_log_det = level(torch.cat([current, piece], dim=1), c=condition, rev=True, jac=jac)
+            log_det = log_det + level_log_det
+        return (current,), log_det
+
+    def output_dims(self, input_dims: Sequence[Shape]) -> list[tuple[int, ...]]:
+        return [tuple(input_dims[0])]

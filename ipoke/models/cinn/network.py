@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from ipoke.models.base import SavableModule
 from ipoke.models.cinn.blocks import ActNorm
 from ipoke.models.cinn.coupling import build_coupling_flow
-from ipoke.models.cinn.macow import RELEASED_FACTOR, RELEASED_NUM_STEPS, build_macow_flow
+from ipoke.models.cinn.macow import RELEASED_FACTOR, RELEASED_NUM_STEPS, MaCowMultiScale
 
 ARCHITECTURES = ("macow", "coupling")
 
@@ -63,11 +63,10 @@ class ConditionalINN(SavableModule):
         self.spatial_size = spatial_size
         self.architecture = architecture
         if architecture == "macow":
-            self.flow: nn.Module = build_macow_flow(
-                channels=z_dim, spatial_size=spatial_size, condition_channels=condition_channels,
-                num_steps=list(num_steps), factor=factor, hidden_channels=hidden_channels,
-                masked_conv_hidden_factor=masked_conv_hidden_factor, condition_couplings=condition_couplings,
-                seed=seed)
+            self.flow: nn.Module = MaCowMultiScale(
+                [self.latent_shape], [(condition_channels, spatial_size, spatial_size)], num_steps=list(num_steps),
+                factor=factor, hidden_channels=hidden_channels, masked_conv_hidden_factor=masked_conv_hidden_factor,
+                condition_couplings=condition_couplings, seed=seed)
         else:
             self.flow = build_coupling_flow(
                 channels=z_dim, spatial_size=spatial_size, condition_channels=condition_channels,
@@ -90,7 +89,10 @@ class ConditionalINN(SavableModule):
         expected = (x.shape[0], self.condition_channels, self.spatial_size, self.spatial_size)
         if tuple(condition.shape) != expected:
             raise ValueError(f"expected a condition of shape {expected}, got {tuple(condition.shape)}")
-        out, log_det = self.flow(x, c=[condition], rev=rev, jac=jac)
+        if self.architecture == "macow":
+            (out,), log_det = self.flow([x], c=[condition], rev=rev, jac=jac)
+        else:
+            out, log_det = self.flow(x, c=[condition], rev=rev, jac=jac)
         if not torch.is_tensor(log_det) or log_det.dim() == 0:
             log_det = x.new_zeros(x.shape[0]) + log_det
         return out, log_det
@@ -144,7 +146,7 @@ class ConditionalINN(SavableModule):
     @property
     def actnorm_initialized(self) -> bool:
         """Whether every ActNorm layer has been initialised (from data or a loaded state dict)."""
-        return all(bool(layer.initialized) for layer in self.actnorm_layers())
+        return all(layer.is_initialized() for layer in self.actnorm_layers())
 
     @torch.no_grad()
     def initialize_actnorm(self, z: Tensor, condition: Tensor) -> None:
@@ -158,7 +160,7 @@ class ConditionalINN(SavableModule):
             condition: ``(B, condition_channels, S, S)``.
         """
         for layer in self.actnorm_layers():
-            layer.initialized.zero_()
+            layer.reset_initialization()
         was_training = self.training
         self.train()
         dtype = torch.float64 if z.dtype == torch.float64 else torch.float32
@@ -186,3 +188,4 @@ def broadcast_actnorm(model: nn.Module, src: int = 0) -> None:
         if isinstance(module, ActNorm):
             for tensor in (module.log_scale.data, module.bias.data, module.initialized):
                 dist.broadcast(tensor, src=src)
+            module._known_initialized = False

@@ -37,7 +37,8 @@ class WarmupLinearDecay:
 
 def build_flow_optimizer(parameters: Iterable[torch.nn.Parameter], *, lr: float = 1e-3, weight_decay: float = 1e-5,
                          betas: tuple[float, float] = (0.9, 0.999), amsgrad: bool = True, warmup_steps: int = 500,
-                         total_steps: int | None = 200_000) -> tuple[torch.optim.Adam, LambdaLR]:
+                         total_steps: int | None = 200_000, fused: bool | None = None,
+                         ) -> tuple[torch.optim.Adam, LambdaLR]:
     """Adam (AMSGrad, L2 weight decay as in the reference, not decoupled) with a per-step LR schedule.
 
     Args:
@@ -48,10 +49,12 @@ def build_flow_optimizer(parameters: Iterable[torch.nn.Parameter], *, lr: float 
         amsgrad: Use AMSGrad.
         warmup_steps: See :class:`WarmupLinearDecay`.
         total_steps: See :class:`WarmupLinearDecay`.
+        fused: Use the fused CUDA Adam kernel (all parameters on GPU); ``None`` keeps torch's default.
 
     Returns:
         ``(optimizer, scheduler)``; step the scheduler once per optimiser step (Lightning: ``interval="step"``).
     """
-    optimizer = torch.optim.Adam(parameters, lr=lr, betas=betas, weight_decay=weight_decay, amsgrad=amsgrad)
+    optimizer = torch.optim.Adam(parameters, lr=lr, betas=betas, weight_decay=weight_decay, amsgrad=amsgrad,
+                                 fused=fused)
     scheduler = LambdaLR(optimizer, WarmupLinearDecay(warmup_steps, total_steps))
     return optimizer, scheduler
