@@ -64,8 +64,8 @@ class VGG19PerceptualLoss(PerceptualLoss):
     """Mean over relu1_1, relu2_1, relu3_1, relu4_1, relu5_1 of the L1 distance of VGG19 features, per frame.
 
     Args:
-        weights_path: A copy of torchvision's ``vgg19-dcbb9e9d.pth`` (or any VGG19 ``state_dict``); by default it is
-            looked up in the ipoke cache and the torch hub cache.
+        weights_path: A copy of torchvision's ``vgg19-dcbb9e9d.pth`` (or any VGG19 ``state_dict``, or just its
+            ``features.*`` entries); by default it is looked up in the ipoke cache and the torch hub cache.
         state_dict: Use these weights instead of a file (tests).
 
     Raises:
@@ -83,9 +83,13 @@ class VGG19PerceptualLoss(PerceptualLoss):
         if state_dict is None:
             path = find_torch_hub_checkpoint(VGG19_FILENAME, path=weights_path)
             state_dict = torch.load(path, map_location="cpu", weights_only=True)
-        network = vgg19(weights=None)
-        network.load_state_dict(state_dict, strict=True)
-        features = network.features
+        # Only the convolutional trunk is used: accept a full VGG19 state dict or its ``features.*`` part, and load
+        # that part strictly.
+        features = vgg19(weights=None).features
+        trunk = {key[len("features."):]: value for key, value in state_dict.items() if key.startswith("features.")}
+        if not trunk:
+            raise ValueError("the VGG19 state dict holds no 'features.*' weights")
+        features.load_state_dict(trunk, strict=True)
         self.slices = nn.ModuleList(nn.Sequential(*features[a:b]) for a, b in self._SLICES)
         _freeze_as_buffers(self.slices)
         self.register_buffer("mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)

@@ -34,16 +34,18 @@ def _gaussian_window(size: int, sigma: float, channels: int, device: torch.devic
     return (g[:, None] * g[None, :]).expand(channels, 1, size, size).contiguous()
 
 
-def ssim(prediction: torch.Tensor, target: torch.Tensor, *, data_range: float = 2.0, window_size: int = 11,
-         sigma: float = 1.5, reduction: str = "mean") -> torch.Tensor:
+def ssim(prediction: torch.Tensor, target: torch.Tensor, *, value_range: tuple[float, float] = (-1.0, 1.0),
+         window_size: int = 11, sigma: float = 1.5, reduction: str = "mean") -> torch.Tensor:
     """Structural similarity (Wang et al. 2004) with a Gaussian window, per channel, averaged over the valid region.
 
+    Inputs are first mapped from ``value_range`` to [0, 1]: SSIM's luminance term assumes non-negative intensities,
+    and computed directly on [-1, 1] data it rates an image and its negative as similar (both factors turn negative).
     The window shrinks to the image size for tiny images.
 
     Args:
         prediction: ``(N, C, H, W)`` or ``(B, T, C, H, W)``.
         target: Same shape.
-        data_range: Value range of the inputs (2 for [-1, 1]).
+        value_range: ``(low, high)`` of the inputs.
         window_size: Gaussian window width.
         sigma: Gaussian window standard deviation.
         reduction: ``"mean"`` (scalar) or ``"none"`` (one value per image ``(N,)`` / ``(B * T,)``).
@@ -51,12 +53,14 @@ def ssim(prediction: torch.Tensor, target: torch.Tensor, *, data_range: float = 
     Returns:
         SSIM in [-1, 1] (1 for identical inputs).
     """
-    x, y = _as_images(prediction).float(), _as_images(target).float()
+    low, high = value_range
+    x = (_as_images(prediction).float() - low) / (high - low)
+    y = (_as_images(target).float() - low) / (high - low)
     if x.shape != y.shape:
         raise ValueError(f"prediction {tuple(x.shape)} and target {tuple(y.shape)} differ in shape")
     size = min(window_size, x.shape[-1], x.shape[-2])
     window = _gaussian_window(size, sigma, x.shape[1], x.device, x.dtype)
-    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
 
     def filt(t: torch.Tensor) -> torch.Tensor:
         return F.conv2d(t, window, groups=x.shape[1])
