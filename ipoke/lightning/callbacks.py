@@ -1,0 +1,109 @@
+"""Callbacks shared by the training modules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
+
+
+def videos_to_uint8(videos: torch.Tensor) -> np.ndarray:
+    """``(N, T, C, H, W)`` in [-1, 1] -> uint8 numpy ``(N, T, C, H, W)``."""
+    return ((videos.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
+
+
+def tile_videos(videos: np.ndarray) -> np.ndarray:
+    """Put ``N`` clips side by side: uint8 ``(N, T, C, H, W)`` -> ``(T, C, H, N * W)``."""
+    return np.concatenate(list(videos), axis=-1)
+
+
+def write_gif(path: str | Path, frames: np.ndarray, fps: int = 4) -> Path:
+    """Write uint8 frames ``(T, C, H, W)`` as a looping GIF; returns the path."""
+    from PIL import Image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    images = [Image.fromarray(np.ascontiguousarray(frame.transpose(1, 2, 0))) for frame in frames]
+    images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+    return path
+
+
+class VideoLoggingCallback(L.Callback):
+    """Logs ``pl_module.log_videos(batch)`` every ``every_n_steps`` training batches (and once per validation).
+
+    The module returns ``{name: (N, T, C, H, W) in [-1, 1]}``. Clips of one name are tiled side by side and sent to
+    every configured logger: ``wandb.Video`` for W&B, ``add_video`` for TensorBoard (needs ``moviepy``; falls back
+    to a frame grid image), and GIF files ``<log_dir>/videos/<split>_<name>_<step>.gif`` for CSV or no logger.
+
+    Args:
+        every_n_steps: Training batches between two logs; 0 disables training-time logging.
+        max_videos: Clips per name.
+        fps: Frames per second of the written videos.
+        log_validation: Also log the first validation batch of each validation run.
+    """
+
+    def __init__(self, every_n_steps: int = 500, max_videos: int = 4, fps: int = 4,
+                 log_validation: bool = True) -> None:
+        super().__init__()
+        self.every_n_steps, self.max_videos, self.fps = every_n_steps, max_videos, fps
+        self.log_validation = log_validation
+        self.batches_seen = 0
+        self.written: list[Path] = []
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        self.batches_seen += 1
+        if self.every_n_steps and self.batches_seen % self.every_n_steps == 0:
+            self._log(trainer, pl_module, batch, "train")
+
+    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                                batch_idx: int, dataloader_idx: int = 0) -> None:
+        if self.log_validation and batch_idx == 0 and not trainer.sanity_checking:
+            self._log(trainer, pl_module, batch, "val")
+
+    @rank_zero_only
+    def _log(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, split: str) -> None:
+        if not hasattr(pl_module, "log_videos"):
+            return
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            videos = pl_module.log_videos(batch, max_videos=self.max_videos)
+        finally:
+            pl_module.train(was_training)
+        step = self.batches_seen
+        loggers = trainer.loggers
+        for name, clip in videos.items():
+            frames = tile_videos(videos_to_uint8(clip))
+            key = f"{split}/{name}"
+            wrote_file = False
+            for logger in loggers:
+                if isinstance(logger, WandbLogger):
+                    import wandb
+
+                    logger.experiment.log({key: wandb.Video(frames, fps=self.fps, format="gif"),
+                                           "trainer/global_step": trainer.global_step})
+                elif isinstance(logger, TensorBoardLogger):
+                    try:
+                        logger.experiment.add_video(key, torch.from_numpy(frames)[None], step, fps=self.fps)
+                    except (ImportError, ModuleNotFoundError):
+                        grid = np.concatenate(list(frames), axis=1)
+                        logger.experiment.add_image(key, grid, step)
+                elif not wrote_file:
+                    wrote_file = self._write_file(trainer, key, frames, step)
+            if not loggers:
+                self._write_file(trainer, key, frames, step)
+
+    def _write_file(self, trainer: L.Trainer, key: str, frames: np.ndarray, step: int) -> bool:
+        log_dir = trainer.log_dir or trainer.default_root_dir
+        path = Path(log_dir) / "videos" / f"{key.replace('/', '_')}_{step:07d}.gif"
+        self.written.append(write_gif(path, frames, self.fps))
+        return True
+
+
+__all__ = ["VideoLoggingCallback", "tile_videos", "videos_to_uint8", "write_gif"]

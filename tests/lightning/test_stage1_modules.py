@@ -1,0 +1,234 @@
+"""Stage-1 training modules on random tensors: fast_dev_run, GAN updates, optimisers, checkpoints, video logging."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.loggers import CSVLogger
+from torch.utils.data import DataLoader, Dataset
+
+from ipoke.lightning.autoencoder import VideoAutoencoderModule
+from ipoke.lightning.callbacks import VideoLoggingCallback
+from ipoke.lightning.encoders import ImageEncoderModule, PokeEncoderModule, flow_to_rgb
+from ipoke.models.autoencoder import VideoAutoencoder
+from ipoke.models.discriminators import PatchDiscriminator2d, TemporalDiscriminator
+from ipoke.models.encoders import ImageEncoder, PokeEncoder
+
+SIZE, FRAMES = 32, 3
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Small convolutions run far slower with several threads on a shared 2-core machine than with one.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class RandomPokeBatches(Dataset):
+    """Samples shaped like PokeDataModule's: video (T+1, 3, S, S), flow and poke (2, S, S)."""
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int) -> dict:
+        generator = torch.Generator().manual_seed(index)
+        poke = torch.zeros(2, SIZE, SIZE)
+        poke[:, 10:15, 10:15] = torch.randn(2, 1, 1, generator=generator) * 3
+        return {"video": torch.rand(FRAMES + 1, 3, SIZE, SIZE, generator=generator) * 2 - 1,
+                "flow": torch.randn(2, SIZE, SIZE, generator=generator), "poke": poke}
+
+
+def loader() -> DataLoader:
+    return DataLoader(RandomPokeBatches(), batch_size=2)
+
+
+def tiny_autoencoder() -> VideoAutoencoder:
+    return VideoAutoencoder(spatial_size=SIZE, n_frames=FRAMES, z_dim=8, encoder_channels=[8, 8, 8],
+                            decoder_channels=[16, 16, 8], spade_hidden_channels=8, gru_layers=2, norm_groups=4,
+                            encoder_blocks_per_stage=1)
+
+
+def tiny_gan_module(**kwargs) -> VideoAutoencoderModule:
+    return VideoAutoencoderModule(
+        tiny_autoencoder(), PatchDiscriminator2d(base_channels=8, n_layers=2),
+        TemporalDiscriminator(channels=[8, 8, 8, 8], blocks_per_stage=1, norm_groups=4),
+        spatial_frames=4, learning_rate=1e-3, **kwargs)
+
+
+def trainer(tmp_path, **kwargs) -> L.Trainer:
+    defaults = dict(accelerator="cpu", devices=1, logger=CSVLogger(tmp_path), default_root_dir=tmp_path,
+                    enable_progress_bar=False, enable_model_summary=False)
+    return L.Trainer(**{**defaults, **kwargs})
+
+
+def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in module.named_parameters()}
+
+
+def changed(before: dict[str, torch.Tensor], module: torch.nn.Module) -> bool:
+    return any(not torch.equal(before[name], p) for name, p in module.named_parameters())
+
+
+def test_gan_step_updates_generator_and_both_discriminators(tmp_path):
+    module = tiny_gan_module()
+    before = {name: snapshot(getattr(module, name))
+              for name in ("autoencoder", "spatial_discriminator", "temporal_discriminator")}
+    trainer(tmp_path, max_steps=3, limit_train_batches=1, limit_val_batches=0).fit(module, loader())
+    for name, params in before.items():
+        assert changed(params, getattr(module, name)), name
+    assert module.train_batches == 1
+    logged = module.trainer.callback_metrics
+    for key in ("train/d_spatial", "train/d_temporal", "train/r1", "train/g_temporal", "train/feature_matching"):
+        assert torch.isfinite(logged[key]), key
+
+
+def test_optimisers_hold_only_their_networks_parameters():
+    module = tiny_gan_module()
+    optimizers, schedulers = module.configure_optimizers()
+    networks = [module.autoencoder, module.spatial_discriminator, module.temporal_discriminator]
+    assert len(optimizers) == 3
+    assert len(schedulers) == 3
+    for optimizer, network in zip(optimizers, networks):
+        held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        assert held == {id(p) for p in network.parameters()}
+        assert optimizer.defaults["betas"] == (0.5, 0.9)
+        assert optimizer.defaults["lr"] == 1e-3
+    assert schedulers[0].gamma == 0.98
+
+
+def test_gan_start_step_keeps_discriminators_frozen_before_it(tmp_path):
+    module = tiny_gan_module(gan_start_step=100)
+    before = snapshot(module.temporal_discriminator)
+    ae_before = snapshot(module.autoencoder)
+    trainer(tmp_path, max_epochs=1, limit_train_batches=2, limit_val_batches=0).fit(module, loader())
+    assert not changed(before, module.temporal_discriminator)
+    assert changed(ae_before, module.autoencoder)
+    assert "train/d_loss" not in module.trainer.callback_metrics
+
+
+def test_autoencoder_fast_dev_run_and_validation_metrics(tmp_path):
+    module = tiny_gan_module()
+    fit = trainer(tmp_path, fast_dev_run=1)
+    fit.fit(module, loader(), loader())
+    metrics = fit.callback_metrics
+    for key in ("val/l1", "val/psnr", "val/ssim", "val/loss"):
+        assert torch.isfinite(metrics[key]), key
+    assert metrics["val/loss"].item() == pytest.approx(10 * metrics["val/l1"].item() + 10 * metrics[
+        "val/perceptual"].item(), rel=1e-5)
+
+
+def test_generator_only_autoencoder_module_loss_drops(tmp_path):
+    module = VideoAutoencoderModule(tiny_autoencoder(), learning_rate=3e-3, perceptual="none")
+    # Smooth clips (a colour ramp that brightens over time) that a few steps can fit.
+    ramp = torch.linspace(-0.8, 0.8, SIZE).view(1, 1, 1, 1, SIZE)
+    video = (ramp + torch.linspace(0, 0.2, FRAMES + 1).view(1, -1, 1, 1, 1)).expand(2, -1, 3, SIZE, -1).clone()
+    video[1] = -video[1]
+    samples = [{"video": video[0]}, {"video": video[1]}]
+    with torch.no_grad():
+        initial = module.generator_loss(video)[1]["l1"].item()
+    trainer(tmp_path, max_epochs=25, limit_val_batches=0).fit(module, DataLoader(samples, batch_size=2))
+    with torch.no_grad():
+        final = module.generator_loss(video)[1]["l1"].item()
+    assert final < initial / 3, (initial, final)
+    assert len(module.configure_optimizers()[0]) == 1
+
+
+def test_lightning_checkpoint_round_trip(tmp_path):
+    module = tiny_gan_module()
+    fit = trainer(tmp_path, max_steps=3, limit_train_batches=1, limit_val_batches=0)
+    fit.fit(module, loader())
+    path = tmp_path / "model.ckpt"
+    fit.save_checkpoint(path)
+    checkpoint = torch.load(path, weights_only=False)
+    assert set(checkpoint["ipoke_networks"]) == {"autoencoder", "spatial_discriminator", "temporal_discriminator"}
+    assert checkpoint["ipoke_train_batches"] == 1
+    loaded = VideoAutoencoder.from_checkpoint(path)
+    video = next(iter(loader()))["video"]
+    module.autoencoder.eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(video, sample_posterior=False).sample,
+                           module.autoencoder(video, sample_posterior=False).sample)
+    assert TemporalDiscriminator.from_checkpoint(path).config == module.temporal_discriminator.config
+
+
+def test_resume_restores_batch_counter(tmp_path):
+    module = tiny_gan_module()
+    fit = trainer(tmp_path, max_epochs=1, limit_train_batches=2, limit_val_batches=0)
+    fit.fit(module, loader())
+    fit.save_checkpoint(tmp_path / "a.ckpt")
+    resumed = tiny_gan_module()
+    trainer(tmp_path, max_epochs=2, limit_train_batches=2, limit_val_batches=0).fit(
+        resumed, loader(), ckpt_path=tmp_path / "a.ckpt")
+    assert resumed.train_batches == 4
+
+
+@pytest.mark.parametrize("use_gan", [True, False])
+def test_image_encoder_module_fast_dev_run(tmp_path, use_gan):
+    encoder = ImageEncoder(spatial_size=SIZE, base_channels=8, max_channels=16, embedding_channels=16, norm_groups=4)
+    discriminator = PatchDiscriminator2d(base_channels=8, n_layers=2, norm="group") if use_gan else None
+    module = ImageEncoderModule(encoder, discriminator, gan_start_step=0)
+    before = snapshot(encoder)
+    d_before = snapshot(discriminator) if use_gan else None
+    fit = trainer(tmp_path, fast_dev_run=1)
+    fit.fit(module, loader(), loader())
+    assert changed(before, encoder)
+    if use_gan:
+        assert changed(d_before, discriminator)
+        assert fit.callback_metrics["train/gan_weight"] >= 0
+    assert torch.isfinite(fit.callback_metrics["val/psnr"])
+
+
+def test_poke_encoder_module_regresses_flow_from_poke(tmp_path):
+    encoder = PokeEncoder(spatial_size=SIZE, base_channels=8, max_channels=16, embedding_channels=16, norm_groups=4)
+    module = PokeEncoderModule(encoder)
+    seen = {}
+    original = encoder.forward
+
+    def recording_forward(poke):
+        seen["input"] = poke
+        return original(poke)
+
+    encoder.forward = recording_forward
+    fit = trainer(tmp_path, fast_dev_run=1)
+    fit.fit(module, loader(), loader())
+    batch = next(iter(loader()))
+    assert torch.equal(seen["input"], batch["poke"])  # the poke, not the dense flow, is the input
+    assert torch.isfinite(fit.callback_metrics["val/endpoint_error"])
+
+
+def test_video_logging_callback_writes_gifs_for_csv_logger(tmp_path):
+    module = VideoAutoencoderModule(tiny_autoencoder(), perceptual="none")
+    callback = VideoLoggingCallback(every_n_steps=1, max_videos=2, log_validation=False)
+    trainer(tmp_path, max_epochs=1, limit_train_batches=2, limit_val_batches=0, callbacks=[callback]).fit(
+        module, loader())
+    names = sorted(path.name for path in callback.written)
+    assert names == ["train_inputs_0000001.gif", "train_inputs_0000002.gif", "train_reconstructions_0000001.gif",
+                     "train_reconstructions_0000002.gif"]
+    from PIL import Image
+
+    with Image.open(callback.written[0]) as gif:
+        assert gif.n_frames == FRAMES + 1
+        assert gif.size == (2 * SIZE, SIZE)
+
+
+def test_log_videos_shapes_and_range():
+    batch = next(iter(loader()))
+    videos = tiny_gan_module().log_videos(batch)
+    assert videos["reconstructions"].shape == (2, FRAMES + 1, 3, SIZE, SIZE)
+    assert videos["reconstructions"].abs().max() <= 1
+    assert torch.equal(videos["reconstructions"][:, 0], batch["video"][:, 0])
+    pokes = PokeEncoderModule(PokeEncoder(spatial_size=SIZE, base_channels=8, max_channels=16,
+                                          embedding_channels=16, norm_groups=4)).log_videos(batch)
+    assert pokes["poke_flow_prediction"].shape == (2, 4, 3, SIZE, SIZE)
+
+
+def test_flow_to_rgb_colours():
+    flow = torch.zeros(1, 2, 1, 3)
+    flow[0, 0, 0, 1] = 1.0   # right: red
+    flow[0, 1, 0, 2] = -1.0  # zero at index 0: white
+    rgb = flow_to_rgb(flow, max_magnitude=1.0)
+    torch.testing.assert_close(rgb[0, :, 0, 0], torch.ones(3))
+    torch.testing.assert_close(rgb[0, :, 0, 1], torch.tensor([1.0, -1.0, -1.0]))
