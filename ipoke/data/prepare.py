@@ -670,7 +670,10 @@ def run_prepare(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m ipoke.data.prepare``: the same as ``ipoke data prepare``."""
-    parser = argparse.ArgumentParser(prog="ipoke data prepare", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="ipoke data prepare",
+        description="Turn a folder of real videos (files or frame folders) into an ipoke dataset: frames, optical "
+                    "flow, optional masks, train/test split. Parallel, resumable. Guide: docs/real_data.md")
     add_prepare_arguments(parser)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     return run_prepare(parser.parse_args(argv))
