@@ -201,8 +201,8 @@ def to_uint8_frames(frames: Any) -> np.ndarray:
 
     Args:
         frames: numpy array or torch tensor, ``(T, 3, H, W)`` or ``(T, H, W, 3)`` (also 1 channel, repeated to 3).
-            uint8 values are kept; floating point values are taken to be in [-1, 1] (the model convention) and
-            clipped.
+            Integer values in [0, 255] are kept; floating point values are taken to be in [-1, 1] (the model
+            convention) and clipped.
 
     Returns:
         uint8 ``(T, H, W, 3)``.
@@ -225,9 +225,14 @@ def to_uint8_frames(frames: Any) -> np.ndarray:
         raise ValueError(f"expected 1 or 3 colour channels, got shape {frames.shape}")
     if frames.dtype == np.uint8:
         return np.ascontiguousarray(frames)
+    if np.issubdtype(frames.dtype, np.integer):
+        if frames.min() < 0 or frames.max() > 255:
+            raise ValueError(f"integer frames must be in [0, 255], got {frames.dtype} in "
+                             f"[{frames.min()}, {frames.max()}]")
+        return np.ascontiguousarray(frames.astype(np.uint8))
     if np.issubdtype(frames.dtype, np.floating):
         return np.ascontiguousarray(np.round((np.clip(frames, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8))
-    raise ValueError(f"frames must be uint8 or float in [-1, 1], got dtype {frames.dtype}")
+    raise ValueError(f"frames must be integers in [0, 255] or floats in [-1, 1], got dtype {frames.dtype}")
 
 
 def write_video(path: str | os.PathLike, frames: Any, *, fps: float = 10.0, codec: str | None = None,
@@ -284,6 +289,9 @@ def write_video(path: str | os.PathLike, frames: Any, *, fps: float = 10.0, code
 
 def write_gif(path: str | os.PathLike, frames: Any, *, fps: float = 10.0, loop: int = 0) -> Path:
     """Write a clip as an animated GIF (256-colour palette per frame, so colours are approximate).
+
+    Pillow merges identical consecutive frames into one frame shown for their summed duration: playback timing is
+    right, but reading the file back can give fewer frames (use mp4 or a lossless mkv to keep every frame).
 
     Args:
         path: Output file.

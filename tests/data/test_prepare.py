@@ -253,8 +253,8 @@ def test_grabcut_finds_a_central_object():
     mask, ok = grabcut_foreground(frame)
     assert ok and mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 1}
     assert mask[30:38, 28:36].mean() > 0.95 and mask[:6, :6].max() == 0 and mask[:, :10].max() == 0
-    _, ok = grabcut_foreground(np.zeros((32, 32, 3), np.uint8))
-    assert isinstance(ok, bool)
+    uniform, ok = grabcut_foreground(np.zeros((32, 32, 3), np.uint8))
+    assert uniform.shape == (32, 32) and uniform.dtype == np.uint8 and isinstance(ok, bool)
 
 
 def test_grabcut_masks_are_stored(raw, tmp_path):

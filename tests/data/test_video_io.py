@@ -54,6 +54,9 @@ def test_writers_accept_float_channel_first_torch_and_pad_odd_sides(tmp_path, no
     as_float = torch.from_numpy(noise_clip).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # (T, 3, H, W) in [-1, 1]
     np.testing.assert_array_equal(to_uint8_frames(as_float), noise_clip)
     np.testing.assert_array_equal(to_uint8_frames(noise_clip.transpose(0, 3, 1, 2)), noise_clip)
+    np.testing.assert_array_equal(to_uint8_frames(noise_clip.astype(np.int64)), noise_clip)
+    with pytest.raises(ValueError, match=r"\[0, 255\]"):
+        to_uint8_frames(noise_clip.astype(np.int64) * 2)
     odd = noise_clip[:, :17, :21]
     back = read_frames(write_video(tmp_path / "odd.mp4", odd))
     assert back.shape == (6, 18, 22, 3)  # 4:2:0 needs even sides: padded by one repeated row/column
