@@ -148,7 +148,8 @@ def prepare_video_arrays(source: str | os.PathLike, *, estimator: FlowEstimator,
         lags: Flow lags in kept frames (after ``frame_step``).
         flow_stride: Flow from every ``flow_stride``-th frame.
         frame_step: Keep every ``frame_step``-th raw frame.
-        flow_resolution: Side at which flow is computed (None = S); flow is then resized to S, vectors rescaled.
+        flow_resolution: Side at which flow is computed (None = S; never above the raw frames' shorter side); flow is
+            then resized to S, vectors rescaled.
         masks: ``"none"`` or ``"grabcut"``.
         max_frames: Use at most this many (kept) frames.
 
@@ -171,6 +172,8 @@ def prepare_video_arrays(source: str | os.PathLike, *, estimator: FlowEstimator,
     for index, raw in enumerate(iter_frames(source, frame_step=frame_step, max_frames=max_frames)):
         if not raw_size:
             raw_size = list(raw.shape[:2])
+            # Estimating flow above the raw resolution only enlarges the motion without adding detail.
+            flow_side = max(size, min(flow_side, *raw_size))
         frame = resize_frame(raw, size, mode=resize)
         frames.append(frame)
         window.append(frame if flow_side == size else resize_frame(raw, flow_side, mode=resize))
@@ -418,7 +421,8 @@ def prepare_dataset(videos_dir: str | os.PathLike, out: str | os.PathLike, *, si
         workers: Processes preparing videos in parallel.
         seed: Seed of the random split.
         resize: ``"crop"`` (centre square, default) or ``"squash"`` (the original's aspect-ratio change).
-        flow_resolution: Side at which flow is estimated (None = ``size``); larger can help small motions.
+        flow_resolution: Side at which flow is estimated (None = ``size``; capped at the raw frames' shorter side);
+            larger can help small motions.
         split_by: ``"video"`` or ``"object"`` (random split only).
         unlisted: What to do with videos a split file does not name (see :func:`assign_splits`).
         exclude: Glob patterns of video ids or relative paths to leave out.
@@ -599,7 +603,8 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     parser.add_argument("--frame-step", type=int, default=1, metavar="K",
                         help="keep every K-th raw frame (default 1), e.g. 8 for 50 fps Human3.6M")
     parser.add_argument("--flow-resolution", type=int, default=None, metavar="R",
-                        help="estimate flow on R x R frames and resize it to S (vectors rescaled); default: S")
+                        help="estimate flow on R x R frames (at most the raw resolution) and resize it to S, vectors "
+                             "rescaled; default: S")
     parser.add_argument("--masks", choices=MASK_MODES, default="none",
                         help="foreground masks: none (default) or grabcut (one GrabCut per frame, as the original for "
                              "iPER/TaiChi; slow)")
