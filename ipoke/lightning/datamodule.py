@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import lightning as L
 from torch.utils.data import DataLoader
 
@@ -53,11 +55,25 @@ class PokeDataModule(L.LightningDataModule):
             poke_source=hp.poke_source, fixed_poke_count=not train, deterministic=not train, seed=hp.seed,
             max_clips=max_clips)
 
+    def _val_split(self) -> str:
+        """The validation split; prepared real data has only train/test, so the default 'val' falls back to 'test'."""
+        split = self.hparams.val_split
+        if split == "val":
+            from ipoke.data.format import PreparedDataset
+
+            splits = PreparedDataset(self.hparams.data_dir).splits()
+            if "val" not in splits and self.hparams.test_split in splits:
+                warnings.warn(f"{self.hparams.data_dir} has no 'val' split; validating on "
+                              f"'{self.hparams.test_split}' (set data.init_args.val_split to silence this)",
+                              stacklevel=2)
+                return self.hparams.test_split
+        return split
+
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit") and self.train_set is None:
             self.train_set = self._dataset(self.hparams.train_split, train=True)
         if stage in (None, "fit", "validate") and self.val_set is None:
-            self.val_set = self._dataset(self.hparams.val_split, train=False, max_clips=self.hparams.max_val_clips)
+            self.val_set = self._dataset(self._val_split(), train=False, max_clips=self.hparams.max_val_clips)
         if stage in (None, "test", "predict") and self.test_set is None:
             self.test_set = self._dataset(self.hparams.test_split, train=False)
 

@@ -78,3 +78,14 @@ def test_datamodule_batches(synthetic_dataset):
     assert (val["poke_count"] == 1).all()
     module.setup("test")
     assert len(module.test_set) == 4
+
+
+def test_datamodule_validates_on_test_when_there_is_no_val_split(tmp_path):
+    from ipoke.data.synthetic import SyntheticSettings, generate_dataset
+
+    root = generate_dataset(tmp_path / "d", SyntheticSettings(videos=4, frames=3, size=32, val_fraction=0.0,
+                                                              test_fraction=0.5), progress=False)
+    module = PokeDataModule(data_dir=str(root), n_frames=3, batch_size=2, num_workers=0)
+    with pytest.warns(UserWarning, match="no 'val' split"):
+        module.setup("validate")
+    assert {vid for vid, _ in module.val_set.clips} == {"test_000000", "test_000001"}
