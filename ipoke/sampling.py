@@ -14,8 +14,6 @@ square and resized to the model's resolution, and the pokes are mapped the same 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +29,7 @@ from ipoke.models.autoencoder import VideoAutoencoder
 from ipoke.models.base import NETWORKS_KEY, SavableModule, import_class, load_network, save_pretrained
 from ipoke.models.cinn.network import ConditionalINN
 from ipoke.models.encoders import ImageEncoder, PokeEncoder
+from ipoke.utils import atomic_directory
 
 MODEL_FILE = "poker.yaml"
 ROLES = {"autoencoder": VideoAutoencoder, "image_encoder": ImageEncoder, "poke_encoder": PokeEncoder,
@@ -142,21 +141,13 @@ class Poker(nn.Module):
     def export(self, directory: str | os.PathLike) -> Path:
         """Write the four networks and a manifest into ``directory`` (atomically), loadable by :meth:`from_checkpoint`."""
         directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-        try:
+        with atomic_directory(directory) as tmp:
             for role in ROLES:
                 network: SavableModule = getattr(self, role)
                 save_pretrained(network, tmp / role)
             manifest = {"networks": {role: role for role in ROLES}, "poke_size": self.poke_size,
                         "size": self.size, "n_frames": self.n_frames}
             (tmp / MODEL_FILE).write_text(yaml.safe_dump(manifest, sort_keys=False))
-            if directory.exists():
-                shutil.rmtree(directory)
-            tmp.rename(directory)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return directory
 
     # ------------------------------------------------------------------------------------------------------------

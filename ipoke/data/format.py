@@ -9,7 +9,7 @@ The layout is specified in ``docs/data_format.md``. In short::
     DATASET/videos/<video_id>/flow_starts.npy  int32 (F,)
     optional: masks.npy uint8 (N, S, S), keypoints.npy float32 (N, K, 2), pokes.npy float32 (P, 4), scene.json
 
-A video is written into ``videos/.<id>.tmp/`` and renamed when complete, so a folder without the leading dot is
+A video is written into a hidden ``videos/.<id>.*.tmp/`` folder and renamed when complete, so a folder without the leading dot is
 always whole; writers skip finished videos when re-run.
 """
 
@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ipoke.utils import atomic_directory
 
 FORMAT_NAME = "ipoke-prepared"
 FORMAT_VERSION = 1
@@ -150,11 +152,7 @@ class DatasetWriter:
         validate_video_arrays(frames, flow, flow_starts, self.flow_lags, masks=masks, keypoints=keypoints, pokes=pokes)
         if frames.shape[1] != self.size:
             raise DatasetFormatError(f"video {video_id}: frames are {frames.shape[1]} px, dataset size is {self.size}")
-        final = self.video_dir(video_id)
-        tmp = final.parent / f".{video_id}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        try:
+        with atomic_directory(self.video_dir(video_id)) as tmp:
             np.save(tmp / "frames.npy", np.ascontiguousarray(frames))
             np.save(tmp / "flow.npy", np.ascontiguousarray(flow, dtype=np.float16))
             np.save(tmp / "flow_starts.npy", flow_starts)
@@ -172,12 +170,6 @@ class DatasetWriter:
             }
             # meta.json last: its presence marks a finished video even before the rename.
             (tmp / "meta.json").write_text(json.dumps(meta))
-            if final.exists():
-                shutil.rmtree(final)
-            tmp.rename(final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return meta
 
     def write_index(self, *, complete: bool = True) -> dict[str, Any]:

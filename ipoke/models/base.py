@@ -18,14 +18,14 @@ from __future__ import annotations
 import functools
 import importlib
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 import yaml
 from torch import nn
+
+from ipoke.utils import atomic_directory
 
 CONFIG_FILE = "model_config.yaml"
 WEIGHTS_FILE = "model.pt"
@@ -139,17 +139,9 @@ def network_specs(module: nn.Module) -> dict[str, dict[str, Any]]:
 def save_pretrained(model: SavableModule, directory: str | os.PathLike) -> Path:
     """Write ``model_config.yaml`` and ``model.pt`` into ``directory`` atomically (all or nothing)."""
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    with atomic_directory(directory) as tmp:
         (tmp / CONFIG_FILE).write_text(yaml.safe_dump(model.spec(), sort_keys=False))
         torch.save(model.state_dict(), tmp / WEIGHTS_FILE)
-        if directory.exists():
-            shutil.rmtree(directory)
-        tmp.rename(directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return directory
 
 
