@@ -89,3 +89,22 @@ def test_datamodule_validates_on_test_when_there_is_no_val_split(tmp_path):
     with pytest.warns(UserWarning, match="no 'val' split"):
         module.setup("validate")
     assert {vid for vid, _ in module.val_set.clips} == {"test_000000", "test_000001"}
+
+
+def test_loader_workers_draw_different_pokes_and_repeat_with_the_seed(synthetic_dataset):
+    """Worker seeding: two workers must not repeat each other's pokes; the same seed repeats a whole epoch."""
+    import lightning as L
+
+    def epoch_pokes():
+        L.seed_everything(7, workers=True, verbose=False)
+        module = PokeDataModule(data_dir=synthetic_dataset, batch_size=1, num_workers=2, augment=True,
+                                zero_poke_fraction=0.0)
+        module.setup("fit")
+        module.train_set.clips = [module.train_set.clips[0]] * 4  # the same clip four times
+        loader = torch.utils.data.DataLoader(module.train_set, batch_size=1, num_workers=2, shuffle=False)
+        return [batch["poke_coords"][0] for batch in loader]
+
+    first, second = epoch_pokes(), epoch_pokes()
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    # Items 0 and 1 go to different workers: identical pokes would mean both workers share one random stream.
+    assert not torch.equal(first[0], first[1])
