@@ -1,0 +1,180 @@
+"""Training of stage 2: the conditional INN on top of the three frozen stage-1 networks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ipoke.lightning.base import NetworkCheckpointMixin
+from ipoke.losses.flow import bits_per_dim, gaussian_nll, reference_nll
+from ipoke.losses.reconstruction import l1_loss, psnr, ssim
+from ipoke.models.autoencoder import VideoAutoencoder
+from ipoke.models.cinn.network import ConditionalINN, broadcast_actnorm
+from ipoke.models.cinn.optim import build_flow_optimizer
+from ipoke.models.encoders import ImageEncoder, PokeEncoder
+
+FROZEN = ("autoencoder", "image_encoder", "poke_encoder")
+
+
+class PokeINNModule(NetworkCheckpointMixin):
+    """Trains ``r = flow(z | h)`` by maximum likelihood; only the flow learns.
+
+    ``z`` is a posterior *sample* of the frozen video autoencoder on the clip (as the reference), ``h`` the
+    concatenation of the frozen image embedding of ``x0`` and poke embedding. Loss: :func:`gaussian_nll`. Adam with
+    AMSGrad, linear warm-up and linear decay to 0 (per step). ActNorm layers are initialised from the first training
+    batch (and broadcast from rank 0 under DDP, so all replicas start equal).
+
+    Validation logs ``val/nll`` (also as ``val/loss``), ``val/bits_per_dim``, ``val/reference_nll`` and, on the first
+    ``val_sample_batches`` batches, one sampled video per clip compared with the real one: ``val/psnr``,
+    ``val/ssim``, ``val/l1`` (frames 1..T).
+
+    Args:
+        autoencoder_checkpoint: A :class:`VideoAutoencoder` (``save_pretrained`` folder or Lightning checkpoint).
+        image_encoder_checkpoint: An :class:`ImageEncoder`.
+        poke_encoder_checkpoint: A :class:`PokeEncoder`.
+        flow: The cINN. ``None`` builds one from ``flow_args`` with ``z_dim``, ``condition_channels`` and
+            ``spatial_size`` taken from the stage-1 networks.
+        flow_args: Extra :class:`ConditionalINN` arguments when ``flow`` is ``None`` (e.g. ``architecture``).
+        learning_rate: Peak learning rate (1e-3).
+        weight_decay: Adam L2 weight decay (1e-5).
+        amsgrad: Use AMSGrad (reference: yes).
+        warmup_steps: Linear warm-up steps (500).
+        total_steps: Step at which the learning rate reaches 0; ``None``: the trainer's estimated total steps.
+        val_sample_batches: Validation batches on which a video is sampled per clip (the MaCow inverse is slow).
+    """
+
+    def __init__(self, autoencoder_checkpoint: str, image_encoder_checkpoint: str, poke_encoder_checkpoint: str,
+                 flow: ConditionalINN | None = None, flow_args: dict[str, Any] | None = None,
+                 learning_rate: float = 1e-3, weight_decay: float = 1e-5, amsgrad: bool = True,
+                 warmup_steps: int = 500, total_steps: int | None = None, val_sample_batches: int = 25) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["flow"])
+        self.autoencoder = VideoAutoencoder.from_checkpoint(autoencoder_checkpoint)
+        self.image_encoder = ImageEncoder.from_checkpoint(image_encoder_checkpoint)
+        self.poke_encoder = PokeEncoder.from_checkpoint(poke_encoder_checkpoint)
+        for name in FROZEN:
+            getattr(self, name).requires_grad_(False).eval()
+        condition_channels = self.image_encoder.embedding_channels + self.poke_encoder.embedding_channels
+        if flow is None:
+            flow = ConditionalINN(z_dim=self.autoencoder.z_dim, condition_channels=condition_channels,
+                                  spatial_size=self.autoencoder.latent_size, **(flow_args or {}))
+        elif flow_args:
+            raise ValueError("pass either flow or flow_args, not both")
+        self.flow = flow
+        self._check_compatible(condition_channels)
+
+    def _check_compatible(self, condition_channels: int) -> None:
+        latent = self.autoencoder.latent_size
+        problems = []
+        if self.flow.z_dim != self.autoencoder.z_dim:
+            problems.append(f"flow z_dim {self.flow.z_dim} != autoencoder z_dim {self.autoencoder.z_dim}")
+        if self.flow.condition_channels != condition_channels:
+            problems.append(f"flow condition_channels {self.flow.condition_channels} != image + poke embedding "
+                            f"channels {condition_channels}")
+        sizes = {"flow": self.flow.spatial_size, "image encoder": self.image_encoder.latent_size,
+                 "poke encoder": self.poke_encoder.latent_size}
+        problems += [f"{name} latent size {size} != autoencoder latent size {latent}"
+                     for name, size in sizes.items() if size != latent]
+        resolutions = {self.autoencoder.spatial_size, self.image_encoder.spatial_size, self.poke_encoder.spatial_size}
+        if len(resolutions) != 1:
+            problems.append(f"stage-1 networks were trained at different resolutions {sorted(resolutions)}")
+        if problems:
+            raise ValueError("incompatible stage-2 setup: " + "; ".join(problems))
+
+    def train(self, mode: bool = True) -> PokeINNModule:
+        """Switch the flow's mode; the frozen networks always stay in eval mode (dropout/norm statistics fixed)."""
+        super().train(mode)
+        for name in FROZEN:
+            getattr(self, name).eval()
+        return self
+
+    # ------------------------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def condition(self, first_frame: torch.Tensor, poke: torch.Tensor) -> torch.Tensor:
+        """``h = [phi_x0(x0), phi_c(poke)]``: ``(B, C_img + C_poke, 8, 8)`` from ``(B, 3, S, S)`` and ``(B, 2, S, S)``."""
+        return torch.cat([self.image_encoder.encode(first_frame), self.poke_encoder.encode(poke)], dim=1)
+
+    @torch.no_grad()
+    def encode_latent(self, video: torch.Tensor) -> torch.Tensor:
+        """Posterior sample ``z`` ``(B, z_dim, 8, 8)`` of the frozen autoencoder for clips ``(B, T+1, 3, S, S)``."""
+        return self.autoencoder.encode(video).sample()
+
+    @torch.no_grad()
+    def sample_video(self, x0: torch.Tensor, poke: torch.Tensor,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+        """One sampled continuation per start frame.
+
+        Args:
+            x0: ``(B, 3, S, S)`` in [-1, 1].
+            poke: ``(B, 2, S, S)`` poke maps.
+            generator: Source of ``r`` (reproducible samples).
+
+        Returns:
+            Frames ``x1 .. xT``: ``(B, T, 3, S, S)`` in [-1, 1].
+        """
+        z = self.flow.sample(self.condition(x0, poke), generator=generator)
+        return self.autoencoder.decode(z.to(x0.dtype), x0)
+
+    def _nll_terms(self, batch: dict, training: bool) -> dict[str, torch.Tensor]:
+        video = batch["video"]
+        z = self.encode_latent(video)
+        h = self.condition(video[:, 0], batch["poke"])
+        # Only a training batch initialises ActNorm (not the sanity-check validation that runs before it).
+        if training and not self.flow.actnorm_initialized:
+            self.flow.initialize_actnorm(z, h)
+            broadcast_actnorm(self.flow)
+        r, log_det = self.flow(z, h)
+        nll = gaussian_nll(r, log_det)
+        dims = self.flow.num_dimensions
+        return {"nll": nll, "bits_per_dim": bits_per_dim(nll.detach(), dims),
+                "half_squared_norm": 0.5 * r.detach().float().pow(2).flatten(1).sum(1).mean(),
+                "log_det": log_det.detach().float().mean(),
+                "reference_nll": torch.tensor(reference_nll(dims), device=r.device)}
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        terms = self._nll_terms(batch, training=True)
+        self.log_dict({f"train/{key}": value.detach() for key, value in terms.items()}, prog_bar=False,
+                      batch_size=batch["video"].shape[0])
+        self.log("train/nll_bar", terms["nll"].detach(), prog_bar=True, logger=False,
+                 batch_size=batch["video"].shape[0])
+        return terms["nll"]
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        video = batch["video"]
+        batch_size = video.shape[0]
+        terms = self._nll_terms(batch, training=False)
+        logs = {f"val/{key}": value for key, value in terms.items()}
+        logs["val/loss"] = terms["nll"]
+        self.log_dict(logs, prog_bar=False, batch_size=batch_size, sync_dist=True)
+        self.log("val/nll_bar", terms["nll"], prog_bar=True, logger=False, batch_size=batch_size)
+        if batch_idx < self.hparams.val_sample_batches:
+            target = video[:, 1:]
+            sample = self.sample_video(video[:, 0], batch["poke"])[:, :target.shape[1]].float()
+            self.log_dict({"val/psnr": psnr(sample, target), "val/ssim": ssim(sample, target),
+                           "val/l1": l1_loss(sample, target)}, batch_size=batch_size, sync_dist=True)
+
+    test_step = validation_step
+
+    def configure_optimizers(self) -> dict:
+        total_steps = self.hparams.total_steps
+        if total_steps is None:
+            estimated = self.trainer.estimated_stepping_batches if self._trainer is not None else float("inf")
+            total_steps = int(estimated) if estimated != float("inf") else None
+        warmup = self.hparams.warmup_steps
+        if total_steps is not None and total_steps <= warmup:
+            # Very short runs (tests, smoke runs): keep the warm-up shape but let the decay still reach the end.
+            warmup = total_steps // 2
+        optimizer, scheduler = build_flow_optimizer(
+            self.flow.parameters(), lr=self.hparams.learning_rate, weight_decay=self.hparams.weight_decay,
+            amsgrad=self.hparams.amsgrad, warmup_steps=warmup, total_steps=total_steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    @torch.no_grad()
+    def log_videos(self, batch: dict, max_videos: int = 4) -> dict[str, torch.Tensor]:
+        """``{"real_vs_sample": (N, T+1, 3, S, 2S)}``: the real clip and one sample side by side, x0 first."""
+        video = batch["video"][:max_videos]
+        sample = self.sample_video(video[:, 0], batch["poke"][:max_videos])
+        sample = torch.cat([video[:, :1], sample.to(video.dtype)], dim=1)[:, :video.shape[1]]
+        return {"real_vs_sample": torch.cat([video, sample], dim=-1)}

@@ -1,0 +1,162 @@
+"""Stage-2 training module: frozen stage-1 networks, ActNorm init, a real fit loop, sampling and checkpoints."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from ipoke.lightning.cinn import PokeINNModule
+from ipoke.models.autoencoder import VideoAutoencoder
+from ipoke.models.base import save_pretrained
+from ipoke.models.cinn import ConditionalINN
+from ipoke.models.encoders import ImageEncoder, PokeEncoder
+
+SIZE, FRAMES, Z_DIM, EMBED = 16, 3, 4, 4
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def stage1(tmp_path_factory) -> dict[str, str]:
+    """Tiny random stage-1 networks saved like trained ones; returns the checkpoint arguments."""
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("stage1")
+    networks = {
+        "autoencoder": VideoAutoencoder(spatial_size=SIZE, n_frames=FRAMES, z_dim=Z_DIM, encoder_channels=[8, 8],
+                                        decoder_channels=[8, 8], spade_hidden_channels=8, gru_layers=1,
+                                        norm_groups=4, encoder_blocks_per_stage=1),
+        "image_encoder": ImageEncoder(spatial_size=SIZE, embedding_channels=EMBED, base_channels=8, max_channels=8,
+                                      norm_groups=4),
+        "poke_encoder": PokeEncoder(spatial_size=SIZE, embedding_channels=EMBED, base_channels=8, max_channels=8,
+                                    norm_groups=4),
+    }
+    return {f"{name}_checkpoint": str(save_pretrained(network, folder / name)) for name, network in networks.items()}
+
+
+def tiny_flow(architecture: str = "coupling") -> ConditionalINN:
+    extra = dict(num_blocks=2) if architecture == "coupling" else dict(num_steps=[1], factor=4)
+    return ConditionalINN(z_dim=Z_DIM, condition_channels=2 * EMBED, spatial_size=8, architecture=architecture,
+                          hidden_channels=8, **extra)
+
+
+def batches(n: int, batch_size: int = 2, seed: int = 0) -> list[dict]:
+    generator = torch.Generator().manual_seed(seed)
+    out = []
+    for index in range(n):
+        video = torch.rand(batch_size, FRAMES + 1, 3, SIZE, SIZE, generator=generator) * 2 - 1
+        poke = torch.zeros(batch_size, 2, SIZE, SIZE)
+        poke[:, :, 4:9, 4:9] = torch.randn(batch_size, 2, 1, 1, generator=generator) * 3
+        out.append({"video": video, "poke": poke, "flow": torch.zeros(batch_size, 2, SIZE, SIZE),
+                    "poke_coords": torch.zeros(batch_size, 1, 4), "poke_count": torch.ones(batch_size).long(),
+                    "video_id": [f"v{index}_{i}" for i in range(batch_size)]})
+    return out
+
+
+def loader(n: int, seed: int = 0) -> DataLoader:
+    return DataLoader(batches(n, seed=seed), batch_size=None)
+
+
+def frozen_state(module: PokeINNModule) -> dict[str, torch.Tensor]:
+    return {key: value.clone() for key, value in module.state_dict().items() if not key.startswith("flow.")}
+
+
+def test_training_step_updates_only_the_flow_and_keeps_stage1_in_eval(stage1):
+    module = PokeINNModule(**stage1, flow=tiny_flow(), warmup_steps=1, total_steps=10, learning_rate=1e-2)
+    module.train()
+    assert module.flow.training and not module.autoencoder.training
+    assert not module.image_encoder.training and not module.poke_encoder.training
+    assert not any(p.requires_grad for name in ("autoencoder", "image_encoder", "poke_encoder")
+                   for p in getattr(module, name).parameters())
+    before_frozen = frozen_state(module)
+    before_flow = {k: v.clone() for k, v in module.flow.state_dict().items()}
+    optimizer = module.configure_optimizers()["optimizer"]
+    assert {id(p) for group in optimizer.param_groups for p in group["params"]} == {
+        id(p) for p in module.flow.parameters()}
+    assert not module.flow.actnorm_initialized
+    for batch in batches(2):
+        loss = module.training_step(batch, 0)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert module.flow.actnorm_initialized
+    for key, value in frozen_state(module).items():
+        torch.testing.assert_close(value, before_frozen[key], atol=0, rtol=0, msg=key)
+    changed = [k for k, v in module.flow.state_dict().items() if not torch.equal(v, before_flow[k])]
+    assert any("subnet" in key or "conv" in key for key in changed)
+    assert not module.autoencoder.training and module.flow.training
+
+
+def test_fit_validate_checkpoint_and_reload(stage1, tmp_path):
+    module = PokeINNModule(**stage1, flow=tiny_flow("macow"), warmup_steps=2, val_sample_batches=1)
+    trainer = L.Trainer(accelerator="cpu", max_steps=3, limit_val_batches=2, num_sanity_val_steps=1,
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(module, train_dataloaders=loader(3), val_dataloaders=loader(2, seed=1))
+    metrics = trainer.callback_metrics
+    for key in ("val/nll", "val/bits_per_dim", "val/psnr", "val/ssim", "val/l1", "val/reference_nll",
+                "train/nll"):
+        assert key in metrics and torch.isfinite(metrics[key]), key
+    assert metrics["val/reference_nll"].item() == Z_DIM * 64 / 2
+    # The learning rate followed the per-step schedule: warm-up then decay towards 0 at the estimated total.
+    assert trainer.lr_scheduler_configs[0].interval == "step"
+    assert not module.autoencoder.training
+
+    checkpoint = tmp_path / "stage2.ckpt"
+    trainer.save_checkpoint(checkpoint)
+    flow = ConditionalINN.from_checkpoint(checkpoint)
+    assert flow.config == module.flow.config and flow.actnorm_initialized
+    z = torch.randn(2, Z_DIM, 8, 8)
+    h = torch.randn(2, 2 * EMBED, 8, 8)
+    module.flow.eval()
+    torch.testing.assert_close(flow(z, h)[0], module.flow(z, h)[0], atol=0, rtol=0)
+    autoencoder = VideoAutoencoder.from_checkpoint(checkpoint)
+    torch.testing.assert_close(autoencoder.gru_input, module.autoencoder.gru_input, atol=0, rtol=0)
+    # The sampling API finds all four networks in the training checkpoint.
+    from ipoke.sampling import Poker
+
+    poker = Poker.from_checkpoint(checkpoint)
+    torch.testing.assert_close(poker.cinn(z, h)[0], module.flow(z, h)[0], atol=0, rtol=0)
+
+
+def test_fast_dev_run(stage1, tmp_path):
+    module = PokeINNModule(**stage1, flow_args=dict(architecture="coupling", hidden_channels=8, num_blocks=2))
+    assert module.flow.condition_channels == 2 * EMBED and module.flow.z_dim == Z_DIM
+    trainer = L.Trainer(accelerator="cpu", fast_dev_run=True, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(module, train_dataloaders=loader(1), val_dataloaders=loader(1, seed=1))
+    assert module.flow.actnorm_initialized
+
+
+def test_sample_video_is_deterministic_per_generator(stage1):
+    module = PokeINNModule(**stage1, flow=tiny_flow()).eval()
+    with torch.no_grad():
+        for parameter in module.flow.parameters():
+            parameter.add_(0.1 * torch.randn_like(parameter))
+    batch = batches(1)[0]
+    x0, poke = batch["video"][:, 0], batch["poke"]
+    a = module.sample_video(x0, poke, generator=torch.Generator().manual_seed(0))
+    b = module.sample_video(x0, poke, generator=torch.Generator().manual_seed(0))
+    c = module.sample_video(x0, poke, generator=torch.Generator().manual_seed(1))
+    assert a.shape == (2, FRAMES, 3, SIZE, SIZE)
+    assert a.min() >= -1 and a.max() <= 1
+    torch.testing.assert_close(a, b, atol=0, rtol=0)
+    assert (a - c).abs().max() > 1e-4
+    videos = module.log_videos(batch, max_videos=1)["real_vs_sample"]
+    assert videos.shape == (1, FRAMES + 1, 3, SIZE, 2 * SIZE)
+
+
+def test_incompatible_flow_is_rejected(stage1):
+    wrong = ConditionalINN(z_dim=Z_DIM, condition_channels=EMBED, spatial_size=8, architecture="coupling",
+                           hidden_channels=8, num_blocks=1)
+    with pytest.raises(ValueError, match="condition_channels"):
+        PokeINNModule(**stage1, flow=wrong)
+    with pytest.raises(ValueError, match="either"):
+        PokeINNModule(**stage1, flow=tiny_flow(), flow_args={"architecture": "macow"})
