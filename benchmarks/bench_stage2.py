@@ -207,6 +207,73 @@ def bench_sample(model: ConditionalINN, arch: str, precision: str, mode: str, ba
             torch.cuda.empty_cache()
 
 
+def build_stage1(args, device: torch.device) -> tuple:
+    """Random-weight stage-1 networks at the reference widths (64 px, 10 frames), in eval mode."""
+    from ipoke.models.autoencoder import VideoAutoencoder
+    from ipoke.models.encoders import ImageEncoder, PokeEncoder
+
+    small = device.type == "cpu"
+    widths = dict(encoder_channels=[8, 8, 8, 8], decoder_channels=[8, 8, 8, 8], spade_hidden_channels=8,
+                  norm_groups=4) if small else {}
+    encoder_widths = dict(base_channels=8, max_channels=8, norm_groups=4) if small else {}
+    autoencoder = VideoAutoencoder(spatial_size=64, n_frames=10, z_dim=args.z_dim, **widths)
+    image_encoder = ImageEncoder(spatial_size=64, embedding_channels=64, **encoder_widths)
+    poke_encoder = PokeEncoder(spatial_size=64, embedding_channels=64, **encoder_widths)
+    return tuple(network.to(device).eval() for network in (autoencoder, image_encoder, poke_encoder))
+
+
+def bench_pipeline(model: ConditionalINN, stage1: tuple, arch: str, precision: str, mode: str, batch: int, args,
+                   device: torch.device) -> None:
+    """One poke -> 10 frames: embed x0 and the poke, draw r, invert the cINN, decode with the autoencoder."""
+    row = dict(bench="poke->video", arch=arch, precision=precision, mode=mode, batch=batch)
+    autoencoder, image_encoder, poke_encoder = stage1
+    try:
+        set_tf32(False)
+        model.eval()
+        generator = torch.Generator(device="cpu").manual_seed(4)
+        x0 = (torch.rand(batch, 3, 64, 64, generator=generator) * 2 - 1).to(device)
+        poke = torch.zeros(batch, 2, 64, 64, device=device)
+        poke[:, :, 30:35, 30:35] = 3.0
+        r = torch.randn(batch, *model.latent_shape, device=device)
+
+        def pipeline() -> torch.Tensor:
+            with torch.no_grad(), autocast(device, precision, cache_enabled=mode != "cuda-graph"):
+                h = torch.cat([image_encoder.encode(x0), poke_encoder.encode(poke)], dim=1)
+                z = model.inverse(r, h)
+                return autoencoder.decode(z.to(x0.dtype), x0)
+
+        fn = pipeline
+        if mode == "cuda-graph":
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                pipeline()
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_video = pipeline()
+
+            def replay() -> torch.Tensor:
+                r.normal_()
+                graph.replay()
+                return static_video
+
+            fn = replay
+        out = fn()
+        assert out.shape == (batch, 10, 3, 64, 64), out.shape
+        iters = args.sample_iters if arch == "macow" else args.sample_iters * 10
+        ms = statistics.median(timed(fn, device, iters))
+        row.update(ms=ms, samples_per_s=batch / ms * 1000)
+        log(row)
+    except Exception as error:
+        row["error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+        log(row)
+    finally:
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
 def check_inverse(model: ConditionalINN, arch: str, args, device: torch.device) -> None:
     """Round-trip error z -> r -> z at this size, fp32 (TF32 off) and bf16 autocast (printed, not a timing)."""
     model.eval()
@@ -237,7 +304,7 @@ def main() -> None:
     parser.add_argument("--sample-iters", type=int, default=3, help="timed MaCow samples (coupling: 10x)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--archs", nargs="+", default=["macow", "coupling"])
-    parser.add_argument("--skip", nargs="*", default=[], help="'train' and/or 'sample'")
+    parser.add_argument("--skip", nargs="*", default=[], help="'train', 'sample' and/or 'pipeline'")
     parser.add_argument("--json", type=Path, help="write all rows to this file")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -275,6 +342,16 @@ def main() -> None:
                         continue
                     bench_sample(model, arch, precision, mode, batch if device.type == "cuda" else min(batch, 2), args,
                                  device)
+        if "pipeline" not in args.skip:
+            stage1 = build_stage1(args, device)
+            for batch in (1, 16):
+                configs = [("fp32", "eager"), ("bf16", "eager")] + [("bf16", m) for m in graph_modes]
+                for precision, mode in configs:
+                    if device.type == "cpu" and precision != "fp32":
+                        continue
+                    bench_pipeline(model, stage1, arch, precision, mode, batch if device.type == "cuda" else 1, args,
+                                   device)
+            del stage1
         del model
         gc.collect()
         if device.type == "cuda":
