@@ -55,6 +55,9 @@ def run(size: int, mode: str, gan: bool, args: argparse.Namespace) -> tuple[floa
     torch.backends.cuda.matmul.allow_tf32 = mode != "fp32"
     torch.backends.cudnn.allow_tf32 = mode != "fp32"
     torch.manual_seed(0)
+    # Each configuration compiles fresh networks; on the H100 run, compiling after an earlier compiled configuration
+    # in the same process failed inside Dynamo ("RuntimeError when making fake tensor call"), so start clean.
+    torch._dynamo.reset()
     module = build_module(size, args.perceptual, device)
     if mode.endswith("compile"):
         for network in (module.autoencoder, module.spatial_discriminator, module.temporal_discriminator,
