@@ -101,9 +101,6 @@ def run(size: int, mode: str, gan: bool, args: argparse.Namespace) -> tuple[floa
         torch.cuda.synchronize()
     milliseconds = (time.perf_counter() - start) / args.steps * 1000
     peak = torch.cuda.max_memory_allocated() / 2 ** 30 if cuda else float("nan")
-    del module, optimizers
-    if cuda:
-        torch.cuda.empty_cache()
     return milliseconds, peak
 
 
@@ -129,6 +126,8 @@ def main() -> None:
             for mode in args.modes:
                 try:
                     ms, peak = run(size, mode, kind == "gan", args)
+                    if args.device.startswith("cuda"):
+                        torch.cuda.empty_cache()  # the networks of run() are gone once it returns
                 except Exception as error:  # a failing mode is reported, the others still run
                     print(f"| {size} | {kind} | {mode} | failed: {type(error).__name__}: {str(error)[:80]} | | | |")
                     continue

@@ -6,8 +6,7 @@ import torch
 from torch import nn
 
 from ipoke.lightning.base import NetworkCheckpointMixin
-from ipoke.losses.adversarial import (feature_matching_loss, hinge_discriminator_loss, hinge_generator_loss,
-                                      r1_penalty)
+from ipoke.losses.adversarial import feature_matching_loss, hinge_discriminator_loss, hinge_generator_loss, r1_penalty
 from ipoke.losses.perceptual import build_perceptual_loss
 from ipoke.losses.reconstruction import kl_loss, l1_loss, psnr, ssim
 from ipoke.models.autoencoder import VideoAutoencoder

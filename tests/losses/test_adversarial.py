@@ -5,8 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ipoke.losses.adversarial import (adaptive_weight, feature_matching_loss, hinge_discriminator_loss,
-                                      hinge_generator_loss, r1_penalty)
+from ipoke.losses.adversarial import (
+    adaptive_weight,
+    feature_matching_loss,
+    hinge_discriminator_loss,
+    hinge_generator_loss,
+    r1_penalty,
+)
 
 
 def test_hinge_values():

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torchvision.models import vgg19
 
-from ipoke.losses.perceptual import (I3DPerceptualLoss, SSIMLoss, VGG19PerceptualLoss, build_perceptual_loss)
+from ipoke.losses.perceptual import I3DPerceptualLoss, SSIMLoss, VGG19PerceptualLoss, build_perceptual_loss
 from ipoke.weights import WeightsNotFoundError
 
 
