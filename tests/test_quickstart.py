@@ -1,0 +1,63 @@
+"""`ipoke quickstart` end to end on a tiny budget: every report file, sane numbers, resumable."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from ipoke.cli import main
+from ipoke.sampling import Poker
+
+
+@pytest.fixture(scope="module")
+def quickstart_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("qs") / "quickstart"
+    assert main(["quickstart", "--out", str(out), "--minutes", "0.4", "--videos", "30", "--device", "cpu"]) == 0
+    return out
+
+
+def test_report_files_and_model(quickstart_run):
+    out = quickstart_run
+    for name in ("metrics.json", "report.md", "model/poker.yaml", "data/ipoke_dataset.json"):
+        assert (out / name).is_file(), name
+    gifs = sorted((out / "samples").glob("overview_*.gif"))
+    assert len(gifs) >= 2
+    report_text = (out / "report.md").read_text()
+    assert "| ipoke |" in report_text and "| copy_x0 |" in report_text and "overview_0.gif" in report_text
+    poker = Poker.from_checkpoint(out / "model")
+    assert poker.size == 64 and poker.n_frames == 10
+
+
+def test_metrics_follow_the_evaluate_schema(quickstart_run):
+    report = json.loads((quickstart_run / "metrics.json").read_text())
+    assert set(report) == {"settings", "results", "unavailable"}
+    results = report["results"]
+    assert {"ipoke", "copy_x0", "ground_truth_resimulated"} <= set(results)
+    n_clips = report["settings"]["n_clips"]
+    assert n_clips >= 2
+    for name, row in results.items():
+        assert row["n_clips"] == n_clips and row["n_samples"] == report["settings"]["samples"]
+        for key in ("ssim", "psnr", "diversity/mse", "control/object_epe", "control/background_motion"):
+            assert math.isfinite(row[key]), (name, key)
+    assert results["copy_x0"]["diversity/mse"] == 0.0
+    assert 0 <= results["ipoke"]["ssim"] <= 1
+    if "fvd" not in report["unavailable"]:
+        assert results["ipoke"]["fvd"] >= 0 and results["ground_truth_resimulated"]["fvd"] >= 0
+    assert "lpips" in report["unavailable"] or "lpips" in results["ipoke"]
+
+
+def test_second_run_reuses_finished_stages(quickstart_run, capsys):
+    before = (quickstart_run / "model" / "cinn" / "model.pt").stat().st_mtime_ns
+    assert main(["quickstart", "--out", str(quickstart_run), "--minutes", "0.4", "--videos", "30",
+                 "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    for stage in ("autoencoder", "image_encoder", "poke_encoder", "cinn"):
+        assert f"{stage}: reusing" in printed
+    assert (quickstart_run / "model" / "cinn" / "model.pt").stat().st_mtime_ns == before
+
+
+def test_other_settings_are_refused(quickstart_run, capsys):
+    assert main(["quickstart", "--out", str(quickstart_run), "--videos", "31", "--device", "cpu"]) == 2
+    assert "--fresh" in capsys.readouterr().err
