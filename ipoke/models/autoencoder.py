@@ -93,7 +93,7 @@ class SpadeFrameDecoder(nn.Module):
     """
 
     def __init__(self, z_dim: int, channels: Sequence[int], spade_hidden_channels: int = 128, norm_groups: int = 16,
-                 spectral_norm: bool = True) -> None:
+                 spectral_norm: bool = True, residual_output: bool = False) -> None:
         super().__init__()
         self.in_block = ResBlock2d(z_dim, channels[0], norm="group", norm_groups=norm_groups,
                                    spectral_norm=spectral_norm, act="elu")
@@ -104,12 +104,19 @@ class SpadeFrameDecoder(nn.Module):
             for cin, cout in zip(channels[:-1], channels[1:]))
         self.spades = nn.ModuleList(SPADE(c, 3, spade_hidden_channels, norm_groups) for c in channels[1:])
         self.to_rgb = nn.Conv2d(channels[-1], 3, 3, 1, 1)
+        self.residual_output = residual_output
+        if residual_output:
+            # Zero-initialised change: an untrained decoder returns x0 exactly (see VideoAutoencoder).
+            nn.init.zeros_(self.to_rgb.weight)
+            nn.init.zeros_(self.to_rgb.bias)
 
     def forward(self, z: torch.Tensor, first_frame: torch.Tensor) -> torch.Tensor:
         """Decode; see the class docstring for shapes."""
         h = self.in_block(z)
         for up, spade in zip(self.up_blocks, self.spades):
             h = spade(up(h), first_frame)
+        if self.residual_output:
+            return (first_frame + self.to_rgb(h)).clamp(-1.0, 1.0)
         return torch.tanh(self.to_rgb(h))
 
 
@@ -130,12 +137,16 @@ class VideoAutoencoder(SavableModule):
         norm_groups: GroupNorm groups everywhere.
         encoder_blocks_per_stage: 3D-ResNet basic blocks per encoder stage.
         spectral_norm: Spectral norm in the frame decoder's residual blocks.
+        residual_output: Decode each frame as ``x0`` plus a predicted change (zero at initialisation) instead of
+            the reference's ``tanh`` image. Not in the paper; it makes static regions exact from the first step, so
+            small models trained for minutes (``ipoke quickstart`` on CPU) spend their capacity on what moves.
     """
 
     def __init__(self, *, spatial_size: int = 64, n_frames: int = 10, z_dim: int = 32, latent_size: int = 8,
                  encoder_channels: list[int] | None = None, decoder_channels: list[int] | None = None,
                  spade_hidden_channels: int = 128, gru_layers: int = 4, norm_groups: int = 16,
-                 encoder_blocks_per_stage: int = 2, spectral_norm: bool = True) -> None:
+                 encoder_blocks_per_stage: int = 2, spectral_norm: bool = True,
+                 residual_output: bool = False) -> None:
         super().__init__()
         halvings = _n_halvings(spatial_size, latent_size)
         if encoder_channels is None:
@@ -152,7 +163,8 @@ class VideoAutoencoder(SavableModule):
         self.encoder = VideoEncoder3d(encoder_channels, z_dim, norm_groups, encoder_blocks_per_stage)
         self.gru_input = nn.Parameter(torch.randn(1, z_dim, latent_size, latent_size))
         self.gru = ConvGRU(z_dim, z_dim, n_layers=gru_layers)
-        self.decoder = SpadeFrameDecoder(z_dim, decoder_channels, spade_hidden_channels, norm_groups, spectral_norm)
+        self.decoder = SpadeFrameDecoder(z_dim, decoder_channels, spade_hidden_channels, norm_groups, spectral_norm,
+                                         residual_output)
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
