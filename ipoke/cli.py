@@ -345,18 +345,18 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from ipoke.evaluation import evaluate, format_table, poker_sampler
+    from ipoke.evaluation import evaluate, format_table
     from ipoke.metrics import MetricUnavailable
 
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     samplers = {}
     size, n_frames, poke_size = None, 10, 5
     if args.ckpt:
-        from ipoke.sampling import Poker
+        from ipoke.evaluation import load_model
 
-        poker = Poker.from_checkpoint(args.ckpt, map_location=_device(args.device))
-        samplers[Path(args.ckpt).name or "model"] = poker_sampler(poker)
-        size, n_frames, poke_size = poker.size, poker.n_frames, poker.poke_size
+        model = load_model(args.ckpt, device=_device(args.device))
+        samplers[Path(args.ckpt).stem or model.kind] = model.sampler
+        size, n_frames, poke_size = model.size, model.n_frames, model.poke_size
     elif args.no_baselines:
         raise UserError("nothing to evaluate: give --ckpt or drop --no-baselines")
     try:

@@ -69,6 +69,54 @@ def poker_sampler(poker) -> Sampler:  # noqa: ANN001 - ipoke.sampling.Poker, imp
     return sample
 
 
+def cvae_sampler(vae) -> Sampler:  # noqa: ANN001 - ipoke.models.cvae.PokeConditionedVAE
+    """A :data:`Sampler` for the cVAE baseline (prior samples ``z ~ N(0, I)``)."""
+    device = next(vae.parameters()).device
+
+    def sample(batch: dict[str, Any], n_samples: int, generator: torch.Generator) -> torch.Tensor:
+        return vae.sample(batch["video"][:, 0].to(device), batch["poke"].to(device), n_samples=n_samples,
+                          generator=generator, n_frames=batch["video"].shape[1] - 1).cpu()
+
+    return sample
+
+
+@dataclass
+class LoadedModel:
+    """A trained model of any ipoke type, ready for evaluation."""
+
+    sampler: Sampler
+    size: int
+    n_frames: int
+    poke_size: int
+    kind: str
+
+
+def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load an iPOKE model (exported folder, cINN checkpoint, zoo name) or a cVAE baseline (its Lightning checkpoint
+    or a ``save_pretrained`` folder) as a :class:`LoadedModel`."""
+    from pathlib import Path
+
+    from ipoke.models.base import CONFIG_FILE, NETWORKS_KEY, import_class, load_network
+    from ipoke.models.cvae import PokeConditionedVAE
+    from ipoke.sampling import Poker
+
+    path_obj = Path(path)
+    vae = None
+    if path_obj.is_dir() and (path_obj / CONFIG_FILE).exists():
+        vae = load_network(path_obj, expected_class=PokeConditionedVAE, map_location="cpu")
+    elif path_obj.is_file():
+        specs = torch.load(path_obj, map_location="cpu", weights_only=False).get(NETWORKS_KEY, {})
+        names = [name for name, spec in specs.items()
+                 if issubclass(import_class(spec["class_path"]), PokeConditionedVAE)]
+        if names:
+            vae = load_network(path_obj, name=names[0], map_location="cpu")
+    if vae is not None:
+        vae = vae.to(device)
+        return LoadedModel(cvae_sampler(vae), vae.spatial_size, vae.n_frames, 5, "cvae")
+    poker = Poker.from_checkpoint(path, map_location=device)
+    return LoadedModel(poker_sampler(poker), poker.size, poker.n_frames, poker.poke_size, "ipoke")
+
+
 def copy_first_frame_sampler(batch: dict[str, Any], n_samples: int, generator: torch.Generator) -> torch.Tensor:
     """Baseline: the start frame repeated (no motion at all)."""
     video = batch["video"]

@@ -91,8 +91,9 @@ def _build_stage(stage: str, settings: QuickstartSettings, runs: Path):
                                    encoder_blocks_per_stage=1, residual_output=True)
         # No GAN in the quickstart: the adversarial terms only pay off over long runs. Frames are decoded as x0 plus
         # a change (residual_output), so minutes of training go into what moves rather than re-learning x0.
+        # motion_weight: most pixels are static, so up-weight the ones that move or the L1 is minimised by a copy.
         return network, VideoAutoencoderModule(autoencoder=network, learning_rate=1e-3, perceptual="ssim",
-                                               lr_decay_every=10_000_000)
+                                               lr_decay_every=10_000_000, motion_weight=20.0)
     if stage == "image_encoder":
         network = ImageEncoder(spatial_size=settings.size, embedding_channels=32, base_channels=enc,
                                max_channels=2 * enc, norm_groups=8)

@@ -33,7 +33,7 @@ import numpy as np
 import pymunk
 
 WORLD = 256.0
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 # ----------------------------------------------------------------------------------------------------------------
 # Species: what a plant looks like. Train and novel (test) species share nothing visible.
@@ -394,8 +394,8 @@ def _build_space(scene: dict[str, Any], rng: np.random.Generator, *, perturb: bo
         space.add(body)
         parent = space.static_body if spec["parent"] < 0 else bodies[spec["parent"]]
         pivot = pymunk.PivotJoint(parent, body, tuple(spec["joint"]))
-        stiffness = 9000.0 * spec["stiffness"] * (rng.uniform(0.75, 1.3) if perturb else 1.0)
-        damping = 60.0 * spec["damping"] * (rng.uniform(0.7, 1.4) if perturb else 1.0)
+        stiffness = 9000.0 * spec["stiffness"] * (rng.uniform(0.9, 1.1) if perturb else 1.0)
+        damping = 60.0 * spec["damping"] * (rng.uniform(0.85, 1.2) if perturb else 1.0)
         parent_angle = 0.0 if spec["parent"] < 0 else scene["bodies"][spec["parent"]]["angle"]
         spring = pymunk.DampedRotarySpring(parent, body, spec["angle"] - parent_angle, stiffness, damping)
         space.add(pivot, spring)
@@ -404,7 +404,7 @@ def _build_space(scene: dict[str, Any], rng: np.random.Generator, *, perturb: bo
 
 
 def simulate(scene: dict[str, Any], poke: Poke, *, n_frames: int, size: int, physics_seed: int,
-             stochastic: bool = True, impulse_scale: float = 260.0, frame_dt: float = 1 / 24,
+             stochastic: bool = True, impulse_scale: float = 380.0, frame_dt: float = 1 / 24,
              substeps: int = 8) -> dict[str, np.ndarray]:
     """Simulate ``n_frames`` future frames after a poke and render them with exact ground truth.
 
@@ -431,14 +431,14 @@ def simulate(scene: dict[str, Any], poke: Poke, *, n_frames: int, size: int, phy
     poses = np.zeros((n_frames + 1, n_bodies, 3))
     poses[0] = [[*b["center"], b["angle"]] for b in bodies_spec]
     if poke.body >= 0:
-        jitter = rng.uniform(0.85, 1.15) if stochastic else 1.0
+        jitter = rng.uniform(0.95, 1.05) if stochastic else 1.0
         impulse = (poke.dx * impulse_scale * jitter, poke.dy * impulse_scale * jitter)
         bodies[poke.body].apply_impulse_at_world_point(impulse, (poke.x, poke.y))
         if stochastic:
             for other in rng.choice(n_bodies, size=min(n_bodies, int(rng.integers(1, 4))), replace=False):
                 angle = rng.uniform(0, 2 * math.pi)
-                strength = impulse_scale * rng.uniform(0.02, 0.08) * bodies[other].mass / max(bodies[poke.body].mass, 1e-6)
-                strength = min(strength, impulse_scale * 0.08)
+                strength = impulse_scale * rng.uniform(0.01, 0.04) * bodies[other].mass / max(bodies[poke.body].mass, 1e-6)
+                strength = min(strength, impulse_scale * 0.04)
                 bodies[other].apply_impulse_at_local_point((strength * math.cos(angle), strength * math.sin(angle)))
         step = frame_dt / substeps
         for frame in range(1, n_frames + 1):
@@ -599,14 +599,15 @@ def generate_dataset(out: str | os.PathLike, settings: SyntheticSettings, *, wor
     if settings.videos < 1 or settings.frames < 1 or settings.size < 16:
         raise ValueError(f"need videos >= 1, frames >= 1 and size >= 16, got {settings}")
     root = Path(out)
+    recorded = {**settings.__dict__, "generator_version": GENERATOR_VERSION}
     writer = DatasetWriter(root, size=settings.size, flow_lags=list(range(1, settings.frames + 1)), source="synthetic",
-                           settings=settings.__dict__)
+                           settings=recorded)
     if (root / "ipoke_dataset.json").exists():
         import json
 
         stored = json.loads((root / "ipoke_dataset.json").read_text()).get("settings", {})
-        if stored and stored != settings.__dict__:
-            raise DatasetFormatError(f"{root} was generated with settings {stored}, not {settings.__dict__}; use "
+        if stored and stored != recorded:
+            raise DatasetFormatError(f"{root} was generated with settings {stored}, not {recorded}; use "
                                      "another --out folder or the same options to resume")
     todo = [(settings, vid, split, index, writer) for vid, split, index in _video_plan(settings)
             if not writer.has_video(vid)]

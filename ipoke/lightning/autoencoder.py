@@ -8,7 +8,7 @@ from torch import nn
 from ipoke.lightning.base import NetworkCheckpointMixin
 from ipoke.losses.adversarial import feature_matching_loss, hinge_discriminator_loss, hinge_generator_loss, r1_penalty
 from ipoke.losses.perceptual import build_perceptual_loss
-from ipoke.losses.reconstruction import kl_loss, l1_loss, psnr, ssim
+from ipoke.losses.reconstruction import kl_loss, l1_loss, motion_weighted_l1_loss, psnr, ssim
 from ipoke.models.autoencoder import VideoAutoencoder
 from ipoke.models.discriminators import PatchDiscriminator2d, TemporalDiscriminator
 
@@ -48,6 +48,8 @@ class VideoAutoencoderModule(NetworkCheckpointMixin):
         gan_start_step: Training batches before the GAN terms and discriminator updates start.
         spatial_frames: Frames drawn at random (from all real / all generated frames of the batch) for the PatchGAN.
         compile: ``torch.compile`` the networks (GPU; eager by default). R1 runs eagerly (double backward).
+        motion_weight: Up-weight pixels that change from x0 in the L1 term (see
+            :func:`~ipoke.losses.reconstruction.motion_weighted_l1_loss`); 0 (the reference) is a plain L1.
     """
 
     def __init__(self, autoencoder: VideoAutoencoder, spatial_discriminator: PatchDiscriminator2d | None = None,
@@ -57,7 +59,7 @@ class VideoAutoencoderModule(NetworkCheckpointMixin):
                  perceptual_weight: float = 10.0, perceptual_weights_path: str | None = None,
                  kl_weight: float = 1e-7, spatial_gan_weight: float = 1.0, temporal_gan_weight: float = 1.0,
                  feature_matching_weight: float = 1.0, r1_weight: float = 1.0, gan_start_step: int = 0,
-                 spatial_frames: int = 16, compile: bool = False) -> None:
+                 spatial_frames: int = 16, compile: bool = False, motion_weight: float = 0.0) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["autoencoder", "spatial_discriminator", "temporal_discriminator"])
         self.automatic_optimization = False
@@ -99,7 +101,7 @@ class VideoAutoencoderModule(NetworkCheckpointMixin):
         gan = self.gan_active if gan is None else gan
         output = self.autoencoder(video)
         reconstruction, target = output.sample, video[:, 1:]
-        l1 = l1_loss(reconstruction, target)
+        l1 = motion_weighted_l1_loss(reconstruction, target, video[:, 0], hp.motion_weight)
         perceptual = self.perceptual_loss(reconstruction, target)
         kl = kl_loss(output.posterior)
         loss = hp.l1_weight * l1 + hp.perceptual_weight * perceptual + hp.kl_weight * kl

@@ -27,6 +27,27 @@ def l1_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (prediction - target).abs().mean()
 
 
+def motion_weighted_l1_loss(prediction: torch.Tensor, target: torch.Tensor, first_frame: torch.Tensor,
+                            motion_weight: float) -> torch.Tensor:
+    """L1 that up-weights pixels which change from the first frame: ``w = 1 + motion_weight * |x_t - x0|``.
+
+    In poking data most pixels are static, so a plain L1 is minimised early by copying ``x0`` everywhere; the weight
+    (normalised to mean 1 per batch) keeps the moving parts from being drowned out. ``motion_weight = 0`` is
+    :func:`l1_loss`.
+
+    Args:
+        prediction: ``(B, T, C, H, W)``.
+        target: ``(B, T, C, H, W)``.
+        first_frame: ``(B, C, H, W)``, the frame motion is measured from.
+        motion_weight: Extra weight per unit of absolute change (values in [-1, 1]).
+    """
+    if motion_weight == 0:
+        return l1_loss(prediction, target)
+    change = (target - first_frame.unsqueeze(1)).abs().mean(dim=2, keepdim=True).detach()
+    weight = 1.0 + motion_weight * change
+    return ((prediction - target).abs() * weight).mean() / weight.mean()
+
+
 def _gaussian_window(size: int, sigma: float, channels: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     coords = torch.arange(size, device=device, dtype=dtype) - (size - 1) / 2
     g = torch.exp(-coords.pow(2) / (2 * sigma ** 2))

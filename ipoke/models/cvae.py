@@ -1,0 +1,81 @@
+"""The cVAE baseline of the iPOKE paper's ablation: a poke- and x0-conditioned video VAE.
+
+Instead of an invertible network between the video latent and a Gaussian residual, the video autoencoder itself is
+trained as a conditional VAE: the encoder sees the whole clip and gives ``q(z | video)``, the decoder gets
+``z + phi(poke)`` (a strided-conv embedding of the poke map at the latent resolution) and x0 (through SPADE), and a
+real KL term pulls ``q`` towards ``N(0, I)``. Sampling draws ``z ~ N(0, I)``. The reference built it from its first
+stage with ``architecture.baseline: True`` (``models/poke_vae.py``); this is a clean re-implementation.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ipoke.models.autoencoder import VideoAutoencoder
+from ipoke.models.base import SavableModule
+from ipoke.models.distributions import DiagonalGaussian
+
+
+class PokeConditionedVAE(SavableModule):
+    """Video VAE whose decoder is conditioned on the poke (and, like the autoencoder, on x0).
+
+    Args:
+        spatial_size: Frame side S.
+        n_frames: Frames generated after x0, T.
+        z_dim: Latent channels.
+        latent_size: Latent side (8).
+        poke_channels: Width of the poke embedding network.
+        **autoencoder_args: Further :class:`~ipoke.models.autoencoder.VideoAutoencoder` arguments (widths, ...).
+    """
+
+    def __init__(self, *, spatial_size: int = 64, n_frames: int = 10, z_dim: int = 32, latent_size: int = 8,
+                 poke_channels: int = 32, encoder_channels: list[int] | None = None,
+                 decoder_channels: list[int] | None = None, spade_hidden_channels: int = 128, gru_layers: int = 4,
+                 norm_groups: int = 16, encoder_blocks_per_stage: int = 2, residual_output: bool = False) -> None:
+        super().__init__()
+        self.video = VideoAutoencoder(spatial_size=spatial_size, n_frames=n_frames, z_dim=z_dim,
+                                      latent_size=latent_size, encoder_channels=encoder_channels,
+                                      decoder_channels=decoder_channels, spade_hidden_channels=spade_hidden_channels,
+                                      gru_layers=gru_layers, norm_groups=norm_groups,
+                                      encoder_blocks_per_stage=encoder_blocks_per_stage,
+                                      residual_output=residual_output)
+        halvings = (spatial_size // latent_size).bit_length() - 1
+        layers: list[nn.Module] = [nn.Conv2d(2, poke_channels, 3, 1, 1), nn.ELU()]
+        for _ in range(halvings):
+            layers += [nn.Conv2d(poke_channels, poke_channels, 4, 2, 1), nn.ELU()]
+        layers.append(nn.Conv2d(poke_channels, z_dim, 3, 1, 1))
+        self.poke_embedding = nn.Sequential(*layers)
+        self.spatial_size, self.n_frames, self.z_dim, self.latent_size = spatial_size, n_frames, z_dim, latent_size
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        return (self.z_dim, self.latent_size, self.latent_size)
+
+    def encode(self, video: torch.Tensor) -> DiagonalGaussian:
+        """``q(z | video)`` for a clip ``(B, T+1, 3, S, S)``; mean/logvar ``(B, z_dim, 8, 8)``."""
+        return self.video.encode(video)
+
+    def decode(self, z: torch.Tensor, first_frame: torch.Tensor, poke: torch.Tensor,
+               n_frames: int | None = None) -> torch.Tensor:
+        """Frames ``(B, T, 3, S, S)`` from ``z (B, z_dim, 8, 8)``, x0 ``(B, 3, S, S)`` and the poke ``(B, 2, S, S)``."""
+        return self.video.decode(z + self.poke_embedding(poke), first_frame, n_frames=n_frames)
+
+    def forward(self, video: torch.Tensor, poke: torch.Tensor, generator: torch.Generator | None = None
+                ) -> tuple[torch.Tensor, DiagonalGaussian]:
+        """Reconstruct ``video[:, 1:]`` from a posterior sample; returns ``(frames, posterior)``."""
+        posterior = self.encode(video)
+        frames = self.decode(posterior.sample(generator), video[:, 0], poke, n_frames=video.shape[1] - 1)
+        return frames, posterior
+
+    @torch.no_grad()
+    def sample(self, first_frame: torch.Tensor, poke: torch.Tensor, *, n_samples: int = 1,
+               generator: torch.Generator | None = None, n_frames: int | None = None) -> torch.Tensor:
+        """``(B, K, T+1, 3, S, S)`` videos with ``z ~ N(0, I)``, x0 first (the :class:`~ipoke.sampling.Poker` layout)."""
+        batch = first_frame.shape[0]
+        x0 = first_frame.repeat_interleave(n_samples, dim=0)
+        poke = poke.repeat_interleave(n_samples, dim=0)
+        z = torch.randn((x0.shape[0], *self.latent_shape), generator=generator,
+                        device=generator.device if generator is not None else x0.device).to(x0)
+        frames = self.decode(z, x0, poke, n_frames=n_frames)
+        return torch.cat([x0.unsqueeze(1), frames], dim=1).unflatten(0, (batch, n_samples))
