@@ -284,7 +284,7 @@ def _add_zoo_command(subparsers: argparse._SubParsersAction) -> None:
 def _run_zoo_list(args: argparse.Namespace) -> int:
     from ipoke import zoo
 
-    entries = zoo._load()
+    entries = zoo.entries()
     if not entries:
         print(f"no models registered ({zoo.registry_file()})")
     for name, entry in sorted(entries.items()):

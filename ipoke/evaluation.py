@@ -105,11 +105,11 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu") -
     if path_obj.is_dir() and (path_obj / CONFIG_FILE).exists():
         vae = load_network(path_obj, expected_class=PokeConditionedVAE, map_location="cpu")
     elif path_obj.is_file():
-        specs = torch.load(path_obj, map_location="cpu", weights_only=False).get(NETWORKS_KEY, {})
-        names = [name for name, spec in specs.items()
+        checkpoint = torch.load(path_obj, map_location="cpu", weights_only=False)
+        names = [name for name, spec in checkpoint.get(NETWORKS_KEY, {}).items()
                  if issubclass(import_class(spec["class_path"]), PokeConditionedVAE)]
         if names:
-            vae = load_network(path_obj, name=names[0], map_location="cpu")
+            vae = load_network(path_obj, name=names[0], map_location="cpu", checkpoint=checkpoint)
     if vae is not None:
         vae = vae.to(device)
         return LoadedModel(cvae_sampler(vae), vae.spatial_size, vae.n_frames, 5, "cvae")

@@ -133,7 +133,8 @@ class Poker(nn.Module):
                 if len(names) != 1:
                     raise ValueError(f"{path_obj} does not hold exactly one {role_class.__name__} (found {names}); "
                                      "pass the checkpoint of a trained cINN module (ipoke.lightning.cinn)")
-                networks[role] = load_network(path_obj, name=names[0], map_location=map_location)
+                networks[role] = load_network(path_obj, name=names[0], map_location=map_location,
+                                              checkpoint=checkpoint)
             data_hparams = checkpoint.get("datamodule_hyper_parameters", {}) or {}
             poker = cls(**networks, poke_size=data_hparams.get("poke_size", 5))
         return poker.to(map_location)

@@ -53,6 +53,11 @@ def folder_checksum(folder: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def entries() -> dict[str, dict[str, Any]]:
+    """All registered models: ``{name: {"path", "sha256", "size", "n_frames"}}``."""
+    return _load()
+
+
 def names() -> list[str]:
     """Registered model names."""
     return sorted(_load())

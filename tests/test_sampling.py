@@ -122,3 +122,15 @@ def test_evaluate_missing_metric_alone_fails(tmp_path, synthetic_dataset, monkey
     assert main(["evaluate", "--data", synthetic_dataset, "--metrics", "lpips", "--n-clips", "2",
                  "--out", str(tmp_path / "m.json")]) == 2
     assert "LPIPS is unavailable" in capsys.readouterr().err
+
+
+def test_zoo_and_export_commands(exported, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("IPOKE_HOME", str(tmp_path / "home"))
+    assert main(["export", "--ckpt", str(exported), "--out", str(tmp_path / "bundle"), "--name", "tiny_cli"]) == 0
+    assert main(["zoo", "list"]) == 0
+    assert "tiny_cli" in capsys.readouterr().out
+    assert main(["zoo", "register", "tiny_cli", str(tmp_path / "bundle")]) == 2
+    assert "taken" in capsys.readouterr().err
+    assert main(["zoo", "remove", "tiny_cli"]) == 0
+    assert main(["zoo", "remove", "tiny_cli"]) == 2
+    assert zoo.names() == []

@@ -155,8 +155,12 @@ def _load_state(module: nn.Module, state: dict[str, torch.Tensor], source: str) 
 
 
 def load_network(path: str | os.PathLike, *, name: str | None = None, map_location: str | torch.device = "cpu",
-                 expected_class: type | None = None) -> SavableModule:
-    """Load any ipoke network from a :func:`save_pretrained` folder or a Lightning checkpoint (see module doc)."""
+                 expected_class: type | None = None, checkpoint: dict[str, Any] | None = None) -> SavableModule:
+    """Load any ipoke network from a :func:`save_pretrained` folder or a Lightning checkpoint (see module doc).
+
+    ``checkpoint`` is the already loaded Lightning checkpoint at ``path``, so that callers pulling several networks
+    out of one large file read it once.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
@@ -170,7 +174,8 @@ def load_network(path: str | os.PathLike, *, name: str | None = None, map_locati
         model = instantiate(spec)
         _load_state(model, torch.load(weights_file, map_location=map_location, weights_only=True), str(path))
     else:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+        if checkpoint is None:
+            checkpoint = torch.load(path, map_location=map_location, weights_only=False)
         specs = checkpoint.get(NETWORKS_KEY) if isinstance(checkpoint, dict) else None
         if not specs:
             raise ValueError(f"{path} carries no ipoke network configs (key {NETWORKS_KEY!r}); was it written by an "
