@@ -203,7 +203,9 @@ def evaluate(samplers: dict[str, Sampler], data_dir: str | os.PathLike, *, split
         resim = resimulation_sampler(dataset)
         if resim is not None:
             samplers["ground_truth_resimulated"] = resim
-    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
 
     unavailable: dict[str, str] = {}
     lpips_model = None
@@ -256,8 +258,9 @@ def evaluate(samplers: dict[str, Sampler], data_dir: str | os.PathLike, *, split
                 fvd_metrics[name].real.update(real_features)
                 fvd_metrics[name].update(fake=videos[:, 0])
             if name in controls:
-                controls[name].update(videos[:, 0], batch["flow"], batch["mask"].bool() & batch["has_mask"][:, None, None],
-                                      batch["poke_coords"][:, 0], batch["background_poke"])
+                object_mask = batch["mask"].bool() & batch["has_mask"][:, None, None]
+                controls[name].update(videos[:, 0], batch["flow"], object_mask, batch["poke_coords"][:, 0],
+                                      batch["background_poke"])
         bar.update(len(real))
     bar.close()
 

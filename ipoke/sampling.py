@@ -81,7 +81,8 @@ class Poker(nn.Module):
     def __init__(self, *, autoencoder: VideoAutoencoder, image_encoder: ImageEncoder, poke_encoder: PokeEncoder,
                  cinn: ConditionalINN, poke_size: int = 5) -> None:
         super().__init__()
-        self.autoencoder, self.image_encoder, self.poke_encoder, self.cinn = autoencoder, image_encoder, poke_encoder, cinn
+        self.autoencoder, self.image_encoder = autoencoder, image_encoder
+        self.poke_encoder, self.cinn = poke_encoder, cinn
         self.poke_size = int(poke_size)
         self.requires_grad_(False).eval()
 
@@ -129,7 +130,8 @@ class Poker(nn.Module):
             specs = checkpoint.get(NETWORKS_KEY, {}) if isinstance(checkpoint, dict) else {}
             networks = {}
             for role, role_class in ROLES.items():
-                names = [name for name, spec in specs.items() if issubclass(import_class(spec["class_path"]), role_class)]
+                names = [name for name, spec in specs.items()
+                         if issubclass(import_class(spec["class_path"]), role_class)]
                 if len(names) != 1:
                     raise ValueError(f"{path_obj} does not hold exactly one {role_class.__name__} (found {names}); "
                                      "pass the checkpoint of a trained cINN module (ipoke.lightning.cinn)")
@@ -140,7 +142,7 @@ class Poker(nn.Module):
         return poker.to(map_location)
 
     def export(self, directory: str | os.PathLike) -> Path:
-        """Write the four networks and a manifest into ``directory`` (atomically), loadable by :meth:`from_checkpoint`."""
+        """Write the four networks and a manifest into ``directory`` atomically; :meth:`from_checkpoint` loads it."""
         directory = Path(directory)
         with atomic_directory(directory) as tmp:
             for role in ROLES:

@@ -9,8 +9,8 @@ The layout is specified in ``docs/data_format.md``. In short::
     DATASET/videos/<video_id>/flow_starts.npy  int32 (F,)
     optional: masks.npy uint8 (N, S, S), keypoints.npy float32 (N, K, 2), pokes.npy float32 (P, 4), scene.json
 
-A video is written into a hidden ``videos/.<id>.*.tmp/`` folder and renamed when complete, so a folder without the leading dot is
-always whole; writers skip finished videos when re-run.
+A video is written into a hidden ``videos/.<id>.*.tmp/`` folder and renamed when complete, so a folder without the
+leading dot is always whole; writers skip finished videos when re-run.
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ def is_dataset(root: str | os.PathLike) -> bool:
 def _check_id(video_id: str) -> None:
     if not _ID_PATTERN.match(video_id):
         raise DatasetFormatError(
-            f"video id {video_id!r} is not allowed: use letters, digits, '_', '-', '.' and start with a letter or digit")
+            f"video id {video_id!r} is not allowed: use letters, digits, '_', '-', '.' and start with a letter or "
+            "digit")
 
 
 def validate_video_arrays(frames: np.ndarray, flow: np.ndarray, flow_starts: np.ndarray, flow_lags: list[int],

@@ -118,7 +118,8 @@ def sample_pokes(flow: np.ndarray, rng: np.random.Generator, *, n_pokes: int = 5
 
 
 def background_poke(flow: np.ndarray, rng: np.random.Generator, *, poke_size: int = 5,
-                    mask: np.ndarray | None = None, default_magnitude: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+                    mask: np.ndarray | None = None,
+                    default_magnitude: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """One poke on the background carrying a realistic vector (the reference's zero-poke sample).
 
     The location is a pixel with amplitude below the 5th percentile (or outside the mask); the vector is copied

@@ -24,7 +24,7 @@ import math
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +75,7 @@ NOVEL_TEXTURES = ("checker", "cells")
 # Backgrounds
 
 
-@lru_cache(maxsize=None)
+@cache
 def _sample_image(name: str) -> np.ndarray:
     """RGB uint8 sample image shipped inside scikit-image (no download)."""
     import skimage.data
@@ -184,14 +184,15 @@ def _leaf_outline(shape: str, length: float, width: float) -> list[list[float]]:
     return upper + lower[1:-1]
 
 
-def _hsv_color(rng: np.random.Generator, hue: tuple[float, float], saturation=(140, 230), value=(110, 230)) -> list[int]:
+def _hsv_color(rng: np.random.Generator, hue: tuple[float, float], saturation=(140, 230),
+               value=(110, 230)) -> list[int]:
     hsv = np.uint8([[[rng.uniform(*hue), rng.uniform(*saturation), rng.uniform(*value)]]])
     return [int(v) for v in cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0]]
 
 
-def _add_chain(bodies: list[dict[str, Any]], rng: np.random.Generator, species: Species, *, parent: int, start: np.ndarray,
-               angle: float, n_segments: int, length: float, thickness: float, stiffness: float, color: list[int],
-               leaf_color: list[int], depth: int) -> None:
+def _add_chain(bodies: list[dict[str, Any]], rng: np.random.Generator, species: Species, *, parent: int,
+               start: np.ndarray, angle: float, n_segments: int, length: float, thickness: float,
+               stiffness: float, color: list[int], leaf_color: list[int], depth: int) -> None:
     """Append a chain of segments (with side branches and leaves) growing from ``start`` at ``angle``."""
     lengths = length * np.array([0.85 ** i for i in range(n_segments)])
     lengths *= length / lengths.sum()
@@ -437,7 +438,8 @@ def simulate(scene: dict[str, Any], poke: Poke, *, n_frames: int, size: int, phy
         if stochastic:
             for other in rng.choice(n_bodies, size=min(n_bodies, int(rng.integers(1, 4))), replace=False):
                 angle = rng.uniform(0, 2 * math.pi)
-                strength = impulse_scale * rng.uniform(0.01, 0.04) * bodies[other].mass / max(bodies[poke.body].mass, 1e-6)
+                mass_ratio = bodies[other].mass / max(bodies[poke.body].mass, 1e-6)
+                strength = impulse_scale * rng.uniform(0.01, 0.04) * mass_ratio
                 strength = min(strength, impulse_scale * 0.04)
                 bodies[other].apply_impulse_at_local_point((strength * math.cos(angle), strength * math.sin(angle)))
         step = frame_dt / substeps
@@ -562,7 +564,8 @@ def make_video(settings: SyntheticSettings, split: str, index: int) -> dict[str,
     }
 
 
-def resimulate(scene_record: dict[str, Any], *, size: int, physics_seed: int, stochastic: bool = True) -> dict[str, np.ndarray]:
+def resimulate(scene_record: dict[str, Any], *, size: int, physics_seed: int,
+               stochastic: bool = True) -> dict[str, np.ndarray]:
     """Another physics sample of a stored video (same first frame and poke, different future)."""
     poke = Poke(**scene_record["poke"])
     return simulate(scene_record, poke, n_frames=scene_record["frames"], size=size, physics_seed=physics_seed,

@@ -150,7 +150,8 @@ def _load_state(module: nn.Module, state: dict[str, torch.Tensor], source: str) 
     if missing or unexpected:
         raise RuntimeError(
             f"weights in {source} do not match {class_path_of(module)}: missing keys {missing[:8]}"
-            f"{'...' if len(missing) > 8 else ''}, unexpected keys {unexpected[:8]}{'...' if len(unexpected) > 8 else ''}"
+            f"{'...' if len(missing) > 8 else ''}, unexpected keys {unexpected[:8]}"
+            f"{'...' if len(unexpected) > 8 else ''}"
         )
 
 

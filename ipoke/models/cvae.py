@@ -71,7 +71,7 @@ class PokeConditionedVAE(SavableModule):
     @torch.no_grad()
     def sample(self, first_frame: torch.Tensor, poke: torch.Tensor, *, n_samples: int = 1,
                generator: torch.Generator | None = None, n_frames: int | None = None) -> torch.Tensor:
-        """``(B, K, T+1, 3, S, S)`` videos with ``z ~ N(0, I)``, x0 first (the :class:`~ipoke.sampling.Poker` layout)."""
+        """``(B, K, T+1, 3, S, S)`` videos with ``z ~ N(0, I)``, x0 first (as :class:`~ipoke.sampling.Poker`)."""
         batch = first_frame.shape[0]
         x0 = first_frame.repeat_interleave(n_samples, dim=0)
         poke = poke.repeat_interleave(n_samples, dim=0)

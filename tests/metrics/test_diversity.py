@@ -1,7 +1,14 @@
 import pytest
 import torch
 
-from ipoke.metrics import DIVERSITY_LPIPS, DIVERSITY_MSE, N_SAMPLES, LearnedPerceptualSimilarity, diversity, pairwise_mse
+from ipoke.metrics import (
+    DIVERSITY_LPIPS,
+    DIVERSITY_MSE,
+    N_SAMPLES,
+    LearnedPerceptualSimilarity,
+    diversity,
+    pairwise_mse,
+)
 
 
 def test_identical_samples_have_zero_diversity():
