@@ -85,7 +85,7 @@ class SavableModule(nn.Module):
         @functools.wraps(init)
         def recording_init(self: SavableModule, *args: Any, **init_kwargs: Any) -> None:
             if args:
-                raise TypeError(f"{cls.__name__} takes keyword arguments only, got {len(args)} positional")
+                raise TypeError(f"{type(self).__name__} takes keyword arguments only, got {len(args)} positional")
             outermost = not self.__dict__.get("_recording_config", False)
             if outermost:
                 object.__setattr__(self, "_recording_config", True)

@@ -100,7 +100,7 @@ class ConvDecoder2d(nn.Module):
 
 
 class _ConvAutoencoder2d(SavableModule):
-    """Shared body of :class:`ImageEncoder` and :class:`PokeEncoder`."""
+    """Shared body (and constructor) of :class:`ImageEncoder` and :class:`PokeEncoder`."""
 
     in_channels: int
     out_channels: int
@@ -143,13 +143,6 @@ class ImageEncoder(_ConvAutoencoder2d):
 
     in_channels, out_channels, output = 3, 3, "tanh"
 
-    def __init__(self, *, spatial_size: int = 64, latent_size: int = 8, embedding_channels: int = 64,
-                 base_channels: int = 32, max_channels: int = 64, norm_groups: int = 16,
-                 spectral_norm: bool = True) -> None:
-        super().__init__(spatial_size=spatial_size, latent_size=latent_size, embedding_channels=embedding_channels,
-                         base_channels=base_channels, max_channels=max_channels, norm_groups=norm_groups,
-                         spectral_norm=spectral_norm)
-
     def encode(self, image: torch.Tensor) -> torch.Tensor:
         """Embed an image.
 
@@ -188,13 +181,6 @@ class PokeEncoder(_ConvAutoencoder2d):
     """
 
     in_channels, out_channels, output = 2, 2, "linear"
-
-    def __init__(self, *, spatial_size: int = 64, latent_size: int = 8, embedding_channels: int = 64,
-                 base_channels: int = 32, max_channels: int = 64, norm_groups: int = 16,
-                 spectral_norm: bool = True) -> None:
-        super().__init__(spatial_size=spatial_size, latent_size=latent_size, embedding_channels=embedding_channels,
-                         base_channels=base_channels, max_channels=max_channels, norm_groups=norm_groups,
-                         spectral_norm=spectral_norm)
 
     def encode(self, poke: torch.Tensor) -> torch.Tensor:
         """Embed a poke map.
