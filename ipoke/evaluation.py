@@ -96,7 +96,7 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu") -
     or a ``save_pretrained`` folder) as a :class:`LoadedModel`."""
     from pathlib import Path
 
-    from ipoke.models.base import CONFIG_FILE, NETWORKS_KEY, import_class, load_network
+    from ipoke.models.base import CONFIG_FILE, load_network, networks_of_class
     from ipoke.models.cvae import PokeConditionedVAE
     from ipoke.sampling import Poker
 
@@ -106,8 +106,7 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu") -
         vae = load_network(path_obj, expected_class=PokeConditionedVAE, map_location="cpu")
     elif path_obj.is_file():
         checkpoint = torch.load(path_obj, map_location="cpu", weights_only=False)
-        names = [name for name, spec in checkpoint.get(NETWORKS_KEY, {}).items()
-                 if issubclass(import_class(spec["class_path"]), PokeConditionedVAE)]
+        names = networks_of_class(checkpoint, PokeConditionedVAE)
         if names:
             vae = load_network(path_obj, name=names[0], map_location="cpu", checkpoint=checkpoint)
     if vae is not None:

@@ -26,7 +26,7 @@ from torch import nn
 
 from ipoke.data.pokes import poke_map_from_coords
 from ipoke.models.autoencoder import VideoAutoencoder
-from ipoke.models.base import NETWORKS_KEY, SavableModule, import_class, load_network, save_pretrained
+from ipoke.models.base import SavableModule, load_network, networks_of_class, save_pretrained
 from ipoke.models.cinn.network import ConditionalINN
 from ipoke.models.encoders import ImageEncoder, PokeEncoder
 from ipoke.utils import atomic_directory
@@ -127,11 +127,11 @@ class Poker(nn.Module):
             poker = cls(**networks, poke_size=manifest.get("poke_size", 5))
         else:
             checkpoint = torch.load(path_obj, map_location="cpu", weights_only=False)
-            specs = checkpoint.get(NETWORKS_KEY, {}) if isinstance(checkpoint, dict) else {}
+            if not isinstance(checkpoint, dict):
+                raise ValueError(f"{path_obj} is not a Lightning checkpoint of an ipoke training module")
             networks = {}
             for role, role_class in ROLES.items():
-                names = [name for name, spec in specs.items()
-                         if issubclass(import_class(spec["class_path"]), role_class)]
+                names = networks_of_class(checkpoint, role_class)
                 if len(names) != 1:
                     raise ValueError(f"{path_obj} does not hold exactly one {role_class.__name__} (found {names}); "
                                      "pass the checkpoint of a trained cINN module (ipoke.lightning.cinn)")

@@ -13,13 +13,18 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
-def _seed_and_dtype():
+def _seed_dtype_and_one_thread():
+    # Small convolutions and hundreds of tiny flow ops run far slower with several threads on a shared 2-core
+    # machine than with one; pin one thread per test (and restore whatever a test changed).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     random.seed(0)
     np.random.seed(0)
     torch.manual_seed(0)
     dtype = torch.get_default_dtype()
     yield
     torch.set_default_dtype(dtype)
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

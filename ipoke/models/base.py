@@ -136,6 +136,12 @@ def network_specs(module: nn.Module) -> dict[str, dict[str, Any]]:
     return {name: child.spec() for name, child in module.named_children() if isinstance(child, SavableModule)}
 
 
+def networks_of_class(checkpoint: dict[str, Any], cls: type | None) -> list[str]:
+    """Names of the networks in a Lightning checkpoint whose class is ``cls`` or a subclass (all if ``None``)."""
+    specs = checkpoint.get(NETWORKS_KEY) or {}
+    return [name for name, spec in specs.items() if cls is None or issubclass(import_class(spec["class_path"]), cls)]
+
+
 def save_pretrained(model: SavableModule, directory: str | os.PathLike) -> Path:
     """Write ``model_config.yaml`` and ``model.pt`` into ``directory`` atomically (all or nothing)."""
     directory = Path(directory)
@@ -182,8 +188,7 @@ def load_network(path: str | os.PathLike, *, name: str | None = None, map_locati
             raise ValueError(f"{path} carries no ipoke network configs (key {NETWORKS_KEY!r}); was it written by an "
                              "ipoke training module?")
         if name is None:
-            candidates = [key for key, spec in specs.items()
-                          if expected_class is None or issubclass(import_class(spec["class_path"]), expected_class)]
+            candidates = networks_of_class(checkpoint, expected_class)
             if len(candidates) != 1:
                 raise ValueError(f"{path} holds networks {sorted(specs)}; pass name= to choose one")
             name = candidates[0]

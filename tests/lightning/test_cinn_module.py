@@ -16,14 +16,6 @@ from ipoke.models.encoders import ImageEncoder, PokeEncoder
 SIZE, FRAMES, Z_DIM, EMBED = 16, 3, 4, 4
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def stage1(tmp_path_factory) -> dict[str, str]:
     """Tiny random stage-1 networks saved like trained ones; returns the checkpoint arguments."""

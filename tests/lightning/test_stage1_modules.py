@@ -18,15 +18,6 @@ from ipoke.models.encoders import ImageEncoder, PokeEncoder
 SIZE, FRAMES = 32, 3
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Small convolutions run far slower with several threads on a shared 2-core machine than with one.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class RandomPokeBatches(Dataset):
     """Samples shaped like PokeDataModule's: video (T+1, 3, S, S), flow and poke (2, S, S)."""
 

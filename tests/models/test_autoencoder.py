@@ -9,15 +9,6 @@ from ipoke.models.autoencoder import AutoencoderOutput, VideoAutoencoder
 from ipoke.models.base import save_pretrained
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Small convolutions run far slower with several threads on a shared 2-core machine than with one.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_autoencoder(spatial_size: int = 64, n_frames: int = 3) -> VideoAutoencoder:
     halvings = {32: 2, 64: 3, 128: 4}[spatial_size]
     return VideoAutoencoder(spatial_size=spatial_size, n_frames=n_frames, z_dim=8,

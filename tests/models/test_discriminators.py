@@ -9,14 +9,6 @@ from torch.nn.utils import parametrize
 from ipoke.models.discriminators import PatchDiscriminator2d, TemporalDiscriminator
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize(("spatial_size", "patches"), [(64, 6), (128, 14)])
 def test_patch_discriminator_output_shape(spatial_size, patches):
     model = PatchDiscriminator2d(base_channels=8)

@@ -9,15 +9,6 @@ from ipoke.models.base import save_pretrained
 from ipoke.models.encoders import ImageEncoder, PokeEncoder
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Small convolutions run far slower with several threads on a shared 2-core machine than with one.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("spatial_size", [64, 128])
 def test_image_encoder_shapes(spatial_size):
     model = ImageEncoder(spatial_size=spatial_size)
