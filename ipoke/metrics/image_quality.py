@@ -90,7 +90,8 @@ def ssim_per_frame(prediction: torch.Tensor | np.ndarray, target: torch.Tensor |
     var_y = blur(y * y) - mean_y ** 2
     cov_xy = blur(x * y) - mean_x * mean_y
     c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
-    ssim_map = ((2 * mean_x * mean_y + c1) * (2 * cov_xy + c2)) / ((mean_x ** 2 + mean_y ** 2 + c1) * (var_x + var_y + c2))
+    numerator = (2 * mean_x * mean_y + c1) * (2 * cov_xy + c2)
+    ssim_map = numerator / ((mean_x ** 2 + mean_y ** 2 + c1) * (var_x + var_y + c2))
     return ssim_map.mean(dim=(1, 2, 3)).float().reshape(leading)
 
 

@@ -85,7 +85,8 @@ class LearnedPerceptualSimilarity(nn.Module):
             network = lpips.LPIPS(net="alex", version="0.1", pretrained=True, pnet_rand=True, verbose=False)
         missing, unexpected = network.load_state_dict(alexnet_backbone_state(path), strict=False)
         if unexpected or any(key.startswith("net.") for key in missing):
-            raise RuntimeError(f"AlexNet weights in {path} do not fit lpips: missing {missing}, unexpected {unexpected}")
+            raise RuntimeError(f"AlexNet weights in {path} do not fit lpips: missing {missing}, "
+                               f"unexpected {unexpected}")
         return cls(network).to(device or "cpu")
 
     @torch.no_grad()

@@ -30,14 +30,16 @@ def test_known_noise_gives_the_analytic_psnr():
     # Per frame: different noise levels per frame give their own values.
     scaled = video + 0.1 * signs * torch.tensor([1.0, 2.0, 4.0]).view(1, 3, 1, 1, 1)
     per_frame = psnr_per_frame(scaled, video)[0]
-    torch.testing.assert_close(per_frame, torch.tensor([expected, expected - 20 * math.log10(2), expected - 20 * math.log10(4)]))
+    expected_frames = [expected, expected - 20 * math.log10(2), expected - 20 * math.log10(4)]
+    torch.testing.assert_close(per_frame, torch.tensor(expected_frames))
     assert psnr(noisy, video) == pytest.approx(expected, rel=1e-6)
 
 
 def test_uint8_inputs_match_the_float_convention():
     video = torch.randint(0, 256, (1, 2, 3, 16, 16), dtype=torch.uint8)
     other = torch.randint(0, 256, (1, 2, 3, 16, 16), dtype=torch.uint8)
-    torch.testing.assert_close(psnr_per_frame(video, other), psnr_per_frame(video.float() / 127.5 - 1, other.float() / 127.5 - 1))
+    unit = psnr_per_frame(video.float() / 127.5 - 1, other.float() / 127.5 - 1)
+    torch.testing.assert_close(psnr_per_frame(video, other), unit)
     # Same value as the [0, 255] convention with data range 255.
     mse = ((video.double() - other.double()) ** 2).mean(dim=(2, 3, 4))
     torch.testing.assert_close(psnr_per_frame(video, other), (10 * torch.log10(255.0 ** 2 / mse)).float())
