@@ -32,14 +32,14 @@ class PokeConditionedVAE(SavableModule):
     def __init__(self, *, spatial_size: int = 64, n_frames: int = 10, z_dim: int = 32, latent_size: int = 8,
                  poke_channels: int = 32, encoder_channels: list[int] | None = None,
                  decoder_channels: list[int] | None = None, spade_hidden_channels: int = 128, gru_layers: int = 4,
-                 norm_groups: int = 16, encoder_blocks_per_stage: int = 2, residual_output: bool = False) -> None:
+                 norm_groups: int = 16, encoder_blocks_per_stage: int = 2, output: str = "image") -> None:
         super().__init__()
         self.video = VideoAutoencoder(spatial_size=spatial_size, n_frames=n_frames, z_dim=z_dim,
                                       latent_size=latent_size, encoder_channels=encoder_channels,
                                       decoder_channels=decoder_channels, spade_hidden_channels=spade_hidden_channels,
                                       gru_layers=gru_layers, norm_groups=norm_groups,
                                       encoder_blocks_per_stage=encoder_blocks_per_stage,
-                                      residual_output=residual_output)
+                                      output=output)
         halvings = (spatial_size // latent_size).bit_length() - 1
         layers: list[nn.Module] = [nn.Conv2d(2, poke_channels, 3, 1, 1), nn.ELU()]
         for _ in range(halvings):

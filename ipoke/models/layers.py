@@ -169,12 +169,25 @@ class SPADE(nn.Module):
         self.to_gamma = nn.Conv2d(hidden_channels, channels, 3, 1, 1)
         self.to_beta = nn.Conv2d(hidden_channels, channels, 3, 1, 1)
 
-    def forward(self, x: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
-        """Modulate ``x`` by ``condition``; see the class docstring for shapes."""
-        if condition.shape[-2:] != x.shape[-2:]:
-            condition = F.interpolate(condition, size=x.shape[-2:], mode="bilinear", align_corners=False)
+    def modulation(self, condition: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(gamma, beta)``, each ``(B, C, *size)``, of a condition ``(B, C_c, H_c, W_c)``."""
+        if condition.shape[-2:] != tuple(size):
+            condition = F.interpolate(condition, size=size, mode="bilinear", align_corners=False)
         h = self.shared(condition)
-        return self.norm(x) * (1 + self.to_gamma(h)) + self.to_beta(h)
+        return self.to_gamma(h), self.to_beta(h)
+
+    def forward(self, x: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        """Modulate ``x`` by ``condition``; see the class docstring for shapes.
+
+        ``x`` may also hold ``k`` maps per condition, ``(B * k, C, H, W)`` ordered condition-major (the frames of a
+        clip sharing one first frame): the condition is embedded once per ``B`` and broadcast over the ``k``.
+        """
+        gamma, beta = self.modulation(condition, x.shape[-2:])
+        repeats = x.shape[0] // condition.shape[0]
+        if repeats * condition.shape[0] != x.shape[0]:
+            raise ValueError(f"x has {x.shape[0]} maps, not a multiple of the {condition.shape[0]} conditions")
+        normed = self.norm(x).unflatten(0, (condition.shape[0], repeats))
+        return (normed * (1 + gamma.unsqueeze(1)) + beta.unsqueeze(1)).flatten(0, 1)
 
 
 class ConvGRUCell(nn.Module):
