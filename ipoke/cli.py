@@ -216,7 +216,8 @@ def _run_sample(args: argparse.Namespace) -> int:
     else:
         from ipoke.data.datasets import PokeDataset
 
-        dataset = PokeDataset(args.data, split=args.split, size=poker.size, n_frames=poker.n_frames, n_pokes=1,
+        dataset = PokeDataset(args.data, split=args.split, size=poker.size, n_frames=poker.n_frames,
+                              frame_step=poker.frame_step, n_pokes=1,
                               poke_size=poker.poke_size, zero_poke_fraction=0.0, fixed_poke_count=True,
                               deterministic=True, seed=args.seed, max_clips=args.n)
         count = len(dataset)
@@ -350,19 +351,20 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     samplers = {}
-    size, n_frames, poke_size = None, 10, 5
+    size, n_frames, poke_size, frame_step = None, 10, 5, 1
     if args.ckpt:
         from ipoke.evaluation import load_model
 
         model = load_model(args.ckpt, device=_device(args.device))
         samplers[Path(args.ckpt).stem or model.kind] = model.sampler
-        size, n_frames, poke_size = model.size, model.n_frames, model.poke_size
+        size, n_frames, poke_size, frame_step = model.size, model.n_frames, model.poke_size, model.frame_step
     elif args.no_baselines:
         raise UserError("nothing to evaluate: give --ckpt or drop --no-baselines")
     try:
         report = evaluate(samplers, args.data, split=args.split, metrics=metrics, n_clips=args.n_clips,
                           samples=args.samples, batch_size=args.batch_size, seed=args.seed, size=size,
-                          n_frames=n_frames, poke_size=poke_size, include_baselines=not args.no_baselines,
+                          n_frames=n_frames, frame_step=frame_step, poke_size=poke_size,
+                          include_baselines=not args.no_baselines,
                           device=args.device, fvd_weights=args.fvd_weights, lpips_backbone=args.lpips_backbone,
                           strict=len(metrics) == 1)
     except (MetricUnavailable, ValueError) as error:

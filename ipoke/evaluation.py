@@ -50,6 +50,7 @@ from ipoke.metrics import (
     psnr_per_frame,
     ssim_per_frame,
 )
+from ipoke.metrics.i3d import I3D_MIN_FRAMES
 
 ALL_METRICS = ("fvd", "lpips", "ssim", "psnr", "diversity", "control")
 CONTROL_KEYS = (CONTROL_POKE_EPE, CONTROL_POKE_ANGLE_DEG, CONTROL_OBJECT_EPE, CONTROL_BACKGROUND_MOTION,
@@ -89,6 +90,7 @@ class LoadedModel:
     n_frames: int
     poke_size: int
     kind: str
+    frame_step: int = 1
 
 
 def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> LoadedModel:
@@ -102,6 +104,7 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu") -
 
     path_obj = Path(path)
     vae = None
+    data_hparams: dict[str, Any] = {}
     if path_obj.is_dir() and (path_obj / CONFIG_FILE).exists():
         vae = load_network(path_obj, expected_class=PokeConditionedVAE, map_location="cpu")
     elif path_obj.is_file():
@@ -109,11 +112,13 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu") -
         names = networks_of_class(checkpoint, PokeConditionedVAE)
         if names:
             vae = load_network(path_obj, name=names[0], map_location="cpu", checkpoint=checkpoint)
+            data_hparams = checkpoint.get("datamodule_hyper_parameters", {}) or {}
     if vae is not None:
         vae = vae.to(device)
-        return LoadedModel(cvae_sampler(vae), vae.spatial_size, vae.n_frames, 5, "cvae")
+        return LoadedModel(cvae_sampler(vae), vae.spatial_size, vae.n_frames, data_hparams.get("poke_size", 5),
+                           "cvae", data_hparams.get("frame_step", 1))
     poker = Poker.from_checkpoint(path, map_location=device)
-    return LoadedModel(poker_sampler(poker), poker.size, poker.n_frames, poker.poke_size, "ipoke")
+    return LoadedModel(poker_sampler(poker), poker.size, poker.n_frames, poker.poke_size, "ipoke", poker.frame_step)
 
 
 def copy_first_frame_sampler(batch: dict[str, Any], n_samples: int, generator: torch.Generator) -> torch.Tensor:
@@ -126,8 +131,9 @@ def resimulation_sampler(dataset: PokeDataset) -> Sampler | None:
     """Baseline on synthetic data: each sample re-simulates the clip's scene and poke with other physics."""
     from ipoke.data.synthetic import resimulate
 
-    if dataset.data.index.get("source") != "synthetic" or dataset.frame_step != 1:
+    if dataset.data.index.get("source") != "synthetic":
         return None
+    step = dataset.frame_step
 
     def sample(batch: dict[str, Any], n_samples: int, generator: torch.Generator) -> torch.Tensor:
         videos = []
@@ -137,7 +143,7 @@ def resimulation_sampler(dataset: PokeDataset) -> Sampler | None:
             for _ in range(n_samples):
                 seed = int(torch.randint(0, 2**31, (1,), generator=generator))
                 frames = resimulate(scene, size=dataset.data.size, physics_seed=seed)["frames"]
-                frames = frames[start:start + dataset.n_frames + 1]
+                frames = frames[start:start + dataset.n_frames * step + 1:step]
                 per_clip.append(frames_to_tensor(resize_frames(frames, dataset.size)))
             videos.append(torch.stack(per_clip))
         return torch.stack(videos)
@@ -214,7 +220,10 @@ def evaluate(samplers: dict[str, Sampler], data_dir: str | os.PathLike, *, split
         except MetricUnavailable as error:
             unavailable["lpips"] = str(error)
     fvd_metrics: dict[str, FrechetVideoDistance] = {}
-    if "fvd" in metrics:
+    if "fvd" in metrics and n_frames + 1 < I3D_MIN_FRAMES:
+        unavailable["fvd"] = (f"FVD's I3D needs clips of at least {I3D_MIN_FRAMES} frames; these have {n_frames + 1} "
+                              f"(x0 + {n_frames})")
+    elif "fvd" in metrics:
         try:
             first = FrechetVideoDistance(weights_path=fvd_weights, device=device)
             fvd_metrics = {name: first if i == 0 else FrechetVideoDistance(network=first.network)

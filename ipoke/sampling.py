@@ -76,14 +76,17 @@ class Poker(nn.Module):
         poke_encoder: Embeds the poke map as ``(64, 8, 8)``.
         cinn: Conditional INN between ``z`` and ``r`` given the two embeddings.
         poke_size: Side of the square a poke fills in the poke map, as in training.
+        frame_step: Stored frames between generated frames in the training clips (the data's temporal stride). A
+            poke means "this pixel ends up here after ``n_frames * frame_step`` stored frames"; evaluation and
+            ``ipoke sample --data`` cut clips with the same stride.
     """
 
     def __init__(self, *, autoencoder: VideoAutoencoder, image_encoder: ImageEncoder, poke_encoder: PokeEncoder,
-                 cinn: ConditionalINN, poke_size: int = 5) -> None:
+                 cinn: ConditionalINN, poke_size: int = 5, frame_step: int = 1) -> None:
         super().__init__()
         self.autoencoder, self.image_encoder = autoencoder, image_encoder
         self.poke_encoder, self.cinn = poke_encoder, cinn
-        self.poke_size = int(poke_size)
+        self.poke_size, self.frame_step = int(poke_size), int(frame_step)
         self.requires_grad_(False).eval()
 
     @property
@@ -124,7 +127,7 @@ class Poker(nn.Module):
             manifest = yaml.safe_load(manifest_file.read_text())
             networks = {role: load_network(path_obj / folder, map_location=map_location, expected_class=ROLES[role])
                         for role, folder in manifest["networks"].items()}
-            poker = cls(**networks, poke_size=manifest.get("poke_size", 5))
+            poker = cls(**networks, poke_size=manifest.get("poke_size", 5), frame_step=manifest.get("frame_step", 1))
         else:
             checkpoint = torch.load(path_obj, map_location="cpu", weights_only=False)
             if not isinstance(checkpoint, dict):
@@ -138,7 +141,8 @@ class Poker(nn.Module):
                 networks[role] = load_network(path_obj, name=names[0], map_location=map_location,
                                               checkpoint=checkpoint)
             data_hparams = checkpoint.get("datamodule_hyper_parameters", {}) or {}
-            poker = cls(**networks, poke_size=data_hparams.get("poke_size", 5))
+            poker = cls(**networks, poke_size=data_hparams.get("poke_size", 5),
+                        frame_step=data_hparams.get("frame_step", 1))
         return poker.to(map_location)
 
     def export(self, directory: str | os.PathLike) -> Path:
@@ -149,7 +153,7 @@ class Poker(nn.Module):
                 network: SavableModule = getattr(self, role)
                 save_pretrained(network, tmp / role)
             manifest = {"networks": {role: role for role in ROLES}, "poke_size": self.poke_size,
-                        "size": self.size, "n_frames": self.n_frames}
+                        "frame_step": self.frame_step, "size": self.size, "n_frames": self.n_frames}
             (tmp / MODEL_FILE).write_text(yaml.safe_dump(manifest, sort_keys=False))
         return directory
 

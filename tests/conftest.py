@@ -38,7 +38,7 @@ def synthetic_dataset(tmp_path_factory) -> str:
     return str(root)
 
 
-def tiny_poker(n_frames: int = 10):
+def tiny_poker(n_frames: int = 10, frame_step: int = 1):
     """A random-weight iPOKE model with tiny widths (64 px, coupling cINN)."""
     from ipoke.models.autoencoder import VideoAutoencoder
     from ipoke.models.cinn.network import ConditionalINN
@@ -55,7 +55,14 @@ def tiny_poker(n_frames: int = 10):
     with torch.no_grad():  # make the cINN non-trivial (its last layers start at zero)
         for parameter in cinn.parameters():
             parameter.add_(0.05 * torch.randn_like(parameter))
-    return Poker(autoencoder=autoencoder, image_encoder=image_encoder, poke_encoder=poke_encoder, cinn=cinn)
+    return Poker(autoencoder=autoencoder, image_encoder=image_encoder, poke_encoder=poke_encoder, cinn=cinn,
+                 frame_step=frame_step)
+
+
+@pytest.fixture(scope="session")
+def make_tiny_poker():
+    """:func:`tiny_poker` itself, for tests that need other settings."""
+    return tiny_poker
 
 
 @pytest.fixture(scope="session")

@@ -134,3 +134,40 @@ def test_zoo_and_export_commands(exported, tmp_path, monkeypatch, capsys):
     assert main(["zoo", "remove", "tiny_cli"]) == 0
     assert main(["zoo", "remove", "tiny_cli"]) == 2
     assert zoo.names() == []
+
+
+def test_strided_model_carries_its_frame_step_to_sample_and_evaluate(tmp_path, synthetic_dataset, make_tiny_poker):
+    """A model trained on every second frame (5 frames over 10) is evaluated and sampled on clips cut the same way;
+    FVD is reported unavailable for its 6-frame clips (I3D needs 9) while the other metrics run."""
+    folder = make_tiny_poker(n_frames=5, frame_step=2).export(tmp_path / "strided")
+    assert Poker.from_checkpoint(folder).frame_step == 2
+    out = tmp_path / "metrics.json"
+    assert main(["evaluate", "--ckpt", str(folder), "--data", synthetic_dataset, "--metrics", "fvd,psnr,control",
+                 "--n-clips", "2", "--samples", "1", "--batch-size", "2", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["settings"]["frame_step"] == 2 and report["settings"]["n_frames"] == 5
+    assert "at least 9 frames" in report["unavailable"]["fvd"]
+    results = report["results"]
+    assert "fvd" not in results["strided"] and "psnr" in results["strided"]
+    # The resimulated ground truth is cut with the same stride: same x0, its physics noise is small.
+    assert results["ground_truth_resimulated"]["psnr"] > results["copy_x0"]["psnr"]
+    assert main(["evaluate", "--ckpt", str(folder), "--data", synthetic_dataset, "--metrics", "fvd", "--n-clips", "2",
+                 "--out", str(tmp_path / "fvd.json")]) == 2
+    samples = tmp_path / "samples"
+    assert main(["sample", "--ckpt", str(folder), "--data", synthetic_dataset, "--n", "1", "--samples", "1",
+                 "--out", str(samples), "--scale", "1"]) == 0
+    assert (samples / "overview_0.png").exists()
+
+
+def test_resimulated_baseline_follows_the_frame_step(synthetic_dataset):
+    from ipoke.data.datasets import PokeDataset
+    from ipoke.evaluation import resimulation_sampler
+
+    dataset = PokeDataset(synthetic_dataset, split="test", n_frames=5, frame_step=2, n_pokes=1, augment=False,
+                          deterministic=True, max_clips=2)
+    batch = torch.utils.data.default_collate([dataset[0], dataset[1]])
+    videos = resimulation_sampler(dataset)(batch, 2, torch.Generator().manual_seed(0))
+    assert videos.shape == (2, 2, 6, 3, 64, 64)
+    torch.testing.assert_close(videos[:, :, 0], batch["video"][:, None, 0].expand(-1, 2, -1, -1, -1))
+    # Frames 1..5 are stored frames 2, 4, .., 10 of another physics sample: close to the strided clip.
+    assert (videos[:, 0, 1:] - batch["video"][:, 1:]).abs().mean() < 0.05

