@@ -27,7 +27,8 @@ def test_report_files_and_model(quickstart_run):
     report_text = (out / "report.md").read_text()
     assert "| ipoke |" in report_text and "| copy_x0 |" in report_text and "overview_0.gif" in report_text
     poker = Poker.from_checkpoint(out / "model")
-    assert poker.size == 64 and poker.n_frames == 10
+    # The CPU preset: 5 frames taking every second of the 10 simulated ones.
+    assert poker.size == 64 and poker.n_frames == 5 and poker.frame_step == 2
 
 
 def test_metrics_follow_the_evaluate_schema(quickstart_run):
@@ -43,8 +44,8 @@ def test_metrics_follow_the_evaluate_schema(quickstart_run):
             assert math.isfinite(row[key]), (name, key)
     assert results["copy_x0"]["diversity/mse"] == 0.0
     assert 0 <= results["ipoke"]["ssim"] <= 1
-    if "fvd" not in report["unavailable"]:
-        assert results["ipoke"]["fvd"] >= 0 and results["ground_truth_resimulated"]["fvd"] >= 0
+    # I3D needs 9 frames; the CPU preset's clips have 6, and the report says so instead of failing.
+    assert "at least 9 frames" in report["unavailable"]["fvd"]
     assert "lpips" in report["unavailable"] or "lpips" in results["ipoke"]
 
 
