@@ -387,8 +387,8 @@ def _add_quickstart_command(subparsers: argparse._SubParsersAction) -> None:
                     "reuses finished stages.")
     quickstart.add_argument("--out", default="quickstart", help="output folder (default: ./quickstart)")
     quickstart.add_argument("--minutes", type=float, default=None,
-                            help="training budget over the four networks (default 6 on CPU, 20 on GPU); data, "
-                                 "evaluation and sampling take about 2-3 more minutes on 2 CPU cores")
+                            help="training budget over the four networks (default 7.5 on CPU, 20 on GPU); data, "
+                                 "evaluation and sampling take under a minute more on 2 CPU cores")
     quickstart.add_argument("--fresh", action="store_true", help="delete --out first and redo every stage")
     quickstart.add_argument("--device", choices=("cpu", "cuda"), default=None,
                             help="force a device (default: cuda when available)")
