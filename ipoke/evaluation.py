@@ -98,13 +98,13 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu") -
     or a ``save_pretrained`` folder) as a :class:`LoadedModel`."""
     from pathlib import Path
 
-    from ipoke.models.base import CONFIG_FILE, load_network, networks_of_class
+    from ipoke.models.base import CONFIG_FILE, clip_settings, load_network, networks_of_class
     from ipoke.models.cvae import PokeConditionedVAE
     from ipoke.sampling import Poker
 
     path_obj = Path(path)
     vae = None
-    data_hparams: dict[str, Any] = {}
+    clips = clip_settings({})  # a save_pretrained folder records no data settings: the data module's defaults
     if path_obj.is_dir() and (path_obj / CONFIG_FILE).exists():
         vae = load_network(path_obj, expected_class=PokeConditionedVAE, map_location="cpu")
     elif path_obj.is_file():
@@ -112,11 +112,11 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu") -
         names = networks_of_class(checkpoint, PokeConditionedVAE)
         if names:
             vae = load_network(path_obj, name=names[0], map_location="cpu", checkpoint=checkpoint)
-            data_hparams = checkpoint.get("datamodule_hyper_parameters", {}) or {}
+            clips = clip_settings(checkpoint)
     if vae is not None:
         vae = vae.to(device)
-        return LoadedModel(cvae_sampler(vae), vae.spatial_size, vae.n_frames, data_hparams.get("poke_size", 5),
-                           "cvae", data_hparams.get("frame_step", 1))
+        return LoadedModel(cvae_sampler(vae), vae.spatial_size, vae.n_frames, clips["poke_size"], "cvae",
+                           clips["frame_step"])
     poker = Poker.from_checkpoint(path, map_location=device)
     return LoadedModel(poker_sampler(poker), poker.size, poker.n_frames, poker.poke_size, "ipoke", poker.frame_step)
 

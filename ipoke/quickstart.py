@@ -90,9 +90,9 @@ def _build_stage(stage: str, settings: QuickstartSettings, runs: Path):
     from ipoke.models.encoders import ImageEncoder, PokeEncoder
 
     width, enc = settings.autoencoder_channels, settings.encoder_channels
-    # Both presets are 64 px: four decoder stages (8 -> 64 px), one fewer per halving of decoder_size.
-    n_decoder_stages = 4 - int(math.log2(settings.size // settings.decoder_size))
     if stage == "autoencoder":
+        # Both presets are 64 px: four decoder stages (8 -> 64 px), one fewer per halving of decoder_size.
+        n_decoder_stages = 4 - int(math.log2(settings.size // settings.decoder_size))
         network = VideoAutoencoder(spatial_size=settings.size, n_frames=settings.n_frames, z_dim=settings.z_dim,
                                    encoder_channels=[width, 2 * width, 2 * width, 2 * width],
                                    decoder_channels=[2 * width, 2 * width, width, width][:n_decoder_stages],
@@ -196,8 +196,8 @@ def run_quickstart(out: str | Path = "quickstart", *, minutes: float | None = No
     _log("stage 5/5: evaluating on held-out (novel) objects and writing samples")
     report = evaluate({"ipoke": poker_sampler(poker)}, data_dir, split="test",
                       metrics=("fvd", "lpips", "ssim", "psnr", "diversity", "control"), n_clips=settings.eval_clips,
-                      samples=settings.eval_samples, batch_size=8, seed=42, n_frames=settings.n_frames,
-                      frame_step=settings.frame_step, size=settings.size, poke_size=poker.poke_size)
+                      samples=settings.eval_samples, batch_size=8, seed=42, n_frames=poker.n_frames,
+                      frame_step=poker.frame_step, size=poker.size, poke_size=poker.poke_size)
     (out / "metrics.json").write_text(json.dumps(report, indent=1))
     samples_dir = out / "samples"
     from ipoke.cli import main as cli_main

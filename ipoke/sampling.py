@@ -26,7 +26,7 @@ from torch import nn
 
 from ipoke.data.pokes import poke_map_from_coords
 from ipoke.models.autoencoder import VideoAutoencoder
-from ipoke.models.base import SavableModule, load_network, networks_of_class, save_pretrained
+from ipoke.models.base import SavableModule, clip_settings, load_network, networks_of_class, save_pretrained
 from ipoke.models.cinn.network import ConditionalINN
 from ipoke.models.encoders import ImageEncoder, PokeEncoder
 from ipoke.utils import atomic_directory
@@ -140,9 +140,7 @@ class Poker(nn.Module):
                                      "pass the checkpoint of a trained cINN module (ipoke.lightning.cinn)")
                 networks[role] = load_network(path_obj, name=names[0], map_location=map_location,
                                               checkpoint=checkpoint)
-            data_hparams = checkpoint.get("datamodule_hyper_parameters", {}) or {}
-            poker = cls(**networks, poke_size=data_hparams.get("poke_size", 5),
-                        frame_step=data_hparams.get("frame_step", 1))
+            poker = cls(**networks, **clip_settings(checkpoint))
         return poker.to(map_location)
 
     def export(self, directory: str | os.PathLike) -> Path:

@@ -32,10 +32,10 @@ class AutoencoderOutput:
     posterior: DiagonalGaussian
 
 
-def _n_halvings(spatial_size: int, latent_size: int) -> int:
+def _n_halvings(spatial_size: int, latent_size: int, name: str = "spatial_size") -> int:
     ratio = spatial_size // latent_size
     if spatial_size % latent_size or ratio < 2 or 2 ** int(math.log2(ratio)) != ratio:
-        raise ValueError(f"spatial_size {spatial_size} must be latent_size {latent_size} times a power of two >= 2")
+        raise ValueError(f"{name} {spatial_size} must be latent_size {latent_size} times a power of two >= 2")
     return int(math.log2(ratio))
 
 
@@ -207,7 +207,7 @@ class VideoAutoencoder(SavableModule):
         if decoder_size != spatial_size and output == "image":
             raise ValueError(f"decoder_size {decoder_size} != spatial_size {spatial_size} needs output 'residual' or "
                              "'warp' (an image decoder must paint every pixel)")
-        decoder_halvings = _n_halvings(decoder_size, latent_size)
+        decoder_halvings = _n_halvings(decoder_size, latent_size, name="decoder_size")
         if decoder_size > spatial_size:
             raise ValueError(f"decoder_size {decoder_size} is larger than spatial_size {spatial_size}")
         if encoder_channels is None:

@@ -142,6 +142,13 @@ def networks_of_class(checkpoint: dict[str, Any], cls: type | None) -> list[str]
     return [name for name, spec in specs.items() if cls is None or issubclass(import_class(spec["class_path"]), cls)]
 
 
+def clip_settings(checkpoint: dict[str, Any]) -> dict[str, int]:
+    """``{"poke_size", "frame_step"}`` of the clips a Lightning checkpoint was trained on, from its datamodule
+    hyperparameters (the data module's defaults, 5 and 1, when the checkpoint has none)."""
+    data = checkpoint.get("datamodule_hyper_parameters") or {}
+    return {"poke_size": int(data.get("poke_size", 5)), "frame_step": int(data.get("frame_step", 1))}
+
+
 def save_pretrained(model: SavableModule, directory: str | os.PathLike) -> Path:
     """Write ``model_config.yaml`` and ``model.pt`` into ``directory`` atomically (all or nothing)."""
     directory = Path(directory)
