@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -261,7 +262,13 @@ def write_video(path: str | os.PathLike, frames: Any, *, fps: float = 10.0, code
     codec = codec or defaults.get(path.suffix.lower())
     if codec is None:
         raise ValueError(f"no default codec for {path.suffix!r}; pass codec= or use one of {sorted(defaults)}")
-    import av
+    try:
+        import av
+    except ImportError:
+        if path.suffix.lower() == ".mp4" and codec == "libx264":
+            return _write_mp4_with_opencv(path, frames, fps=fps)
+        message = f"writing {path.suffix} files needs PyAV (`pip install av`), which is not importable"
+        raise ImportError(message) from None
 
     # FFV1 and libx264rgb store RGB planes as they are; everything else goes through 4:2:0 chroma subsampling,
     # which needs even frame sides.
@@ -284,6 +291,24 @@ def write_video(path: str | os.PathLike, frames: Any, *, fps: float = 10.0, code
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
+    return path
+
+
+def _write_mp4_with_opencv(path: Path, frames: np.ndarray, *, fps: float) -> Path:
+    """Fallback when PyAV is missing (a declared dependency, but some GPU images lack it): OpenCV's MPEG-4 Part 2
+    encoder (``mp4v``; plays in most players, though not in every browser), with a warning."""
+    warnings.warn("PyAV is not importable: writing the mp4 with OpenCV's mp4v encoder instead of H.264 "
+                  "(`pip install av` for H.264)", stacklevel=3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    height, width = frames.shape[1:3]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (width, height))
+    if not writer.isOpened():
+        raise OSError(f"OpenCV could not open {path} for writing; install PyAV (`pip install av`)")
+    try:
+        for frame in frames:
+            writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    finally:
+        writer.release()
     return path
 
 

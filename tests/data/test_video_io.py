@@ -50,6 +50,30 @@ def test_mp4_is_h264_and_close_for_smooth_content(tmp_path):
     assert np.abs(back.astype(int) - frames).mean() < 3.0
 
 
+def test_mp4_falls_back_to_opencv_without_pyav_and_other_formats_say_what_is_missing(tmp_path, monkeypatch):
+    import sys
+
+    ramp = np.linspace(0, 255, 32, dtype=np.float32)
+    frames = np.stack([np.stack([np.add.outer(ramp, ramp * 0) * 0.5 + 20 * t, np.add.outer(ramp * 0, ramp) * 0.8,
+                                 np.full((32, 32), 100.0)], -1) for t in range(5)]).clip(0, 255).astype(np.uint8)
+    monkeypatch.setitem(sys.modules, "av", None)  # `import av` now raises ImportError
+    with pytest.warns(UserWarning, match="PyAV is not importable"):
+        path = write_video(tmp_path / "fallback.mp4", frames, fps=8)
+    capture = cv2.VideoCapture(str(path))
+    back = []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        back.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+    capture.release()
+    assert np.stack(back).shape == frames.shape
+    assert np.abs(np.stack(back).astype(int) - frames).mean() < 6.0  # lossy, but these frames, not others
+    with pytest.raises(ImportError, match="PyAV"):
+        write_video(tmp_path / "clip.mkv", frames)
+    assert not (tmp_path / "clip.mkv").exists()
+
+
 def test_writers_accept_float_channel_first_torch_and_pad_odd_sides(tmp_path, noise_clip):
     as_float = torch.from_numpy(noise_clip).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # (T, 3, H, W) in [-1, 1]
     np.testing.assert_array_equal(to_uint8_frames(as_float), noise_clip)

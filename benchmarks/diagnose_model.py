@@ -1,0 +1,106 @@
+"""Where does a trained iPOKE model lose control? Stage-1 ceiling, sampling temperature, the poke in the NLL.
+
+Runs on an exported model (``ipoke export`` / the quickstart's ``<out>/model``) and its prepared dataset:
+
+* ``control`` table: the autoencoder's own reconstructions (``z`` = posterior mean: the ceiling any sample can
+  reach), iPOKE samples at temperature 1 (the protocol), 0.5 and 0, beside ``copy_x0`` and the re-simulated truth.
+* ``nll`` table: the cINN's NLL (nats per clip, posterior-mean ``z``) of clips whose poke hits the object, with the
+  true condition, a zero poke, another clip's poke and another clip's first frame. If the true poke is barely
+  better than a zero poke, the cINN ignores the poke and its samples cannot follow it.
+
+    python benchmarks/diagnose_model.py --model quickstart/model --data quickstart/data --clips 64
+
+Prints both tables and writes them as JSON (``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+
+def _reconstruction_sampler(poker):  # noqa: ANN001, ANN202 - Poker
+    def sample(batch, n_samples, generator):  # noqa: ANN001, ANN202, ARG001 - Sampler signature
+        video = batch["video"].to(poker.device)
+        frames = poker.autoencoder(video, sample_posterior=False).sample
+        clip = torch.cat([video[:, :1], frames], dim=1).cpu()
+        return clip.unsqueeze(1).expand(-1, n_samples, -1, -1, -1, -1)
+
+    return sample
+
+
+def _tempered_sampler(poker, temperature: float):  # noqa: ANN001, ANN202 - Poker
+    def sample(batch, n_samples, generator):  # noqa: ANN001, ANN202
+        return poker.sample(batch["video"][:, 0], batch["poke"], n_samples=n_samples, generator=generator,
+                            temperature=temperature, n_frames=batch["video"].shape[1] - 1).cpu()
+
+    return sample
+
+
+@torch.no_grad()
+def condition_nll(poker, data_dir: str, split: str, clips: int, batch_size: int = 32) -> dict[str, float]:  # noqa: ANN001
+    """Mean NLL (nats per clip) of object-poke clips under the true and three altered conditions."""
+    from ipoke.data.datasets import PokeDataset
+
+    dataset = PokeDataset(data_dir, split=split, size=poker.size, n_frames=poker.n_frames,
+                          frame_step=poker.frame_step, n_pokes=1, poke_size=poker.poke_size, augment=False,
+                          deterministic=True, seed=42, max_clips=clips, zero_poke_fraction=0.0,
+                          fixed_poke_count=True)
+    batch = torch.utils.data.default_collate([dataset[i] for i in range(len(dataset))])
+    moving = ~batch["background_poke"]
+    video, poke = batch["video"].to(poker.device), batch["poke"].to(poker.device)
+    x0 = video[:, 0]
+    z = torch.cat([poker.autoencoder.encode(part).mean for part in video.split(batch_size)])
+    other = torch.roll(torch.arange(len(dataset)), 1)
+
+    def nll(first_frame: torch.Tensor, poke_map: torch.Tensor) -> float:
+        values = []
+        for start in range(0, len(dataset), batch_size):
+            part = slice(start, start + batch_size)
+            r, log_det = poker.cinn(z[part], poker.condition(first_frame[part], poke_map[part]))
+            values.append(0.5 * r.double().pow(2).flatten(1).sum(1) - log_det.double())
+        return torch.cat(values).cpu()[moving].mean().item()
+
+    return {"true": nll(x0, poke), "zero_poke": nll(x0, torch.zeros_like(poke)),
+            "other_clip_poke": nll(x0, poke[other]), "other_clip_first_frame": nll(x0[other], poke),
+            "clips": int(moving.sum())}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", required=True, help="exported model folder")
+    parser.add_argument("--data", required=True, help="prepared dataset (e.g. the quickstart's <out>/data)")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--clips", type=int, default=64)
+    parser.add_argument("--samples", type=int, default=3)
+    parser.add_argument("--device", default=None, help="default: cuda when available")
+    parser.add_argument("--out", default=None, help="JSON file for both tables")
+    args = parser.parse_args()
+
+    from ipoke.evaluation import evaluate, format_table, poker_sampler
+    from ipoke.sampling import Poker
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    poker = Poker.from_checkpoint(args.model, map_location=device)
+    samplers = {"autoencoder_reconstruction": _reconstruction_sampler(poker), "ipoke": poker_sampler(poker),
+                "ipoke_temperature_0.5": _tempered_sampler(poker, 0.5),
+                "ipoke_temperature_0": _tempered_sampler(poker, 0.0)}
+    control = evaluate(samplers, args.data, split=args.split, metrics=("ssim", "psnr", "diversity", "control"),
+                       n_clips=args.clips, samples=args.samples, batch_size=16, n_frames=poker.n_frames,
+                       frame_step=poker.frame_step, size=poker.size, poke_size=poker.poke_size, device=device)
+    print(format_table(control))
+    nll = {split: condition_nll(poker, args.data, split, args.clips) for split in ("train", args.split)}
+    print("\ncINN NLL (nats per clip, object pokes only; lower = more likely):")
+    print(f"{'split':<8} {'clips':>5} {'true':>10} {'zero poke':>10} {'other poke':>11} {'other x0':>10}")
+    for split, row in nll.items():
+        print(f"{split:<8} {row['clips']:>5} {row['true']:>10.1f} {row['zero_poke']:>10.1f} "
+              f"{row['other_clip_poke']:>11.1f} {row['other_clip_first_frame']:>10.1f}")
+    if args.out:
+        Path(args.out).write_text(json.dumps({"control": control, "nll": nll}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
