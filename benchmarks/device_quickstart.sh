@@ -26,7 +26,7 @@ split -b 15m "$out/model.tgz" "$out/model.tgz.part-" && rm "$out/model.tgz"
 tar czf "$out/report.tgz" -C /tmp/qs report.md metrics.json samples runs/autoencoder/logs runs/image_encoder/logs \
   runs/poke_encoder/logs runs/cinn/logs
 start=$(date +%s)
-timeout 120 python3 benchmarks/diagnose_model.py --model /tmp/qs/model --data /tmp/qs/data --clips 64 --samples 3 \
+timeout 60 python3 benchmarks/diagnose_model.py --model /tmp/qs/model --data /tmp/qs/data --clips 64 --samples 3 \
   --out "$out/diagnose.json" 2>&1 | grep -v -E "it/s|s/it|clip/s|Warning|warn\(" || true
 echo "diagnostics $(( $(date +%s) - start )) s"
 ls -la "$out"

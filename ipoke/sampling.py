@@ -27,6 +27,7 @@ from torch import nn
 from ipoke.data.pokes import poke_map_from_coords
 from ipoke.models.autoencoder import VideoAutoencoder
 from ipoke.models.base import SavableModule, clip_settings, load_network, networks_of_class, save_pretrained
+from ipoke.models.cinn.condition import stage2_condition
 from ipoke.models.cinn.network import ConditionalINN
 from ipoke.models.encoders import ImageEncoder, PokeEncoder
 from ipoke.utils import atomic_directory
@@ -159,8 +160,11 @@ class Poker(nn.Module):
     # Core sampling on model-resolution tensors
 
     def condition(self, first_frame: torch.Tensor, poke: torch.Tensor) -> torch.Tensor:
-        """``h = [phi_x0(x0), phi_c(poke)]``, ``(B, 128, 8, 8)``, from x0 ``(B, 3, S, S)`` and poke ``(B, 2, S, S)``."""
-        return torch.cat([self.image_encoder.encode(first_frame), self.poke_encoder.encode(poke)], dim=1)
+        """``h = [phi_x0(x0), phi_c(poke)]`` (``(B, 128, 8, 8)`` in iPOKE), from x0 ``(B, 3, S, S)`` and poke
+        ``(B, 2, S, S)``; followed by the static latent when the cINN has ``static_reference``."""
+        return stage2_condition(image_encoder=self.image_encoder, poke_encoder=self.poke_encoder,
+                                first_frame=first_frame, poke=poke,
+                                autoencoder=self.autoencoder if self.cinn.static_reference else None)
 
     @torch.no_grad()
     def sample(self, first_frame: torch.Tensor, poke: torch.Tensor, *, n_samples: int = 1,

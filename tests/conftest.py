@@ -38,7 +38,7 @@ def synthetic_dataset(tmp_path_factory) -> str:
     return str(root)
 
 
-def tiny_poker(n_frames: int = 10, frame_step: int = 1):
+def tiny_poker(n_frames: int = 10, frame_step: int = 1, static_reference: bool = False):
     """A random-weight iPOKE model with tiny widths (64 px, coupling cINN)."""
     from ipoke.models.autoencoder import VideoAutoencoder
     from ipoke.models.cinn.network import ConditionalINN
@@ -51,7 +51,8 @@ def tiny_poker(n_frames: int = 10, frame_step: int = 1):
                                    norm_groups=4, encoder_blocks_per_stage=1)
     image_encoder = ImageEncoder(spatial_size=64, embedding_channels=8, base_channels=8, max_channels=8, norm_groups=4)
     poke_encoder = PokeEncoder(spatial_size=64, embedding_channels=8, base_channels=8, max_channels=8, norm_groups=4)
-    cinn = ConditionalINN(z_dim=4, condition_channels=16, architecture="coupling", hidden_channels=16, num_blocks=2)
+    cinn = ConditionalINN(z_dim=4, condition_channels=16 + 4 * static_reference, architecture="coupling",
+                          hidden_channels=16, num_blocks=2, static_reference=static_reference)
     with torch.no_grad():  # make the cINN non-trivial (its last layers start at zero)
         for parameter in cinn.parameters():
             parameter.add_(0.05 * torch.randn_like(parameter))

@@ -10,6 +10,7 @@ from ipoke.lightning.base import NetworkCheckpointMixin
 from ipoke.losses.flow import bits_per_dim, gaussian_nll, reference_nll
 from ipoke.losses.reconstruction import l1_loss, psnr, ssim
 from ipoke.models.autoencoder import VideoAutoencoder
+from ipoke.models.cinn.condition import stage2_condition
 from ipoke.models.cinn.graphed import GraphedNLLStep
 from ipoke.models.cinn.network import ConditionalINN, broadcast_actnorm
 from ipoke.models.cinn.optim import build_flow_optimizer
@@ -60,14 +61,16 @@ class PokeINNModule(NetworkCheckpointMixin):
         self.poke_encoder = PokeEncoder.from_checkpoint(poke_encoder_checkpoint)
         for name in FROZEN:
             getattr(self, name).requires_grad_(False).eval()
-        condition_channels = self.image_encoder.embedding_channels + self.poke_encoder.embedding_channels
+        embedding_channels = self.image_encoder.embedding_channels + self.poke_encoder.embedding_channels
         if flow is None:
-            flow = ConditionalINN(z_dim=self.autoencoder.z_dim, condition_channels=condition_channels,
-                                  spatial_size=self.autoencoder.latent_size, **(flow_args or {}))
+            flow_args = dict(flow_args or {})
+            reference_channels = self.autoencoder.z_dim if flow_args.get("static_reference") else 0
+            flow = ConditionalINN(z_dim=self.autoencoder.z_dim, condition_channels=embedding_channels
+                                  + reference_channels, spatial_size=self.autoencoder.latent_size, **flow_args)
         elif flow_args:
             raise ValueError("pass either flow or flow_args, not both")
         self.flow = flow
-        self._check_compatible(condition_channels)
+        self._check_compatible(embedding_channels + (self.autoencoder.z_dim if flow.static_reference else 0))
         self.automatic_optimization = not cuda_graph
         self._graphed_step: GraphedNLLStep | None = None
 
@@ -77,8 +80,9 @@ class PokeINNModule(NetworkCheckpointMixin):
         if self.flow.z_dim != self.autoencoder.z_dim:
             problems.append(f"flow z_dim {self.flow.z_dim} != autoencoder z_dim {self.autoencoder.z_dim}")
         if self.flow.condition_channels != condition_channels:
+            reference = " + z_dim (static_reference)" if self.flow.static_reference else ""
             problems.append(f"flow condition_channels {self.flow.condition_channels} != image + poke embedding "
-                            f"channels {condition_channels}")
+                            f"channels{reference} {condition_channels}")
         sizes = {"flow": self.flow.spatial_size, "image encoder": self.image_encoder.latent_size,
                  "poke encoder": self.poke_encoder.latent_size}
         problems += [f"{name} latent size {size} != autoencoder latent size {latent}"
@@ -100,8 +104,11 @@ class PokeINNModule(NetworkCheckpointMixin):
 
     @torch.no_grad()
     def condition(self, first_frame: torch.Tensor, poke: torch.Tensor) -> torch.Tensor:
-        """``h = [phi_x0(x0), phi_c(poke)]``, ``(B, C_img + C_poke, 8, 8)``, from ``(B, 3, S, S)``, ``(B, 2, S, S)``."""
-        return torch.cat([self.image_encoder.encode(first_frame), self.poke_encoder.encode(poke)], dim=1)
+        """``h = [phi_x0(x0), phi_c(poke)]``, ``(B, C_img + C_poke, 8, 8)``, from ``(B, 3, S, S)``, ``(B, 2, S, S)``;
+        followed by the static latent ``(B, z_dim, 8, 8)`` when the flow has ``static_reference``."""
+        return stage2_condition(image_encoder=self.image_encoder, poke_encoder=self.poke_encoder,
+                                first_frame=first_frame, poke=poke,
+                                autoencoder=self.autoencoder if self.flow.static_reference else None)
 
     @torch.no_grad()
     def encode_latent(self, video: torch.Tensor) -> torch.Tensor:

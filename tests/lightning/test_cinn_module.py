@@ -169,3 +169,26 @@ def test_cuda_graph_option_trains_with_manual_optimisation(stage1, tmp_path):
     assert any(not torch.equal(p, q) for p, q in zip(module.flow.parameters(), before_flow))
     for key, value in frozen_state(module).items():
         torch.testing.assert_close(value, before_frozen[key], atol=0, rtol=0, msg=key)
+
+
+def test_static_reference_flow_is_conditioned_on_the_latent_of_the_motionless_clip(stage1):
+    from ipoke.models.cinn.condition import static_latent
+
+    module = PokeINNModule(**stage1, flow_args={"architecture": "coupling", "num_blocks": 2, "hidden_channels": 8,
+                                                "static_reference": True}, warmup_steps=1, val_sample_batches=0)
+    assert module.flow.condition_channels == 2 * EMBED + Z_DIM
+    batch = batches(1)[0]
+    x0 = batch["video"][:, 0]
+    h = module.condition(x0, batch["poke"])
+    still = x0.unsqueeze(1).expand(-1, FRAMES + 1, -1, -1, -1)
+    torch.testing.assert_close(h[:, -Z_DIM:], module.autoencoder.encode(still).mean)
+    torch.testing.assert_close(h[:, -Z_DIM:], static_latent(module.autoencoder, x0))
+    torch.testing.assert_close(h[:, :2 * EMBED], torch.cat([module.image_encoder.encode(x0),
+                                                             module.poke_encoder.encode(batch["poke"])], dim=1))
+    # An untrained flow (zero-init couplings, ActNorm at identity) samples exactly the static latent at r = 0.
+    z = module.flow.inverse(torch.zeros(2, Z_DIM, 8, 8), h)
+    torch.testing.assert_close(z, h[:, -Z_DIM:])
+    with pytest.raises(ValueError, match="condition_channels"):
+        PokeINNModule(**stage1, flow=ConditionalINN(z_dim=Z_DIM, condition_channels=2 * EMBED + Z_DIM,
+                                                    spatial_size=8, architecture="coupling", hidden_channels=8,
+                                                    num_blocks=1))

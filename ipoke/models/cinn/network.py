@@ -35,6 +35,14 @@ class ConditionalINN(SavableModule):
     ActNorm layers initialise from data on the first training-mode forward; call :meth:`initialize_actnorm` on the
     first batch explicitly (and :func:`broadcast_actnorm` in multi-process training) to control that.
 
+    ``static_reference=True`` (not in the reference code) makes the last ``z_dim`` channels of the condition a
+    reference latent ``z_static``: the autoencoder's latent of the motionless clip (x0 repeated; see
+    :func:`~ipoke.models.cinn.condition.stage2_condition`). The flow then maps ``z - z_static`` (a shift: no change
+    to the log-determinant) and :meth:`inverse` adds it back. The appearance that the encoder stores in ``z`` comes
+    for free, so the likelihood is left with the motion, which the poke explains: on the quickstart's data, ``z``
+    of a clip whose poke hits the background equals ``z_static`` to 1e-12, while ``z`` of a moving clip is as far
+    from it as two random clips' latents are from each other.
+
     Args:
         z_dim: Channels of the latent ``z``.
         condition_channels: Channels of the condition ``h``.
@@ -48,16 +56,22 @@ class ConditionalINN(SavableModule):
         num_blocks: ``coupling``: number of blocks.
         clamp: ``coupling``: soft clamp of the log-scales.
         seed: Seed of the fixed channel permutations (not of the weights).
+        static_reference: Model ``z`` relative to the reference latent carried in the condition's last ``z_dim``
+            channels (counted in ``condition_channels``).
     """
 
     def __init__(self, *, z_dim: int = 32, condition_channels: int = 128, spatial_size: int = 8,
                  architecture: str = "macow", hidden_channels: int = 2048,
                  num_steps: Sequence[int] = RELEASED_NUM_STEPS, factor: int = RELEASED_FACTOR,
                  masked_conv_hidden_factor: int = 4, condition_couplings: bool = False, num_blocks: int = 16,
-                 clamp: float = 2.0, seed: int = 0):
+                 clamp: float = 2.0, seed: int = 0, static_reference: bool = False):
         super().__init__()
         if architecture not in ARCHITECTURES:
             raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}")
+        if static_reference and condition_channels <= z_dim:
+            raise ValueError(f"static_reference needs the condition to end with the z_dim={z_dim} channels of the "
+                             f"reference latent besides the embeddings; condition_channels={condition_channels}")
+        self.static_reference = bool(static_reference)
         self.z_dim = z_dim
         self.condition_channels = condition_channels
         self.spatial_size = spatial_size
@@ -89,10 +103,15 @@ class ConditionalINN(SavableModule):
         expected = (x.shape[0], self.condition_channels, self.spatial_size, self.spatial_size)
         if tuple(condition.shape) != expected:
             raise ValueError(f"expected a condition of shape {expected}, got {tuple(condition.shape)}")
+        reference = condition[:, -self.z_dim:] if self.static_reference else None
+        if reference is not None and not rev:
+            x = x - reference.to(x.dtype)
         if self.architecture == "macow":
             (out,), log_det = self.flow([x], c=[condition], rev=rev, jac=jac)
         else:
             out, log_det = self.flow(x, c=[condition], rev=rev, jac=jac)
+        if reference is not None and rev:
+            out = out + reference.to(out.dtype)
         if not torch.is_tensor(log_det) or log_det.dim() == 0:
             log_det = x.new_zeros(x.shape[0]) + log_det
         return out, log_det

@@ -196,3 +196,30 @@ def test_warmup_then_linear_decay_schedule():
     restored = build_flow_optimizer([parameter], warmup_steps=4, total_steps=8)[1]
     restored.load_state_dict(scheduler.state_dict())
     assert restored.lr_lambdas[0].total_steps == 8
+
+
+@pytest.mark.parametrize("architecture", ["macow", "coupling"])
+def test_static_reference_models_the_latent_relative_to_the_last_condition_channels(architecture):
+    torch.manual_seed(0)
+    plain = tiny_inn(architecture, condition_channels=COND + Z_DIM).double()
+    with_reference = tiny_inn(architecture, condition_channels=COND + Z_DIM, static_reference=True).double()
+    z, h = data(batch=8, seed=4)
+    reference = torch.randn_like(z)
+    condition = torch.cat([h, reference], dim=1)
+    plain.initialize_actnorm(z - reference, condition)
+    with torch.no_grad():
+        for parameter in plain.parameters():
+            parameter.add_(0.03 * torch.randn_like(parameter))
+    with_reference.load_state_dict(plain.state_dict())
+    plain.eval(), with_reference.eval()
+    r, log_det = with_reference(z, condition)
+    r_plain, log_det_plain = plain(z - reference, condition)
+    # A shift by the reference: same residual and log-determinant as the plain flow on z - z_static.
+    torch.testing.assert_close(r, r_plain, atol=1e-12, rtol=0)
+    torch.testing.assert_close(log_det, log_det_plain, atol=1e-12, rtol=0)
+    torch.testing.assert_close(with_reference.inverse(r, condition), z, atol=1e-5, rtol=0)
+    # z equal to the reference (a motionless clip) maps to what the plain flow gives for a zero latent.
+    torch.testing.assert_close(with_reference(reference, condition)[0], plain(torch.zeros_like(z), condition)[0],
+                               atol=1e-12, rtol=0)
+    with pytest.raises(ValueError, match="static_reference"):
+        tiny_inn(architecture, condition_channels=Z_DIM, static_reference=True)
