@@ -50,3 +50,16 @@ def test_kl_closed_form_and_reference_normalisation():
     assert posterior.kl().tolist() == [0.5 * 4 * 64] * 2
     assert kl_loss(posterior).item() == pytest.approx(2.0)
     assert DiagonalGaussian(torch.zeros(1, 2, 2, 2), torch.zeros(1, 2, 2, 2)).kl().item() == 0.0
+
+
+def test_ssim_stays_fp32_inside_bf16_autocast():
+    # Smooth, near-identical frames (like the synthetic backgrounds): bf16 convolutions cancel the local variances.
+    generator = torch.Generator().manual_seed(0)
+    x = (0.3 + 0.05 * torch.randn(4, 3, 32, 32, generator=generator)).clamp(-1, 1)
+    y = (x + 0.01 * torch.randn(x.shape, generator=generator)).clamp(-1, 1)
+    expected = ssim(x, y)
+    assert 0.95 < expected < 0.999
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = ssim(x, y)
+    assert inside.dtype == torch.float32
+    torch.testing.assert_close(inside, expected, atol=1e-6, rtol=0)

@@ -1,0 +1,63 @@
+"""Train the quickstart's video autoencoder alone for a fixed time and report its held-out reconstructions.
+
+A quick check of stage 1 (e.g. of a preset on a lent GPU) without the rest of the quickstart: the reconstructions
+(posterior mean) are the ceiling any iPOKE sample can reach, compared with copying x0 and the re-simulated truth.
+
+    python benchmarks/check_autoencoder.py --out /tmp/ae_check --seconds 150 --videos 2000 --preset gpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import torch
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--seconds", type=float, default=150.0)
+    parser.add_argument("--videos", type=int, default=2000)
+    parser.add_argument("--preset", choices=("cpu", "gpu"), default="gpu" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--clips", type=int, default=64)
+    args = parser.parse_args()
+
+    import lightning as L
+
+    from ipoke import quickstart
+    from ipoke.data.synthetic import SyntheticSettings, generate_dataset
+    from ipoke.evaluation import evaluate, format_table
+
+    out = Path(args.out)
+    settings = quickstart.GPU_SETTINGS if args.preset == "gpu" else quickstart.CPU_SETTINGS
+    accelerator = "gpu" if torch.cuda.is_available() else "cpu"
+    L.seed_everything(0, verbose=False)
+    cores = len(os.sched_getaffinity(0))
+    data_dir = generate_dataset(out / "data", SyntheticSettings(
+        videos=args.videos, frames=settings.n_frames * settings.frame_step, size=settings.size, seed=0),
+        workers=max(1, min(8, cores)))
+    network, module = quickstart._build_stage("autoencoder", settings, out / "runs")
+    trainer = quickstart._trainer(root=out / "runs" / "autoencoder", seconds=args.seconds, accelerator=accelerator)
+    trainer.fit(module, datamodule=quickstart._datamodule(data_dir, settings, max(1, min(6, cores - 2))))
+    print(f"trained {trainer.global_step} steps of batch {settings.batch_size} in {args.seconds:.0f} s")
+    network = network.eval().to("cuda" if accelerator == "gpu" else "cpu")
+
+    @torch.no_grad()
+    def reconstruction(batch, n_samples, generator):  # noqa: ANN001, ANN202, ARG001 - Sampler signature
+        video = batch["video"].to(next(network.parameters()).device)
+        clip = torch.cat([video[:, :1], network(video, sample_posterior=False).sample], dim=1).float().cpu()
+        return clip.unsqueeze(1).expand(-1, n_samples, -1, -1, -1, -1)
+
+    report = evaluate({"autoencoder_reconstruction": reconstruction}, data_dir, split="test",
+                      metrics=("ssim", "psnr", "control"), n_clips=args.clips, samples=1, batch_size=16,
+                      n_frames=settings.n_frames, frame_step=settings.frame_step, size=settings.size, progress=False)
+    print(format_table(report))
+    (out / "report.json").write_text(json.dumps({"steps": trainer.global_step, "settings": vars(args),
+                                                 "report": report}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
