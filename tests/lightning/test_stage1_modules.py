@@ -190,6 +190,25 @@ def test_poke_encoder_module_regresses_flow_from_poke(tmp_path):
     assert torch.isfinite(fit.callback_metrics["val/endpoint_error"])
 
 
+def test_poke_encoder_motion_weight_up_weights_moving_pixels_only():
+    encoder = PokeEncoder(spatial_size=SIZE, base_channels=8, max_channels=16, embedding_channels=16, norm_groups=4)
+    plain = PokeEncoderModule(encoder, learned_variance=False)
+    weighted = PokeEncoderModule(encoder, learned_variance=False, motion_weight=20.0, motion_threshold=0.5)
+    flow = torch.zeros(1, 2, SIZE, SIZE)
+    flow[:, 0, :4, :4] = 2.0  # 16 moving pixels, 2 px each
+    prediction = torch.zeros_like(flow)  # "nothing moves": the plain L1's favourite answer
+    moving_error = 2.0 * 16 / (2 * SIZE * SIZE)
+    torch.testing.assert_close(plain.flow_loss(flow, prediction)[0], torch.tensor(moving_error))
+    torch.testing.assert_close(weighted.flow_loss(flow, prediction)[0], torch.tensor(21 * moving_error))
+    # Errors on static pixels keep weight 1.
+    static_error = torch.zeros_like(flow)
+    static_error[:, 1, -4:, -4:] = 1.0
+    exact_where_moving = flow + static_error
+    torch.testing.assert_close(weighted.flow_loss(flow, exact_where_moving)[0],
+                               plain.flow_loss(flow, exact_where_moving)[0])
+    torch.testing.assert_close(plain.flow_loss(flow, exact_where_moving)[0], torch.tensor(16 / (2 * SIZE * SIZE)))
+
+
 def test_video_logging_callback_writes_gifs_for_csv_logger(tmp_path):
     module = VideoAutoencoderModule(tiny_autoencoder(), perceptual="none")
     callback = VideoLoggingCallback(every_n_steps=1, max_videos=2, log_validation=False)
