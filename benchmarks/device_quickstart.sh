@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The quickstart's GPU preset end to end on a lent GPU, then the diagnostics, packed into $OUT (the `device` tool).
-# Usage (repo root, wheels from ../shared/tools/device-wheels.sh pymunk==7.3.1 cffi==2.1.1 in .whl):
+# Usage (repo root; wheels in .whl from ../shared/tools/device-wheels.sh pymunk==7.3.1 cffi==2.1.1 pycparser==3.12,
+# carried with the device call; the GPU image has no pymunk/cffi, and no PyAV: mp4s are then written by OpenCV):
 #   bash benchmarks/device_quickstart.sh MINUTES [extra quickstart arguments]
 # (SKIP_INSTALL=1 to use the packages already importable, e.g. for a dry run on CPU with `--device cpu --videos 60`.)
 # A 40-video smoke run first, so a broken GPU path fails in a minute instead of after the training.
