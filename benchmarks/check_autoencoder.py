@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -29,29 +28,23 @@ def main() -> None:
 
     from ipoke import quickstart
     from ipoke.data.synthetic import SyntheticSettings, generate_dataset
-    from ipoke.evaluation import evaluate, format_table
+    from ipoke.evaluation import autoencoder_sampler, evaluate, format_table
 
     out = Path(args.out)
     settings = quickstart.GPU_SETTINGS if args.preset == "gpu" else quickstart.CPU_SETTINGS
     accelerator = "gpu" if torch.cuda.is_available() else "cpu"
     L.seed_everything(0, verbose=False)
-    cores = len(os.sched_getaffinity(0))
+    generation_workers, num_workers = quickstart._worker_counts(accelerator == "gpu")
     data_dir = generate_dataset(out / "data", SyntheticSettings(
         videos=args.videos, frames=settings.n_frames * settings.frame_step, size=settings.size, seed=0),
-        workers=max(1, min(8, cores)))
+        workers=generation_workers)
     network, module = quickstart._build_stage("autoencoder", settings, out / "runs")
     trainer = quickstart._trainer(root=out / "runs" / "autoencoder", seconds=args.seconds, accelerator=accelerator)
-    trainer.fit(module, datamodule=quickstart._datamodule(data_dir, settings, max(1, min(6, cores - 2))))
+    trainer.fit(module, datamodule=quickstart._datamodule(data_dir, settings, num_workers))
     print(f"trained {trainer.global_step} steps of batch {settings.batch_size} in {args.seconds:.0f} s")
     network = network.eval().to("cuda" if accelerator == "gpu" else "cpu")
 
-    @torch.no_grad()
-    def reconstruction(batch, n_samples, generator):  # noqa: ANN001, ANN202, ARG001 - Sampler signature
-        video = batch["video"].to(next(network.parameters()).device)
-        clip = torch.cat([video[:, :1], network(video, sample_posterior=False).sample], dim=1).float().cpu()
-        return clip.unsqueeze(1).expand(-1, n_samples, -1, -1, -1, -1)
-
-    report = evaluate({"autoencoder_reconstruction": reconstruction}, data_dir, split="test",
+    report = evaluate({"autoencoder_reconstruction": autoencoder_sampler(network)}, data_dir, split="test",
                       metrics=("ssim", "psnr", "control"), n_clips=args.clips, samples=1, batch_size=16,
                       n_frames=settings.n_frames, frame_step=settings.frame_step, size=settings.size, progress=False)
     print(format_table(report))

@@ -22,24 +22,6 @@ from pathlib import Path
 import torch
 
 
-def _reconstruction_sampler(poker):  # noqa: ANN001, ANN202 - Poker
-    def sample(batch, n_samples, generator):  # noqa: ANN001, ANN202, ARG001 - Sampler signature
-        video = batch["video"].to(poker.device)
-        frames = poker.autoencoder(video, sample_posterior=False).sample
-        clip = torch.cat([video[:, :1], frames], dim=1).cpu()
-        return clip.unsqueeze(1).expand(-1, n_samples, -1, -1, -1, -1)
-
-    return sample
-
-
-def _tempered_sampler(poker, temperature: float):  # noqa: ANN001, ANN202 - Poker
-    def sample(batch, n_samples, generator):  # noqa: ANN001, ANN202
-        return poker.sample(batch["video"][:, 0], batch["poke"], n_samples=n_samples, generator=generator,
-                            temperature=temperature, n_frames=batch["video"].shape[1] - 1).cpu()
-
-    return sample
-
-
 @torch.no_grad()
 def condition_nll(poker, data_dir: str, split: str, clips: int, batch_size: int = 32) -> dict[str, float]:  # noqa: ANN001
     """Mean NLL (nats per clip) of object-poke clips under the true and three altered conditions."""
@@ -80,14 +62,13 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="JSON file for both tables")
     args = parser.parse_args()
 
-    from ipoke.evaluation import evaluate, format_table, poker_sampler
+    from ipoke.evaluation import autoencoder_sampler, evaluate, format_table, poker_sampler
     from ipoke.sampling import Poker
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     poker = Poker.from_checkpoint(args.model, map_location=device)
-    samplers = {"autoencoder_reconstruction": _reconstruction_sampler(poker), "ipoke": poker_sampler(poker),
-                "ipoke_temperature_0.5": _tempered_sampler(poker, 0.5),
-                "ipoke_temperature_0": _tempered_sampler(poker, 0.0)}
+    samplers = {"autoencoder_reconstruction": autoencoder_sampler(poker.autoencoder), "ipoke": poker_sampler(poker),
+                "ipoke_temperature_0.5": poker_sampler(poker, 0.5), "ipoke_temperature_0": poker_sampler(poker, 0.0)}
     control = evaluate(samplers, args.data, split=args.split, metrics=("ssim", "psnr", "diversity", "control"),
                        n_clips=args.clips, samples=args.samples, batch_size=16, n_frames=poker.n_frames,
                        frame_step=poker.frame_step, size=poker.size, poke_size=poker.poke_size, device=device)

@@ -60,12 +60,28 @@ CONTROL_KEYS = (CONTROL_POKE_EPE, CONTROL_POKE_ANGLE_DEG, CONTROL_OBJECT_EPE, CO
 Sampler = Callable[[dict[str, Any], int, torch.Generator], torch.Tensor]
 
 
-def poker_sampler(poker) -> Sampler:  # noqa: ANN001 - ipoke.sampling.Poker, imported lazily
-    """A :data:`Sampler` for a trained :class:`~ipoke.sampling.Poker`."""
+def poker_sampler(poker, temperature: float = 1.0) -> Sampler:  # noqa: ANN001 - ipoke.sampling.Poker, lazy
+    """A :data:`Sampler` for a trained :class:`~ipoke.sampling.Poker` (``r ~ N(0, temperature^2 I)``; 1 is the
+    protocol)."""
 
     def sample(batch: dict[str, Any], n_samples: int, generator: torch.Generator) -> torch.Tensor:
         return poker.sample(batch["video"][:, 0], batch["poke"], n_samples=n_samples, generator=generator,
-                            n_frames=batch["video"].shape[1] - 1).cpu()
+                            temperature=temperature, n_frames=batch["video"].shape[1] - 1).cpu()
+
+    return sample
+
+
+def autoencoder_sampler(autoencoder) -> Sampler:  # noqa: ANN001 - ipoke.models.autoencoder.VideoAutoencoder
+    """A :data:`Sampler` that returns the video autoencoder's reconstruction of the real clip (posterior mean), the
+    same for every sample: the ceiling of any model built on this autoencoder (a diagnostic, not a baseline)."""
+    device = next(autoencoder.parameters()).device
+
+    @torch.no_grad()
+    def sample(batch: dict[str, Any], n_samples: int, generator: torch.Generator) -> torch.Tensor:
+        video = batch["video"].to(device)
+        frames = autoencoder(video, sample_posterior=False).sample
+        clip = torch.cat([video[:, :1], frames.to(video.dtype)], dim=1).cpu()
+        return clip.unsqueeze(1).expand(-1, n_samples, -1, -1, -1, -1)
 
     return sample
 

@@ -81,6 +81,13 @@ def _trainer(*, root: Path, seconds: float, accelerator: str, val_batches: int =
         precision="bf16-mixed" if accelerator == "gpu" else "32-true")
 
 
+def _worker_counts(use_gpu: bool) -> tuple[int, int]:
+    """``(data generation workers, data loader workers)`` for this machine's cores."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    # On CPU the training itself needs the cores; a GPU step at batch 32 eats ~300 augmented clips/s (~3 loaders).
+    return max(1, min(8, cores)), (max(1, min(6, cores - 2)) if use_gpu else 1)
+
+
 def _datamodule(data_dir: Path, settings: QuickstartSettings, num_workers: int):
     from ipoke.lightning.datamodule import PokeDataModule
 
@@ -180,15 +187,13 @@ def run_quickstart(out: str | Path = "quickstart", *, minutes: float | None = No
                          "it or another --out")
     settings_file.write_text(json.dumps(recorded, indent=1))
     L.seed_everything(0, workers=True, verbose=False)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    generation_workers, num_workers = _worker_counts(use_gpu)
 
     _log(f"stage 1/5: synthetic poking dataset ({settings.videos} videos, {settings.size} px) -> {out / 'data'}")
     data_dir = generate_dataset(out / "data", SyntheticSettings(
         videos=settings.videos, frames=settings.n_frames * settings.frame_step, size=settings.size, seed=0),
-        workers=max(1, min(8, cores)))
+        workers=generation_workers)
     runs = out / "runs"
-    # On CPU the training itself needs the cores; a GPU step at batch 32 eats ~300 augmented clips/s (~3 loaders).
-    num_workers = max(1, min(6, cores - 2)) if use_gpu else 1
     for stage in STAGE_SHARES:
         number = "3/5" if stage == "cinn" else "2/5"
         target = runs / stage / "network"

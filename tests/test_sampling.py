@@ -185,3 +185,21 @@ def test_static_reference_model_round_trips_through_export_and_transfer(tmp_path
     same = again.transfer(video, poke, video[:, 0])
     expected = again.autoencoder.decode(again.autoencoder.encode(video).mean, video[:, 0])
     torch.testing.assert_close(same[:, 1:], expected, atol=1e-4, rtol=1e-4)
+
+
+def test_autoencoder_and_tempered_samplers(make_tiny_poker):
+    from ipoke.evaluation import autoencoder_sampler, poker_sampler
+
+    poker = make_tiny_poker()
+    batch = {"video": torch.rand(2, 11, 3, 64, 64) * 2 - 1, "poke": torch.randn(2, 2, 64, 64)}
+    clips = autoencoder_sampler(poker.autoencoder)(batch, 3, torch.Generator().manual_seed(0))
+    expected = poker.autoencoder(batch["video"], sample_posterior=False).sample
+    assert clips.shape == (2, 3, 11, 3, 64, 64)
+    assert torch.equal(clips[:, :, 0], batch["video"][:, None, 0].expand(-1, 3, -1, -1, -1))
+    torch.testing.assert_close(clips[:, 1, 1:], expected.detach())
+    # Temperature 0 ignores the random draw; temperature 1 does not.
+    def draws(sampler):  # noqa: ANN001, ANN202
+        return [sampler(batch, 2, torch.Generator().manual_seed(seed)) for seed in (0, 1)]
+
+    assert torch.equal(*draws(poker_sampler(poker, 0.0)))
+    assert not torch.equal(*draws(poker_sampler(poker)))

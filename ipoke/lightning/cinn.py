@@ -61,18 +61,22 @@ class PokeINNModule(NetworkCheckpointMixin):
         self.poke_encoder = PokeEncoder.from_checkpoint(poke_encoder_checkpoint)
         for name in FROZEN:
             getattr(self, name).requires_grad_(False).eval()
-        embedding_channels = self.image_encoder.embedding_channels + self.poke_encoder.embedding_channels
         if flow is None:
             flow_args = dict(flow_args or {})
-            reference_channels = self.autoencoder.z_dim if flow_args.get("static_reference") else 0
-            flow = ConditionalINN(z_dim=self.autoencoder.z_dim, condition_channels=embedding_channels
-                                  + reference_channels, spatial_size=self.autoencoder.latent_size, **flow_args)
+            flow = ConditionalINN(z_dim=self.autoencoder.z_dim,
+                                  condition_channels=self._condition_channels(flow_args.get("static_reference", False)),
+                                  spatial_size=self.autoencoder.latent_size, **flow_args)
         elif flow_args:
             raise ValueError("pass either flow or flow_args, not both")
         self.flow = flow
-        self._check_compatible(embedding_channels + (self.autoencoder.z_dim if flow.static_reference else 0))
+        self._check_compatible(self._condition_channels(flow.static_reference))
         self.automatic_optimization = not cuda_graph
         self._graphed_step: GraphedNLLStep | None = None
+
+    def _condition_channels(self, static_reference: bool) -> int:
+        """Channels of :meth:`condition`: both embeddings, plus z_dim for a flow with ``static_reference``."""
+        embeddings = self.image_encoder.embedding_channels + self.poke_encoder.embedding_channels
+        return embeddings + (self.autoencoder.z_dim if static_reference else 0)
 
     def _check_compatible(self, condition_channels: int) -> None:
         latent = self.autoencoder.latent_size
