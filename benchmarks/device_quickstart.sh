@@ -4,7 +4,8 @@
 # carried with the device call; the GPU image has no pymunk/cffi, and no PyAV: mp4s are then written by OpenCV):
 #   bash benchmarks/device_quickstart.sh MINUTES [extra quickstart arguments]
 # (SKIP_INSTALL=1 to use the packages already importable, e.g. for a dry run on CPU with `--device cpu --videos 60`.)
-# A 40-video smoke run first, so a broken GPU path fails in a minute instead of after the training.
+# A 40-video smoke run first, so a broken GPU path fails in a minute instead of after the training (SMOKE=0 skips it,
+# DIAGNOSE=0 skips the diagnostics at the end: for the last few minutes of a device budget).
 set -euo pipefail
 minutes=${1:-5}
 shift || true
@@ -13,9 +14,10 @@ mkdir -p "$out"
 [ -n "${SKIP_INSTALL:-}" ] || python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || echo "no nvidia-smi"
+echo "open files limit $(ulimit -n)"
 python3 -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__)"
 start=$(date +%s)
-python3 -m ipoke.cli quickstart --out /tmp/smoke --minutes 0.1 --videos 40 --fresh "$@" > "$out/smoke.log" 2>&1 \
+[ "${SMOKE:-1}" = 0 ] || python3 -m ipoke.cli quickstart --out /tmp/smoke --minutes 0.1 --videos 40 --fresh "$@" > "$out/smoke.log" 2>&1 \
   || { tail -60 "$out/smoke.log"; exit 1; }
 echo "smoke run ok in $(( $(date +%s) - start )) s"
 start=$(date +%s)
@@ -26,6 +28,7 @@ tar czf "$out/model.tgz" -C /tmp/qs model quickstart_settings.json
 split -b 15m "$out/model.tgz" "$out/model.tgz.part-" && rm "$out/model.tgz"
 tar czf "$out/report.tgz" -C /tmp/qs report.md metrics.json samples runs/autoencoder/logs runs/image_encoder/logs \
   runs/poke_encoder/logs runs/cinn/logs
+[ "${DIAGNOSE:-1}" = 0 ] && { ls -la "$out"; exit 0; }
 start=$(date +%s)
 timeout 60 python3 benchmarks/diagnose_model.py --model /tmp/qs/model --data /tmp/qs/data --clips 64 --samples 3 \
   --out "$out/diagnose.json" 2>&1 | grep -v -E "it/s|s/it|clip/s|Warning|warn\(" || true

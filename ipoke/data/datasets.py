@@ -19,6 +19,7 @@ flow at lag ``T * step``, which must be one of the dataset's ``flow_lags``.
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from typing import Any
 
 import cv2
@@ -73,14 +74,20 @@ class PokeDataset(Dataset):
         deterministic: Same pokes and augmentation for an index every time (``seed`` + index); for evaluation.
         seed: Seed of the deterministic mode.
         max_clips: Keep at most this many clips (evenly spaced), e.g. to bound validation.
+        max_open_videos: Videos whose memory maps stay open per process (least recently used ones are closed).
+            Every memory map holds a file descriptor; caching all of them ran a 4000-video dataset out of file
+            descriptors in each DataLoader worker ("Too many open files" after 2000 GPU batches).
     """
 
     def __init__(self, root: str | os.PathLike, *, split: str = "train", size: int | None = None, n_frames: int = 10,
                  frame_step: int = 1, n_pokes: int = 5, poke_size: int = 5, zero_poke_fraction: float = 1 / 12,
                  augment: bool = False, poke_source: str = "flow", fixed_poke_count: bool = False,
-                 deterministic: bool = False, seed: int = 0, max_clips: int | None = None) -> None:
+                 deterministic: bool = False, seed: int = 0, max_clips: int | None = None,
+                 max_open_videos: int = 64) -> None:
         if poke_source not in ("flow", "recorded"):
             raise ValueError(f"poke_source must be 'flow' or 'recorded', got {poke_source!r}")
+        if max_open_videos < 1:
+            raise ValueError(f"max_open_videos must be at least 1, got {max_open_videos}")
         if not 0 <= zero_poke_fraction < 1:
             raise ValueError(f"zero_poke_fraction must be in [0, 1), got {zero_poke_fraction}")
         self.data = PreparedDataset(root)
@@ -111,15 +118,21 @@ class PokeDataset(Dataset):
         if max_clips is not None and len(self.clips) > max_clips:
             keep = np.linspace(0, len(self.clips) - 1, max_clips).round().astype(int)
             self.clips = [self.clips[i] for i in keep]
-        self._videos: dict[str, Any] = {}
+        self.max_open_videos = int(max_open_videos)
+        self._videos: OrderedDict[str, Any] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self.clips)
 
     def _video(self, video_id: str):
-        # Memory maps are opened lazily per worker process (they must not be shared across fork).
-        if video_id not in self._videos:
+        # Memory maps are opened lazily per worker process (they must not be shared across fork) and kept for the
+        # max_open_videos most recently used videos: each holds a file descriptor until it is dropped.
+        if video_id in self._videos:
+            self._videos.move_to_end(video_id)
+        else:
             self._videos[video_id] = self.data.video(video_id)
+            while len(self._videos) > self.max_open_videos:
+                self._videos.popitem(last=False)
         return self._videos[video_id]
 
     def _rng(self, index: int) -> np.random.Generator:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -108,3 +110,33 @@ def test_loader_workers_draw_different_pokes_and_repeat_with_the_seed(synthetic_
     assert all(torch.equal(a, b) for a, b in zip(first, second))
     # Items 0 and 1 go to different workers: identical pokes would mean both workers share one random stream.
     assert not torch.equal(first[0], first[1])
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts open file descriptors via /proc (Linux)")
+def test_open_memory_maps_are_bounded(synthetic_dataset):
+    # Every memory-mapped array holds a file descriptor: caching the maps of every video ran a 4000-video dataset out
+    # of descriptors in each DataLoader worker. Reading all 18 training videos must keep at most 2 videos open.
+    def open_descriptors() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    bounded = PokeDataset(synthetic_dataset, split="train", max_open_videos=2, deterministic=True)
+    unbounded = PokeDataset(synthetic_dataset, split="train", max_open_videos=1000, deterministic=True)
+    videos = {video_id for video_id, _ in bounded.clips}
+    assert len(videos) == 18
+    before = open_descriptors()
+    first_clips = [bounded[i]["video"] for i in range(len(bounded))]
+    bounded_growth = open_descriptors() - before
+    assert len(bounded._videos) == 2
+    before = open_descriptors()
+    for i in range(len(unbounded)):
+        unbounded[i]
+    unbounded_growth = open_descriptors() - before
+    assert unbounded_growth >= 18 * 2  # frames and flow at least, per video
+    assert bounded_growth <= 2 * unbounded_growth / 18 + 1
+    # Reopening a closed video gives the same clip.
+    assert torch.equal(bounded[0]["video"], first_clips[0])
+
+
+def test_max_open_videos_must_be_positive(synthetic_dataset):
+    with pytest.raises(ValueError, match="max_open_videos"):
+        PokeDataset(synthetic_dataset, split="train", max_open_videos=0)
