@@ -4,6 +4,9 @@ A quick check of stage 1 (e.g. of a preset on a lent GPU) without the rest of th
 (posterior mean) are the ceiling any iPOKE sample can reach, compared with copying x0 and the re-simulated truth.
 
     python benchmarks/check_autoencoder.py --out /tmp/ae_check --seconds 150 --videos 2000 --preset gpu
+
+``--perceptual`` swaps the perceptual term (``ssim``, the quickstart's; ``i3d``; ``vgg19`` when its weights are
+cached; ``none``) to compare the options on held-out reconstructions for the same training time.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ def main() -> None:
     parser.add_argument("--videos", type=int, default=2000)
     parser.add_argument("--preset", choices=("cpu", "gpu"), default="gpu" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--clips", type=int, default=64)
+    parser.add_argument("--perceptual", choices=("ssim", "i3d", "vgg19", "none"), default="ssim")
     args = parser.parse_args()
 
     import lightning as L
@@ -38,7 +42,8 @@ def main() -> None:
     data_dir = generate_dataset(out / "data", SyntheticSettings(
         videos=args.videos, frames=settings.n_frames * settings.frame_step, size=settings.size, seed=0),
         workers=generation_workers)
-    network, module = quickstart._build_stage("autoencoder", settings, out / "runs")
+    network, module = quickstart._build_stage("autoencoder", settings, out / "runs",
+                                                perceptual=args.perceptual)
     trainer = quickstart._trainer(root=out / "runs" / "autoencoder", seconds=args.seconds, accelerator=accelerator)
     trainer.fit(module, datamodule=quickstart._datamodule(data_dir, settings, num_workers))
     print(f"trained {trainer.global_step} steps of batch {settings.batch_size} in {args.seconds:.0f} s")

@@ -96,7 +96,7 @@ def _datamodule(data_dir: Path, settings: QuickstartSettings, num_workers: int):
                           max_val_clips=16)
 
 
-def _build_stage(stage: str, settings: QuickstartSettings, runs: Path):
+def _build_stage(stage: str, settings: QuickstartSettings, runs: Path, *, perceptual: str = "ssim"):
     from ipoke.lightning.autoencoder import VideoAutoencoderModule
     from ipoke.lightning.encoders import ImageEncoderModule, PokeEncoderModule
     from ipoke.models.autoencoder import VideoAutoencoder
@@ -117,7 +117,7 @@ def _build_stage(stage: str, settings: QuickstartSettings, runs: Path):
         # re-learning x0; in a 5-minute CPU run warping beat output="residual" on every control metric.
         # motion_weight: most pixels are static, so up-weight the ones that move or the L1 is minimised by a copy.
         return network, VideoAutoencoderModule(autoencoder=network, learning_rate=settings.autoencoder_learning_rate,
-                                               perceptual="ssim",
+                                               perceptual=perceptual,
                                                lr_decay_every=10_000_000, motion_weight=20.0)
     if stage == "image_encoder":
         network = ImageEncoder(spatial_size=settings.size, embedding_channels=32, base_channels=enc,
