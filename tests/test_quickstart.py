@@ -62,3 +62,24 @@ def test_second_run_reuses_finished_stages(quickstart_run, capsys):
 def test_other_settings_are_refused(quickstart_run, capsys):
     assert main(["quickstart", "--out", str(quickstart_run), "--videos", "31", "--device", "cpu"]) == 2
     assert "--fresh" in capsys.readouterr().err
+
+
+def test_autoencoder_stage_takes_the_perceptual_term(tmp_path):
+    # check_autoencoder.py --perceptual compares the terms on the quickstart's autoencoder: the choice must reach the
+    # loss (ssim by default), not just the hyperparameters.
+    import torch
+
+    from ipoke import quickstart
+
+    _, default = quickstart._build_stage("autoencoder", quickstart.CPU_SETTINGS, tmp_path)
+    network, plain = quickstart._build_stage("autoencoder", quickstart.CPU_SETTINGS, tmp_path, perceptual="none")
+    assert default.hparams.perceptual == "ssim" and plain.hparams.perceptual == "none"
+    torch.manual_seed(0)
+    video = torch.rand(2, network.n_frames + 1, 3, 64, 64) * 2 - 1
+    plain.load_state_dict(default.state_dict())
+    with torch.no_grad():
+        _, default_logs, _ = default.generator_loss(video, gan=False)
+        _, plain_logs, _ = plain.generator_loss(video, gan=False)
+    assert float(default_logs["perceptual"]) > 0.1  # 1 - SSIM of an untrained reconstruction of noise
+    assert float(plain_logs["perceptual"]) == 0.0
+    assert torch.allclose(default_logs["l1"], plain_logs["l1"])
