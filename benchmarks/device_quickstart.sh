@@ -16,10 +16,12 @@ export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || echo "no nvidia-smi"
 echo "open files limit $(ulimit -n)"
 python3 -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__)"
-start=$(date +%s)
-[ "${SMOKE:-1}" = 0 ] || python3 -m ipoke.cli quickstart --out /tmp/smoke --minutes 0.1 --videos 40 --fresh "$@" > "$out/smoke.log" 2>&1 \
-  || { tail -60 "$out/smoke.log"; exit 1; }
-echo "smoke run ok in $(( $(date +%s) - start )) s"
+if [ "${SMOKE:-1}" != 0 ]; then
+  start=$(date +%s)
+  python3 -m ipoke.cli quickstart --out /tmp/smoke --minutes 0.1 --videos 40 --fresh "$@" > "$out/smoke.log" 2>&1 \
+    || { tail -60 "$out/smoke.log"; exit 1; }
+  echo "smoke run ok in $(( $(date +%s) - start )) s"
+fi
 start=$(date +%s)
 python3 -m ipoke.cli quickstart --out /tmp/qs --minutes "$minutes" --fresh "$@" 2>&1 | tee "$out/quickstart.log" \
   | grep -v -E "it/s|s/it|clip/s|Warning|warn\(" || true
