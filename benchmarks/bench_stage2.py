@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ipoke.losses.flow import gaussian_nll  # noqa: E402
-from ipoke.models.cinn import ConditionalINN, build_flow_optimizer  # noqa: E402
+from ipoke.models.cinn import ConditionalINN, build_flow_optimizer, stage2_condition  # noqa: E402
 from ipoke.models.cinn.graphed import GraphedNLLStep  # noqa: E402
 
 ROWS: list[dict] = []
@@ -233,7 +233,8 @@ def bench_pipeline(model: ConditionalINN, stage1: tuple, arch: str, precision: s
 
         def pipeline() -> torch.Tensor:
             with torch.no_grad(), autocast(device, precision, cache_enabled=mode != "cuda-graph"):
-                h = torch.cat([image_encoder.encode(x0), poke_encoder.encode(poke)], dim=1)
+                h = stage2_condition(image_encoder=image_encoder, poke_encoder=poke_encoder, first_frame=x0, poke=poke,
+                                     autoencoder=autoencoder if model.static_reference else None)
                 z = model.inverse(r, h)
                 return autoencoder.decode(z.to(x0.dtype), x0)
 
