@@ -56,13 +56,15 @@ class ResBlock3d(nn.Module):
         norm_groups: GroupNorm groups.
         spectral_norm: Spectral-normalise every conv (discriminators).
         act: Activation name (see :func:`activation`).
+        shortcut_kernel: Kernel size (1 or 3) of the projection on the skip path when the shape changes.
 
     Shapes:
         ``(B, C_in, T, H, W) -> (B, C_out, T', H', W')`` with ``T' = ceil(T / stride_t)`` etc.
     """
 
     def __init__(self, in_channels: int, out_channels: int, stride: int | tuple[int, int, int] = 1,
-                 norm_groups: int = 16, spectral_norm: bool = False, act: str = "relu") -> None:
+                 norm_groups: int = 16, spectral_norm: bool = False, act: str = "relu",
+                 shortcut_kernel: int = 1) -> None:
         super().__init__()
         stride = (stride,) * 3 if isinstance(stride, int) else tuple(stride)
         self.conv1 = maybe_spectral_norm(nn.Conv3d(in_channels, out_channels, 3, stride, 1, bias=False), spectral_norm)
@@ -70,9 +72,12 @@ class ResBlock3d(nn.Module):
         self.conv2 = maybe_spectral_norm(nn.Conv3d(out_channels, out_channels, 3, 1, 1, bias=False), spectral_norm)
         self.norm2 = group_norm(out_channels, norm_groups)
         self.act = activation(act)
+        if shortcut_kernel not in (1, 3):
+            raise ValueError(f"shortcut_kernel must be 1 or 3, got {shortcut_kernel}")
         if in_channels != out_channels or any(s != 1 for s in stride):
             self.skip = nn.Sequential(
-                maybe_spectral_norm(nn.Conv3d(in_channels, out_channels, 1, stride, bias=False), spectral_norm),
+                maybe_spectral_norm(nn.Conv3d(in_channels, out_channels, shortcut_kernel, stride, shortcut_kernel // 2,
+                                              bias=False), spectral_norm),
                 group_norm(out_channels, norm_groups))
         else:
             self.skip = nn.Identity()
