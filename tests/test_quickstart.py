@@ -7,6 +7,7 @@ import math
 
 import pytest
 
+from ipoke import quickstart
 from ipoke.cli import main
 from ipoke.sampling import Poker
 
@@ -20,12 +21,18 @@ def quickstart_run(tmp_path_factory):
 
 def test_report_files_and_model(quickstart_run):
     out = quickstart_run
-    for name in ("metrics.json", "report.md", "model/poker.yaml", "data/ipoke_dataset.json"):
+    for name in ("metrics.json", "metrics_val.json", "report.md", "model/poker.yaml", "data/ipoke_dataset.json"):
         assert (out / name).is_file(), name
     gifs = sorted((out / "samples").glob("overview_*.gif"))
     assert len(gifs) >= 2
     report_text = (out / "report.md").read_text()
     assert "| ipoke |" in report_text and "| copy_x0 |" in report_text and "overview_0.gif" in report_text
+    # Both held-out splits, each with its verdict against copying x0.
+    for file_name, split in (("metrics.json", "test"), ("metrics_val.json", "val")):
+        report = json.loads((out / file_name).read_text())
+        assert report["settings"]["split"] == split
+        results = report["results"]
+        assert quickstart.control_verdict(results["ipoke"], results["copy_x0"]) in report_text
     poker = Poker.from_checkpoint(out / "model")
     # The CPU preset: 5 frames taking every second of the 10 simulated ones.
     assert poker.size == 64 and poker.n_frames == 5 and poker.frame_step == 2
@@ -69,8 +76,6 @@ def test_autoencoder_stage_takes_the_perceptual_term(tmp_path):
     # loss (ssim by default), not just the hyperparameters.
     import torch
 
-    from ipoke import quickstart
-
     _, default = quickstart._build_stage("autoencoder", quickstart.CPU_SETTINGS, tmp_path)
     network, plain = quickstart._build_stage("autoencoder", quickstart.CPU_SETTINGS, tmp_path, perceptual="none")
     assert default.hparams.perceptual == "ssim" and plain.hparams.perceptual == "none"
@@ -83,3 +88,16 @@ def test_autoencoder_stage_takes_the_perceptual_term(tmp_path):
     assert float(default_logs["perceptual"]) > 0.1  # 1 - SSIM of an untrained reconstruction of noise
     assert float(plain_logs["perceptual"]) == 0.0
     assert torch.allclose(default_logs["l1"], plain_logs["l1"])
+
+
+def test_control_verdict_compares_with_copy_x0():
+    model = {"control/poke_epe": 1.30, "control/object_epe": 0.80}
+    copy = {"control/poke_epe": 1.40, "control/object_epe": 0.75}
+    text = quickstart.control_verdict(model, copy)
+    poke_line, object_line = text.splitlines()[2:]
+    assert "`control/poke_epe`" in poke_line and "1.300 px against 1.400 px" in poke_line
+    assert poke_line.endswith(": better than copying x0.")
+    assert "`control/object_epe`" in object_line and "NOT better" in object_line
+    # A metric that did not apply (NaN) or was not computed is left out; nothing at all gives no verdict.
+    assert "poke_epe" not in quickstart.control_verdict({**model, "control/poke_epe": math.nan}, copy)
+    assert quickstart.control_verdict({}, copy) == ""
