@@ -66,8 +66,8 @@ GPU_SETTINGS = QuickstartSettings(videos=4000, size=64, n_frames=10, frame_step=
                                   autoencoder_channels=64, encoder_channels=32, cinn_hidden=256, cinn_blocks=12,
                                   decoder_size=32, autoencoder_learning_rate=5e-4, eval_clips=256, eval_samples=5)
 # eval_clips 60 = the whole test split of the CPU dataset (10 % of 600 videos). Session 5 used 32 clips x 3 samples:
-# the same model's poke EPE then lost to copy x0 (1.392 vs 1.375) while on all 60 clips x 5 samples it won (1.400 vs
-# 1.429); the whole split costs about 25 s more on 2 cores.
+# the same model's poke EPE (then over the whole poke square) lost to copy x0 (1.392 vs 1.375) while on all 60 clips
+# x 5 samples it won (1.400 vs 1.429); the whole split costs about 25 s more on 2 cores.
 # GPU preset history: the first H100 run (decoder_size 64, learning rate 1e-3) trained its autoencoder into a
 # checkerboard over every frame (held-out SSIM 0.59 against 0.96 for copying x0); decoder_size 32 at 5e-4 did the
 # same. The cause was the SSIM loss evaluated in bf16 under autocast (fixed in ipoke.losses.reconstruction.ssim). With
@@ -261,7 +261,8 @@ def control_verdict(model: dict[str, Any], copy: dict[str, Any]) -> str:
     """Markdown lines comparing the model's control errors with those of a static video (``copy_x0``).
 
     Two questions, because they can disagree: does the poked point move the way it should (``control/poke_epe``,
-    the motion in the 5x5 poke square against the true motion), and does the whole object (``control/object_epe``,
+    the motion of the poked part within the 5x5 poke square
+    against the true motion), and does the whole object (``control/object_epe``,
     every object pixel, most of which should stay still)? Empty when the control metrics were not computed.
     """
     lines = []

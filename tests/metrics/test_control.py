@@ -15,6 +15,7 @@ from ipoke.metrics import (
     ControlAccuracy,
     control_errors,
 )
+from ipoke.metrics.control import control_errors_from_flow
 
 SIZE = 64
 SHIFT = (3, 2)  # dx, dy of the object in pixels
@@ -93,3 +94,26 @@ def test_background_pokes_measure_any_motion():
     assert summary[N_CLIPS] == 2
     assert summary[CONTROL_BACKGROUND_POKE_MOTION] == pytest.approx(errors[CONTROL_BACKGROUND_POKE_MOTION].mean())
     assert math.isnan(summary[CONTROL_POKE_EPE])
+
+
+def test_poke_error_is_measured_on_the_poked_part_only():
+    # A 2 px wide stem moving by (3, 0) px; the estimate is exact on the stem and smears its motion over the
+    # background next to it, as flow estimators do. The poke square (5x5) covers stem and background: only the stem
+    # pixels count, so the error at the poke is 0 and the direction exact.
+    size = 16
+    mask = np.zeros((1, size, size), bool)
+    mask[0, 4:12, 7:9] = True
+    truth = np.zeros((1, 2, size, size), np.float32)
+    truth[0, 0][mask[0]] = 3.0
+    estimate = truth.copy()
+    estimate[0, 0, 4:12, 5:11] = 3.0  # smeared onto two background columns each side
+    poke = np.array([[7.0, 8.0, 3.0, 0.0]])
+    errors = control_errors_from_flow(estimate, truth, mask, poke, np.array([False]))
+    assert errors[CONTROL_POKE_EPE][0] == 0.0
+    assert errors[CONTROL_POKE_ANGLE_DEG][0] == pytest.approx(0.0, abs=1e-6)
+    # The whole square would have charged the smear: 15 of its 25 pixels are background moving by 3 px.
+    assert np.linalg.norm(estimate - truth, axis=1)[0, 6:11, 5:10].mean() == pytest.approx(3.0 * 15 / 25)
+    # A square without object pixels (a poke just off the mask) falls back to the whole square.
+    off = np.array([[3.0, 8.0, 3.0, 0.0]])
+    errors = control_errors_from_flow(estimate, truth, mask, off, np.array([False]))
+    assert errors[CONTROL_POKE_EPE][0] == pytest.approx(3.0 * 5 / 25)  # its column 5 is smeared
