@@ -25,15 +25,19 @@ from pathlib import Path
 import torch
 
 
+def protocol_clips(poker, data_dir: str, split: str, clips: int):  # noqa: ANN001, ANN201
+    """The evaluation protocol's clips (fixed order, one seeded poke each, no augmentation) at the model's settings."""
+    from ipoke.data.datasets import PokeDataset
+
+    return PokeDataset(data_dir, split=split, size=poker.size, n_frames=poker.n_frames, frame_step=poker.frame_step,
+                       n_pokes=1, poke_size=poker.poke_size, augment=False, deterministic=True, seed=42,
+                       max_clips=clips, zero_poke_fraction=0.0, fixed_poke_count=True)
+
+
 @torch.no_grad()
 def condition_nll(poker, data_dir: str, split: str, clips: int, batch_size: int = 32) -> dict[str, float]:  # noqa: ANN001
     """Mean NLL (nats per clip) of object-poke clips under the true and three altered conditions."""
-    from ipoke.data.datasets import PokeDataset
-
-    dataset = PokeDataset(data_dir, split=split, size=poker.size, n_frames=poker.n_frames,
-                          frame_step=poker.frame_step, n_pokes=1, poke_size=poker.poke_size, augment=False,
-                          deterministic=True, seed=42, max_clips=clips, zero_poke_fraction=0.0,
-                          fixed_poke_count=True)
+    dataset = protocol_clips(poker, data_dir, split, clips)
     batch = torch.utils.data.default_collate([dataset[i] for i in range(len(dataset))])
     moving = ~batch["background_poke"]
     video, poke = batch["video"].to(poker.device), batch["poke"].to(poker.device)
@@ -57,16 +61,17 @@ def condition_nll(poker, data_dir: str, split: str, clips: int, batch_size: int 
 @torch.no_grad()
 def object_error_by_motion(samplers: dict, poker, data_dir: str, split: str, clips: int, samples: int,  # noqa: ANN001
                            threshold: float = 0.5) -> dict[str, dict[str, float]]:
-    """Mean endpoint error (px) over the static and the moving object pixels, per sampler and for two references."""
+    """Mean endpoint error (px) over the static and the moving object pixels, per sampler and for two references.
+
+    The samplers draw their own samples here (``evaluate`` does not return its videos), so the model rows are other
+    draws than those of the ``control`` table.
+    """
     import numpy as np
 
-    from ipoke.data.datasets import PokeDataset
+    from ipoke.evaluation import copy_first_frame_sampler
     from ipoke.metrics.control import estimate_flow
 
-    dataset = PokeDataset(data_dir, split=split, size=poker.size, n_frames=poker.n_frames,
-                          frame_step=poker.frame_step, n_pokes=1, poke_size=poker.poke_size, augment=False,
-                          deterministic=True, seed=42, max_clips=clips, zero_poke_fraction=0.0,
-                          fixed_poke_count=True)
+    dataset = protocol_clips(poker, data_dir, split, clips)
     errors: dict[str, dict[str, list[float]]] = {}
     generator = torch.Generator().manual_seed(42)
     for batch in torch.utils.data.DataLoader(dataset, batch_size=16):
@@ -75,7 +80,7 @@ def object_error_by_motion(samplers: dict, poker, data_dir: str, split: str, cli
         moving = mask & (np.linalg.norm(flow, axis=1) >= threshold)
         regions = {"static": mask & ~moving, "moving": moving}
         videos = {name: sampler(batch, samples, generator) for name, sampler in samplers.items()}
-        videos["copy_x0"] = batch["video"][:, None, :1].expand(-1, 1, batch["video"].shape[1], -1, -1, -1)
+        videos["copy_x0"] = copy_first_frame_sampler(batch, 1, generator)
         videos["true_clip"] = batch["video"][:, None]
         for name, video in videos.items():
             rows = errors.setdefault(name, {"static": [], "moving": []})

@@ -260,14 +260,14 @@ def run_quickstart(out: str | Path = "quickstart", *, minutes: float | None = No
 def control_verdict(model: dict[str, Any], copy: dict[str, Any]) -> str:
     """Markdown lines comparing the model's control errors with those of a static video (``copy_x0``).
 
-    Two questions, because they can disagree: does the poked point move the way it should (``control/poke_epe``,
-    the motion of the poked part within the 5x5 poke square
-    against the true motion), and does the whole object (``control/object_epe``,
-    every object pixel, most of which should stay still)? Empty when the control metrics were not computed.
+    Two questions, because they can disagree: does the poked point move the way it should (``control/poke_epe``, the
+    motion of the poked part within the 5x5 poke square against the true motion), and does the whole object
+    (``control/object_epe``, every object pixel, most of which should stay still)? A metric that was not computed or
+    did not apply (NaN) is left out; empty when neither is there.
     """
     lines = []
     for key, what in (("control/poke_epe", "at the poked point"), ("control/object_epe", "over the whole object")):
-        if key not in model or key not in copy or model[key] != model[key] or copy[key] != copy[key]:
+        if key not in model or key not in copy or math.isnan(model[key]) or math.isnan(copy[key]):
             continue
         better = model[key] < copy[key]
         lines.append(f"- Motion error {what} (`{key}`): {model[key]:.3f} px against {copy[key]:.3f} px for a static "
