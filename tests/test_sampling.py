@@ -116,6 +116,25 @@ def test_evaluate_command_reports_model_and_baselines(exported, tmp_path, synthe
     assert results["ground_truth_resimulated"]["psnr"] > results["copy_x0"]["psnr"]
 
 
+def test_control_metrics_average_every_sample(synthetic_dataset):
+    """Sample 0 static, sample 1 the true clip: the control errors are the mean of both, not the first sample's."""
+    from ipoke.evaluation import copy_first_frame_sampler, evaluate
+
+    def true_clip(batch, n_samples, generator):
+        return batch["video"].unsqueeze(1).expand(-1, n_samples, -1, -1, -1, -1)
+
+    def static_then_true(batch, n_samples, generator):
+        return torch.cat([copy_first_frame_sampler(batch, 1, generator), true_clip(batch, 1, generator)], dim=1)
+
+    options = {"metrics": ("control",), "n_clips": 4, "batch_size": 2, "include_baselines": False, "device": "cpu"}
+    one = evaluate({"static": copy_first_frame_sampler, "true": true_clip}, synthetic_dataset, samples=1, **options)
+    two = evaluate({"mixed": static_then_true}, synthetic_dataset, samples=2, **options)
+    static, true, mixed = one["results"]["static"], one["results"]["true"], two["results"]["mixed"]
+    assert true["control/object_epe"] < static["control/object_epe"] - 0.1
+    assert mixed["control/object_epe"] == pytest.approx((static["control/object_epe"] + true["control/object_epe"]) / 2)
+    assert mixed["control/poke_epe"] == pytest.approx((static["control/poke_epe"] + true["control/poke_epe"]) / 2)
+
+
 def test_evaluate_missing_metric_alone_fails(tmp_path, synthetic_dataset, monkeypatch, capsys):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setenv("IPOKE_CACHE", str(tmp_path / "cache"))
