@@ -346,7 +346,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from ipoke.evaluation import evaluate, format_table
+    from ipoke.evaluation import evaluate, format_comparisons, format_table
     from ipoke.metrics import MetricUnavailable
 
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
@@ -370,6 +370,9 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     except (MetricUnavailable, ValueError) as error:
         raise UserError(str(error)) from error
     print(format_table(report))
+    comparisons = format_comparisons(report)
+    if comparisons:
+        print(comparisons)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1))

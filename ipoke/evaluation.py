@@ -209,7 +209,9 @@ def evaluate(samplers: dict[str, Sampler], data_dir: str | os.PathLike, *, split
 
     Returns:
         ``{"settings": {...}, "results": {name: {metric key: value, "n_clips", "n_samples"}},
-        "unavailable": {metric: reason}}``.
+        "unavailable": {metric: reason}}``, and with control metrics ``"per_clip": {name: {control key: [value per
+        clip, averaged over its samples (NaN where it does not apply)]}}`` for paired comparisons
+        (:func:`compare_with_baseline`).
     """
     from tqdm.auto import tqdm
 
@@ -253,6 +255,7 @@ def evaluate(samplers: dict[str, Sampler], data_dir: str | os.PathLike, *, split
     if strict and unavailable:
         raise MetricUnavailable("; ".join(f"{key}: {reason}" for key, reason in unavailable.items()))
     controls = {name: ControlAccuracy() for name in samplers} if "control" in metrics and has_control else {}
+    per_clip = {name: {key: [] for key in CONTROL_KEYS} for name in controls}
     accumulators = {name: _Accumulator() for name in samplers}
 
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
@@ -287,8 +290,10 @@ def evaluate(samplers: dict[str, Sampler], data_dir: str | os.PathLike, *, split
                 # margins that separate a model from copy_x0 (a few hundredths of a pixel).
                 object_mask = batch["mask"].bool() & batch["has_mask"][:, None, None]
                 per_sample = [batch["flow"], object_mask, batch["poke_coords"][:, 0], batch["background_poke"]]
-                controls[name].update(videos.flatten(0, 1),
-                                      *(part.repeat_interleave(samples, dim=0) for part in per_sample))
+                errors = controls[name].update(videos.flatten(0, 1),
+                                               *(part.repeat_interleave(samples, dim=0) for part in per_sample))
+                for key, values in errors.items():
+                    per_clip[name][key] += _mean_over_samples(values.reshape(-1, samples)).tolist()
         bar.update(len(real))
     bar.close()
 
@@ -310,7 +315,77 @@ def evaluate(samplers: dict[str, Sampler], data_dir: str | os.PathLike, *, split
                 "samples": samples, "seed": seed, "n_frames": n_frames, "frame_step": frame_step,
                 "size": dataset.size, "poke_size": poke_size, "n_pokes_per_clip": 1,
                 "ssim_psnr_data_range": "frames mapped to [0, 1]; see docs/metrics.md"}
-    return {"settings": settings, "results": results, "unavailable": unavailable}
+    report = {"settings": settings, "results": results, "unavailable": unavailable}
+    if per_clip:
+        report["per_clip"] = per_clip
+    return report
+
+
+def _mean_over_samples(values: np.ndarray) -> np.ndarray:
+    """Row means of ``(clips, samples)`` ignoring NaN; NaN where a row has no value (no warning)."""
+    finite = np.isfinite(values)
+    counts = finite.sum(axis=1)
+    sums = np.where(finite, values, 0.0).sum(axis=1)
+    return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
+def paired_difference(report: dict[str, Any], model: str, baseline: str, key: str) -> dict[str, float] | None:
+    """Mean per-clip difference ``model - baseline`` of a control metric, with its standard error.
+
+    Both were measured on the same clips and pokes, so the difference is paired: its standard error
+    ``std(d) / sqrt(n)`` over the clips where both apply is much smaller than that of either mean. ``None`` when
+    the report has no per-clip values for them or fewer than two clips apply.
+
+    Returns:
+        ``{"difference", "standard_error", "n_clips"}``.
+    """
+    per_clip = report.get("per_clip", {})
+    if key not in per_clip.get(model, {}) or key not in per_clip.get(baseline, {}):
+        return None
+    a = np.asarray(per_clip[model][key], dtype=np.float64)
+    b = np.asarray(per_clip[baseline][key], dtype=np.float64)
+    both = np.isfinite(a) & np.isfinite(b)
+    if both.sum() < 2:
+        return None
+    difference = a[both] - b[both]
+    return {"difference": float(difference.mean()),
+            "standard_error": float(difference.std(ddof=1) / math.sqrt(both.sum())), "n_clips": int(both.sum())}
+
+
+def compare_with_baseline(report: dict[str, Any], model: str, baseline: str = "copy_x0",
+                          keys: Sequence[str] = (CONTROL_POKE_EPE, CONTROL_OBJECT_EPE)) -> dict[str, dict[str, Any]]:
+    """Verdicts of a model against a baseline on errors where lower is better, one per key that applies.
+
+    ``"better"`` or ``"worse"`` when the paired difference (:func:`paired_difference`) is more than two standard
+    errors away from 0 (about 95 % confidence), otherwise ``"no clear difference"``: at the margins that separate a
+    short training run from a static video, which samples were drawn can decide the sign of the mean.
+
+    Returns:
+        ``{key: {"model", "baseline", "difference", "standard_error", "n_clips", "verdict"}}``.
+    """
+    comparisons = {}
+    for key in keys:
+        paired = paired_difference(report, model, baseline, key)
+        if paired is None:
+            continue
+        margin = 2.0 * paired["standard_error"]
+        verdict = ("better" if paired["difference"] < -margin else "worse" if paired["difference"] > margin
+                   else "no clear difference")
+        comparisons[key] = {"model": report["results"][model][key], "baseline": report["results"][baseline][key],
+                            **paired, "verdict": verdict}
+    return comparisons
+
+
+def format_comparisons(report: dict[str, Any], baseline: str = "copy_x0") -> str:
+    """One line per model and control error: its paired difference from ``baseline`` and the verdict."""
+    lines = []
+    for name in report["results"]:
+        if name == baseline or name not in report.get("per_clip", {}):
+            continue
+        for key, c in compare_with_baseline(report, name, baseline).items():
+            lines.append(f"{name} vs {baseline}, {key}: {c['difference']:+.4f} +- {c['standard_error']:.4f} px "
+                         f"(paired, {c['n_clips']} clips): {c['verdict']}")
+    return "\n".join(lines)
 
 
 def _metric_keys(results: dict[str, dict[str, Any]]) -> list[str]:

@@ -257,21 +257,25 @@ def run_quickstart(out: str | Path = "quickstart", *, minutes: float | None = No
     return report
 
 
-def control_verdict(model: dict[str, Any], copy: dict[str, Any]) -> str:
+def control_verdict(report: dict[str, Any], model: str = "ipoke") -> str:
     """Markdown lines comparing the model's control errors with those of a static video (``copy_x0``).
 
     Two questions, because they can disagree: does the poked point move the way it should (``control/poke_epe``, the
     motion of the poked part within the 5x5 poke square against the true motion), and does the whole object
-    (``control/object_epe``, every object pixel, most of which should stay still)? A metric that was not computed or
-    did not apply (NaN) is left out; empty when neither is there.
+    (``control/object_epe``, every object pixel, most of which should stay still)? Each verdict rests on the paired
+    per-clip difference and its standard error (:func:`ipoke.evaluation.compare_with_baseline`). A metric that was
+    not computed or did not apply is left out; empty when neither is there.
     """
+    from ipoke.evaluation import compare_with_baseline
+
+    wording = {"better": "better than copying x0", "worse": "worse than copying x0",
+               "no clear difference": "no clear difference from copying x0 (within two standard errors)"}
     lines = []
-    for key, what in (("control/poke_epe", "at the poked point"), ("control/object_epe", "over the whole object")):
-        if key not in model or key not in copy or math.isnan(model[key]) or math.isnan(copy[key]):
-            continue
-        better = model[key] < copy[key]
-        lines.append(f"- Motion error {what} (`{key}`): {model[key]:.3f} px against {copy[key]:.3f} px for a static "
-                     f"video: {'better' if better else 'NOT better'} than copying x0.")
+    where = {"control/poke_epe": "at the poked point", "control/object_epe": "over the whole object"}
+    for key, c in compare_with_baseline(report, model, "copy_x0", keys=tuple(where)).items():
+        lines.append(f"- Motion error {where[key]} (`{key}`): {c['model']:.3f} px against {c['baseline']:.3f} px for "
+                     f"a static video, paired difference {c['difference']:+.3f} ± {c['standard_error']:.3f} px over "
+                     f"{c['n_clips']} clips: {wording[c['verdict']]}.")
     return "Control:\n\n" + "\n".join(lines) if lines else ""
 
 
@@ -289,11 +293,10 @@ def _write_report(out: Path, reports: dict[str, dict[str, Any]], seconds: float,
     ]
     for split, (file_name, title) in EVALUATION_SPLITS.items():
         report = reports[split]
-        results = report["results"]
         lines += [f"## {title}", "",
                   f"`{split}` split, {report['settings']['n_clips']} clips (`{file_name}`).", "",
                   markdown_table(report), "",
-                  control_verdict(results.get("ipoke", {}), results.get("copy_x0", {})), ""]
+                  control_verdict(report), ""]
     for key, reason in first.get("unavailable", {}).items():
         lines.append(f"- `{key}` unavailable: {reason}")
     lines += ["", "## Samples", "", "Novel species (`test` split). Each row: the start frame with the poke arrow, "

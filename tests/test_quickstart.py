@@ -31,8 +31,8 @@ def test_report_files_and_model(quickstart_run):
     for file_name, split in (("metrics.json", "test"), ("metrics_val.json", "val")):
         report = json.loads((out / file_name).read_text())
         assert report["settings"]["split"] == split
-        results = report["results"]
-        assert quickstart.control_verdict(results["ipoke"], results["copy_x0"]) in report_text
+        assert len(report["per_clip"]["ipoke"]["control/object_epe"]) == report["settings"]["n_clips"]
+        assert quickstart.control_verdict(report) in report_text
     poker = Poker.from_checkpoint(out / "model")
     # The CPU preset: 5 frames taking every second of the 10 simulated ones.
     assert poker.size == 64 and poker.n_frames == 5 and poker.frame_step == 2
@@ -90,14 +90,33 @@ def test_autoencoder_stage_takes_the_perceptual_term(tmp_path):
     assert torch.allclose(default_logs["l1"], plain_logs["l1"])
 
 
-def test_control_verdict_compares_with_copy_x0():
-    model = {"control/poke_epe": 1.30, "control/object_epe": 0.80}
-    copy = {"control/poke_epe": 1.40, "control/object_epe": 0.75}
-    text = quickstart.control_verdict(model, copy)
+def _report(model: dict[str, list[float]], copy: dict[str, list[float]]) -> dict:
+    """A report as ``evaluate`` writes it, from per-clip control errors."""
+    def mean(values: list[float]) -> float:
+        finite = [value for value in values if not math.isnan(value)]
+        return sum(finite) / len(finite) if finite else math.nan
+
+    means = {name: {key: mean(values) for key, values in rows.items()} for name, rows in (("ipoke", model),
+                                                                                             ("copy_x0", copy))}
+    return {"results": means, "per_clip": {"ipoke": model, "copy_x0": copy}}
+
+
+def test_control_verdict_compares_with_copy_x0_clip_by_clip():
+    copy = {"control/poke_epe": [1.4, 2.0, 1.0, 1.6], "control/object_epe": [0.70, 0.80, 0.75, 0.75]}
+    # Lower at the poke on every clip by 0.1 +- 0.02: better. Over the object: higher on every clip: worse.
+    model = {"control/poke_epe": [1.3, 1.88, 0.9, 1.52], "control/object_epe": [0.75, 0.85, 0.80, 0.81]}
+    text = quickstart.control_verdict(_report(model, copy))
     poke_line, object_line = text.splitlines()[2:]
-    assert "`control/poke_epe`" in poke_line and "1.300 px against 1.400 px" in poke_line
+    assert "`control/poke_epe`" in poke_line and "1.400 px against 1.500 px" in poke_line
+    assert "paired difference -0.100 ± 0.008 px over 4 clips" in poke_line
     assert poke_line.endswith(": better than copying x0.")
-    assert "`control/object_epe`" in object_line and "NOT better" in object_line
-    # A metric that did not apply (NaN) or was not computed is left out; nothing at all gives no verdict.
-    assert "poke_epe" not in quickstart.control_verdict({**model, "control/poke_epe": math.nan}, copy)
-    assert quickstart.control_verdict({}, copy) == ""
+    assert "`control/object_epe`" in object_line and object_line.endswith(": worse than copying x0.")
+    # A lower mean that one clip decides is no verdict: differences -0.3, +0.1, +0.1, +0.05.
+    noisy = {"control/poke_epe": [1.1, 2.1, 1.1, 1.65], "control/object_epe": model["control/object_epe"]}
+    assert "no clear difference from copying x0" in quickstart.control_verdict(_report(noisy, copy)).splitlines()[2]
+    # Clips where a metric does not apply (NaN) are left out of the pairs; none at all gives no line.
+    partial = {**model, "control/poke_epe": [math.nan, 1.88, 0.9, 1.52]}
+    assert "over 3 clips" in quickstart.control_verdict(_report(partial, copy)).splitlines()[2]
+    nothing = {**model, "control/poke_epe": [math.nan] * 4}
+    assert "poke_epe" not in quickstart.control_verdict(_report(nothing, copy))
+    assert quickstart.control_verdict({"results": {}, "per_clip": {}}) == ""

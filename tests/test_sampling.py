@@ -98,7 +98,7 @@ def test_sample_command_writes_videos_and_overviews(exported, tmp_path, syntheti
     assert main(["sample", "--ckpt", str(exported), "--out", str(out)]) == 2
 
 
-def test_evaluate_command_reports_model_and_baselines(exported, tmp_path, synthetic_dataset):
+def test_evaluate_command_reports_model_and_baselines(exported, tmp_path, synthetic_dataset, capsys):
     out = tmp_path / "metrics.json"
     assert main(["evaluate", "--ckpt", str(exported), "--data", synthetic_dataset, "--metrics",
                  "ssim,psnr,diversity,control", "--n-clips", "3", "--samples", "2", "--batch-size", "2",
@@ -114,6 +114,11 @@ def test_evaluate_command_reports_model_and_baselines(exported, tmp_path, synthe
     # Another physics sample of the true motion is closer to the truth than no motion at all.
     assert results["ground_truth_resimulated"]["control/object_epe"] < results["copy_x0"]["control/object_epe"]
     assert results["ground_truth_resimulated"]["psnr"] > results["copy_x0"]["psnr"]
+    # Per-clip control errors (mean over the samples) for paired comparisons, printed against copy_x0.
+    assert all(len(report["per_clip"][name]["control/object_epe"]) == 3 for name in results)
+    per_clip_mean = sum(report["per_clip"]["tiny"]["control/object_epe"]) / 3
+    assert per_clip_mean == pytest.approx(results["tiny"]["control/object_epe"])
+    assert "tiny vs copy_x0, control/object_epe:" in capsys.readouterr().out
 
 
 def test_control_metrics_average_every_sample(synthetic_dataset):
