@@ -213,6 +213,8 @@ class Poker(nn.Module):
         source_video, source_poke = source_video.to(device), source_poke.to(device)
         target_first_frame = target_first_frame.to(device)
         target_poke = source_poke if target_poke is None else target_poke.to(device)
+        # The posterior mean, not a sample as in training (and the reference's `_test_transfer`): the transfer of a
+        # clip is then deterministic, and with the tiny KL weight the posterior's spread is far below the latent's.
         z = self.autoencoder.encode(source_video).mean
         residual, _ = self.cinn(z, self.condition(source_video[:, 0], source_poke))
         z_target = self.cinn.inverse(residual, self.condition(target_first_frame, target_poke))

@@ -137,8 +137,12 @@ class PokeINNModule(NetworkCheckpointMixin):
 
     def _flow_inputs(self, batch: dict, training: bool) -> tuple[torch.Tensor, torch.Tensor]:
         video = batch["video"]
-        z = self.encode_latent(video)
-        h = self.condition(video[:, 0], batch["poke"])
+        # The frozen networks run in fp32 even under bf16-mixed: the latent is the flow's target (a bf16 rounding
+        # of it is coarser than the posterior's spread) and the condition may hold the static latent it is
+        # measured from. They cost little next to the flow.
+        with torch.autocast(device_type=video.device.type, enabled=False):
+            z = self.encode_latent(video.float())
+            h = self.condition(video[:, 0].float(), batch["poke"].float())
         # Only a training batch initialises ActNorm (not the sanity-check validation that runs before it).
         if training and not self.flow.actnorm_initialized:
             self.flow.initialize_actnorm(z, h)

@@ -192,3 +192,18 @@ def test_static_reference_flow_is_conditioned_on_the_latent_of_the_motionless_cl
         PokeINNModule(**stage1, flow=ConditionalINN(z_dim=Z_DIM, condition_channels=2 * EMBED + Z_DIM,
                                                     spatial_size=8, architecture="coupling", hidden_channels=8,
                                                     num_blocks=1))
+
+
+def test_frozen_networks_give_float32_latent_and_condition_under_bf16_autocast(stage1):
+    """bf16-mixed: the flow's target and condition come out of the frozen networks in fp32, as without autocast."""
+    module = PokeINNModule(**stage1, flow=tiny_flow(), warmup_steps=1, val_sample_batches=0)
+    batch = batches(1)[0]
+    torch.manual_seed(5)
+    z, h = module._flow_inputs(batch, training=False)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        torch.manual_seed(5)
+        z_mixed, h_mixed = module._flow_inputs(batch, training=False)
+        nll = module.flow(z_mixed, h_mixed)[1]
+    assert z_mixed.dtype == h_mixed.dtype == nll.dtype == torch.float32
+    torch.testing.assert_close(z_mixed, z, atol=0, rtol=0)
+    torch.testing.assert_close(h_mixed, h, atol=0, rtol=0)

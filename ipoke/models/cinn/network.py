@@ -14,6 +14,7 @@ from ipoke.models.cinn.coupling import build_coupling_flow
 from ipoke.models.cinn.macow import RELEASED_FACTOR, RELEASED_NUM_STEPS, MaCowMultiScale
 
 ARCHITECTURES = ("macow", "coupling")
+HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
 class ConditionalINN(SavableModule):
@@ -103,6 +104,12 @@ class ConditionalINN(SavableModule):
         expected = (x.shape[0], self.condition_channels, self.spatial_size, self.spatial_size)
         if tuple(condition.shape) != expected:
             raise ValueError(f"expected a condition of shape {expected}, got {tuple(condition.shape)}")
+        # Under bf16/fp16 autocast the frozen encoders hand over half-precision latents and conditions; the flow
+        # state and its log-dets must stay in fp32 (blocks.py), so half-precision inputs are promoted here.
+        if x.dtype in HALF_DTYPES:
+            x = x.float()
+        if condition.dtype in HALF_DTYPES:
+            condition = condition.float()
         reference = condition[:, -self.z_dim:] if self.static_reference else None
         if reference is not None and not rev:
             x = x - reference.to(x.dtype)

@@ -65,6 +65,19 @@ def test_float32_round_trip():
     torch.testing.assert_close(model.inverse(model(z, h)[0], h), z, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("architecture", ["macow", "coupling"])
+def test_half_precision_inputs_run_the_flow_in_float32(architecture):
+    """Under bf16 autocast the frozen encoders give bf16 latents and conditions; the flow promotes them."""
+    model = trained_like(architecture, dtype=torch.float32)
+    z, h = (part.bfloat16() for part in data(dtype=torch.float32))
+    r, log_det = model(z, h)
+    assert r.dtype == log_det.dtype == torch.float32
+    expected_r, expected_log_det = model(z.float(), h.float())
+    torch.testing.assert_close(r, expected_r, atol=0, rtol=0)
+    torch.testing.assert_close(log_det, expected_log_det, atol=0, rtol=0)
+    assert model.inverse(r, h).dtype == torch.float32
+
+
 def test_log_det_matches_numerical_jacobian(model):
     z, h = data(batch=1)
     jacobian = torch.autograd.functional.jacobian(
