@@ -8,6 +8,7 @@ such as ``--trainer.max_epochs 3``); every other subcommand is listed by ``ipoke
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -38,6 +39,39 @@ def run_lightning(argv: Sequence[str]) -> int:
 # ipoke data ...
 
 
+def _positive_int(text: str) -> int:
+    """An integer >= 1 (argparse type)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _number(text: str) -> float:
+    """``float(text)``, NaN for anything that is not a number (every range check below then fails)."""
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
+
+
+def _fraction_below_one(text: str) -> float:
+    value = _number(text)
+    if not 0 <= value < 1:  # also rejects nan
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), e.g. 0.1, got {text!r}")
+    return value
+
+
+def _probability(text: str) -> float:
+    value = _number(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1], e.g. 0.1, got {text!r}")
+    return value
+
+
 def _add_data_commands(subparsers: argparse._SubParsersAction) -> None:
     data = subparsers.add_parser("data", help="make, prepare and inspect datasets",
                                  description="Make, prepare and inspect datasets in ipoke's prepared format "
@@ -51,21 +85,26 @@ def _add_data_commands(subparsers: argparse._SubParsersAction) -> None:
                     "Deterministic for a seed; resumable (re-run the same command after an interruption).")
     synth.add_argument("--out", required=True, help="output folder (new or empty, or an unfinished synth run with "
                                                     "the same options to resume)")
-    synth.add_argument("--videos", type=int, default=4000, help="total number of videos over all splits (default "
-                                                                "4000)")
-    synth.add_argument("--frames", type=int, default=10, help="future frames T per video; a video has T+1 frames "
-                                                              "(default 10)")
-    synth.add_argument("--size", type=int, default=64, help="frame side in pixels, e.g. 64 or 128 (default 64)")
-    synth.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same dataset")
-    synth.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+    synth.add_argument("--videos", type=_positive_int, default=4000,
+                       help="total number of videos over all splits (default 4000); a split whose fraction rounds "
+                            "to 0 videos stays empty (with a warning), and train must keep at least one")
+    synth.add_argument("--frames", type=_positive_int, default=10,
+                       help="future frames T per video; a video has T+1 frames (default 10)")
+    synth.add_argument("--size", type=int, default=64,
+                       help="frame side in pixels, at least 16, e.g. 64 or 128 (default 64)")
+    synth.add_argument("--seed", type=int, default=0,
+                       help="random seed >= 0; the same seed gives the same dataset")
+    synth.add_argument("--workers", type=_positive_int, default=os.cpu_count() or 1,
                        help="parallel processes (default: all CPU cores); the result does not depend on it")
-    synth.add_argument("--val-fraction", type=float, default=0.05,
-                       help="fraction of videos in the 'val' split (same distribution as train; default 0.05)")
-    synth.add_argument("--test-fraction", type=float, default=0.1,
-                       help="fraction of videos in the held-out 'test' split, which uses plant species and "
-                            "backgrounds never seen in training (default 0.1)")
-    synth.add_argument("--background-poke-fraction", type=float, default=1 / 12,
-                       help="fraction of videos whose poke hits the background (nothing moves; default 1/12)")
+    synth.add_argument("--val-fraction", type=_fraction_below_one, default=0.05,
+                       help="fraction in [0, 1) of videos in the 'val' split (same distribution as train; default "
+                            "0.05)")
+    synth.add_argument("--test-fraction", type=_fraction_below_one, default=0.1,
+                       help="fraction in [0, 1) of videos in the held-out 'test' split, which uses plant species and "
+                            "backgrounds never seen in training (default 0.1); val + test must be below 1")
+    synth.add_argument("--background-poke-fraction", type=_probability, default=1 / 12,
+                       help="fraction in [0, 1] of videos whose poke hits the background (nothing moves; default "
+                            "1/12)")
     synth.set_defaults(handler=_run_synth)
 
     try:
@@ -75,9 +114,10 @@ def _add_data_commands(subparsers: argparse._SubParsersAction) -> None:
     else:
         prepare = data_commands.add_parser(
             "prepare", help="turn your own videos into a prepared dataset (frames, optical flow, masks, splits)",
-            description="Read every video file (mp4/mkv/avi/webm) and folder of frames under --videos, extract "
-                        "frames, compute optical flow at the given lags, optional foreground masks, and write the "
-                        "prepared format with a train/test split. Parallel, resumable.")
+            description="Read every video file (mp4/mkv/avi/webm) and folder of frames under --videos (or the "
+                        "single video file or frame folder given), extract frames, compute optical flow at the given "
+                        "lags, optional foreground masks, and write the prepared format with a train/test split. "
+                        "Parallel, resumable.")
         add_prepare_arguments(prepare)
         prepare.set_defaults(handler=run_prepare)
 
@@ -96,9 +136,12 @@ def _add_data_commands(subparsers: argparse._SubParsersAction) -> None:
 def _run_synth(args: argparse.Namespace) -> int:
     from ipoke.data.synthetic import SyntheticSettings, generate_dataset
 
-    settings = SyntheticSettings(videos=args.videos, frames=args.frames, size=args.size, seed=args.seed,
-                                 val_fraction=args.val_fraction, test_fraction=args.test_fraction,
-                                 background_poke_fraction=args.background_poke_fraction)
+    try:
+        settings = SyntheticSettings(videos=args.videos, frames=args.frames, size=args.size, seed=args.seed,
+                                     val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+                                     background_poke_fraction=args.background_poke_fraction)
+    except ValueError as error:  # the settings check themselves; the message names the option
+        raise UserError(str(error)) from error
     root = generate_dataset(args.out, settings, workers=max(1, args.workers))
     _run_info(argparse.Namespace(root=str(root)))
     return 0
@@ -131,15 +174,33 @@ def _poke_arg(text: str) -> tuple[float, float, float, float]:
         values = tuple(float(v) for v in text.split(","))
     except ValueError:
         values = ()
-    if len(values) != 4:
-        raise argparse.ArgumentTypeError(f"a poke is x,y,dx,dy (four numbers, image pixels), got {text!r}")
+    if len(values) != 4 or not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"a poke is x,y,dx,dy (four finite numbers, image pixels), got {text!r}")
     return values  # type: ignore[return-value]
+
+
+def _rate_arg(text: str) -> float:
+    """A finite number > 0 (argparse type)."""
+    value = _number(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
 
 
 def _device(name: str | None) -> str:
     import torch
 
-    return name or ("cuda" if torch.cuda.is_available() else "cpu")
+    if name is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise UserError(f"--device {name!r} is not a device; use cpu or cuda (cuda:1, ...)") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no CUDA GPU is available here; use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {name}: only cpu and cuda are supported")
+    return name
 
 
 def _add_sample_command(subparsers: argparse._SubParsersAction) -> None:
@@ -157,14 +218,18 @@ def _add_sample_command(subparsers: argparse._SubParsersAction) -> None:
                         help="x,y,dx,dy in the image's pixels; repeat for several pokes applied together")
     sample.add_argument("--data", help="a prepared dataset to take clips and pokes from (instead of --image)")
     sample.add_argument("--split", default="test", help="dataset split for --data (default: test)")
-    sample.add_argument("--n", type=int, default=8, help="number of dataset clips for --data (default 8)")
-    sample.add_argument("--samples", type=int, default=4, help="videos per image/clip (default 4)")
+    sample.add_argument("--n", type=_positive_int, default=8, help="number of dataset clips for --data (default 8)")
+    sample.add_argument("--samples", type=_positive_int, default=4,
+                        help="videos per image/clip (default 4; sensitivity mode draws one residual for all pokes)")
     sample.add_argument("--mode", choices=("poke", "sensitivity", "transfer"), default="poke",
                         help="what to generate (default: poke)")
     sample.add_argument("--seed", type=int, default=0, help="seed of the samples (same seed, same videos)")
-    sample.add_argument("--out", required=True, help="output folder")
-    sample.add_argument("--fps", type=float, default=5.0, help="frames per second of the written videos")
-    sample.add_argument("--scale", type=int, default=4, help="integer upscaling of the written videos (default 4)")
+    sample.add_argument("--out", required=True,
+                        help="output folder: new, empty, or the output of an earlier `ipoke sample` (replaced as a "
+                             "whole; any other folder is refused)")
+    sample.add_argument("--fps", type=_rate_arg, default=5.0, help="frames per second of the written videos")
+    sample.add_argument("--scale", type=_positive_int, default=4,
+                        help="integer upscaling of the written videos (default 4)")
     sample.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     sample.set_defaults(handler=_run_sample)
 
@@ -185,61 +250,83 @@ def _write_outputs(out, index: int, first_frame, pokes, videos, *, fps: float, s
     cv2.imwrite(str(out / f"overview_{index}.png"), cv2.cvtColor(overview[-1], cv2.COLOR_RGB2BGR))
 
 
+SAMPLE_RECORD = "ipoke_sample.json"  # the settings of an `ipoke sample` run, written beside its outputs
+
+
 def _run_sample(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    import json
 
     import torch
 
     from ipoke.sampling import Poker
+    from ipoke.utils import atomic_directory
 
     if (args.image is None) == (args.data is None):
         raise UserError("give either --image (with --poke) or --data")
     if args.image is not None and not args.poke:
         raise UserError("--image needs at least one --poke x,y,dx,dy")
-    if args.mode == "transfer" and args.data is None:
-        raise UserError("--mode transfer takes its clips from --data")
-    poker = Poker.from_checkpoint(args.ckpt, map_location=_device(args.device))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    generator = torch.Generator().manual_seed(args.seed)
+    if args.image is not None and not os.path.isfile(args.image):
+        raise UserError(f"--image {args.image} does not exist or is not a file")
+    if args.data is not None and args.poke:
+        raise UserError("--poke is for --image; dataset clips (--data) bring their own simulated pokes")
+    if args.mode == "transfer" and (args.data is None or args.n < 2):
+        raise UserError("--mode transfer replays each dataset clip on the next one: give --data and --n 2 or more")
+    if args.mode == "sensitivity" and len(args.poke) > 1:
+        raise UserError("--mode sensitivity pokes one location in many directions: give a single --poke")
+    device = _device(args.device)
+    try:
+        with atomic_directory(args.out, marker=SAMPLE_RECORD) as out:
+            poker = Poker.from_checkpoint(args.ckpt, map_location=device)
+            count = _write_samples(poker, args, out, torch.Generator().manual_seed(args.seed))
+            (out / SAMPLE_RECORD).write_text(json.dumps({**vars(args), "handler": None}, indent=1))
+    except (FileExistsError, ValueError) as error:
+        raise UserError(str(error)) from error
+    print(f"wrote {count} overview(s) and their samples to {args.out}")
+    return 0
+
+
+def _write_samples(poker, args: argparse.Namespace, out, generator) -> int:  # noqa: ANN001
+    """Write every output of ``ipoke sample`` into ``out``; returns the number of overviews."""
     if args.image is not None:
         if args.mode == "sensitivity":
-            x, y = args.poke[0][:2]
-            videos, pokes = poker.control_sensitivity(args.image, x, y, seed=args.seed)
+            x, y, dx, dy = args.poke[0]
+            length = math.hypot(dx, dy)
+            magnitudes = (length / 2, length) if length > 0 else None  # default: 4 and 8 model pixels
+            videos, pokes = poker.control_sensitivity(args.image, x, y, magnitudes=magnitudes, seed=args.seed)
             _, _, mapped = poker.prepare(args.image, pokes)
             _write_outputs(out, 0, videos[0, 0], mapped, videos, fps=args.fps, scale=args.scale)
         else:
             x0, poke, mapped = poker.prepare(args.image, args.poke)
             videos = poker.sample(x0, poke, n_samples=args.samples, generator=generator)[0]
             _write_outputs(out, 0, x0[0], mapped, videos, fps=args.fps, scale=args.scale)
-        count = 1
-    else:
-        from ipoke.data.datasets import PokeDataset
+        return 1
+    from ipoke.data.datasets import PokeDataset
 
-        dataset = PokeDataset(args.data, split=args.split, size=poker.size, n_frames=poker.n_frames,
-                              frame_step=poker.frame_step, n_pokes=1,
-                              poke_size=poker.poke_size, zero_poke_fraction=0.0, fixed_poke_count=True,
-                              deterministic=True, seed=args.seed, max_clips=args.n)
-        count = len(dataset)
-        for index in range(count):
-            item = dataset[index]
-            pokes = item["poke_coords"][: int(item["poke_count"])].numpy()
-            if args.mode == "transfer":
-                target = dataset[(index + 1) % count]
-                videos = poker.transfer(item["video"][None], item["poke"][None], target["video"][None, 0])
-                _write_outputs(out, index, target["video"][0], pokes, videos, fps=args.fps, scale=args.scale)
-            elif args.mode == "sensitivity":
-                from ipoke.sampling import to_uint8
+    dataset = PokeDataset(args.data, split=args.split, size=poker.size, n_frames=poker.n_frames,
+                          frame_step=poker.frame_step, n_pokes=1,
+                          poke_size=poker.poke_size, zero_poke_fraction=0.0, fixed_poke_count=True,
+                          deterministic=True, seed=args.seed, max_clips=args.n)
+    count = len(dataset)
+    if count < args.n:
+        print(f"the {args.split} split has {count} clips; sampling all of them")
+    for index in range(count):
+        item = dataset[index]
+        pokes = item["poke_coords"][: int(item["poke_count"])].numpy()
+        if args.mode == "transfer":
+            target = dataset[(index + 1) % count]
+            videos = poker.transfer(item["video"][None], item["poke"][None], target["video"][None, 0])
+            _write_outputs(out, index, target["video"][0], pokes, videos, fps=args.fps, scale=args.scale)
+        elif args.mode == "sensitivity":
+            from ipoke.sampling import to_uint8
 
-                x, y = pokes[0][:2]
-                videos, sensitivity_pokes = poker.control_sensitivity(to_uint8(item["video"][0]), x, y, seed=args.seed)
-                _write_outputs(out, index, item["video"][0], sensitivity_pokes, videos, fps=args.fps, scale=args.scale)
-            else:
-                videos = poker.sample(item["video"][None, 0], item["poke"][None], n_samples=args.samples,
-                                      generator=generator)[0]
-                _write_outputs(out, index, item["video"][0], pokes, videos, fps=args.fps, scale=args.scale)
-    print(f"wrote {count} overview(s) and their samples to {out}")
-    return 0
+            x, y = pokes[0][:2]
+            videos, sensitivity_pokes = poker.control_sensitivity(to_uint8(item["video"][0]), x, y, seed=args.seed)
+            _write_outputs(out, index, item["video"][0], sensitivity_pokes, videos, fps=args.fps, scale=args.scale)
+        else:
+            videos = poker.sample(item["video"][None, 0], item["poke"][None], n_samples=args.samples,
+                                  generator=generator)[0]
+            _write_outputs(out, index, item["video"][0], pokes, videos, fps=args.fps, scale=args.scale)
+    return count
 
 
 def _add_export_command(subparsers: argparse._SubParsersAction) -> None:
@@ -249,8 +336,10 @@ def _add_export_command(subparsers: argparse._SubParsersAction) -> None:
                     "checkpoint) into one self-describing folder that Poker.from_checkpoint, `ipoke sample` and "
                     "`ipoke evaluate` load; optionally register it in the model zoo under a name.")
     export.add_argument("--ckpt", required=True, help="checkpoint of the cINN training module (or an exported folder)")
-    export.add_argument("--out", required=True, help="output folder (replaced atomically)")
+    export.add_argument("--out", required=True, help="output folder: new, empty, or an earlier export (replaced "
+                                                     "atomically; any other folder is refused)")
     export.add_argument("--name", help="also register the export in the model zoo under this name")
+    export.add_argument("--overwrite", action="store_true", help="let --name replace an existing zoo entry")
     export.set_defaults(handler=_run_export)
 
 
@@ -258,11 +347,17 @@ def _run_export(args: argparse.Namespace) -> int:
     from ipoke import zoo
     from ipoke.sampling import Poker
 
-    folder = Poker.from_checkpoint(args.ckpt).export(args.out)
-    print(f"exported {args.ckpt} to {folder}")
-    if args.name:
-        zoo.register(args.name, folder, overwrite=True)
-        print(f"registered as {args.name!r} in {zoo.registry_file()}")
+    try:
+        if args.name and zoo.is_registered(args.name) and not args.overwrite:
+            raise UserError(f"model name {args.name!r} is taken (by {zoo.entries()[args.name]['path']}); pass "
+                            "--overwrite to point it at the new export")
+        folder = Poker.from_checkpoint(args.ckpt).export(args.out)
+        print(f"exported {args.ckpt} to {folder}")
+        if args.name:
+            zoo.register(args.name, folder, overwrite=True)
+            print(f"registered as {args.name!r} in {zoo.registry_file()}")
+    except (FileExistsError, ValueError) as error:
+        raise UserError(str(error)) from error
     return 0
 
 
@@ -285,7 +380,10 @@ def _add_zoo_command(subparsers: argparse._SubParsersAction) -> None:
 def _run_zoo_list(args: argparse.Namespace) -> int:
     from ipoke import zoo
 
-    entries = zoo.entries()
+    try:
+        entries = zoo.entries()
+    except ValueError as error:
+        raise UserError(str(error)) from error
     if not entries:
         print(f"no models registered ({zoo.registry_file()})")
     for name, entry in sorted(entries.items()):
@@ -310,14 +408,18 @@ def _run_zoo_remove(args: argparse.Namespace) -> int:
 
     try:
         zoo.unregister(args.name)
-    except KeyError as error:
-        raise UserError(str(error.args[0])) from error
+    except ValueError as error:
+        raise UserError(str(error)) from error
+    print(f"removed {args.name!r} from {zoo.registry_file()} (its files are kept)")
     return 0
 
 
-def _add_evaluate_command(subparsers: argparse._SubParsersAction) -> None:
-    from ipoke.evaluation import ALL_METRICS
+# The metric names of ipoke.evaluation.ALL_METRICS (a test checks they agree), here so that building the parser (and
+# `ipoke --help`) does not import torch and the metric networks.
+ALL_METRICS = ("fvd", "lpips", "ssim", "psnr", "diversity", "control")
 
+
+def _add_evaluate_command(subparsers: argparse._SubParsersAction) -> None:
     evaluate = subparsers.add_parser(
         "evaluate", help="compute FVD, LPIPS, SSIM/PSNR, diversity and control accuracy of a model and baselines",
         description="Sample from a model with the papers' protocol (one simulated poke per clip, fixed seed), "
@@ -330,8 +432,9 @@ def _add_evaluate_command(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--split", default="test", help="split (default test; synthetic test = novel objects)")
     evaluate.add_argument("--metrics", default=",".join(ALL_METRICS),
                           help=f"comma-separated subset of {','.join(ALL_METRICS)} (default: all)")
-    evaluate.add_argument("--n-clips", type=int, default=1008, help="clips to evaluate (default 1008, as the paper)")
-    evaluate.add_argument("--samples", type=int, default=5, help="samples per clip (default 5)")
+    evaluate.add_argument("--n-clips", type=_positive_int, default=1008,
+                          help="clips to evaluate (default 1008, as the paper)")
+    evaluate.add_argument("--samples", type=_positive_int, default=5, help="samples per clip (default 5)")
     evaluate.add_argument("--batch-size", type=int, default=16, help="clips per batch (default 16)")
     evaluate.add_argument("--seed", type=int, default=42, help="seed of pokes and samples (default 42, as the paper)")
     evaluate.add_argument("--no-baselines", action="store_true", help="skip the baselines")
@@ -350,6 +453,11 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from ipoke.metrics import MetricUnavailable
 
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    if not metrics:
+        raise UserError(f"--metrics names no metric; choose from {', '.join(ALL_METRICS)}")
+    out = Path(args.out)
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder; give a file name such as {out / 'metrics.json'}")
     samplers = {}
     size, n_frames, poke_size, frame_step = None, 10, 5, 1
     if args.ckpt:
@@ -373,9 +481,10 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     comparisons = format_comparisons(report)
     if comparisons:
         print(comparisons)
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(report, indent=1))
+    tmp.replace(out)
     print(f"wrote {out}")
     return 0
 
@@ -440,10 +549,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from ipoke.data.format import DatasetFormatError
+    from ipoke.utils import NotFoundError
 
     try:
         return int(args.handler(args) or 0)
-    except (UserError, DatasetFormatError, FileNotFoundError, KeyError) as error:
+    except (UserError, DatasetFormatError, FileNotFoundError, NotFoundError) as error:
         print(f"ipoke: error: {error}", file=sys.stderr)
         return 2
 

@@ -204,7 +204,8 @@ def evaluate(samplers: dict[str, Sampler], data_dir: str | os.PathLike, *, split
         include_baselines: Also evaluate ``copy_x0`` and (synthetic) ``ground_truth_resimulated``.
         device: Device for the metric networks (default: CUDA if available).
         fvd_weights, lpips_backbone: Optional weight files for I3D and LPIPS' AlexNet.
-        strict: Raise when a requested metric is unavailable instead of reporting it.
+        strict: Raise when a requested metric cannot be computed at all instead of reporting it (``diversity``
+            without LPIPS weights still gives ``diversity/mse``).
         progress: Show a progress bar.
 
     Returns:
@@ -237,7 +238,10 @@ def evaluate(samplers: dict[str, Sampler], data_dir: str | os.PathLike, *, split
         try:
             lpips_model = LearnedPerceptualSimilarity.from_pretrained(backbone_path=lpips_backbone, device=device)
         except MetricUnavailable as error:
-            unavailable["lpips"] = str(error)
+            # diversity/mse needs no network: a missing LPIPS costs only lpips and diversity/lpips.
+            unavailable["lpips" if "lpips" in metrics else DIVERSITY_LPIPS] = str(error)
+    if "diversity" in metrics and samples < 2:
+        unavailable["diversity"] = f"diversity compares the samples of a clip: needs --samples 2 or more, got {samples}"
     fvd_metrics: dict[str, FrechetVideoDistance] = {}
     if "fvd" in metrics and n_frames + 1 < I3D_MIN_FRAMES:
         unavailable["fvd"] = (f"FVD's I3D needs clips of at least {I3D_MIN_FRAMES} frames; these have {n_frames + 1} "
@@ -252,7 +256,7 @@ def evaluate(samplers: dict[str, Sampler], data_dir: str | os.PathLike, *, split
     has_control = dataset.data.index.get("source") == "synthetic"
     if "control" in metrics and not has_control:
         unavailable["control"] = "control accuracy needs exact ground-truth motion (synthetic datasets only)"
-    if strict and unavailable:
+    if strict and any(key in metrics for key in unavailable):  # a requested metric that cannot be computed at all
         raise MetricUnavailable("; ".join(f"{key}: {reason}" for key, reason in unavailable.items()))
     controls = {name: ControlAccuracy() for name in samplers} if "control" in metrics and has_control else {}
     per_clip = {name: {key: [] for key in CONTROL_KEYS} for name in controls}

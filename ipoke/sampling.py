@@ -14,6 +14,7 @@ square and resized to the model's resolution, and the pokes are mapped the same 
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,12 @@ from ipoke.models.encoders import ImageEncoder, PokeEncoder
 from ipoke.utils import atomic_directory
 
 MODEL_FILE = "poker.yaml"
+
+
+class ModelLoadError(ValueError):
+    """A model path that exists but holds no loadable ipoke model (damaged export, foreign file)."""
+
+
 ROLES = {"autoencoder": VideoAutoencoder, "image_encoder": ImageEncoder, "poke_encoder": PokeEncoder,
          "cinn": ConditionalINN}
 
@@ -40,7 +47,9 @@ ROLES = {"autoencoder": VideoAutoencoder, "image_encoder": ImageEncoder, "poke_e
 def load_image(image: str | os.PathLike | np.ndarray | torch.Tensor) -> np.ndarray:
     """An image as uint8 RGB ``(H, W, 3)``.
 
-    Accepts a file path, a uint8 array ``(H, W, 3)``, or a tensor ``(3, H, W)`` (uint8, or float in [-1, 1]).
+    Accepts a file path, a uint8 array ``(H, W, 3)``, or a tensor ``(3, H, W)`` (uint8, or float in [-1, 1]; a float
+    tensor outside [-1, 1] is refused, as a [0, 255] one would be; a [0, 1] one cannot be told apart and is read as
+    [-1, 1], washed out: convert it with ``x * 2 - 1``).
     """
     if isinstance(image, (str, os.PathLike)):
         bgr = cv2.imread(str(image), cv2.IMREAD_COLOR)
@@ -52,7 +61,11 @@ def load_image(image: str | os.PathLike | np.ndarray | torch.Tensor) -> np.ndarr
         if tensor.ndim != 3 or tensor.shape[0] != 3:
             raise ValueError(f"image tensors must be (3, H, W), got {tuple(tensor.shape)}")
         if tensor.dtype != torch.uint8:
-            tensor = ((tensor.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+            tensor = tensor.float()
+            if not torch.isfinite(tensor).all() or tensor.min() < -1.001 or tensor.max() > 1.001:
+                raise ValueError(f"float image tensors must hold values in [-1, 1], got [{tensor.min():.3g}, "
+                                 f"{tensor.max():.3g}]; pass uint8 for [0, 255] or map [0, 1] with x * 2 - 1")
+            tensor = ((tensor.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
         return tensor.permute(1, 2, 0).numpy()
     array = np.asarray(image)
     if array.ndim != 3 or array.shape[2] != 3:
@@ -125,19 +138,30 @@ class Poker(nn.Module):
             if not manifest_file.exists():
                 raise FileNotFoundError(f"{path_obj} has no {MODEL_FILE}; export a model with `ipoke export` or "
                                         "Poker.export()")
-            manifest = yaml.safe_load(manifest_file.read_text())
-            networks = {role: load_network(path_obj / folder, map_location=map_location, expected_class=ROLES[role])
-                        for role, folder in manifest["networks"].items()}
+            try:
+                manifest = yaml.safe_load(manifest_file.read_text())
+                folders = manifest["networks"]
+                if set(folders) != set(ROLES):
+                    raise ValueError(f"it names the networks {sorted(folders)}, not {sorted(ROLES)}")
+                networks = {role: load_network(path_obj / folder, map_location=map_location,
+                                               expected_class=ROLES[role]) for role, folder in folders.items()}
+            except (yaml.YAMLError, TypeError, KeyError, ValueError, RuntimeError, OSError) as error:
+                raise ModelLoadError(f"cannot load the model in {path_obj}: {MODEL_FILE} or a network in it is "
+                                     f"damaged ({type(error).__name__}: {error}); export it again") from error
             poker = cls(**networks, poke_size=manifest.get("poke_size", 5), frame_step=manifest.get("frame_step", 1))
         else:
-            checkpoint = torch.load(path_obj, map_location="cpu", weights_only=False)
+            try:
+                checkpoint = torch.load(path_obj, map_location="cpu", weights_only=False)
+            except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
+                raise ModelLoadError(f"{path_obj} is not a readable checkpoint ({type(error).__name__}: {error}); "
+                                     "pass an exported model folder, a cINN Lightning .ckpt or a zoo name") from error
             if not isinstance(checkpoint, dict):
-                raise ValueError(f"{path_obj} is not a Lightning checkpoint of an ipoke training module")
+                raise ModelLoadError(f"{path_obj} is not a Lightning checkpoint of an ipoke training module")
             networks = {}
             for role, role_class in ROLES.items():
                 names = networks_of_class(checkpoint, role_class)
                 if len(names) != 1:
-                    raise ValueError(f"{path_obj} does not hold exactly one {role_class.__name__} (found {names}); "
+                    raise ModelLoadError(f"{path_obj} does not hold exactly one {role_class.__name__} (found {names}); "
                                      "pass the checkpoint of a trained cINN module (ipoke.lightning.cinn)")
                 networks[role] = load_network(path_obj, name=names[0], map_location=map_location,
                                               checkpoint=checkpoint)
@@ -147,7 +171,7 @@ class Poker(nn.Module):
     def export(self, directory: str | os.PathLike) -> Path:
         """Write the four networks and a manifest into ``directory`` atomically; :meth:`from_checkpoint` loads it."""
         directory = Path(directory)
-        with atomic_directory(directory) as tmp:
+        with atomic_directory(directory, marker=MODEL_FILE) as tmp:
             for role in ROLES:
                 network: SavableModule = getattr(self, role)
                 save_pretrained(network, tmp / role)
@@ -238,6 +262,8 @@ class Poker(nn.Module):
         coords = np.asarray(pokes, np.float32).reshape(-1, 4)
         if len(coords) == 0:
             raise ValueError("give at least one poke (x, y, dx, dy)")
+        if not np.isfinite(coords).all():
+            raise ValueError(f"pokes must be finite numbers, got {coords.tolist()}")
         height, width = array.shape[:2]
         side = min(height, width)
         top, left = (height - side) // 2, (width - side) // 2
@@ -280,14 +306,24 @@ class Poker(nn.Module):
         return self.sample(x0, poke, n_samples=n_samples, generator=generator, temperature=temperature,
                            n_frames=n_frames)[0]
 
-    def control_sensitivity(self, image: Any, x: float, y: float, *, magnitudes: Sequence[float] = (4.0, 8.0),
+    def control_sensitivity(self, image: Any, x: float, y: float, *, magnitudes: Sequence[float] | None = None,
                             n_directions: int = 8, seed: int = 0) -> tuple[torch.Tensor, np.ndarray]:
-        """One location, many poke directions and magnitudes (in the image's pixels).
+        """One location, many poke directions and magnitudes.
+
+        Args:
+            image, x, y: The image and the poked location in its pixels.
+            magnitudes: Poke lengths in the image's pixels; default 4 and 8 pixels *of the model's resolution*
+                (converted to the image's pixels, so a large photo gets pokes the model can see).
+            n_directions: Directions, evenly spaced from +x.
+            seed: Seed of the one residual shared by every video.
 
         Returns:
             ``(videos (n_directions * len(magnitudes), T + 1, 3, S, S), pokes (N, 4) in the image's pixels)``;
             every video uses the same residual so only the poke differs.
         """
+        if magnitudes is None:
+            side = min(load_image(image).shape[:2])
+            magnitudes = (4.0 * side / self.size, 8.0 * side / self.size)
         angles = np.linspace(0, 2 * np.pi, n_directions, endpoint=False)
         pokes = np.array([[x, y, m * np.cos(a), m * np.sin(a)] for m in magnitudes for a in angles], np.float32)
         first = [self.prepare(image, [poke]) for poke in pokes]

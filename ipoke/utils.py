@@ -10,14 +10,35 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+class NotFoundError(KeyError):
+    """A named entry (video, flow, network) that is not there; prints its message without KeyError's quotes."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 @contextmanager
-def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
+def atomic_directory(target: str | os.PathLike, *, marker: str) -> Iterator[Path]:
     """Build a folder under a temporary name and move it to ``target`` only if the block succeeds.
 
     Yields the temporary folder (a hidden sibling of ``target``). On success an existing ``target`` is replaced; on
     any error the temporary folder is deleted and ``target`` is left as it was, so readers never see half a folder.
+
+    Args:
+        target: The folder to write.
+        marker: A file that every folder of this kind holds (e.g. ``poker.yaml``). An existing ``target`` is only
+            replaced when it is empty or holds this file; any other folder, or a file, raises
+            :class:`FileExistsError` before anything is written, so a mistyped output path never deletes user files.
     """
-    target = Path(target)
+    target = Path(target).resolve()
+    if target.exists():
+        if not target.is_dir():
+            raise FileExistsError(f"{target} exists and is a file; choose another output folder")
+        if any(target.iterdir()) and not (target / marker).is_file():
+            raise FileExistsError(f"{target} exists and is not an output of this kind (no {marker}); choose another "
+                                  "output folder or empty this one: it is never deleted")
+        if Path.cwd().resolve().is_relative_to(target):
+            raise FileExistsError(f"{target} is the current folder or holds it; write somewhere else")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:

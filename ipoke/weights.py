@@ -25,6 +25,16 @@ class WeightsNotFoundError(FileNotFoundError):
     """A pretrained weights file is not on this machine; the message says how to get it."""
 
 
+def load_weights_file(path: str | os.PathLike) -> dict:
+    """``torch.load`` of a weights file (tensors only); a file that is not one raises :class:`WeightsNotFoundError`
+    naming it, instead of the unpickler's bare error."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - torch raises KeyError, UnpicklingError, RuntimeError, ...
+        raise WeightsNotFoundError(f"{path} is not a readable PyTorch weights file ({type(error).__name__}: "
+                                   f"{error}); give the original .pth file") from error
+
+
 def cache_dir() -> Path:
     """ipoke's own cache folder: ``$IPOKE_CACHE`` if set, else ``~/.cache/ipoke`` (not created here)."""
     configured = os.environ.get(CACHE_ENV)

@@ -14,12 +14,18 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 ENV_HOME = "IPOKE_HOME"
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+class ZooError(ValueError):
+    """A registry problem caused by its user: unknown or invalid name, name taken, unreadable registry."""
 
 
 def registry_file() -> Path:
@@ -30,7 +36,16 @@ def registry_file() -> Path:
 
 def _load() -> dict[str, dict[str, Any]]:
     path = registry_file()
-    return yaml.safe_load(path.read_text()) or {} if path.exists() else {}
+    if not path.exists():
+        return {}
+    try:
+        entries = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ZooError(f"the model registry {path} is not valid YAML ({error}); fix or delete it") from error
+    if not isinstance(entries, dict) or not all(isinstance(entry, dict) and "path" in entry
+                                                for entry in entries.values()):
+        raise ZooError(f"the model registry {path} is not a mapping of names to models; fix or delete it")
+    return entries
 
 
 def _save(entries: dict[str, dict[str, Any]]) -> None:
@@ -71,12 +86,15 @@ def register(name: str, folder: str | os.PathLike, *, overwrite: bool = False) -
     """Register an exported model folder under ``name`` (records its checksum and settings)."""
     from ipoke.sampling import MODEL_FILE
 
+    if not NAME_PATTERN.fullmatch(name):
+        raise ZooError(f"invalid model name {name!r}: use letters, digits, '_', '.' and '-', starting with a letter "
+                       "or digit")
     folder = Path(folder).resolve()
     if not (folder / MODEL_FILE).exists():
         raise FileNotFoundError(f"{folder} is not an exported model (no {MODEL_FILE}); make one with `ipoke export`")
     entries = _load()
     if name in entries and not overwrite:
-        raise ValueError(f"model name {name!r} is taken (by {entries[name]['path']}); pass overwrite=True "
+        raise ZooError(f"model name {name!r} is taken (by {entries[name]['path']}); pass overwrite=True "
                          "(--overwrite) to replace it")
     manifest = yaml.safe_load((folder / MODEL_FILE).read_text())
     entries[name] = {"path": str(folder), "sha256": folder_checksum(folder), "size": manifest.get("size"),
@@ -88,7 +106,7 @@ def register(name: str, folder: str | os.PathLike, *, overwrite: bool = False) -
 def unregister(name: str) -> None:
     entries = _load()
     if name not in entries:
-        raise KeyError(f"no model named {name!r}; registered: {', '.join(sorted(entries)) or 'none'}")
+        raise ZooError(f"no model named {name!r}; registered: {', '.join(sorted(entries)) or 'none'}")
     del entries[name]
     _save(entries)
 
@@ -97,13 +115,13 @@ def resolve(name: str) -> Path:
     """The folder of a registered model, after checking its checksum."""
     entries = _load()
     if name not in entries:
-        raise KeyError(f"no model named {name!r}; registered: {', '.join(sorted(entries)) or 'none'}")
+        raise ZooError(f"no model named {name!r}; registered: {', '.join(sorted(entries)) or 'none'}")
     entry = entries[name]
     folder = Path(entry["path"])
     if not folder.exists():
         raise FileNotFoundError(f"model {name!r} is registered at {folder}, which no longer exists")
     checksum = folder_checksum(folder)
     if checksum != entry["sha256"]:
-        raise ValueError(f"model {name!r} at {folder} changed on disk (checksum {checksum[:12]} != registered "
+        raise ZooError(f"model {name!r} at {folder} changed on disk (checksum {checksum[:12]} != registered "
                          f"{entry['sha256'][:12]}); re-register it with `ipoke zoo register --overwrite`")
     return folder

@@ -46,3 +46,76 @@ def test_data_errors_are_clear(tmp_path, capsys):
     assert "not an ipoke dataset" in capsys.readouterr().err
     assert main(["data", "info", str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--videos", "0"], "argument --videos: must be at least 1, got 0"),
+    (["--frames", "0"], "argument --frames: must be at least 1"),
+    (["--workers", "0"], "argument --workers: must be at least 1"),
+    (["--val-fraction", "1.5"], "argument --val-fraction: expected a fraction in [0, 1)"),
+    (["--test-fraction", "nan"], "argument --test-fraction: expected a fraction in [0, 1)"),
+    (["--background-poke-fraction", "2"], "argument --background-poke-fraction: expected a fraction in [0, 1]"),
+])
+def test_data_synth_rejects_bad_numbers_before_writing(tmp_path, capsys, options, message):
+    out = tmp_path / "d"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["data", "synth", "--out", str(out), "--videos", "4", "--size", "32", *options])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--size", "8"], "size (--size) must be >= 16"),
+    (["--val-fraction", "0.6", "--test-fraction", "0.6"], "val_fraction + test_fraction must be below 1"),
+    (["--videos", "2", "--val-fraction", "0.4", "--test-fraction", "0.4"], "2 videos leave none for train"),
+    (["--seed", "-1"], "seed (--seed) must be >= 0"),
+])
+def test_data_synth_rejects_impossible_settings_in_one_line(tmp_path, capsys, options, message):
+    out = tmp_path / "d"
+    assert main(["data", "synth", "--out", str(out), "--videos", "4", "--size", "32", *options]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ipoke: error: ") and message in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_data_synth_resume_names_the_changed_option(tmp_path, capsys):
+    out = tmp_path / "d"
+    assert main(["data", "synth", "--out", str(out), "--videos", "2", "--frames", "2", "--size", "16",
+                 "--workers", "1", "--val-fraction", "0", "--test-fraction", "0"]) == 0
+    capsys.readouterr()
+    assert main(["data", "synth", "--out", str(out), "--videos", "3", "--frames", "2", "--size", "16",
+                 "--workers", "1", "--val-fraction", "0", "--test-fraction", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "videos 2 (this run: 3)" in err and "'size'" not in err and "background_poke_fraction" not in err
+
+
+@pytest.mark.parametrize("content, message", [("{\"format\": ", "not valid JSON"), ("[]", "JSON array")])
+def test_data_info_on_a_damaged_index(tmp_path, capsys, content, message):
+    out = tmp_path / "d"
+    (out / "videos").mkdir(parents=True)
+    (out / "ipoke_dataset.json").write_text(content)
+    for command in ("info", "index"):
+        assert main(["data", command, str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"ipoke: error: {out / 'ipoke_dataset.json'} is damaged") and message in err
+        assert "Traceback" not in err
+
+
+def test_data_prepare_takes_a_single_video_file(tmp_path, capsys):
+    import cv2
+    import numpy as np
+
+    video = tmp_path / "raw" / "square.mp4"
+    video.parent.mkdir()
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (48, 40))
+    for index in range(6):
+        frame = np.full((40, 48, 3), 60, np.uint8)
+        cv2.rectangle(frame, (8 + 2 * index, 10), (24 + 2 * index, 26), (0, 200, 255), -1)
+        writer.write(frame)
+    writer.release()
+    assert main(["data", "prepare", "--videos", str(video), "--out", str(tmp_path / "out"), "--size", "32",
+                 "--lags", "2", "--no-progress"]) == 0
+    assert "1 videos (train 1)" in capsys.readouterr().out
+    assert PreparedDataset(tmp_path / "out").ids() == ["square"]

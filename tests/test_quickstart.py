@@ -40,7 +40,7 @@ def test_report_files_and_model(quickstart_run):
 
 def test_metrics_follow_the_evaluate_schema(quickstart_run):
     report = json.loads((quickstart_run / "metrics.json").read_text())
-    assert set(report) == {"settings", "results", "unavailable"}
+    assert set(report) == {"settings", "results", "unavailable", "per_clip"}
     results = report["results"]
     assert {"ipoke", "copy_x0", "ground_truth_resimulated"} <= set(results)
     n_clips = report["settings"]["n_clips"]

@@ -227,3 +227,141 @@ def test_autoencoder_and_tempered_samplers(make_tiny_poker):
 
     assert torch.equal(*draws(poker_sampler(poker, 0.0)))
     assert not torch.equal(*draws(poker_sampler(poker)))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Bad input: clear errors (exit code 2, no traceback), nothing deleted or half-written
+
+
+def test_export_never_deletes_a_folder_that_is_not_an_export(exported, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("IPOKE_HOME", str(tmp_path / "home"))
+    user_folder = tmp_path / "notes"
+    user_folder.mkdir()
+    (user_folder / "notes.txt").write_text("important")
+    assert main(["export", "--ckpt", str(exported), "--out", str(user_folder)]) == 2
+    assert "not an output of this kind" in capsys.readouterr().err
+    assert (user_folder / "notes.txt").read_text() == "important"
+    assert main(["export", "--ckpt", str(exported), "--out", str(user_folder / "notes.txt")]) == 2
+    monkeypatch.chdir(user_folder)
+    assert main(["export", "--ckpt", str(exported), "--out", "."]) == 2
+    assert (user_folder / "notes.txt").read_text() == "important"
+    # An earlier export is replaced; a taken zoo name needs --overwrite and is checked before exporting.
+    assert main(["export", "--ckpt", str(exported), "--out", str(tmp_path / "a"), "--name", "m"]) == 0
+    assert main(["export", "--ckpt", str(exported), "--out", str(tmp_path / "a")]) == 0
+    assert main(["export", "--ckpt", str(exported), "--out", str(tmp_path / "b"), "--name", "m"]) == 2
+    assert "--overwrite" in capsys.readouterr().err and not (tmp_path / "b").exists()
+    assert main(["export", "--ckpt", str(exported), "--out", str(tmp_path / "b"), "--name", "m", "--overwrite"]) == 0
+    assert zoo.entries()["m"]["path"] == str((tmp_path / "b").resolve())
+
+
+def test_sample_command_rejects_bad_input_without_writing(exported, tmp_path, capsys):
+    import cv2
+
+    image = tmp_path / "image.png"
+    cv2.imwrite(str(image), np.zeros((100, 150, 3), np.uint8))
+    out = tmp_path / "out"
+    base = ["sample", "--ckpt", str(exported), "--image", str(image), "--out", str(out), "--scale", "1"]
+    assert main([*base, "--poke", "0,0,5,-2"]) == 2  # outside the centre square the model sees
+    assert "centre square" in capsys.readouterr().err and not out.exists()
+    assert main(["sample", "--ckpt", str(image), "--image", str(image), "--poke", "75,50,1,1", "--out", str(out)]) == 2
+    assert "not a readable checkpoint" in capsys.readouterr().err and not out.exists()
+    for bad in (["--poke", "75,50,nan,1"], ["--poke", "75,50,1,1", "--samples", "0"],
+                ["--poke", "75,50,1,1", "--fps", "0"], ["--poke", "75,50,1,1", "--scale", "-1"]):
+        with pytest.raises(SystemExit):
+            main([*base, *bad])
+    assert not out.exists()
+    # A rerun replaces the earlier output as a whole: no stale samples; the settings are written beside.
+    assert main([*base, "--poke", "75,50,3,1", "--samples", "3"]) == 0
+    assert main([*base, "--poke", "75,50,3,1", "--samples", "1"]) == 0
+    assert sorted(p.name for p in out.glob("sample_*.gif")) == ["sample_0_0.gif"]
+    assert json.loads((out / "ipoke_sample.json").read_text())["samples"] == 1
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("x")
+    assert main([*base[:-4], "--out", str(foreign), "--poke", "75,50,3,1"]) == 2
+    assert sorted(p.name for p in foreign.iterdir()) == ["keep.txt"]
+
+
+def test_control_sensitivity_pokes_are_visible_at_the_model_resolution(exported):
+    poker = Poker.from_checkpoint(exported)
+    image = np.random.default_rng(0).integers(0, 255, (640, 960, 3), dtype=np.uint8)  # 10x the model's 64 px
+    videos, pokes = poker.control_sensitivity(image, 480, 320, n_directions=4)
+    lengths = np.hypot(pokes[:, 2], pokes[:, 3])
+    np.testing.assert_allclose(lengths, [40] * 4 + [80] * 4, rtol=1e-5)  # 4 and 8 model pixels
+    _, _, mapped = poker.prepare(image, pokes)
+    np.testing.assert_allclose(np.hypot(mapped[:, 2], mapped[:, 3]), [4] * 4 + [8] * 4, rtol=1e-5)
+    assert videos.shape[0] == 8 and not torch.allclose(videos[0, 1:], videos[2, 1:])
+
+
+def test_api_rejects_unreadable_images_pokes_and_models(exported, tmp_path):
+    from ipoke.sampling import ModelLoadError
+
+    poker = Poker.from_checkpoint(exported)
+    with pytest.raises(ValueError, match=r"\[-1, 1\]"):
+        poker.animate(torch.full((3, 64, 64), 200.0), [(32, 32, 1, 1)])
+    with pytest.raises(ValueError, match="finite"):
+        poker.animate(np.zeros((64, 64, 3), np.uint8), [(32, 32, float("nan"), 1)])
+    not_a_model = tmp_path / "image.pt"
+    not_a_model.write_bytes(b"not a checkpoint")
+    with pytest.raises(ModelLoadError, match="not a readable checkpoint"):
+        Poker.from_checkpoint(not_a_model)
+    damaged = poker.export(tmp_path / "damaged")
+    (damaged / "poker.yaml").write_text("size: 64\n")
+    with pytest.raises(ModelLoadError, match="damaged"):
+        Poker.from_checkpoint(damaged)
+
+
+def test_evaluate_command_checks_its_arguments_before_working(exported, tmp_path, synthetic_dataset, capsys,
+                                                              monkeypatch):
+    from ipoke import cli, evaluation
+
+    assert cli.ALL_METRICS == evaluation.ALL_METRICS
+    base = ["evaluate", "--ckpt", str(exported), "--data", synthetic_dataset, "--n-clips", "2"]
+    assert main([*base, "--out", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    assert main([*base, "--metrics", ",", "--out", str(tmp_path / "m.json")]) == 2
+    for bad in (["--n-clips", "0"], ["--samples", "-2"]):
+        with pytest.raises(SystemExit):
+            main([*base, *bad])
+    assert not (tmp_path / "m.json").exists()
+    # Diversity alone without the LPIPS weights still gives diversity/mse; one sample per clip says why there is none.
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("IPOKE_CACHE", str(tmp_path / "cache"))
+    assert main([*base, "--metrics", "diversity", "--samples", "2", "--out", str(tmp_path / "d.json")]) == 0
+    report = json.loads((tmp_path / "d.json").read_text())
+    assert "diversity/mse" in report["results"]["tiny"] and "diversity/lpips" in report["unavailable"]
+    report = evaluation.evaluate({}, synthetic_dataset, metrics=("diversity", "ssim"), n_clips=2, samples=1,
+                                 progress=False)
+    assert "--samples 2" in report["unavailable"]["diversity"]
+
+
+def test_zoo_rejects_bad_names_and_reports_a_damaged_registry(exported, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("IPOKE_HOME", str(tmp_path / "home"))
+    with pytest.raises(zoo.ZooError, match="invalid model name"):
+        zoo.register("", exported)
+    assert main(["zoo", "remove", "nothing"]) == 2
+    assert "no model named 'nothing'" in capsys.readouterr().err
+    zoo.registry_file().parent.mkdir(parents=True)
+    zoo.registry_file().write_text("[unclosed")
+    assert main(["zoo", "list"]) == 2
+    assert "not valid YAML" in capsys.readouterr().err
+
+
+def test_weights_file_that_is_not_one_is_named(tmp_path):
+    from ipoke.weights import WeightsNotFoundError, load_weights_file
+
+    fake = tmp_path / "alexnet.pth"
+    fake.write_bytes(b"\x89PNG not weights")
+    with pytest.raises(WeightsNotFoundError, match="alexnet.pth is not a readable PyTorch weights file"):
+        load_weights_file(fake)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_device_option_is_checked():
+    from ipoke.cli import UserError, _device
+
+    assert _device("cpu") == "cpu"
+    with pytest.raises(UserError, match="no CUDA GPU"):
+        _device("cuda")
+    with pytest.raises(UserError, match="not a device"):
+        _device("gpu")

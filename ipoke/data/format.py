@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ipoke.utils import atomic_directory
+from ipoke.utils import NotFoundError, atomic_directory
 
 FORMAT_NAME = "ipoke-prepared"
 FORMAT_VERSION = 1
@@ -33,6 +33,8 @@ INDEX_FILE = "ipoke_dataset.json"
 VIDEOS_DIR = "videos"
 _ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 OPTIONAL_ARRAYS = {"masks": np.uint8, "keypoints": np.float32, "pokes": np.float32}
+_INDEX_REMEDY = ("delete it and re-run the `ipoke data synth`/`ipoke data prepare` command that wrote the dataset, "
+                 "with the same options (finished videos are kept)")
 
 
 class DatasetFormatError(ValueError):
@@ -42,6 +44,25 @@ class DatasetFormatError(ValueError):
 def is_dataset(root: str | os.PathLike) -> bool:
     """True if ``root`` holds an ipoke dataset index."""
     return (Path(root) / INDEX_FILE).is_file()
+
+
+def read_index(root: str | os.PathLike) -> dict[str, Any]:
+    """The parsed ``ipoke_dataset.json`` of ``root``.
+
+    Raises:
+        DatasetFormatError: If the file is not valid JSON or does not hold a JSON object; the message names the file.
+    """
+    path = Path(root) / INDEX_FILE
+    try:
+        index = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DatasetFormatError(f"{path} is damaged: not valid JSON ({error}); {_INDEX_REMEDY}") from error
+    if not isinstance(index, dict):
+        kind = {"list": "array", "str": "string", "int": "number", "float": "number", "bool": "boolean",
+                "NoneType": "null"}.get(type(index).__name__, type(index).__name__)
+        raise DatasetFormatError(f"{path} is damaged: it holds a JSON {kind}, not the index object "
+                                 f"({{\"format\": ..., \"videos\": [...]}}); {_INDEX_REMEDY}")
+    return index
 
 
 def _check_id(video_id: str) -> None:
@@ -112,7 +133,7 @@ class DatasetWriter:
                     f"output {self.root} exists, is not empty and is not an ipoke dataset; choose an empty or new "
                     "folder (refusing to write into it)")
             if is_dataset(self.root):
-                index = json.loads((self.root / INDEX_FILE).read_text())
+                index = read_index(self.root)
                 if index.get("size") != self.size or index.get("flow_lags") != self.flow_lags:
                     raise DatasetFormatError(
                         f"{self.root} is a dataset with size {index.get('size')} and flow_lags "
@@ -153,7 +174,7 @@ class DatasetWriter:
         validate_video_arrays(frames, flow, flow_starts, self.flow_lags, masks=masks, keypoints=keypoints, pokes=pokes)
         if frames.shape[1] != self.size:
             raise DatasetFormatError(f"video {video_id}: frames are {frames.shape[1]} px, dataset size is {self.size}")
-        with atomic_directory(self.video_dir(video_id)) as tmp:
+        with atomic_directory(self.video_dir(video_id), marker="frames.npy") as tmp:
             np.save(tmp / "frames.npy", np.ascontiguousarray(frames))
             np.save(tmp / "flow.npy", np.ascontiguousarray(flow, dtype=np.float16))
             np.save(tmp / "flow_starts.npy", flow_starts)
@@ -188,7 +209,7 @@ def write_index(root: str | os.PathLike, *, size: int | None = None, flow_lags: 
                 complete: bool = True) -> dict[str, Any]:
     """Rebuild the index of ``root`` from its videos; missing arguments are kept from an existing index."""
     root = Path(root)
-    old: dict[str, Any] = json.loads((root / INDEX_FILE).read_text()) if is_dataset(root) else {}
+    old: dict[str, Any] = read_index(root) if is_dataset(root) else {}
     videos = []
     for meta_file in sorted((root / VIDEOS_DIR).glob("*/meta.json")):
         videos.append(json.loads(meta_file.read_text()))
@@ -226,7 +247,7 @@ class VideoArrays:
         """Flow ``(2, S, S)`` float32 from frame ``start`` to ``start + lag``; raises if not stored."""
         rows = np.nonzero(self.flow_starts == start)[0]
         if len(rows) == 0 or lag not in flow_lags:
-            raise KeyError(f"video {self.meta['id']} has no flow from frame {start} at lag {lag} "
+            raise NotFoundError(f"video {self.meta['id']} has no flow from frame {start} at lag {lag} "
                            f"(starts {self.flow_starts.tolist()[:8]}..., lags {flow_lags})")
         return np.asarray(self.flow[rows[0], flow_lags.index(lag)], dtype=np.float32)
 
@@ -250,7 +271,7 @@ class PreparedDataset:
             raise DatasetFormatError(f"{self.root} is not an ipoke dataset (no {INDEX_FILE}); create one with "
                                      "`ipoke data synth` or `ipoke data prepare`, or rebuild a lost index with "
                                      "`ipoke data index DIR`")
-        self.index = json.loads((self.root / INDEX_FILE).read_text())
+        self.index = read_index(self.root)
         if self.index.get("format") != FORMAT_NAME or self.index.get("format_version") != FORMAT_VERSION:
             raise DatasetFormatError(f"{self.root}: unsupported format {self.index.get('format')!r} version "
                                      f"{self.index.get('format_version')!r} (this ipoke reads {FORMAT_NAME} "
@@ -258,6 +279,10 @@ class PreparedDataset:
         if not self.index.get("complete", True):
             raise DatasetFormatError(f"{self.root} is incomplete: the run that wrote it was interrupted; run the same "
                                      "`ipoke data synth`/`ipoke data prepare` command again to finish it")
+        missing = [key for key in ("size", "flow_lags", "videos") if key not in self.index]
+        if missing:
+            raise DatasetFormatError(f"{self.root / INDEX_FILE} is damaged: it lacks {', '.join(missing)}; "
+                                     f"{_INDEX_REMEDY}")
         self.size: int = int(self.index["size"])
         self.flow_lags: list[int] = [int(lag) for lag in self.index["flow_lags"]]
         self.videos: list[dict[str, Any]] = self.index["videos"]
@@ -280,7 +305,7 @@ class PreparedDataset:
     def video(self, video_id: str, *, mmap: bool = True) -> VideoArrays:
         """The arrays of one video (memory-mapped unless ``mmap=False``)."""
         if video_id not in self._by_id:
-            raise KeyError(f"{self.root} has no video {video_id!r}")
+            raise NotFoundError(f"{self.root} has no video {video_id!r}")
         folder = self.root / VIDEOS_DIR / video_id
         mode = "r" if mmap else None
 

@@ -8,7 +8,7 @@ layout     raw folder
 =========  ===================================================================================================
 plain      any tree of video files (mp4, mkv, avi, webm, ...) and frame folders (folders holding png/jpg frames);
            id = the relative path without extension, ``/`` replaced by ``__``; split from ``--split-file`` or
-           a seeded fraction of the videos.
+           a seeded fraction of the videos. The raw "folder" may also be a single video file (also for plants).
 plants     Poking Plants: ``VID_<plant>_<take>[_...]`` video files or frame folders; object id = the plant. The
            original iPOKE split every video by time (first 80 % of frames train, last 20 % test), so test clips
            were the same takes, often overlapping the training clips' frames: a leak. Here whole takes are split:
@@ -81,6 +81,10 @@ def sanitize_id(name: str) -> str:
     return cleaned
 
 
+def _is_single_video(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in VIDEO_EXTENSIONS
+
+
 def _strip_video_extension(name: str) -> str:
     suffix = Path(name).suffix.lower()
     return name[: -len(suffix)] if suffix in VIDEO_EXTENSIONS else name
@@ -89,12 +93,15 @@ def _strip_video_extension(name: str) -> str:
 def find_media(root: str | os.PathLike) -> list[Path]:
     """All video files and frame folders under ``root`` (recursively, hidden entries skipped), natural order.
 
-    A folder that directly holds images is one video (its frames); its sub-folders are searched too.
+    A folder that directly holds images is one video (its frames); its sub-folders are searched too. A single video
+    file as ``root`` is that one video.
 
     Raises:
-        LayoutError: If ``root`` does not exist or is not a folder.
+        LayoutError: If ``root`` does not exist or is neither a folder nor a video file.
     """
     root = Path(root)
+    if _is_single_video(root):
+        return [root]
     if not root.is_dir():
         raise LayoutError(f"videos folder {root} does not exist or is not a folder")
     found: list[Path] = []
@@ -260,7 +267,7 @@ def discover_videos(root: str | os.PathLike, layout: str = "plain", **options: A
     """List the videos of a raw dataset folder.
 
     Args:
-        root: The raw folder.
+        root: The raw folder; for the ``plain`` and ``plants`` layouts also a single video file.
         layout: One of :data:`LAYOUTS` (see the module docstring for each layout's expected tree and split).
         **options: Layout options: ``train_list`` (iper: path of ``train.txt`` when it is not in ``root``).
 
@@ -268,13 +275,19 @@ def discover_videos(root: str | os.PathLike, layout: str = "plain", **options: A
         The sources in natural order of their paths, ids unique.
 
     Raises:
-        LayoutError: If the folder is missing, holds no videos, does not match the layout, or two videos map to
-            the same id.
+        LayoutError: If the folder is missing (or is a file that is not a video), holds no videos, does not match
+            the layout, or two videos map to the same id.
     """
     if layout not in _LAYOUT_FUNCTIONS:
         raise LayoutError(f"unknown layout {layout!r}; choose one of {LAYOUTS}")
     root = Path(root)
-    if not root.is_dir():
+    if root.is_file() and not _is_single_video(root):
+        raise LayoutError(f"{root} is a file but not a video ({', '.join(VIDEO_EXTENSIONS)}); --videos takes a video "
+                          "file, a folder of frames or a folder of videos")
+    if _is_single_video(root) and layout not in ("plain", "plants"):
+        raise LayoutError(f"{root} is a single video file; layout {layout!r} needs the dataset's folder (a single "
+                          "video works with --layout plain or plants)")
+    if not root.is_dir() and not _is_single_video(root):
         raise LayoutError(f"videos folder {root} does not exist or is not a folder")
     sources = _LAYOUT_FUNCTIONS[layout](root, **options)
     if not sources:

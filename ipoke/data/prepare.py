@@ -31,6 +31,7 @@ import json
 import logging
 import multiprocessing
 import os
+import shutil
 import sys
 from collections import deque
 from collections.abc import Iterable, Sequence
@@ -407,7 +408,7 @@ def prepare_dataset(videos_dir: str | os.PathLike, out: str | os.PathLike, *, si
     """Prepare a folder of real videos as an ipoke dataset (see the module docstring for the steps).
 
     Args:
-        videos_dir: Raw folder of video files and/or frame folders.
+        videos_dir: Raw folder of video files and/or frame folders, or a single video file (``plain``/``plants``).
         out: Output dataset folder: new, empty, or an earlier (possibly interrupted) run with the same settings.
         size: Frame side S of the dataset.
         flow_method: ``"dis"`` (default), ``"farneback"`` or ``"raft"``.
@@ -498,6 +499,8 @@ def prepare_dataset(videos_dir: str | os.PathLike, out: str | os.PathLike, *, si
     }
     if out.exists() and out.is_dir() and any(out.iterdir()):
         _check_resume(out, settings)
+    created_out = not out.exists()
+    fresh = created_out or not any(out.iterdir())
     writer = DatasetWriter(out, size=size, flow_lags=lags, source="prepare", settings=settings)
     (out / SETTINGS_FILE).write_text(json.dumps(settings, indent=1))
 
@@ -526,6 +529,7 @@ def prepare_dataset(videos_dir: str | os.PathLike, out: str | os.PathLike, *, si
     bar = tqdm(total=len(sources), initial=len(result.skipped), desc="prepare", unit="video",
                disable=not progress, dynamic_ncols=True)
     failed_error: PrepareError | None = None
+    failed_message = ""
     executor = None
     try:
         if workers == 1 or len(tasks) <= 1:
@@ -551,6 +555,7 @@ def prepare_dataset(videos_dir: str | os.PathLike, out: str | os.PathLike, *, si
                     f"{message}\n(stopped; the {len(result.written)} videos finished by this run and those in progress "
                     "are kept, the index was not written; fix or --exclude the video and re-run the same command to "
                     "resume, or pass --skip-bad to leave bad videos out)")
+                failed_message = message
                 break
             logger.warning("leaving out %s: %s", video_id, message)
     finally:
@@ -559,6 +564,14 @@ def prepare_dataset(videos_dir: str | os.PathLike, out: str | os.PathLike, *, si
             executor.shutdown(wait=True, cancel_futures=True)
         bar.close()
     if failed_error is not None:
+        if fresh and not any((out / VIDEOS_DIR).glob("*/meta.json")):
+            # Nothing was finished in a new output folder: leave no half-made dataset behind.
+            shutil.rmtree(out / VIDEOS_DIR, ignore_errors=True)
+            (out / SETTINGS_FILE).unlink(missing_ok=True)
+            if created_out:
+                shutil.rmtree(out, ignore_errors=True)
+            raise PrepareError(f"{failed_message}\n(stopped; nothing was written to {out}; fix or --exclude the "
+                               "video, or pass --skip-bad to leave bad videos out)")
         raise failed_error
     if result.failed:
         writer.settings = {**settings, "failed": result.failed}
@@ -578,9 +591,9 @@ def _int_list(text: str) -> list[int]:
 
 def add_prepare_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the options of ``ipoke data prepare`` to ``parser`` (returned for chaining)."""
-    parser.add_argument("--videos", required=True, metavar="DIR",
+    parser.add_argument("--videos", required=True, metavar="PATH",
                         help="folder of raw videos (mp4/mkv/avi/webm/... files and/or folders of png/jpg frames), "
-                             "searched recursively")
+                             "searched recursively; or a single video file or frame folder")
     parser.add_argument("--out", required=True, metavar="DIR",
                         help="output dataset folder: new or empty, or an earlier run of the same command to resume")
     parser.add_argument("--layout", choices=LAYOUTS, default="plain",
@@ -667,7 +680,7 @@ def run_prepare(args: argparse.Namespace) -> int:
             train_list=args.train_list, on_error="skip" if args.skip_bad else "raise",
             progress=not args.no_progress)
     except (PrepareError, LayoutError, VideoReadError, DatasetFormatError, WeightsNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"ipoke: error: {error}", file=sys.stderr)
         return 2
     print(result.summary())
     return 1 if result.failed else 0

@@ -20,6 +20,7 @@ Main entry points: :func:`sample_scene`, :func:`sample_poke`, :func:`simulate` a
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -32,7 +33,11 @@ import cv2
 import numpy as np
 import pymunk
 
+logger = logging.getLogger(__name__)
+
 WORLD = 256.0
+# Smallest frame side: at 16 px stems are already drawn 1 px wide (the minimum), below it plants are a few pixels.
+MIN_SIZE = 16
 GENERATOR_VERSION = 3  # 3: pokes twice as strong (impulse_scale 760, was 380), see simulate()
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -517,12 +522,56 @@ class SyntheticSettings:
     background_poke_fraction: float = 1 / 12
     min_motion: float = 0.5
 
+    def __post_init__(self) -> None:
+        """Reject settings that cannot make a dataset; the message names the option (``--videos`` etc.)."""
+        checks = [
+            (self.videos >= 1, f"videos (--videos) must be >= 1, got {self.videos}"),
+            (self.frames >= 1, f"frames (--frames) must be >= 1, got {self.frames}"),
+            (self.size >= MIN_SIZE, f"size (--size) must be >= {MIN_SIZE} px (smaller frames draw the plants as a "
+                                    f"few pixels), got {self.size}"),
+            (self.seed >= 0, f"seed (--seed) must be >= 0, got {self.seed}"),
+            (0 <= self.val_fraction < 1, f"val_fraction (--val-fraction) must be in [0, 1), got {self.val_fraction}"),
+            (0 <= self.test_fraction < 1,
+             f"test_fraction (--test-fraction) must be in [0, 1), got {self.test_fraction}"),
+            (self.val_fraction + self.test_fraction < 1,
+             f"val_fraction + test_fraction must be below 1 so that train keeps videos, got {self.val_fraction} + "
+             f"{self.test_fraction}"),
+            (0 <= self.background_poke_fraction <= 1, "background_poke_fraction (--background-poke-fraction) must "
+             f"be in [0, 1], got {self.background_poke_fraction}"),
+            (self.min_motion >= 0, f"min_motion must be >= 0, got {self.min_motion}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        counts = self.split_counts()
+        if counts["train"] < 1:
+            raise ValueError(f"{self.videos} videos leave none for train ({counts['val']} val at val_fraction "
+                             f"{self.val_fraction}, {counts['test']} test at test_fraction {self.test_fraction}); "
+                             "use more --videos or smaller fractions")
+
+    def split_counts(self) -> dict[str, int]:
+        """Videos per split: val and test get their fraction of ``videos`` (rounded), train the rest."""
+        n_test = int(round(self.videos * self.test_fraction))
+        n_val = int(round(self.videos * self.val_fraction))
+        return {"train": self.videos - n_test - n_val, "val": n_val, "test": n_test}
+
+    def empty_split_warnings(self) -> list[str]:
+        """One message per split that was asked for (fraction > 0) but gets no video because ``videos`` is small."""
+        messages = []
+        for split, fraction in (("val", self.val_fraction), ("test", self.test_fraction)):
+            if fraction > 0 and self.split_counts()[split] == 0:
+                needed = max(self.videos, math.ceil(0.5 / fraction))
+                while int(round(needed * fraction)) < 1:
+                    needed += 1
+                messages.append(f"the {split} split will be empty: {self.videos} videos x {split}_fraction "
+                                f"{fraction:g} rounds to 0 videos (it needs at least {needed} videos)")
+        return messages
+
 
 def _video_plan(settings: SyntheticSettings) -> list[tuple[str, str, int]]:
     """(video_id, split, index) of every video, with a fixed split assignment."""
-    n_test = int(round(settings.videos * settings.test_fraction))
-    n_val = int(round(settings.videos * settings.val_fraction))
-    n_train = settings.videos - n_test - n_val
+    counts = settings.split_counts()
+    n_train, n_val, n_test = counts["train"], counts["val"], counts["test"]
     plan = [(f"train_{i:06d}", "train", i) for i in range(n_train)]
     plan += [(f"val_{i:06d}", "val", i) for i in range(n_val)]
     plan += [(f"test_{i:06d}", "test", i) for i in range(n_test)]
@@ -602,21 +651,26 @@ def generate_dataset(out: str | os.PathLike, settings: SyntheticSettings, *, wor
     """
     from tqdm.auto import tqdm
 
-    from ipoke.data.format import DatasetFormatError, DatasetWriter
+    from ipoke.data.format import DatasetFormatError, DatasetWriter, is_dataset, read_index
 
-    if settings.videos < 1 or settings.frames < 1 or settings.size < 16:
-        raise ValueError(f"need videos >= 1, frames >= 1 and size >= 16, got {settings}")
     root = Path(out)
     recorded = {**settings.__dict__, "generator_version": GENERATOR_VERSION}
+    # Checked before the writer touches the folder (it would first complain about size/flow_lags only).
+    if is_dataset(root):
+        index = read_index(root)
+        if index.get("source") != "synthetic":
+            raise DatasetFormatError(f"{root} is a dataset made by {index.get('source')!r}, not by `ipoke data "
+                                     "synth`; use another --out folder")
+        stored = index.get("settings") or {}
+        different = [key for key in sorted(set(stored) | set(recorded)) if stored.get(key) != recorded.get(key)]
+        if stored and different:
+            details = ", ".join(f"{key} {stored.get(key)!r} (this run: {recorded.get(key)!r})" for key in different)
+            raise DatasetFormatError(f"{root} was generated with other settings: {details}; use the same options to "
+                                     "resume, or another --out folder")
+    for message in settings.empty_split_warnings():
+        logger.warning("%s", message)
     writer = DatasetWriter(root, size=settings.size, flow_lags=list(range(1, settings.frames + 1)), source="synthetic",
                            settings=recorded)
-    if (root / "ipoke_dataset.json").exists():
-        import json
-
-        stored = json.loads((root / "ipoke_dataset.json").read_text()).get("settings", {})
-        if stored and stored != recorded:
-            raise DatasetFormatError(f"{root} was generated with settings {stored}, not {recorded}; use "
-                                     "another --out folder or the same options to resume")
     todo = [(settings, vid, split, index, writer) for vid, split, index in _video_plan(settings)
             if not writer.has_video(vid)]
     bar = tqdm(total=settings.videos, initial=settings.videos - len(todo), desc="synthesising videos", unit="video",

@@ -96,6 +96,22 @@ def _iter_video_file(path: Path) -> Iterator[np.ndarray]:
         raise VideoReadError(f"video {path} has no decodable frames")
 
 
+def _iter_frame_folder(folder: Path, files: list[Path]) -> Iterator[np.ndarray]:
+    """The images of a frame folder; all must have the size of the first (one video has one frame size)."""
+    first: tuple[Path, tuple[int, ...]] | None = None
+    for path in files:
+        image = _read_image(path)
+        if first is None:
+            first = (path, image.shape)
+        elif image.shape != first[1]:
+            (height, width), (other_height, other_width) = first[1][:2], image.shape[:2]
+            raise VideoReadError(
+                f"frame folder {folder} mixes frame sizes: {first[0].name} is {width}x{height} but {path.name} is "
+                f"{other_width}x{other_height} (width x height); all frames of one video must have the same size "
+                "(resize them, or move frames of another video into their own folder)")
+        yield image
+
+
 def iter_frames(source: str | os.PathLike, *, frame_step: int = 1, max_frames: int | None = None
                 ) -> Iterator[np.ndarray]:
     """Yield the frames of a video file or frame folder one at a time, as uint8 ``(H, W, 3)`` RGB.
@@ -108,7 +124,8 @@ def iter_frames(source: str | os.PathLike, *, frame_step: int = 1, max_frames: i
         max_frames: Stop after this many returned frames.
 
     Raises:
-        VideoReadError: If the source does not exist, is empty, is not a video, or cannot be decoded.
+        VideoReadError: If the source does not exist, is empty, is not a video, cannot be decoded, or is a frame
+            folder whose images differ in size.
     """
     if frame_step < 1:
         raise ValueError(f"frame_step must be >= 1, got {frame_step}")
@@ -119,13 +136,15 @@ def iter_frames(source: str | os.PathLike, *, frame_step: int = 1, max_frames: i
         files = frame_files(source)
         if not files:
             raise VideoReadError(f"frame folder {source} contains no images ({', '.join(IMAGE_EXTENSIONS)})")
-        frames: Iterator[np.ndarray] = (_read_image(path) for path in files[::frame_step])
+        frames: Iterator[np.ndarray] = _iter_frame_folder(source, files[::frame_step])
     else:
         frames = (frame for index, frame in enumerate(_iter_video_file(source)) if index % frame_step == 0)
-    for count, frame in enumerate(frames):
-        if max_frames is not None and count >= max_frames:
-            return
+    if max_frames is not None and max_frames <= 0:
+        return
+    for count, frame in enumerate(frames, start=1):
         yield frame
+        if max_frames is not None and count >= max_frames:
+            return  # before reading (and checking) a frame that is not wanted
 
 
 def read_frames(source: str | os.PathLike, *, frame_step: int = 1, max_frames: int | None = None) -> np.ndarray:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ipoke.losses.reconstruction import ssim
-from ipoke.weights import find_torch_hub_checkpoint
+from ipoke.weights import find_torch_hub_checkpoint, load_weights_file
 
 PERCEPTUAL_CHOICES = ("vgg19", "i3d", "ssim", "none")
 VGG19_FILENAME = "vgg19-dcbb9e9d.pth"
@@ -82,7 +82,7 @@ class VGG19PerceptualLoss(PerceptualLoss):
 
         if state_dict is None:
             path = find_torch_hub_checkpoint(VGG19_FILENAME, path=weights_path)
-            state_dict = torch.load(path, map_location="cpu", weights_only=True)
+            state_dict = load_weights_file(path)
         # Only the convolutional trunk is used: accept a full VGG19 state dict or its ``features.*`` part, and load
         # that part strictly.
         features = vgg19(weights=None).features

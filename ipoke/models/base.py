@@ -25,7 +25,7 @@ import torch
 import yaml
 from torch import nn
 
-from ipoke.utils import atomic_directory
+from ipoke.utils import NotFoundError, atomic_directory
 
 CONFIG_FILE = "model_config.yaml"
 WEIGHTS_FILE = "model.pt"
@@ -152,7 +152,7 @@ def clip_settings(checkpoint: dict[str, Any]) -> dict[str, int]:
 def save_pretrained(model: SavableModule, directory: str | os.PathLike) -> Path:
     """Write ``model_config.yaml`` and ``model.pt`` into ``directory`` atomically (all or nothing)."""
     directory = Path(directory)
-    with atomic_directory(directory) as tmp:
+    with atomic_directory(directory, marker=CONFIG_FILE) as tmp:
         (tmp / CONFIG_FILE).write_text(yaml.safe_dump(model.spec(), sort_keys=False))
         torch.save(model.state_dict(), tmp / WEIGHTS_FILE)
     return directory
@@ -200,7 +200,7 @@ def load_network(path: str | os.PathLike, *, name: str | None = None, map_locati
                 raise ValueError(f"{path} holds networks {sorted(specs)}; pass name= to choose one")
             name = candidates[0]
         if name not in specs:
-            raise KeyError(f"{path} holds no network named {name!r}; it has {sorted(specs)}")
+            raise NotFoundError(f"{path} holds no network named {name!r}; it has {sorted(specs)}")
         model = instantiate(specs[name])
         prefix = f"{name}."
         state = {key[len(prefix):]: value for key, value in checkpoint["state_dict"].items() if key.startswith(prefix)}

@@ -119,3 +119,21 @@ def test_index_is_rebuilt_from_videos(tmp_path):
     index = write_index(tmp_path / "d", size=16, flow_lags=[1, 2])
     assert [v["id"] for v in index["videos"]] == ["a", "b"]
     assert PreparedDataset(tmp_path / "d").ids("test") == ["a", "b"]
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{\"format\": ", "not valid JSON"),
+    ("[1, 2]", "JSON array, not the index object"),
+    ("\"text\"", "JSON string"),
+])
+def test_damaged_index_is_reported_by_name(tmp_path, content, message):
+    frames, flow, starts = _arrays()
+    writer = DatasetWriter(tmp_path / "d", size=16, flow_lags=[1, 2], source="test")
+    writer.write_video("a", split="train", frames=frames, flow=flow, flow_starts=starts)
+    writer.write_index()
+    (tmp_path / "d" / "ipoke_dataset.json").write_text(content)
+    for action in (lambda: PreparedDataset(tmp_path / "d"), lambda: write_index(tmp_path / "d"),
+                   lambda: DatasetWriter(tmp_path / "d", size=16, flow_lags=[1, 2], source="test")):
+        with pytest.raises(DatasetFormatError, match=message) as error:
+            action()
+        assert "ipoke_dataset.json" in str(error.value) and "delete it" in str(error.value)

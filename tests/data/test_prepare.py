@@ -314,3 +314,48 @@ def test_command_line(raw, tmp_path, capsys):
     assert "FAILED" in capsys.readouterr().out and len(PreparedDataset(tmp_path / "out2")) == 3
     with pytest.raises(SystemExit):
         parser.parse_args(["--videos", "x", "--out", "y", "--lags", "ten"])
+
+
+def write_mp4(path: Path, frames: np.ndarray) -> Path:
+    """A tiny mp4 written with OpenCV (mp4v), as a user's camera clip would be; RGB frames."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (frames.shape[2], frames.shape[1]))
+    for frame in frames:
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    writer.release()
+    return path
+
+
+def test_a_single_video_file_is_a_dataset_of_one(tmp_path):
+    video = write_mp4(tmp_path / "raw" / "square.mp4", panning_clip(8))
+    result = prepare_dataset(video, tmp_path / "out", size=32, lags=LAGS, progress=False)
+    data = PreparedDataset(tmp_path / "out")
+    assert data.ids() == ["square"] and data.splits() == {"train": 1} and result.written == ["square"]
+    assert data.video("square").frames.shape == (8, 32, 32, 3)
+    assert data.videos[0]["source_file"] == "square.mp4"
+    # The plants layout reads the take from a single file's name too; layouts of whole trees need the folder.
+    plant = write_mp4(tmp_path / "raw" / "VID_3_1.mp4", panning_clip(6))
+    prepare_dataset(plant, tmp_path / "plant", size=32, lags=LAGS, layout="plants", progress=False)
+    assert PreparedDataset(tmp_path / "plant").videos[0]["plant"] == 3
+    with pytest.raises(LayoutError, match="single video file; layout 'h36m' needs"):
+        prepare_dataset(video, tmp_path / "never", size=32, lags=LAGS, layout="h36m", progress=False)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a video")
+    with pytest.raises(LayoutError, match="notes.txt is a file but not a video"):
+        prepare_dataset(notes, tmp_path / "never", size=32, lags=LAGS, progress=False)
+    assert not (tmp_path / "never").exists()
+
+
+def test_frame_folder_with_mixed_sizes_is_refused_and_leaves_nothing(tmp_path):
+    folder = tmp_path / "raw" / "clip"
+    folder.mkdir(parents=True)
+    for index in range(6):
+        cv2.imwrite(str(folder / f"img_{index}.png"), np.full((60, 80 if index < 3 else 100, 3), 30 * index, np.uint8))
+    with pytest.raises(PrepareError, match=r"clip mixes frame sizes: img_0.png is 80x60 but img_3.png is 100x60"):
+        prepare_dataset(tmp_path / "raw", tmp_path / "out", size=32, lags=(2,), progress=False)
+    assert not (tmp_path / "out").exists()
+    # An empty output folder the user made stays, emptied again.
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(PrepareError, match="nothing was written"):
+        prepare_dataset(folder, tmp_path / "mine", size=32, lags=(2,), progress=False)
+    assert (tmp_path / "mine").is_dir() and not any((tmp_path / "mine").iterdir())

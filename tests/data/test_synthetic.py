@@ -197,3 +197,47 @@ def test_pokes_move_the_poked_part_by_pixels_not_fractions():
         part = result["masks"][0] == poke.body + 1
         means.append(np.linalg.norm(result["flow"][-1], axis=0)[part].mean())
     assert 2.0 < np.mean(means) < 6.0
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"videos": 0}, "videos"),
+    ({"frames": 0}, "frames"),
+    ({"size": 8}, "size"),
+    ({"seed": -1}, "seed"),
+    ({"val_fraction": 1.5}, "val_fraction"),
+    ({"test_fraction": -0.1}, "test_fraction"),
+    ({"val_fraction": 0.6, "test_fraction": 0.6}, "val_fraction \\+ test_fraction"),
+    ({"background_poke_fraction": 2.0}, "background_poke_fraction"),
+    ({"val_fraction": float("nan")}, "val_fraction"),
+    ({"videos": 2, "val_fraction": 0.4, "test_fraction": 0.4}, "none for train"),
+])
+def test_settings_refuse_values_that_cannot_make_a_dataset(tmp_path, options, message):
+    with pytest.raises(ValueError, match=message):
+        SyntheticSettings(**options)
+    assert not (tmp_path / "d").exists()
+
+
+def test_splits_that_round_to_no_video_are_warned_about(tmp_path, caplog):
+    settings = SyntheticSettings(videos=2, frames=2, size=16)
+    assert settings.split_counts() == {"train": 2, "val": 0, "test": 0}
+    warnings = settings.empty_split_warnings()
+    assert len(warnings) == 2 and "val split will be empty" in warnings[0] and "at least 11 videos" in warnings[0]
+    assert "test split will be empty" in warnings[1] and "at least 6 videos" in warnings[1]
+    with caplog.at_level("WARNING", logger="ipoke.data.synthetic"):
+        generate_dataset(tmp_path / "d", settings, progress=False)
+    assert "val split will be empty" in caplog.text
+    # An empty split asked for with a zero fraction is no surprise.
+    assert SyntheticSettings(videos=2, val_fraction=0.0, test_fraction=0.0).empty_split_warnings() == []
+
+
+def test_resume_with_other_settings_names_the_differing_keys(tmp_path):
+    from ipoke.data.format import DatasetFormatError
+
+    root = generate_dataset(tmp_path / "d", SyntheticSettings(videos=2, frames=2, size=16), progress=False)
+    before = (root / "ipoke_dataset.json").read_text()
+    with pytest.raises(DatasetFormatError) as error:
+        generate_dataset(root, SyntheticSettings(videos=3, frames=2, size=32), progress=False)
+    text = str(error.value)
+    assert "size 16 (this run: 32)" in text and "videos 2 (this run: 3)" in text
+    assert "frames" not in text and "seed" not in text and "{" not in text
+    assert (root / "ipoke_dataset.json").read_text() == before

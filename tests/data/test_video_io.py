@@ -131,6 +131,17 @@ def test_read_errors_name_the_file(tmp_path):
         read_frames(empty)
 
 
+def test_frame_folder_with_mixed_frame_sizes_is_refused(tmp_path):
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    for index in range(4):
+        width = 80 if index < 2 else 100
+        cv2.imwrite(str(folder / f"frame_{index}.png"), np.full((60, width, 3), 40 * index, np.uint8))
+    with pytest.raises(VideoReadError, match=r"clip mixes frame sizes: frame_0.png is 80x60 but frame_2.png is 100x60"):
+        list(iter_frames(folder))
+    assert len(list(iter_frames(folder, max_frames=2))) == 2  # the first frames alone are fine
+
+
 def test_resize_crop_keeps_centre_and_squash_keeps_everything():
     frame = np.zeros((40, 80, 3), np.uint8)
     frame[:, 20:60] = 255  # the centre square is white, the sides black
