@@ -387,8 +387,9 @@ def _run_zoo_list(args: argparse.Namespace) -> int:
     if not entries:
         print(f"no models registered ({zoo.registry_file()})")
     for name, entry in sorted(entries.items()):
+        status = zoo.status(name)
         print(f"{name}: {entry['path']} ({entry.get('size')} px, {entry.get('n_frames')} frames, "
-              f"sha256 {entry['sha256'][:12]})")
+              f"sha256 {entry['sha256'][:12]}){'' if status == 'ok' else f' [{status}]'}")
     return 0
 
 

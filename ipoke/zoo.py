@@ -111,6 +111,16 @@ def unregister(name: str) -> None:
     _save(entries)
 
 
+def status(name: str) -> str:
+    """``"ok"``, ``"missing"`` (its folder is gone) or ``"changed on disk"`` (checksum differs) for a registered
+    name."""
+    entry = _load()[name]
+    folder = Path(entry["path"])
+    if not folder.is_dir():
+        return "missing"
+    return "ok" if folder_checksum(folder) == entry["sha256"] else "changed on disk"
+
+
 def resolve(name: str) -> Path:
     """The folder of a registered model, after checking its checksum."""
     entries = _load()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -341,7 +342,16 @@ def test_zoo_rejects_bad_names_and_reports_a_damaged_registry(exported, tmp_path
         zoo.register("", exported)
     assert main(["zoo", "remove", "nothing"]) == 2
     assert "no model named 'nothing'" in capsys.readouterr().err
-    zoo.registry_file().parent.mkdir(parents=True)
+    # `zoo list` flags entries whose folder went away or changed.
+    kept, changed, gone = (Poker.from_checkpoint(exported).export(tmp_path / name) for name in ("k", "c", "g"))
+    for name, folder in (("kept", kept), ("changed", changed), ("gone", gone)):
+        zoo.register(name, folder)
+    (changed / "poker.yaml").write_text((changed / "poker.yaml").read_text() + "# edited\n")
+    shutil.rmtree(gone)
+    assert main(["zoo", "list"]) == 0
+    listing = dict(line.split(": ", 1) for line in capsys.readouterr().out.splitlines())
+    assert listing["changed"].endswith("[changed on disk]") and listing["gone"].endswith("[missing]")
+    assert not listing["kept"].endswith("]")
     zoo.registry_file().write_text("[unclosed")
     assert main(["zoo", "list"]) == 2
     assert "not valid YAML" in capsys.readouterr().err
