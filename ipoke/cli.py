@@ -278,7 +278,8 @@ def _run_sample(args: argparse.Namespace) -> int:
         with atomic_directory(args.out, marker=SAMPLE_RECORD) as out:
             poker = Poker.from_checkpoint(args.ckpt, map_location=device)
             count = _write_samples(poker, args, out, torch.Generator().manual_seed(args.seed))
-            (out / SAMPLE_RECORD).write_text(json.dumps({**vars(args), "handler": None}, indent=1))
+            settings = {key: value for key, value in vars(args).items() if key != "handler"}
+            (out / SAMPLE_RECORD).write_text(json.dumps(settings, indent=1))
     except (FileExistsError, ValueError) as error:
         raise UserError(str(error)) from error
     print(f"wrote {count} overview(s) and their samples to {args.out}")
@@ -387,7 +388,7 @@ def _run_zoo_list(args: argparse.Namespace) -> int:
     if not entries:
         print(f"no models registered ({zoo.registry_file()})")
     for name, entry in sorted(entries.items()):
-        status = zoo.status(name)
+        status = zoo.entry_status(entry)
         print(f"{name}: {entry['path']} ({entry.get('size')} px, {entry.get('n_frames')} frames, "
               f"sha256 {entry['sha256'][:12]}){'' if status == 'ok' else f' [{status}]'}")
     return 0
@@ -452,6 +453,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
     from ipoke.evaluation import evaluate, format_comparisons, format_table
     from ipoke.metrics import MetricUnavailable
+    from ipoke.utils import write_text_atomic
 
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     if not metrics:
@@ -483,9 +485,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     if comparisons:
         print(comparisons)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(report, indent=1))
-    tmp.replace(out)
+    write_text_atomic(out, json.dumps(report, indent=1))
     print(f"wrote {out}")
     return 0
 

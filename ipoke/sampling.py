@@ -321,8 +321,9 @@ class Poker(nn.Module):
             ``(videos (n_directions * len(magnitudes), T + 1, 3, S, S), pokes (N, 4) in the image's pixels)``;
             every video uses the same residual so only the poke differs.
         """
+        image = load_image(image)  # once, not once per poke
         if magnitudes is None:
-            side = min(load_image(image).shape[:2])
+            side = min(image.shape[:2])
             magnitudes = (4.0 * side / self.size, 8.0 * side / self.size)
         angles = np.linspace(0, 2 * np.pi, n_directions, endpoint=False)
         pokes = np.array([[x, y, m * np.cos(a), m * np.sin(a)] for m in magnitudes for a in angles], np.float32)

@@ -17,6 +17,15 @@ class NotFoundError(KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to a hidden sibling of ``path`` and rename it over ``path``: readers see the old or the new
+    file, never half of one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 @contextmanager
 def atomic_directory(target: str | os.PathLike, *, marker: str) -> Iterator[Path]:
     """Build a folder under a temporary name and move it to ``target`` only if the block succeeds.

@@ -20,6 +20,8 @@ from typing import Any
 
 import yaml
 
+from ipoke.utils import write_text_atomic
+
 ENV_HOME = "IPOKE_HOME"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
@@ -51,9 +53,7 @@ def _load() -> dict[str, dict[str, Any]]:
 def _save(entries: dict[str, dict[str, Any]]) -> None:
     path = registry_file()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(yaml.safe_dump(entries, sort_keys=True))
-    tmp.replace(path)
+    write_text_atomic(path, yaml.safe_dump(entries, sort_keys=True))
 
 
 def folder_checksum(folder: str | os.PathLike) -> str:
@@ -103,35 +103,41 @@ def register(name: str, folder: str | os.PathLike, *, overwrite: bool = False) -
     return entries[name]
 
 
-def unregister(name: str) -> None:
-    entries = _load()
+def _entry(entries: dict[str, dict[str, Any]], name: str) -> dict[str, Any]:
     if name not in entries:
         raise ZooError(f"no model named {name!r}; registered: {', '.join(sorted(entries)) or 'none'}")
+    return entries[name]
+
+
+def unregister(name: str) -> None:
+    entries = _load()
+    _entry(entries, name)
     del entries[name]
     _save(entries)
 
 
-def status(name: str) -> str:
-    """``"ok"``, ``"missing"`` (its folder is gone) or ``"changed on disk"`` (checksum differs) for a registered
-    name."""
-    entry = _load()[name]
+def _check(entry: dict[str, Any]) -> tuple[str, str | None]:
+    """``(status, checksum)``: ``"ok"``, ``"missing"`` (its folder is gone; no checksum) or ``"changed on disk"``."""
     folder = Path(entry["path"])
-    if not folder.is_dir():
-        return "missing"
-    return "ok" if folder_checksum(folder) == entry["sha256"] else "changed on disk"
+    if not folder.exists():
+        return "missing", None
+    checksum = folder_checksum(folder)
+    return ("ok" if checksum == entry["sha256"] else "changed on disk"), checksum
+
+
+def entry_status(entry: dict[str, Any]) -> str:
+    """``"ok"``, ``"missing"`` or ``"changed on disk"`` for an entry of :func:`entries`."""
+    return _check(entry)[0]
 
 
 def resolve(name: str) -> Path:
     """The folder of a registered model, after checking its checksum."""
-    entries = _load()
-    if name not in entries:
-        raise ZooError(f"no model named {name!r}; registered: {', '.join(sorted(entries)) or 'none'}")
-    entry = entries[name]
+    entry = _entry(_load(), name)
     folder = Path(entry["path"])
-    if not folder.exists():
+    state, checksum = _check(entry)
+    if state == "missing":
         raise FileNotFoundError(f"model {name!r} is registered at {folder}, which no longer exists")
-    checksum = folder_checksum(folder)
-    if checksum != entry["sha256"]:
+    if state != "ok":
         raise ZooError(f"model {name!r} at {folder} changed on disk (checksum {checksum[:12]} != registered "
-                         f"{entry['sha256'][:12]}); re-register it with `ipoke zoo register --overwrite`")
+                       f"{entry['sha256'][:12]}); re-register it with `ipoke zoo register --overwrite`")
     return folder

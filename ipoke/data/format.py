@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ipoke.utils import NotFoundError, atomic_directory
+from ipoke.utils import NotFoundError, atomic_directory, write_text_atomic
 
 FORMAT_NAME = "ipoke-prepared"
 FORMAT_VERSION = 1
@@ -225,9 +225,7 @@ def write_index(root: str | os.PathLike, *, size: int | None = None, flow_lags: 
     }
     if index["size"] is None or index["flow_lags"] is None:
         raise DatasetFormatError(f"{root} has no index to take size/flow_lags from; pass them")
-    tmp = root / f".{INDEX_FILE}.tmp"
-    tmp.write_text(json.dumps(index, indent=1))
-    tmp.replace(root / INDEX_FILE)
+    write_text_atomic(root / INDEX_FILE, json.dumps(index, indent=1))
     return index
 
 

@@ -54,6 +54,7 @@ from ipoke.data.flow import (
 from ipoke.data.format import VIDEOS_DIR, DatasetFormatError, DatasetWriter, is_dataset
 from ipoke.data.layouts import LAYOUTS, LayoutError, VideoSource, discover_videos
 from ipoke.data.video_io import RESIZE_MODES, VideoReadError, iter_frames, resize_frame, video_fps
+from ipoke.utils import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -376,9 +377,7 @@ def _relabel(writer: DatasetWriter, video_id: str, split: str) -> bool:
     if meta.get("split") == split:
         return False
     meta["split"] = split
-    tmp = meta_file.with_name(".meta.json.tmp")
-    tmp.write_text(json.dumps(meta))
-    tmp.replace(meta_file)
+    write_text_atomic(meta_file, json.dumps(meta))
     return True
 
 
