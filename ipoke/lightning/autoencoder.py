@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ipoke.lightning.base import NetworkCheckpointMixin
+from ipoke.lightning.base import NetworkCheckpointMixin, detect_unused_parameters_under_ddp
 from ipoke.losses.adversarial import feature_matching_loss, hinge_discriminator_loss, hinge_generator_loss, r1_penalty
 from ipoke.losses.perceptual import build_perceptual_loss
 from ipoke.losses.reconstruction import kl_loss, l1_loss, motion_weighted_l1_loss, psnr, ssim
@@ -153,6 +153,10 @@ class VideoAutoencoderModule(NetworkCheckpointMixin):
 
     # ----------------------------------------------------------------------------------------------------------------
     # Lightning hooks
+
+    def setup(self, stage: str) -> None:
+        if self.spatial_discriminator is not None or self.temporal_discriminator is not None:
+            detect_unused_parameters_under_ddp(self)
 
     def configure_model(self) -> None:
         if self.hparams.compile and not self._compiled:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.utilities import rank_zero_info
 
 from ipoke.models.base import NETWORKS_KEY, network_specs
 
@@ -18,3 +20,27 @@ class NetworkCheckpointMixin(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[NETWORKS_KEY] = network_specs(self)
+
+
+def detect_unused_parameters_under_ddp(module: L.LightningModule) -> None:
+    """Switch on DDP's unused-parameter detection for a module that alternates generator and discriminator steps.
+
+    A GAN step runs one backward pass for the generator and one for the discriminator inside a single
+    ``training_step`` (one DDP forward), so each pass leaves the other network's parameters without gradients. Plain
+    DDP then stops with "parameters that were not used in producing the loss" (and does so as well before
+    ``gan_start_step``, while the discriminator is not used at all). Call this from the module's ``setup`` hook,
+    which Lightning runs before the strategy wraps the module in ``DistributedDataParallel``; it does nothing
+    without DDP or when the user already chose ``strategy: ddp_find_unused_parameters_true``.
+    """
+    strategy = module.trainer.strategy
+    if not isinstance(strategy, DDPStrategy):
+        return
+    ddp_kwargs = getattr(strategy, "_ddp_kwargs", None)
+    if not isinstance(ddp_kwargs, dict):  # a Lightning version that stores the options elsewhere
+        raise RuntimeError(f"{type(module).__name__} trains a generator and discriminators in turn and needs DDP's "
+                           "unused-parameter detection: run with --trainer.strategy "
+                           "ddp_find_unused_parameters_true")
+    if not ddp_kwargs.get("find_unused_parameters"):
+        ddp_kwargs["find_unused_parameters"] = True
+        rank_zero_info(f"{type(module).__name__}: DDP runs with find_unused_parameters=True (generator and "
+                       "discriminator steps alternate)")

@@ -54,6 +54,12 @@ class VideoLoggingCallback(L.Callback):
         self.log_validation = log_validation
         self.batches_seen = 0
         self.written: list[Path] = []
+        self.log_dir: str | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # ``trainer.log_dir`` is a collective call under DDP (rank 0 broadcasts it), so it must be read here, where
+        # every rank runs, and never inside the rank-zero-only ``_log``: there it waits forever for the other ranks.
+        self.log_dir = trainer.log_dir or trainer.default_root_dir
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -100,8 +106,7 @@ class VideoLoggingCallback(L.Callback):
                 self._write_file(trainer, key, frames, step)
 
     def _write_file(self, trainer: L.Trainer, key: str, frames: np.ndarray, step: int) -> bool:
-        log_dir = trainer.log_dir or trainer.default_root_dir
-        path = Path(log_dir) / "videos" / f"{key.replace('/', '_')}_{step:07d}.gif"
+        path = Path(self.log_dir or trainer.default_root_dir) / "videos" / f"{key.replace('/', '_')}_{step:07d}.gif"
         self.written.append(write_gif(path, frames, self.fps))
         return True
 

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from ipoke.lightning.base import NetworkCheckpointMixin
+from ipoke.lightning.base import NetworkCheckpointMixin, detect_unused_parameters_under_ddp
 from ipoke.losses.adversarial import adaptive_weight, hinge_discriminator_loss, hinge_generator_loss, r1_penalty
 from ipoke.losses.perceptual import build_perceptual_loss
 from ipoke.losses.reconstruction import l1_loss, psnr, ssim
@@ -92,6 +92,10 @@ class ImageEncoderModule(NetworkCheckpointMixin):
         per_pixel = hp.l1_weight * (reconstruction - image).abs()
         per_pixel = per_pixel + hp.perceptual_weight * self.perceptual_loss(reconstruction, image)
         return (per_pixel / torch.exp(self.log_variance) + self.log_variance).mean()
+
+    def setup(self, stage: str) -> None:
+        if self.discriminator is not None:
+            detect_unused_parameters_under_ddp(self)
 
     def configure_model(self) -> None:
         if self.hparams.compile:
