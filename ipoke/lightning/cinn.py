@@ -46,7 +46,8 @@ class PokeINNModule(NetworkCheckpointMixin):
         val_sample_batches: Validation batches on which a video is sampled per clip (the MaCow inverse is slow).
         cuda_graph: Replay the flow's forward + backward as a CUDA graph (:class:`GraphedNLLStep`; manual
             optimisation, ``precision`` ``32-true`` or ``bf16-mixed``, a constant batch size: use ``drop_last``).
-            4.1x the fp32 eager training throughput of the reference flow on an H100; eager on CPU.
+            4.1x the fp32 eager training throughput of the reference flow on an H100; eager on CPU. One device
+            only: the graph bypasses DDP's gradient averaging, so a multi-process run is refused.
     """
 
     def __init__(self, autoencoder_checkpoint: str, image_encoder_checkpoint: str, poke_encoder_checkpoint: str,
@@ -72,6 +73,12 @@ class PokeINNModule(NetworkCheckpointMixin):
         self._check_compatible(self._condition_channels(flow.static_reference))
         self.automatic_optimization = not cuda_graph
         self._graphed_step: GraphedNLLStep | None = None
+
+    def setup(self, stage: str) -> None:
+        if self.hparams.cuda_graph and self.trainer.world_size > 1:
+            raise ValueError(f"cuda_graph trains on one device, but this run has {self.trainer.world_size} processes "
+                             "(the graphed step would skip DDP's gradient averaging and the replicas would drift "
+                             "apart): set model.init_args.cuda_graph false, or train on one device")
 
     def _condition_channels(self, static_reference: bool) -> int:
         """Channels of :meth:`condition`: both embeddings, plus z_dim for a flow with ``static_reference``."""
