@@ -25,13 +25,41 @@ class UserError(Exception):
     """An error caused by the user's input; printed without a traceback."""
 
 
+def _root_cause(error: BaseException) -> BaseException:
+    """The first exception of the chain that led to ``error`` (jsonargparse wraps a constructor's own error)."""
+    while (cause := error.__cause__ or error.__context__) is not None:
+        error = cause
+    return error
+
+
 def run_lightning(argv: Sequence[str]) -> int:
-    """Run LightningCLI on ``argv`` (``["fit", "--config", ...]``)."""
+    """Run LightningCLI on ``argv`` (``["fit", "--config", ...]``).
+
+    A wrong key or type is reported by jsonargparse's parser (usage and the key). An error raised while the config's
+    objects are built (a checkpoint that does not exist, a width the network refuses) is printed as the constructor's
+    own message, without the traceback of jsonargparse's type resolution that wraps it; so is a dataset error.
+    """
     import lightning as L
     from lightning.pytorch.cli import LightningCLI
 
-    LightningCLI(L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
-             args=list(argv), save_config_kwargs={"overwrite": True}, parser_kwargs={"prog": "ipoke"})
+    from ipoke.data.format import DatasetFormatError
+
+    class CLI(LightningCLI):
+        def instantiate_classes(self) -> None:
+            try:
+                super().instantiate_classes()
+            except (ValueError, TypeError, OSError) as error:
+                cause = _root_cause(error)
+                raise UserError(f"the config could not be built: {type(cause).__name__}: {cause}") from error
+
+    # From the console script LightningCLI reads sys.argv itself (passing it again only earns a warning).
+    args = None if list(argv) == sys.argv[1:] else list(argv)
+    try:
+        CLI(L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+            args=args, save_config_kwargs={"overwrite": True}, parser_kwargs={"prog": "ipoke"})
+    except (UserError, DatasetFormatError) as error:  # a missing or damaged dataset shows when training starts
+        print(f"ipoke: error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 
