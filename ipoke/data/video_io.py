@@ -96,20 +96,22 @@ def _iter_video_file(path: Path) -> Iterator[np.ndarray]:
         raise VideoReadError(f"video {path} has no decodable frames")
 
 
-def _iter_frame_folder(folder: Path, files: list[Path]) -> Iterator[np.ndarray]:
-    """The images of a frame folder; all must have the size of the first (one video has one frame size)."""
-    first: tuple[Path, tuple[int, ...]] | None = None
-    for path in files:
-        image = _read_image(path)
+def _same_size_frames(source: Path, frames: Iterator[tuple[str, np.ndarray]]) -> Iterator[np.ndarray]:
+    """The frames of ``(label, frame)`` pairs; all must have the size of the first (one video has one frame size)."""
+    first: tuple[str, tuple[int, ...]] | None = None
+    for label, frame in frames:
         if first is None:
-            first = (path, image.shape)
-        elif image.shape != first[1]:
-            (height, width), (other_height, other_width) = first[1][:2], image.shape[:2]
+            first = (label, frame.shape)
+        elif frame.shape != first[1]:
+            (height, width), (other_height, other_width) = first[1][:2], frame.shape[:2]
+            kind, remedy = (("frame folder", "resize them, or move frames of another video into their own folder")
+                            if source.is_dir() else
+                            ("video", "split it where the resolution changes, or re-encode it at one size"))
             raise VideoReadError(
-                f"frame folder {folder} mixes frame sizes: {first[0].name} is {width}x{height} but {path.name} is "
+                f"{kind} {source} mixes frame sizes: {first[0]} is {width}x{height} but {label} is "
                 f"{other_width}x{other_height} (width x height); all frames of one video must have the same size "
-                "(resize them, or move frames of another video into their own folder)")
-        yield image
+                f"({remedy})")
+        yield frame
 
 
 def iter_frames(source: str | os.PathLike, *, frame_step: int = 1, max_frames: int | None = None
@@ -124,8 +126,8 @@ def iter_frames(source: str | os.PathLike, *, frame_step: int = 1, max_frames: i
         max_frames: Stop after this many returned frames.
 
     Raises:
-        VideoReadError: If the source does not exist, is empty, is not a video, cannot be decoded, or is a frame
-            folder whose images differ in size.
+        VideoReadError: If the source does not exist, is empty, is not a video, cannot be decoded, or its frames
+            differ in size (a frame folder of mixed images, or a video whose resolution changes mid-stream).
     """
     if frame_step < 1:
         raise ValueError(f"frame_step must be >= 1, got {frame_step}")
@@ -136,9 +138,11 @@ def iter_frames(source: str | os.PathLike, *, frame_step: int = 1, max_frames: i
         files = frame_files(source)
         if not files:
             raise VideoReadError(f"frame folder {source} contains no images ({', '.join(IMAGE_EXTENSIONS)})")
-        frames: Iterator[np.ndarray] = _iter_frame_folder(source, files[::frame_step])
+        labelled = ((path.name, _read_image(path)) for path in files[::frame_step])
     else:
-        frames = (frame for index, frame in enumerate(_iter_video_file(source)) if index % frame_step == 0)
+        labelled = ((f"frame {index}", frame) for index, frame in enumerate(_iter_video_file(source))
+                    if index % frame_step == 0)
+    frames = _same_size_frames(source, labelled)
     if max_frames is not None and max_frames <= 0:
         return
     for count, frame in enumerate(frames, start=1):
@@ -161,11 +165,7 @@ def read_frames(source: str | os.PathLike, *, frame_step: int = 1, max_frames: i
     Raises:
         VideoReadError: If the source cannot be read or its frames differ in size.
     """
-    frames = list(iter_frames(source, frame_step=frame_step, max_frames=max_frames))
-    sizes = {frame.shape for frame in frames}
-    if len(sizes) > 1:
-        raise VideoReadError(f"frames of {source} differ in size: {sorted(sizes)}")
-    return np.stack(frames)
+    return np.stack(list(iter_frames(source, frame_step=frame_step, max_frames=max_frames)))
 
 
 def video_fps(path: str | os.PathLike) -> float | None:

@@ -154,3 +154,17 @@ def test_resize_crop_keeps_centre_and_squash_keeps_everything():
     np.testing.assert_array_equal(resize_frame(same, 20, mode="crop"), same[:, 2:22])  # no resampling at size S
     with pytest.raises(ValueError, match="resize mode"):
         resize_frame(frame, 20, mode="stretch")
+
+
+def test_video_whose_resolution_changes_mid_stream_is_refused(tmp_path):
+    # A raw MJPEG stream is a concatenation of JPEGs, so its frames can change size (as concatenated recordings do).
+    path = tmp_path / "joined.mjpeg"
+    with open(path, "wb") as stream:
+        for index in range(4):
+            width = 80 if index < 2 else 96
+            ok, jpeg = cv2.imencode(".jpg", np.full((64, width, 3), 40 * index, np.uint8))
+            stream.write(jpeg.tobytes())
+    with pytest.raises(VideoReadError, match=r"video .*joined.mjpeg mixes frame sizes: frame 0 is 80x64 but frame 2 "
+                                             r"is 96x64 .*split it where the resolution changes"):
+        read_frames(path)
+    assert read_frames(path, max_frames=2).shape == (2, 64, 80, 3)
