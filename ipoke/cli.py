@@ -446,7 +446,7 @@ def _run_zoo_remove(args: argparse.Namespace) -> int:
 
 # The metric names of ipoke.evaluation.ALL_METRICS (a test checks they agree), here so that building the parser (and
 # `ipoke --help`) does not import torch and the metric networks.
-ALL_METRICS = ("fvd", "lpips", "ssim", "psnr", "diversity", "control")
+ALL_METRICS = ("fvd", "lpips", "ssim", "psnr", "diversity", "control", "keypoints")
 
 
 def _add_evaluate_command(subparsers: argparse._SubParsersAction) -> None:
@@ -454,8 +454,10 @@ def _add_evaluate_command(subparsers: argparse._SubParsersAction) -> None:
         "evaluate", help="compute FVD, LPIPS, SSIM/PSNR, diversity and control accuracy of a model and baselines",
         description="Sample from a model with the papers' protocol (one simulated poke per clip, fixed seed), "
                     "compute the metrics beside the baselines (copy x0; on synthetic data the ground truth "
-                    "re-simulated with other physics), print a table and write JSON. Metrics whose weights are "
-                    "missing are reported as unavailable; asking for such a metric alone fails.")
+                    "re-simulated with other physics), print a table and write JSON. `keypoints` (targeted keypoint "
+                    "accuracy, data with keypoints) samples the clips a second time with a moving joint poked by its "
+                    "own displacement. Metrics whose weights or data are missing are reported as unavailable; asking "
+                    "for such a metric alone fails.")
     evaluate.add_argument("--ckpt", help="exported model folder, cINN checkpoint or zoo name (omit to evaluate "
                                          "only the baselines)")
     evaluate.add_argument("--data", required=True, help="prepared dataset folder")

@@ -10,6 +10,10 @@ simulated poke per clip (deterministic, seeded), ``samples`` videos per clip dra
 * ``diversity/mse``, ``diversity/lpips``: mean pairwise distance between the samples of a clip (x0 excluded).
 * ``control/*``: synthetic data only (needs object masks and exact flow): see :mod:`ipoke.metrics.control`;
   the mean over every sample of every clip.
+* ``control/keypoint_error`` (metric ``keypoints``): any data with keypoints, real or synthetic. A second pass over
+  the same clips with *keypoint pokes* instead (a moving joint poked with its own displacement; see
+  :mod:`ipoke.data.datasets`): how far from its true end the generated video takes the joint, in pixels; clips
+  without a moving joint are left out (``n_keypoint_clips`` in the settings).
 
 Baselines on the same clips: ``copy_x0`` (a static video) and, on synthetic data, ``ground_truth_resimulated``
 (the same scene and poke simulated again with other physics: an upper bound of what a model can reach).
@@ -31,6 +35,7 @@ from ipoke.data.datasets import PokeDataset, frames_to_tensor, resize_frames
 from ipoke.metrics import (
     CONTROL_BACKGROUND_MOTION,
     CONTROL_BACKGROUND_POKE_MOTION,
+    CONTROL_KEYPOINT_ERROR,
     CONTROL_OBJECT_EPE,
     CONTROL_POKE_ANGLE_DEG,
     CONTROL_POKE_EPE,
@@ -46,6 +51,7 @@ from ipoke.metrics import (
     FrechetVideoDistance,
     LearnedPerceptualSimilarity,
     MetricUnavailable,
+    keypoint_errors,
     pairwise_lpips,
     pairwise_mse,
     psnr_per_frame,
@@ -53,7 +59,7 @@ from ipoke.metrics import (
 )
 from ipoke.metrics.i3d import I3D_MIN_FRAMES
 
-ALL_METRICS = ("fvd", "lpips", "ssim", "psnr", "diversity", "control")
+ALL_METRICS = ("fvd", "lpips", "ssim", "psnr", "diversity", "control", "keypoints")
 CONTROL_KEYS = (CONTROL_POKE_EPE, CONTROL_POKE_ANGLE_DEG, CONTROL_OBJECT_EPE, CONTROL_BACKGROUND_MOTION,
                 CONTROL_BACKGROUND_POKE_MOTION)
 
@@ -195,7 +201,7 @@ def evaluate(samplers: dict[str, Sampler], data_dir: str | os.PathLike, *, split
         samplers: ``{name: sampler}``; see :func:`poker_sampler`.
         data_dir: Prepared dataset.
         split: Split to evaluate on (synthetic ``test`` = novel objects).
-        metrics: Subset of ``fvd, lpips, ssim, psnr, diversity, control``.
+        metrics: Subset of ``fvd, lpips, ssim, psnr, diversity, control, keypoints``.
         n_clips: Clips to use (the first ``n_clips`` in a fixed, evenly spaced order).
         samples: Samples per clip (diversity needs >= 2).
         batch_size: Clips per batch.
@@ -210,8 +216,8 @@ def evaluate(samplers: dict[str, Sampler], data_dir: str | os.PathLike, *, split
 
     Returns:
         ``{"settings": {...}, "results": {name: {metric key: value, "n_clips", "n_samples"}},
-        "unavailable": {metric: reason}}``, and with control metrics ``"per_clip": {name: {control key: [value per
-        clip, averaged over its samples (NaN where it does not apply)]}}`` for paired comparisons
+        "unavailable": {metric: reason}}``, and with control or keypoint metrics ``"per_clip": {name: {control key:
+        [value per clip, averaged over its samples (NaN where it does not apply)]}}`` for paired comparisons
         (:func:`compare_with_baseline`).
     """
     from tqdm.auto import tqdm
@@ -256,15 +262,21 @@ def evaluate(samplers: dict[str, Sampler], data_dir: str | os.PathLike, *, split
     has_control = dataset.data.index.get("source") == "synthetic"
     if "control" in metrics and not has_control:
         unavailable["control"] = "control accuracy needs exact ground-truth motion (synthetic datasets only)"
+    split_videos = [meta for meta in dataset.data.videos if meta["split"] == split]
+    if "keypoints" in metrics and not any(meta.get("has_keypoints") for meta in split_videos):
+        unavailable["keypoints"] = (f"targeted keypoint accuracy needs keypoints, and no video of split {split!r} has "
+                                    "any (import them with `ipoke data prepare --keypoints DIR`)")
     if strict and any(key in metrics for key in unavailable):  # a requested metric that cannot be computed at all
         raise MetricUnavailable("; ".join(f"{key}: {reason}" for key, reason in unavailable.items()))
     controls = {name: ControlAccuracy() for name in samplers} if "control" in metrics and has_control else {}
-    per_clip = {name: {key: [] for key in CONTROL_KEYS} for name in controls}
+    per_clip: dict[str, dict[str, list[float]]] = {name: {key: [] for key in CONTROL_KEYS} for name in controls}
     accumulators = {name: _Accumulator() for name in samplers}
 
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    # The simulated-poke pass serves every metric but keypoints (which samples with its own pokes below).
+    main_pass = bool(set(metrics) - {"keypoints"})
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0) if main_pass else []
     real_features = None
-    bar = tqdm(total=len(dataset), desc="evaluating", unit="clip", disable=not progress)
+    bar = tqdm(total=len(dataset), desc="evaluating", unit="clip", disable=not progress or not main_pass)
     for batch_index, batch in enumerate(loader):
         real = batch["video"]
         if fvd_metrics:
@@ -300,6 +312,10 @@ def evaluate(samplers: dict[str, Sampler], data_dir: str | os.PathLike, *, split
                     per_clip[name][key] += _mean_over_samples(values.reshape(-1, samples)).tolist()
         bar.update(len(real))
     bar.close()
+    n_keypoint_clips = None
+    if "keypoints" in metrics and "keypoints" not in unavailable:
+        n_keypoint_clips = _keypoint_pass(samplers, dataset, accumulators, per_clip, samples=samples,
+                                          batch_size=batch_size, seed=seed, progress=progress)
 
     results: dict[str, dict[str, float | int]] = {}
     for name in samplers:
@@ -319,10 +335,44 @@ def evaluate(samplers: dict[str, Sampler], data_dir: str | os.PathLike, *, split
                 "samples": samples, "seed": seed, "n_frames": n_frames, "frame_step": frame_step,
                 "size": dataset.size, "poke_size": poke_size, "n_pokes_per_clip": 1,
                 "ssim_psnr_data_range": "frames mapped to [0, 1]; see docs/metrics.md"}
+    if n_keypoint_clips is not None:
+        settings["n_keypoint_clips"] = n_keypoint_clips
     report = {"settings": settings, "results": results, "unavailable": unavailable}
     if per_clip:
         report["per_clip"] = per_clip
     return report
+
+
+def _keypoint_pass(samplers: dict[str, Sampler], dataset: PokeDataset, accumulators: dict[str, _Accumulator],
+                   per_clip: dict[str, dict[str, list[float]]], *, samples: int, batch_size: int, seed: int,
+                   progress: bool) -> int:
+    """Targeted keypoint accuracy: sample the clips of ``dataset`` again with keypoint pokes; returns the clips scored.
+
+    The clips are the same as the main pass's (same split, order and ``max_clips``); their pokes are replaced by
+    keypoint pokes, and the samples are drawn from a separate seed stream.
+    """
+    from tqdm.auto import tqdm
+
+    keypoint_dataset = PokeDataset(
+        dataset.data.root, split=dataset.split, size=dataset.size, n_frames=dataset.n_frames,
+        frame_step=dataset.frame_step, n_pokes=1, poke_size=dataset.poke_size, zero_poke_fraction=0.0,
+        poke_source="keypoints", fixed_poke_count=True, deterministic=True, seed=seed, max_clips=len(dataset))
+    scored = 0
+    loader = DataLoader(keypoint_dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    for batch_index, batch in enumerate(tqdm(loader, desc="keypoint pokes", unit="batch", disable=not progress)):
+        has_keypoint = batch["keypoint_poke"].numpy()
+        scored += int(has_keypoint.sum())
+        pokes = batch["poke_coords"][:, 0].double()
+        pokes[~batch["keypoint_poke"]] = math.nan  # flow-simulated fallback pokes are not scored
+        for name, sampler in samplers.items():
+            generator = torch.Generator().manual_seed(seed * 100003 + 50021 + batch_index)
+            videos = sampler(batch, samples, generator).float()
+            errors = keypoint_errors(videos.flatten(0, 1), pokes.repeat_interleave(samples, dim=0))
+            errors = errors.reshape(-1, samples)
+            accumulators[name].add(CONTROL_KEYPOINT_ERROR, errors)
+            per_clip.setdefault(name, {}).setdefault(CONTROL_KEYPOINT_ERROR, []).extend(
+                _mean_over_samples(errors).tolist())
+    return scored
 
 
 def _mean_over_samples(values: np.ndarray) -> np.ndarray:
@@ -357,7 +407,8 @@ def paired_difference(report: dict[str, Any], model: str, baseline: str, key: st
 
 
 def compare_with_baseline(report: dict[str, Any], model: str, baseline: str = "copy_x0",
-                          keys: Sequence[str] = (CONTROL_POKE_EPE, CONTROL_OBJECT_EPE)) -> dict[str, dict[str, Any]]:
+                          keys: Sequence[str] = (CONTROL_POKE_EPE, CONTROL_OBJECT_EPE, CONTROL_KEYPOINT_ERROR)
+                          ) -> dict[str, dict[str, Any]]:
     """Verdicts of a model against a baseline on errors where lower is better, one per key that applies.
 
     ``"better"`` or ``"worse"`` when the paired difference (:func:`paired_difference`) is more than two standard

@@ -11,6 +11,7 @@ import torch
 
 from ipoke import zoo
 from ipoke.cli import main
+from ipoke.metrics import MetricUnavailable
 from ipoke.sampling import Poker
 
 
@@ -375,3 +376,39 @@ def test_device_option_is_checked():
         _device("cuda")
     with pytest.raises(UserError, match="not a device"):
         _device("gpu")
+
+
+def test_keypoint_accuracy_scores_where_the_poked_joint_ends(synthetic_dataset, tmp_path):
+    """The true clip takes the poked joint close to its end, a static video leaves it; no keypoints: unavailable."""
+    from ipoke.evaluation import copy_first_frame_sampler, evaluate
+
+    def true_clip(batch, n_samples, generator):
+        return batch["video"].unsqueeze(1).expand(-1, n_samples, -1, -1, -1, -1)
+
+    options = {"split": "train", "n_clips": 8, "batch_size": 4, "include_baselines": False, "device": "cpu",
+               "progress": False}
+    report = evaluate({"static": copy_first_frame_sampler, "true": true_clip}, synthetic_dataset,
+                      metrics=("keypoints",), samples=2, **options)
+    static, true = report["results"]["static"], report["results"]["true"]
+    scored = report["settings"]["n_keypoint_clips"]
+    assert 4 <= scored <= 8
+    assert true["control/keypoint_error"] < 0.8 * static["control/keypoint_error"]
+    assert static["control/keypoint_error"] >= 1.0  # only joints that move at least 1 px are poked
+    per_clip = np.asarray(report["per_clip"]["static"]["control/keypoint_error"])
+    assert len(per_clip) == 8 and np.isfinite(per_clip).sum() == scored
+    assert "ssim" not in static  # keypoints alone: the simulated-poke pass is skipped
+
+    # The same data without keypoints.
+    bare = tmp_path / "bare"
+    shutil.copytree(synthetic_dataset, bare)
+    for meta_file in (bare / "videos").glob("*/meta.json"):
+        meta = json.loads(meta_file.read_text())
+        meta["has_keypoints"] = False
+        meta_file.write_text(json.dumps(meta))
+        (meta_file.parent / "keypoints.npy").unlink()
+    assert main(["data", "index", str(bare)]) == 0
+    report = evaluate({"true": true_clip}, bare, metrics=("keypoints", "ssim"), samples=1, **options)
+    assert "ipoke data prepare --keypoints" in report["unavailable"]["keypoints"]
+    assert "control/keypoint_error" not in report["results"]["true"] and report["results"]["true"]["ssim"] > 0.99
+    with pytest.raises(MetricUnavailable, match="targeted keypoint accuracy needs keypoints"):
+        evaluate({"true": true_clip}, bare, metrics=("keypoints",), samples=1, strict=True, **options)

@@ -10,10 +10,17 @@ A sample is a dict (tensors are what the default collate stacks into batches)::
     mask         uint8   (S, S)     object mask of x0 (1 = object); all ones when the dataset has none
     has_mask     bool    ()
     background_poke bool ()         the poke is on the background and the clip is static
+    keypoint_poke bool ()           the pokes are keypoint pokes (``poke_source="keypoints"``; see below)
     video_id     str;  start  int64 ()
 
 Clips are ``T + 1`` frames ``start, start + step, ..., start + T * step``; the poke is simulated from the stored
 flow at lag ``T * step``, which must be one of the dataset's ``flow_lags``.
+
+*Keypoint pokes* (``poke_source="keypoints"``, evaluation of targeted keypoint accuracy; the reference's iPER
+protocol): each poke sits on a keypoint (joint) at its position in x0 and carries the joint's displacement to the last
+frame of the clip, so the joint should end at ``(x + dx, y + dy)``. Joints are drawn among those that move at least
+``min_keypoint_motion`` pixels (the reference drew any joint: a joint that stays put tests nothing). A clip of a video
+without keypoints, or where no joint moves enough, gets flow-simulated pokes and ``keypoint_poke`` False.
 """
 
 from __future__ import annotations
@@ -55,6 +62,37 @@ def frames_to_tensor(frames: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
 
 
+POKE_SOURCES = ("flow", "recorded", "keypoints")
+
+
+def keypoint_pokes(start_points: np.ndarray, end_points: np.ndarray, rng: np.random.Generator, *, n_pokes: int,
+                   size: int, min_motion: float = 1.0, fixed_count: bool = False) -> np.ndarray:
+    """Pokes on moving keypoints: rows ``(x, y, dx, dy)`` with ``(x, y)`` a joint in x0 and ``(dx, dy)`` its motion.
+
+    Args:
+        start_points: ``(K, 2)`` joint positions ``(x, y)`` in x0, pixels at size S (NaN where unknown).
+        end_points: ``(K, 2)`` the same joints in the clip's last frame.
+        rng: Random generator.
+        n_pokes: Most pokes (exactly this many, joints repeating if needed, with ``fixed_count``).
+        size: S; joints outside the image are not poked.
+        min_motion: Smallest displacement in pixels of a joint that may be poked.
+        fixed_count: Always return ``n_pokes`` rows.
+
+    Returns:
+        float32 ``(P, 4)``; ``P = 0`` when no joint qualifies.
+    """
+    motion = end_points - start_points
+    inside = np.all((start_points >= 0) & (start_points <= size - 1), axis=1)
+    with np.errstate(invalid="ignore"):
+        candidates = np.flatnonzero(inside & np.isfinite(motion).all(axis=1)
+                                    & (np.linalg.norm(motion, axis=1) >= min_motion))
+    if len(candidates) == 0:
+        return np.zeros((0, 4), np.float32)
+    count = n_pokes if fixed_count else int(rng.integers(1, min(n_pokes, len(candidates)) + 1))
+    chosen = rng.choice(candidates, size=count, replace=count > len(candidates))
+    return np.concatenate([start_points[chosen], motion[chosen]], axis=1).astype(np.float32)
+
+
 class PokeDataset(Dataset):
     """Clips with simulated (or recorded) pokes from a prepared dataset.
 
@@ -69,7 +107,9 @@ class PokeDataset(Dataset):
         zero_poke_fraction: Probability that a sample becomes a static clip with a background poke.
         augment: Apply :func:`ipoke.data.augment.augment_clip` (training only).
         poke_source: ``"flow"`` simulates pokes from the flow (the papers' protocol, works for every dataset);
-            ``"recorded"`` uses the pokes stored with synthetic videos when the clip starts at frame 0.
+            ``"recorded"`` uses the pokes stored with synthetic videos when the clip starts at frame 0;
+            ``"keypoints"`` pokes moving keypoints with their own displacement (see the module doc; no augmentation).
+        min_keypoint_motion: Smallest displacement in pixels at size S of a joint that ``"keypoints"`` may poke.
         fixed_poke_count: Always use exactly ``n_pokes`` pokes (evaluation uses 1).
         deterministic: Same pokes and augmentation for an index every time (``seed`` + index); for evaluation.
         seed: Seed of the deterministic mode.
@@ -83,9 +123,12 @@ class PokeDataset(Dataset):
                  frame_step: int = 1, n_pokes: int = 5, poke_size: int = 5, zero_poke_fraction: float = 1 / 12,
                  augment: bool = False, poke_source: str = "flow", fixed_poke_count: bool = False,
                  deterministic: bool = False, seed: int = 0, max_clips: int | None = None,
-                 max_open_videos: int = 64) -> None:
-        if poke_source not in ("flow", "recorded"):
-            raise ValueError(f"poke_source must be 'flow' or 'recorded', got {poke_source!r}")
+                 max_open_videos: int = 64, min_keypoint_motion: float = 1.0) -> None:
+        if poke_source not in POKE_SOURCES:
+            raise ValueError(f"poke_source must be one of {POKE_SOURCES}, got {poke_source!r}")
+        if poke_source == "keypoints" and augment:
+            raise ValueError("keypoint pokes are for evaluation: augment must be False (flips and crops would have "
+                             "to move the keypoints too)")
         if max_open_videos < 1:
             raise ValueError(f"max_open_videos must be at least 1, got {max_open_videos}")
         if not 0 <= zero_poke_fraction < 1:
@@ -104,6 +147,7 @@ class PokeDataset(Dataset):
         self.zero_poke_fraction = float(zero_poke_fraction)
         self.augment, self.poke_source = augment, poke_source
         self.fixed_poke_count, self.deterministic, self.seed = fixed_poke_count, deterministic, int(seed)
+        self.min_keypoint_motion = float(min_keypoint_motion)
         self.augment_settings = AugmentSettings()
         self.clips: list[tuple[str, int]] = []
         for meta in self.data.videos:
@@ -160,8 +204,18 @@ class PokeDataset(Dataset):
             mask = None if masks is None else masks[0]
 
         recorded = video.pokes if (self.poke_source == "recorded" and start == 0 and not self.augment) else None
+        keypoint_coords = None
+        if self.poke_source == "keypoints" and video.keypoints is not None:
+            # Pixel centres map as x' = (x + 0.5) * S / S_stored - 0.5 (as cv2.resize places them).
+            scale = self.size / stored_size
+            ends = (np.asarray(video.keypoints[[start, start + self.lag]], np.float64) + 0.5) * scale - 0.5
+            keypoint_coords = keypoint_pokes(ends[0], ends[1], rng, n_pokes=self.n_pokes, size=self.size,
+                                             min_motion=self.min_keypoint_motion, fixed_count=self.fixed_poke_count)
         is_background = bool(video.meta.get("background_poke", False))
-        if rng.random() < self.zero_poke_fraction:
+        if keypoint_coords is not None and len(keypoint_coords):
+            coords = keypoint_coords
+            poke = poke_map_from_coords(coords, self.size, self.poke_size)
+        elif rng.random() < self.zero_poke_fraction:
             poke, coords = background_poke(flow, rng, poke_size=self.poke_size, mask=mask)
             frames = np.repeat(frames[:1], len(frames), axis=0)
             flow = np.zeros_like(flow)
@@ -185,6 +239,7 @@ class PokeDataset(Dataset):
             "mask": torch.from_numpy(mask if mask is not None else np.ones((self.size, self.size), np.uint8)),
             "has_mask": torch.tensor(mask is not None),
             "background_poke": torch.tensor(is_background),
+            "keypoint_poke": torch.tensor(keypoint_coords is not None and len(keypoint_coords) > 0),
             "video_id": video_id,
             "start": torch.tensor(start, dtype=torch.int64),
         }

@@ -9,6 +9,7 @@ from ipoke.metrics.averaging import MeanAccumulator
 from ipoke.metrics.common import (
     CONTROL_BACKGROUND_MOTION,
     CONTROL_BACKGROUND_POKE_MOTION,
+    CONTROL_KEYPOINT_ERROR,
     CONTROL_OBJECT_EPE,
     CONTROL_POKE_ANGLE_DEG,
     CONTROL_POKE_EPE,
@@ -24,7 +25,13 @@ from ipoke.metrics.common import (
     MetricUnavailable,
     to_unit_range,
 )
-from ipoke.metrics.control import ControlAccuracy, control_errors, control_errors_from_flow, estimate_flow
+from ipoke.metrics.control import (
+    ControlAccuracy,
+    control_errors,
+    control_errors_from_flow,
+    estimate_flow,
+    keypoint_errors,
+)
 from ipoke.metrics.diversity import diversity, pairwise_lpips, pairwise_mse
 from ipoke.metrics.frechet import FeatureStatistics, frechet_distance, frechet_distance_from_statistics
 from ipoke.metrics.fvd import FrechetVideoDistance, fvd, load_fvd_network, preprocess_for_i3d, resize_bilinear_tf1
@@ -33,11 +40,11 @@ from ipoke.metrics.image_quality import psnr, psnr_per_frame, ssim, ssim_per_fra
 from ipoke.metrics.perceptual import LearnedPerceptualSimilarity, lpips_per_frame
 
 __all__ = [
-    "CONTROL_BACKGROUND_MOTION", "CONTROL_BACKGROUND_POKE_MOTION", "CONTROL_OBJECT_EPE", "CONTROL_POKE_ANGLE_DEG",
-    "CONTROL_POKE_EPE", "DIVERSITY_LPIPS", "DIVERSITY_MSE", "FVD", "LPIPS", "METRIC_KEYS", "N_CLIPS", "N_SAMPLES",
-    "PSNR", "SSIM", "ControlAccuracy", "FeatureStatistics", "FrechetVideoDistance", "InceptionI3d",
-    "LearnedPerceptualSimilarity", "MeanAccumulator", "MetricUnavailable", "control_errors",
+    "CONTROL_BACKGROUND_MOTION", "CONTROL_BACKGROUND_POKE_MOTION", "CONTROL_KEYPOINT_ERROR", "CONTROL_OBJECT_EPE",
+    "CONTROL_POKE_ANGLE_DEG", "CONTROL_POKE_EPE", "DIVERSITY_LPIPS", "DIVERSITY_MSE", "FVD", "LPIPS", "METRIC_KEYS",
+    "N_CLIPS", "N_SAMPLES", "PSNR", "SSIM", "ControlAccuracy", "FeatureStatistics", "FrechetVideoDistance",
+    "InceptionI3d", "LearnedPerceptualSimilarity", "MeanAccumulator", "MetricUnavailable", "control_errors",
     "control_errors_from_flow", "diversity", "estimate_flow", "frechet_distance", "frechet_distance_from_statistics",
-    "fvd", "load_fvd_network", "lpips_per_frame", "pairwise_lpips", "pairwise_mse", "preprocess_for_i3d", "psnr",
-    "psnr_per_frame", "resize_bilinear_tf1", "ssim", "ssim_per_frame", "to_unit_range",
+    "fvd", "keypoint_errors", "load_fvd_network", "lpips_per_frame", "pairwise_lpips", "pairwise_mse",
+    "preprocess_for_i3d", "psnr", "psnr_per_frame", "resize_bilinear_tf1", "ssim", "ssim_per_frame", "to_unit_range",
 ]

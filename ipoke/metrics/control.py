@@ -22,6 +22,15 @@ with F the estimated and G the true flow in pixels:
   background should move nothing.
 
 Clips where a metric does not apply get NaN; :class:`ControlAccuracy` averages over the clips where it applies.
+
+**Targeted keypoint accuracy** (:func:`keypoint_errors`, ``control/keypoint_error``), for any data with keypoints
+(real videos with pose-estimator joints, or the synthetic plants' joints): the poke is a joint's own displacement
+over the clip, placed on the joint in x0; the error is the distance in pixels (at size S) between where the joint
+ends in the real clip and where the generated video takes it, i.e. its x0 position moved by the DIS flow from x0 to
+the last generated frame (bilinear at the sub-pixel position). The reference (iPOKE, iPER only) ran a pose network
+(HRNet) on the last generated frame and reported the squared distance in [0, 1] coordinates; tracking the joint with
+the same weight-free flow as the other control metrics needs no pose network and works for any keypoints, so it
+carries its own name. A static video scores the joint's displacement.
 """
 
 from __future__ import annotations
@@ -169,6 +178,38 @@ def control_errors(videos: torch.Tensor | np.ndarray, true_flow: torch.Tensor | 
         estimated, as_tensor(true_flow).detach().cpu().numpy().astype(np.float32),
         as_tensor(object_mask).detach().cpu().numpy().astype(bool), as_tensor(poke).detach().cpu().double().numpy(),
         as_tensor(background_poke).detach().cpu().numpy().astype(bool).reshape(-1), **kwargs)
+
+
+def keypoint_errors(videos: torch.Tensor | np.ndarray, keypoint_pokes: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Targeted keypoint error of each video (see the module doc): where the poked joint ends, in pixels.
+
+    Args:
+        videos: ``(N, T+1, 3, S, S)`` generated videos including x0, float in [-1, 1] or uint8.
+        keypoint_pokes: ``(N, 4)`` rows ``(x, y, dx, dy)`` at size S: the joint at ``(x, y)`` in x0 ends at
+            ``(x + dx, y + dy)`` in the real clip's last frame. Rows with a NaN are not scored.
+
+    Returns:
+        ``(N,)`` float64 distances in pixels between ``(x + dx, y + dy)`` and the joint moved by the estimated flow,
+        NaN for unscored rows.
+    """
+    videos = to_unit_range(videos)
+    check_video(videos, "videos")
+    pokes = as_tensor(keypoint_pokes).detach().cpu().double().numpy().reshape(-1, 4)
+    if len(pokes) != videos.shape[0]:
+        raise ValueError(f"{videos.shape[0]} videos but {len(pokes)} keypoint pokes")
+    errors = np.full(len(pokes), np.nan)
+    scored = np.isfinite(pokes).all(axis=1)
+    if not scored.any():
+        return errors
+    flows = estimate_flow(videos[scored, 0], videos[scored, -1])
+    for row, flow in zip(np.flatnonzero(scored), flows):
+        x, y, dx, dy = pokes[row]
+        # Sub-pixel flow at the joint (bilinear; border pixels repeat beyond the image).
+        point = np.array([[[x, y]]], np.float32)
+        moved = cv2.remap(flow.transpose(1, 2, 0), point[..., 0], point[..., 1], cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_REPLICATE)[0, 0]
+        errors[row] = math.hypot(moved[0] - dx, moved[1] - dy)
+    return errors
 
 
 class ControlAccuracy:

@@ -140,3 +140,44 @@ def test_open_memory_maps_are_bounded(synthetic_dataset):
 def test_max_open_videos_must_be_positive(synthetic_dataset):
     with pytest.raises(ValueError, match="max_open_videos"):
         PokeDataset(synthetic_dataset, split="train", max_open_videos=0)
+
+
+def test_keypoint_pokes_drag_moving_joints_by_their_own_motion():
+    from ipoke.data.datasets import keypoint_pokes
+
+    start = np.array([[10.0, 10.0], [20.0, 30.0], [40.0, 40.0], [np.nan, 5.0], [70.0, 10.0]])
+    end = start + np.array([[0.2, 0.1], [3.0, -4.0], [1.0, 1.0], [1.0, 1.0], [5.0, 0.0]])
+    rng = np.random.default_rng(0)
+    # Joint 0 barely moves, joint 3 is unknown, joint 4 is outside the 64 px image: only 1 and 2 may be poked.
+    pokes = keypoint_pokes(start, end, rng, n_pokes=5, size=64, min_motion=1.0, fixed_count=True)
+    assert pokes.shape == (5, 4)
+    for x, y, dx, dy in pokes:
+        index = int(np.flatnonzero((start[:, 0] == x) & (start[:, 1] == y))[0])
+        assert index in (1, 2)
+        np.testing.assert_allclose([dx, dy], end[index] - start[index], rtol=1e-6)
+    assert keypoint_pokes(start, start, rng, n_pokes=1, size=64).shape == (0, 4)
+
+
+def test_keypoint_poke_source_pokes_joints_of_the_clip(synthetic_dataset):
+    dataset = PokeDataset(synthetic_dataset, split="train", n_pokes=1, fixed_poke_count=True, zero_poke_fraction=0.0,
+                          deterministic=True, poke_source="keypoints", size=32)
+    scored = 0
+    for index in range(len(dataset)):
+        sample = dataset[index]
+        if not sample["keypoint_poke"]:
+            continue
+        scored += 1
+        video = dataset._video(sample["video_id"])
+        start = int(sample["start"])
+        # Stored at 64 px, served at 32: pixel centres map as (x + 0.5) / 2 - 0.5.
+        joints = (np.asarray(video.keypoints[[start, start + dataset.lag]], np.float64) + 0.5) / 2 - 0.5
+        x, y, dx, dy = sample["poke_coords"][0].double().numpy()
+        # Sibling branches share their joint in x0, so several joints may start there; one of them is the poke.
+        match = np.flatnonzero(np.all(np.isclose(joints[0], [x, y], atol=1e-4), axis=1))
+        motions = joints[1, match] - joints[0, match]
+        assert np.isclose(motions, [dx, dy], atol=1e-4).all(axis=1).any()
+        assert np.hypot(dx, dy) >= 1.0
+        assert sample["poke"][:, int(y), int(x)].tolist() == pytest.approx([dx, dy])
+    assert scored >= len(dataset) // 2
+    with pytest.raises(ValueError, match="augment must be False"):
+        PokeDataset(synthetic_dataset, split="train", poke_source="keypoints", augment=True)

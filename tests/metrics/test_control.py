@@ -117,3 +117,21 @@ def test_poke_error_is_measured_on_the_poked_part_only():
     off = np.array([[3.0, 8.0, 3.0, 0.0]])
     errors = control_errors_from_flow(estimate, truth, mask, off, np.array([False]))
     assert errors[CONTROL_POKE_EPE][0] == pytest.approx(3.0 * 5 / 25)  # its column 5 is smeared
+
+
+def test_keypoint_error_tracks_the_poked_joint_to_its_end():
+    from ipoke.metrics import keypoint_errors
+
+    video, _ = clip(SHIFT)
+    static, _ = clip((0, 0))
+    reversed_video, _ = clip((-SHIFT[0], -SHIFT[1]))
+    # A "joint" inside the disc moving with it by SHIFT, at a sub-pixel position; the last row is not scored.
+    pokes = torch.tensor([[27.4, 30.6, *SHIFT]] * 3 + [[27.4, 30.6, math.nan, math.nan]], dtype=torch.float64)
+    errors = keypoint_errors(torch.stack([video, static, reversed_video, video]), pokes)
+    true_norm = math.hypot(*SHIFT)
+    assert errors[0] < 0.3 * true_norm  # the joint ends where it should
+    assert errors[1] == pytest.approx(true_norm, rel=0.1)  # a static video leaves it at its start
+    assert errors[2] == pytest.approx(2 * true_norm, rel=0.2)  # moved the other way
+    assert math.isnan(errors[3])
+    with pytest.raises(ValueError, match="2 videos but 4 keypoint pokes"):
+        keypoint_errors(torch.stack([video, static]), pokes)
