@@ -9,7 +9,10 @@ For every video file or frame folder under ``videos_dir`` (found by a layout, :m
    ``size`` the flow is computed on larger frames and resized, its vectors rescaled to pixels at ``size``;
 3. optionally a GrabCut foreground mask per frame (``masks="grabcut"``, as the original iPOKE computed for iPER and
    TaiChi: 5 iterations from a rectangle over the central region), stored as ``masks.npy`` with 1 = foreground;
-4. the video is written atomically with :class:`~ipoke.data.format.DatasetWriter`, and at the end the index.
+4. optionally keypoints from a pose estimator run offline (``keypoints_dir``: one ``(N_raw, K, 2)`` file per video,
+   see :func:`find_keypoint_files`), kept for the kept frames and mapped like the frames
+   (:func:`ipoke.data.video_io.resize_points`), stored as ``keypoints.npy``;
+5. the video is written atomically with :class:`~ipoke.data.format.DatasetWriter`, and at the end the index.
 
 Videos are split into train/test by a split file, by the layout (iPER ``train.txt``, Human3.6M subjects, TaiChi
 folders), or by a seeded fraction of the videos. Work is spread over ``workers`` processes. A re-run skips finished
@@ -33,6 +36,7 @@ import multiprocessing
 import os
 import shutil
 import sys
+import zipfile
 from collections import deque
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -53,7 +57,16 @@ from ipoke.data.flow import (
 )
 from ipoke.data.format import VIDEOS_DIR, DatasetFormatError, DatasetWriter, is_dataset
 from ipoke.data.layouts import LAYOUTS, LayoutError, VideoSource, discover_videos
-from ipoke.data.video_io import RESIZE_MODES, VideoReadError, iter_frames, resize_frame, video_fps
+from ipoke.data.video_io import (
+    RESIZE_MODES,
+    VIDEO_EXTENSIONS,
+    VideoReadError,
+    frame_files,
+    iter_frames,
+    resize_frame,
+    resize_points,
+    video_fps,
+)
 from ipoke.utils import write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -64,7 +77,10 @@ UNLISTED = ("error", "train", "test", "skip")
 SETTINGS_FILE = ".ipoke_prepare.json"
 # Settings that change the arrays of a video: a resumed run must use the same ones, or the dataset would mix them.
 ARRAY_SETTINGS = ("size", "resize", "flow_method", "flow_options", "lags", "flow_stride", "frame_step",
-                  "flow_resolution", "masks", "max_frames")
+                  "flow_resolution", "masks", "max_frames", "keypoints")
+# Values of array settings that settings files written before the setting existed lack.
+ARRAY_SETTING_DEFAULTS: dict[str, Any] = {"keypoints": False}
+KEYPOINT_EXTENSIONS = (".npy", ".npz")
 
 
 class PrepareError(ValueError):
@@ -139,8 +155,10 @@ def grabcut_foreground(frame: np.ndarray, *, iterations: int = 5) -> tuple[np.nd
 def prepare_video_arrays(source: str | os.PathLike, *, estimator: FlowEstimator, size: int = 256,
                          resize: str = "crop", lags: Sequence[int] = (10, 20), flow_stride: int = 1,
                          frame_step: int = 1, flow_resolution: int | None = None, masks: str = "none",
-                         max_frames: int | None = None) -> dict[str, Any]:
-    """Frames, flow and masks of one video, streaming (only ``max(lags) + 1`` frames at flow resolution are held).
+                         max_frames: int | None = None,
+                         keypoints: np.ndarray | str | os.PathLike | None = None) -> dict[str, Any]:
+    """Frames, flow, masks and keypoints of one video, streaming (only ``max(lags) + 1`` frames at flow resolution
+    are held).
 
     Args:
         source: Video file or frame folder.
@@ -154,15 +172,38 @@ def prepare_video_arrays(source: str | os.PathLike, *, estimator: FlowEstimator,
             then resized to S, vectors rescaled.
         masks: ``"none"`` or ``"grabcut"``.
         max_frames: Use at most this many (kept) frames.
+        keypoints: Optional keypoints of the raw video: ``(N_raw, K, 2)`` ``(x, y)`` in raw pixels, one row per raw
+            frame (before ``frame_step``), NaN where unknown; or a file for :func:`load_keypoints`. The rows of the
+            kept frames are mapped to size S like the frames (:func:`ipoke.data.video_io.resize_points`). A video
+            file is then decoded to its end even with ``max_frames``, to count its frames.
 
     Returns:
         Dict with ``frames`` uint8 ``(N, S, S, 3)``, ``flow`` float16 ``(F, L, 2, S, S)``, ``flow_starts`` int32
-        ``(F,)``, ``masks`` uint8 ``(N, S, S)`` or None, ``raw_size`` ``[H, W]`` and ``grabcut_failures``.
+        ``(F,)``, ``masks`` uint8 ``(N, S, S)`` or None, ``keypoints`` float32 ``(N, K, 2)`` or None, ``raw_size``
+        ``[H, W]`` and ``grabcut_failures``.
 
     Raises:
         VideoReadError: If the source cannot be read.
-        PrepareError: If it has fewer than ``max(lags) + 1`` frames.
+        PrepareError: If it has fewer than ``max(lags) + 1`` frames, or the keypoints are malformed or do not have
+            one row per raw frame.
     """
+    points, points_label = None, "keypoints"
+    if keypoints is not None and not isinstance(keypoints, np.ndarray):
+        points, points_label = load_keypoints(keypoints), str(keypoints)
+    elif keypoints is not None:
+        points = _checked_keypoints(keypoints, points_label)
+    raw_count = [0]
+    source_path = Path(source)
+    if points is None:
+        kept_frames = iter_frames(source, frame_step=frame_step, max_frames=max_frames)
+    elif source_path.is_dir():
+        # A frame folder's frames are its images: count them before any work.
+        raw_count[0] = len(frame_files(source_path))
+        _check_keypoint_rows(points, raw_count[0], points_label, source)
+        kept_frames = iter_frames(source, frame_step=frame_step, max_frames=max_frames)
+    else:
+        # A video file is decoded frame by frame anyway (codecs need every frame); count them on the way.
+        kept_frames = _kept_and_counted(iter_frames(source), frame_step, max_frames, raw_count)
     lags = [int(lag) for lag in lags]
     max_lag = max(lags)
     flow_side = flow_resolution or size
@@ -171,7 +212,7 @@ def prepare_video_arrays(source: str | os.PathLike, *, estimator: FlowEstimator,
     flows: list[np.ndarray] = []
     starts: list[int] = []
     raw_size: list[int] = []
-    for index, raw in enumerate(iter_frames(source, frame_step=frame_step, max_frames=max_frames)):
+    for index, raw in enumerate(kept_frames):
         if not raw_size:
             raw_size = list(raw.shape[:2])
             # Estimating flow above the raw resolution only enlarges the motion without adding detail.
@@ -191,6 +232,10 @@ def prepare_video_arrays(source: str | os.PathLike, *, estimator: FlowEstimator,
         step_note = f" (every {frame_step}th frame kept)" if frame_step > 1 else ""
         raise PrepareError(f"{source}: has {len(frames)} frames{step_note}, too few for flow lags {lags}: at least "
                            f"{max_lag + 1} are needed (use smaller --lags or --frame-step, or leave the video out)")
+    keypoint_array = None
+    if points is not None:
+        _check_keypoint_rows(points, raw_count[0], points_label, source)
+        keypoint_array = resize_points(points[::frame_step][:len(frames)], raw_size, size, mode=resize)
     mask_array, failures = None, 0
     if masks == "grabcut":
         mask_list = []
@@ -200,7 +245,69 @@ def prepare_video_arrays(source: str | os.PathLike, *, estimator: FlowEstimator,
             failures += not ok
         mask_array = np.stack(mask_list)
     return {"frames": np.stack(frames), "flow": np.stack(flows), "flow_starts": np.asarray(starts, np.int32),
-            "masks": mask_array, "raw_size": raw_size, "grabcut_failures": failures}
+            "masks": mask_array, "keypoints": keypoint_array, "raw_size": raw_size, "grabcut_failures": failures}
+
+
+def _kept_and_counted(frames: Iterable[np.ndarray], frame_step: int, max_frames: int | None,
+                      count: list[int]) -> Iterable[np.ndarray]:
+    """The kept frames of all raw ``frames`` (every ``frame_step``-th, at most ``max_frames``); reads to the end and
+    leaves the number of raw frames in ``count[0]``."""
+    kept = 0
+    for index, frame in enumerate(frames):
+        count[0] = index + 1
+        if index % frame_step == 0 and (max_frames is None or kept < max_frames):
+            kept += 1
+            yield frame
+
+
+def _checked_keypoints(array: np.ndarray, label: str) -> np.ndarray:
+    if array.dtype.kind not in "iuf":
+        raise PrepareError(f"{label}: keypoints must be numbers (float, NaN for unknown joints), got dtype "
+                           f"{array.dtype}")
+    if array.ndim != 3 or array.shape[2] != 2 or array.shape[1] < 1:
+        raise PrepareError(f"{label}: keypoints must have shape (N_raw, K, 2): (x, y) in raw pixels for K >= 1 joints "
+                           f"in each of the video's N_raw frames, got shape {array.shape}")
+    return array
+
+
+def _check_keypoint_rows(points: np.ndarray, raw_count: int, label: str, source: str | os.PathLike) -> None:
+    if len(points) != raw_count:
+        raise PrepareError(f"{label} has {len(points)} rows but video {source} has {raw_count} frames; it needs one "
+                           "row per frame of the raw video (before --frame-step); were the keypoints estimated on "
+                           "another copy or a subsampled version of the video?")
+
+
+def load_keypoints(path: str | os.PathLike) -> np.ndarray:
+    """Read and check one keypoint file: ``.npy`` holding ``(N_raw, K, 2)`` numbers, or ``.npz`` with that array under
+    the key ``keypoints``.
+
+    Returns:
+        The array as float32 (unknown joints stay NaN).
+
+    Raises:
+        PrepareError: If the file cannot be read or the array has another shape or is not numeric.
+    """
+    path = Path(path)
+    files: list[str] = []
+    array = None
+    try:
+        if path.suffix.lower() == ".npz":
+            with np.load(path, allow_pickle=False) as archive:
+                files = sorted(archive.files)
+                if "keypoints" in files:
+                    array = archive["keypoints"]
+        else:
+            array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise PrepareError(f"cannot read keypoint file {path}: {error} (write it with numpy.save: an array of float "
+                           "(x, y) pixel coordinates of shape (N_raw, K, 2))") from error
+    if array is not None and not isinstance(array, np.ndarray):
+        array.close()
+        raise PrepareError(f"{path} is an .npz archive with a .npy name; rename it to {path.with_suffix('.npz').name}")
+    if array is None:
+        raise PrepareError(f"{path}: an .npz keypoint file needs an array named 'keypoints', it has {files} (save it "
+                           "with numpy.savez(path, keypoints=array), or as .npy with numpy.save)")
+    return _checked_keypoints(array, str(path)).astype(np.float32)
 
 
 def read_split_file(path: str | os.PathLike) -> dict[str, str]:
@@ -237,6 +344,68 @@ def _names_of(source: VideoSource) -> list[str]:
     relative = source.relative_path
     return [source.video_id, relative, os.path.splitext(relative)[0], Path(relative).name,
             os.path.splitext(Path(relative).name)[0]]
+
+
+def keypoint_file_candidates(source: VideoSource, keypoints_dir: str | os.PathLike) -> list[Path]:
+    """Where the keypoints of ``source`` may be: ``<dir>/<video id>.npy`` or the raw tree mirrored,
+    ``<dir>/<relative path without extension>.npy`` (each also as ``.npz``); duplicates removed."""
+    keypoints_dir = Path(keypoints_dir)
+    relative = source.relative_path
+    if Path(relative).suffix.lower() in VIDEO_EXTENSIONS:  # also a frame folder named like a file (TaiChi's x.mp4/)
+        relative = relative[:-len(Path(relative).suffix)]
+    stems = [source.video_id, relative]
+    candidates = [keypoints_dir / f"{stem}{extension}" for stem in stems for extension in KEYPOINT_EXTENSIONS]
+    return list(dict.fromkeys(candidates))
+
+
+def find_keypoint_files(sources: Sequence[VideoSource], keypoints_dir: str | os.PathLike, *,
+                        all_sources: Sequence[VideoSource] | None = None) -> dict[str, Path]:
+    """The keypoint file of every video, with their shapes checked (see :func:`keypoint_file_candidates` for the
+    names).
+
+    Files that belong to no video of ``all_sources`` (default ``sources``; pass every discovered video so that
+    excluded ones do not count) are ignored with one warning.
+
+    Returns:
+        Video id -> keypoint file.
+
+    Raises:
+        PrepareError: If the folder does not exist, a video has no file or two, or a file is unreadable or has
+            another shape than ``(N_raw, K, 2)``.
+    """
+    keypoints_dir = Path(keypoints_dir)
+    if not keypoints_dir.is_dir():
+        raise PrepareError(f"keypoints folder {keypoints_dir} does not exist or is not a folder; it should hold "
+                           "<video id>.npy per video, arrays (N_raw, K, 2) of (x, y) raw pixel coordinates")
+    found: dict[str, Path] = {}
+    missing: list[str] = []
+    for source in sources:
+        existing = [path for path in keypoint_file_candidates(source, keypoints_dir) if path.is_file()]
+        if not existing:
+            missing.append(f"{source.relative_path} -> {keypoints_dir / source.video_id}.npy")
+        elif len(existing) > 1:
+            raise PrepareError(f"video {source.relative_path} has several keypoint files: "
+                               f"{[str(path) for path in existing]}; keep one")
+        else:
+            found[source.video_id] = existing[0]
+    if missing:
+        raise PrepareError(
+            f"{len(missing)} of the {len(sources)} videos have no keypoint file in {keypoints_dir}, e.g. "
+            f"{missing[:5]}; write one per video (<video id>.npy, or the videos' tree mirrored: <relative path "
+            "without extension>.npy), or --exclude those videos")
+    for path in found.values():
+        load_keypoints(path)  # shape and type now; the row count needs the video and is checked when it is read
+    known = {candidate.resolve() for source in (all_sources if all_sources is not None else sources)
+             for candidate in keypoint_file_candidates(source, keypoints_dir)}
+    unused = sorted(path.relative_to(keypoints_dir).as_posix() for path in keypoints_dir.rglob("*")
+                    if path.suffix.lower() in KEYPOINT_EXTENSIONS and path.is_file()
+                    and not any(part.startswith(".") for part in path.relative_to(keypoints_dir).parts)
+                    and path.resolve() not in known)
+    if unused:
+        logger.warning("%d keypoint files in %s match no video and are ignored, e.g. %s (a file is named after its "
+                       "video: <video id>.npy or <relative path without extension>.npy)", len(unused), keypoints_dir,
+                       unused[:5])
+    return found
 
 
 def _fraction_count(count: int, fraction: float) -> int:
@@ -346,9 +515,10 @@ def _init_worker(writer: DatasetWriter, options: dict[str, Any], threads: int | 
             torch.set_num_threads(threads)
 
 
-def _prepare_one(task: tuple[VideoSource, str]) -> tuple[str, str | None]:
-    """Prepare and write one video; returns ``(video_id, error message or None)`` for bad input."""
-    source, split = task
+def _prepare_one(task: tuple[VideoSource, str, Path | None]) -> tuple[str, str | None]:
+    """Prepare and write one video (``(source, split, keypoint file or None)``); returns ``(video_id, error message or
+    None)`` for bad input."""
+    source, split, keypoint_file = task
     options = _STATE["options"]
     if _STATE["estimator"] is None:
         _STATE["estimator"] = make_flow_estimator(options["flow_method"], **options["flow_options"])
@@ -356,7 +526,8 @@ def _prepare_one(task: tuple[VideoSource, str]) -> tuple[str, str | None]:
         arrays = prepare_video_arrays(
             source.path, estimator=_STATE["estimator"], size=options["size"], resize=options["resize"],
             lags=options["lags"], flow_stride=options["flow_stride"], frame_step=options["frame_step"],
-            flow_resolution=options["flow_resolution"], masks=options["masks"], max_frames=options["max_frames"])
+            flow_resolution=options["flow_resolution"], masks=options["masks"], max_frames=options["max_frames"],
+            keypoints=keypoint_file)
         fps = video_fps(source.path)
     except (VideoReadError, PrepareError) as error:
         return source.video_id, str(error)
@@ -365,8 +536,8 @@ def _prepare_one(task: tuple[VideoSource, str]) -> tuple[str, str | None]:
         extra["grabcut_failures"] = arrays["grabcut_failures"]
     _STATE["writer"].write_video(
         source.video_id, split=split, frames=arrays["frames"], flow=arrays["flow"],
-        flow_starts=arrays["flow_starts"], masks=arrays["masks"], object_id=source.object_id,
-        source_file=source.relative_path, raw_size=arrays["raw_size"],
+        flow_starts=arrays["flow_starts"], masks=arrays["masks"], keypoints=arrays["keypoints"],
+        object_id=source.object_id, source_file=source.relative_path, raw_size=arrays["raw_size"],
         fps=fps / options["frame_step"] if fps else None, **extra)
     return source.video_id, None
 
@@ -385,8 +556,8 @@ def _check_resume(out: Path, settings: dict[str, Any]) -> None:
     marker = out / SETTINGS_FILE
     if marker.is_file():
         previous = json.loads(marker.read_text())
-        different = {key: (previous.get(key), settings[key]) for key in ARRAY_SETTINGS
-                     if previous.get(key) != settings[key]}
+        previous = {key: previous.get(key, ARRAY_SETTING_DEFAULTS.get(key)) for key in ARRAY_SETTINGS}
+        different = {key: (previous[key], settings[key]) for key in ARRAY_SETTINGS if previous[key] != settings[key]}
         if different:
             details = ", ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in different.items())
             raise PrepareError(f"{out} was prepared with other settings ({details}); resuming would mix videos "
@@ -403,7 +574,8 @@ def prepare_dataset(videos_dir: str | os.PathLike, out: str | os.PathLike, *, si
                     resize: str = "crop", flow_resolution: int | None = None, split_by: str = "video",
                     unlisted: str = "error", exclude: Iterable[str] = (), max_frames: int | None = None,
                     flow_options: dict[str, Any] | None = None, train_list: str | os.PathLike | None = None,
-                    on_error: str = "raise", progress: bool = True) -> PrepareResult:
+                    keypoints_dir: str | os.PathLike | None = None, on_error: str = "raise",
+                    progress: bool = True) -> PrepareResult:
     """Prepare a folder of real videos as an ipoke dataset (see the module docstring for the steps).
 
     Args:
@@ -430,6 +602,12 @@ def prepare_dataset(videos_dir: str | os.PathLike, out: str | os.PathLike, *, si
         flow_options: Estimator options (``preset`` for DIS; ``raft_model``, ``weights``, ``device``,
             ``iterations`` for RAFT).
         train_list: iPER layout only: ``train.txt`` when it is not in ``videos_dir``.
+        keypoints_dir: Optional folder of keypoints from a pose estimator, one file per video (every video needs
+            one): ``<video id>.npy``, or the raw tree mirrored, ``<relative path without extension>.npy`` (see
+            :func:`find_keypoint_files`); float ``(N_raw, K, 2)``, ``(x, y)`` in raw pixels (pixel centres at
+            integers), one row per raw frame before ``frame_step``, NaN for unknown joints; ``.npz`` with a
+            ``keypoints`` array works too. The kept rows are mapped like the frames and stored as ``keypoints.npy``
+            (points outside a crop become NaN); files that match no video are ignored with a warning.
         on_error: ``"raise"`` stops at the first bad video (finished videos stay, the index is not written, so the
             output is not mistaken for a complete dataset); ``"skip"`` leaves bad videos out, writes the index and
             lists them in the result and in the index's settings.
@@ -440,8 +618,9 @@ def prepare_dataset(videos_dir: str | os.PathLike, out: str | os.PathLike, *, si
 
     Raises:
         LayoutError: If ``videos_dir`` is missing, holds no videos or does not fit ``layout``.
-        PrepareError: For bad options, a bad split file, a resume with other settings, or (``on_error="raise"``)
-            an unreadable or too short video; the message names the file.
+        PrepareError: For bad options, a bad split file, missing or malformed keypoint files, a resume with other
+            settings, or (``on_error="raise"``) an unreadable or too short video or keypoints whose row count is not
+            the video's frame count; the message names the file.
         DatasetFormatError: If ``out`` exists and is not empty and not a dataset.
         WeightsNotFoundError: For ``flow_method="raft"`` without its weights on disk.
     """
@@ -472,6 +651,7 @@ def prepare_dataset(videos_dir: str | os.PathLike, out: str | os.PathLike, *, si
     # Everything that can fail on the input is checked before the output folder is touched.
     layout_options = {"train_list": train_list} if layout == "iper" and train_list is not None else {}
     sources = discover_videos(videos_dir, layout, **layout_options)
+    discovered = list(sources)
     patterns = list(exclude)
     sources = [source for source in sources
                if not any(fnmatch.fnmatch(name, pattern) for pattern in patterns
@@ -481,6 +661,9 @@ def prepare_dataset(videos_dir: str | os.PathLike, out: str | os.PathLike, *, si
     splits = assign_splits(sources, split_file=split_file, test_fraction=test_fraction, seed=seed,
                            split_by=split_by, unlisted=unlisted)
     sources = [source for source in sources if splits[source.video_id] is not None]
+    keypoint_files: dict[str, Path] = {}
+    if keypoints_dir is not None:
+        keypoint_files = find_keypoint_files(sources, keypoints_dir, all_sources=discovered)
     if flow_method == "raft":
         # Fail now rather than in a worker: the weights file must exist.
         from ipoke.data.flow import find_raft_weights
@@ -494,7 +677,8 @@ def prepare_dataset(videos_dir: str | os.PathLike, out: str | os.PathLike, *, si
         "lags": lags, "flow_stride": flow_stride, "frame_step": frame_step, "flow_resolution": flow_resolution,
         "masks": masks, "max_frames": max_frames, "layout": layout, "videos_dir": str(Path(videos_dir).resolve()),
         "split_file": str(split_file) if split_file is not None else None, "test_fraction": test_fraction,
-        "split_by": split_by, "seed": seed, "exclude": patterns,
+        "split_by": split_by, "seed": seed, "exclude": patterns, "keypoints": keypoints_dir is not None,
+        "keypoints_dir": str(Path(keypoints_dir).resolve()) if keypoints_dir is not None else None,
     }
     if out.exists() and out.is_dir() and any(out.iterdir()):
         _check_resume(out, settings)
@@ -513,7 +697,7 @@ def prepare_dataset(videos_dir: str | os.PathLike, out: str | os.PathLike, *, si
             if _relabel(writer, source.video_id, split):
                 result.relabelled.append(source.video_id)
         else:
-            tasks.append((source, split))
+            tasks.append((source, split, keypoint_files.get(source.video_id)))
     known = {source.video_id for source in sources}
     strays = sorted(path.name for path in (out / VIDEOS_DIR).iterdir()
                     if (path / "meta.json").is_file() and path.name not in known)
@@ -633,6 +817,12 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     parser.add_argument("--seed", type=int, default=0, help="seed of the random split (default 0)")
     parser.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
                         help="leave out videos whose id or relative path matches this glob (repeatable)")
+    parser.add_argument("--keypoints", default=None, metavar="DIR",
+                        help="import keypoints from a pose estimator: DIR/<video id>.npy (or DIR/<relative path "
+                             "without extension>.npy, or .npz with a 'keypoints' array) per video, float (N_raw, K, 2) "
+                             "(x, y) in raw pixels, one row per raw frame before --frame-step, NaN for unknown "
+                             "joints; mapped like the frames and stored as keypoints.npy (used by ipoke evaluate "
+                             "--metrics keypoints); see docs/real_data.md")
     parser.add_argument("--max-frames", type=int, default=None, metavar="N",
                         help="use at most N (kept) frames per video")
     parser.add_argument("--workers", type=int, default=1, help="parallel processes, one video each (default 1)")
@@ -676,7 +866,7 @@ def run_prepare(args: argparse.Namespace) -> int:
             test_fraction=args.test_fraction, layout=args.layout, workers=args.workers, seed=args.seed,
             resize=args.resize, flow_resolution=args.flow_resolution, split_by=args.split_by,
             unlisted=args.unlisted, exclude=args.exclude, max_frames=args.max_frames, flow_options=flow_options,
-            train_list=args.train_list, on_error="skip" if args.skip_bad else "raise",
+            train_list=args.train_list, keypoints_dir=args.keypoints, on_error="skip" if args.skip_bad else "raise",
             progress=not args.no_progress)
     except (PrepareError, LayoutError, VideoReadError, DatasetFormatError, WeightsNotFoundError) as error:
         print(f"ipoke: error: {error}", file=sys.stderr)

@@ -216,6 +216,47 @@ def resize_frame(frame: np.ndarray, size: int, *, mode: str = "crop") -> np.ndar
     return cv2.resize(np.ascontiguousarray(frame), (size, size), interpolation=interpolation)
 
 
+def resize_points(points: np.ndarray, raw_size: tuple[int, int] | list[int], size: int, *,
+                  mode: str = "crop") -> np.ndarray:
+    """Map pixel coordinates in a raw frame to the frame :func:`resize_frame` makes of it.
+
+    Coordinates are ``(x, y)`` = (column, row) with pixel centres at integers (pixel ``i`` covers
+    ``[i - 0.5, i + 0.5]``), the convention of ``cv2.resize``:
+    ``x' = (x - left + 0.5) * size / width_kept - 0.5`` and likewise for ``y``, where ``"crop"`` keeps the centred
+    square of side ``min(H, W)`` starting at ``left = (W - side) // 2``, ``top = (H - side) // 2`` (as
+    :func:`center_crop_square`) and ``"squash"`` keeps the whole frame (per-axis scales ``size / W``, ``size / H``).
+
+    Args:
+        points: ``(..., 2)`` array of ``(x, y)`` in raw pixels; NaN for unknown points.
+        raw_size: ``(H, W)`` of the raw frame.
+        size: Output side S.
+        mode: ``"crop"`` or ``"squash"``.
+
+    Returns:
+        float32 array of the same shape, ``(x, y)`` in pixels at size S; points outside the kept region (outside
+        ``[-0.5, S - 0.5]`` after the mapping) and unknown points are NaN.
+    """
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"resize mode must be one of {RESIZE_MODES}, got {mode!r}")
+    height, width = (int(value) for value in raw_size)
+    points = np.asarray(points, dtype=np.float64)
+    if points.shape[-1:] != (2,):
+        raise ValueError(f"points must have shape (..., 2), got {points.shape}")
+    if mode == "crop":
+        side = min(height, width)
+        offset = np.array([(width - side) // 2, (height - side) // 2], np.float64)
+        kept = np.array([side, side], np.float64)
+    else:
+        offset = np.zeros(2)
+        kept = np.array([width, height], np.float64)
+    mapped = (points - offset + 0.5) * (size / kept) - 0.5
+    with np.errstate(invalid="ignore"):
+        outside = ((mapped < -0.5) | (mapped > size - 0.5)).any(axis=-1)
+    mapped[outside] = np.nan
+    mapped[np.isnan(mapped).any(axis=-1)] = np.nan
+    return mapped.astype(np.float32)
+
+
 def to_uint8_frames(frames: Any) -> np.ndarray:
     """Convert a clip to uint8 ``(T, H, W, 3)`` RGB for writing.
 
