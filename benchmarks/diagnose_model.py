@@ -68,19 +68,19 @@ def object_error_by_motion(samplers: dict, poker, data_dir: str, split: str, cli
     """
     import numpy as np
 
-    from ipoke.evaluation import copy_first_frame_sampler
+    from ipoke.evaluation import clip_generators, copy_first_frame_sampler
     from ipoke.metrics.control import estimate_flow
 
     dataset = protocol_clips(poker, data_dir, split, clips)
     errors: dict[str, dict[str, list[float]]] = {}
-    generator = torch.Generator().manual_seed(42)
-    for batch in torch.utils.data.DataLoader(dataset, batch_size=16):
+    for batch_index, batch in enumerate(torch.utils.data.DataLoader(dataset, batch_size=16)):
         flow = batch["flow"].numpy()
         mask = (batch["mask"].bool() & batch["has_mask"][:, None, None]).numpy()
         moving = mask & (np.linalg.norm(flow, axis=1) >= threshold)
         regions = {"static": mask & ~moving, "moving": moving}
-        videos = {name: sampler(batch, samples, generator) for name, sampler in samplers.items()}
-        videos["copy_x0"] = copy_first_frame_sampler(batch, 1, generator)
+        generators = clip_generators(42, batch_index * 16, len(flow))
+        videos = {name: sampler(batch, samples, generators) for name, sampler in samplers.items()}
+        videos["copy_x0"] = copy_first_frame_sampler(batch, 1)
         videos["true_clip"] = batch["video"][:, None]
         for name, video in videos.items():
             rows = errors.setdefault(name, {"static": [], "moving": []})

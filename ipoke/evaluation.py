@@ -63,16 +63,18 @@ ALL_METRICS = ("fvd", "lpips", "ssim", "psnr", "diversity", "control", "keypoint
 CONTROL_KEYS = (CONTROL_POKE_EPE, CONTROL_POKE_ANGLE_DEG, CONTROL_OBJECT_EPE, CONTROL_BACKGROUND_MOTION,
                 CONTROL_BACKGROUND_POKE_MOTION)
 
-#: ``sampler(batch, n_samples, generator) -> (B, K, T + 1, 3, S, S)`` in [-1, 1], x0 first.
-Sampler = Callable[[dict[str, Any], int, torch.Generator], torch.Tensor]
+#: ``sampler(batch, n_samples, generators) -> (B, K, T + 1, 3, S, S)`` in [-1, 1], x0 first. ``generators`` holds one
+#: seeded generator per clip of the batch (a clip's samples come from its own, so the numbers do not depend on the
+#: batch size); the model samplers pass them on (:func:`ipoke.models.noise.standard_normal`).
+Sampler = Callable[[dict[str, Any], int, Sequence[torch.Generator]], torch.Tensor]
 
 
 def poker_sampler(poker, temperature: float = 1.0) -> Sampler:  # noqa: ANN001 - ipoke.sampling.Poker, lazy
     """A :data:`Sampler` for a trained :class:`~ipoke.sampling.Poker` (``r ~ N(0, temperature^2 I)``; 1 is the
     protocol)."""
 
-    def sample(batch: dict[str, Any], n_samples: int, generator: torch.Generator) -> torch.Tensor:
-        return poker.sample(batch["video"][:, 0], batch["poke"], n_samples=n_samples, generator=generator,
+    def sample(batch: dict[str, Any], n_samples: int, generators: Sequence[torch.Generator]) -> torch.Tensor:
+        return poker.sample(batch["video"][:, 0], batch["poke"], n_samples=n_samples, generator=generators,
                             temperature=temperature, n_frames=batch["video"].shape[1] - 1).cpu()
 
     return sample
@@ -84,7 +86,7 @@ def autoencoder_sampler(autoencoder) -> Sampler:  # noqa: ANN001 - ipoke.models.
     device = next(autoencoder.parameters()).device
 
     @torch.no_grad()
-    def sample(batch: dict[str, Any], n_samples: int, generator: torch.Generator) -> torch.Tensor:
+    def sample(batch: dict[str, Any], n_samples: int, generators: Sequence[torch.Generator]) -> torch.Tensor:
         video = batch["video"].to(device)
         frames = autoencoder(video, sample_posterior=False).sample
         clip = torch.cat([video[:, :1], frames.to(video.dtype)], dim=1).cpu()
@@ -97,9 +99,9 @@ def cvae_sampler(vae) -> Sampler:  # noqa: ANN001 - ipoke.models.cvae.PokeCondit
     """A :data:`Sampler` for the cVAE baseline (prior samples ``z ~ N(0, I)``)."""
     device = next(vae.parameters()).device
 
-    def sample(batch: dict[str, Any], n_samples: int, generator: torch.Generator) -> torch.Tensor:
+    def sample(batch: dict[str, Any], n_samples: int, generators: Sequence[torch.Generator]) -> torch.Tensor:
         return vae.sample(batch["video"][:, 0].to(device), batch["poke"].to(device), n_samples=n_samples,
-                          generator=generator, n_frames=batch["video"].shape[1] - 1).cpu()
+                          generator=generators, n_frames=batch["video"].shape[1] - 1).cpu()
 
     return sample
 
@@ -144,7 +146,15 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu") -
     return LoadedModel(poker_sampler(poker), poker.size, poker.n_frames, poker.poke_size, "ipoke", poker.frame_step)
 
 
-def copy_first_frame_sampler(batch: dict[str, Any], n_samples: int, generator: torch.Generator) -> torch.Tensor:
+def clip_generators(seed: int, first_clip: int, count: int, *, stream: int = 0) -> list[torch.Generator]:
+    """One CPU generator per clip ``first_clip .. first_clip + count - 1``, seeded from ``seed``, the clip's index
+    and a ``stream`` (0: the simulated-poke pass, 1: the keypoint pass), whatever the batch size."""
+    return [torch.Generator().manual_seed((seed * 1_000_003 + clip) * 7 + stream)
+            for clip in range(first_clip, first_clip + count)]
+
+
+def copy_first_frame_sampler(batch: dict[str, Any], n_samples: int,
+                             generators: Sequence[torch.Generator] | None = None) -> torch.Tensor:
     """Baseline: the start frame repeated (no motion at all)."""
     video = batch["video"]
     return video[:, :1].expand(-1, video.shape[1], -1, -1, -1).unsqueeze(1).expand(-1, n_samples, -1, -1, -1, -1)
@@ -158,9 +168,9 @@ def resimulation_sampler(dataset: PokeDataset) -> Sampler | None:
         return None
     step = dataset.frame_step
 
-    def sample(batch: dict[str, Any], n_samples: int, generator: torch.Generator) -> torch.Tensor:
+    def sample(batch: dict[str, Any], n_samples: int, generators: Sequence[torch.Generator]) -> torch.Tensor:
         videos = []
-        for video_id, start in zip(batch["video_id"], batch["start"].tolist()):
+        for video_id, start, generator in zip(batch["video_id"], batch["start"].tolist(), generators):
             scene = dataset.data.scene(video_id)
             per_clip = []
             for _ in range(n_samples):
@@ -279,11 +289,11 @@ def evaluate(samplers: dict[str, Sampler], data_dir: str | os.PathLike, *, split
     bar = tqdm(total=len(dataset), desc="evaluating", unit="clip", disable=not progress or not main_pass)
     for batch_index, batch in enumerate(loader):
         real = batch["video"]
+        first_clip = batch_index * batch_size
         if fvd_metrics:
             real_features = next(iter(fvd_metrics.values())).features(real)
         for name, sampler in samplers.items():
-            generator = torch.Generator().manual_seed(seed * 100003 + batch_index)
-            videos = sampler(batch, samples, generator).float()
+            videos = sampler(batch, samples, clip_generators(seed, first_clip, len(real))).float()
             accumulator = accumulators[name]
             flat_pred = videos[:, :, 1:].flatten(0, 1)
             flat_true = real[:, 1:].unsqueeze(1).expand(-1, samples, -1, -1, -1, -1).flatten(0, 1)
@@ -360,13 +370,13 @@ def _keypoint_pass(samplers: dict[str, Sampler], dataset: PokeDataset, accumulat
     scored = 0
     loader = DataLoader(keypoint_dataset, batch_size=batch_size, shuffle=False, num_workers=0)
     for batch_index, batch in enumerate(tqdm(loader, desc="keypoint pokes", unit="batch", disable=not progress)):
+        first_clip = batch_index * batch_size
         has_keypoint = batch["keypoint_poke"].numpy()
         scored += int(has_keypoint.sum())
         pokes = batch["poke_coords"][:, 0].double()
         pokes[~batch["keypoint_poke"]] = math.nan  # flow-simulated fallback pokes are not scored
         for name, sampler in samplers.items():
-            generator = torch.Generator().manual_seed(seed * 100003 + 50021 + batch_index)
-            videos = sampler(batch, samples, generator).float()
+            videos = sampler(batch, samples, clip_generators(seed, first_clip, len(pokes), stream=1)).float()
             errors = keypoint_errors(videos.flatten(0, 1), pokes.repeat_interleave(samples, dim=0))
             errors = errors.reshape(-1, samples)
             accumulators[name].add(CONTROL_KEYPOINT_ERROR, errors)

@@ -31,6 +31,7 @@ from ipoke.models.base import SavableModule, clip_settings, load_network, networ
 from ipoke.models.cinn.condition import stage2_condition
 from ipoke.models.cinn.network import ConditionalINN
 from ipoke.models.encoders import ImageEncoder, PokeEncoder
+from ipoke.models.noise import Generators
 from ipoke.utils import atomic_directory
 
 MODEL_FILE = "poker.yaml"
@@ -192,7 +193,7 @@ class Poker(nn.Module):
 
     @torch.no_grad()
     def sample(self, first_frame: torch.Tensor, poke: torch.Tensor, *, n_samples: int = 1,
-               generator: torch.Generator | None = None, temperature: float = 1.0,
+               generator: Generators = None, temperature: float = 1.0,
                n_frames: int | None = None) -> torch.Tensor:
         """Videos for each (x0, poke) pair.
 
@@ -200,7 +201,8 @@ class Poker(nn.Module):
             first_frame: ``(B, 3, S, S)`` in [-1, 1].
             poke: ``(B, 2, S, S)`` poke maps (pixels at size S).
             n_samples: Samples K per pair.
-            generator: Source of the residuals ``r`` (a CPU generator gives the same videos on any device).
+            generator: Source of the residuals ``r`` (a CPU generator gives the same videos on any device); a
+                sequence of ``B`` generators draws each pair's samples from its own, independent of the batch.
             temperature: Standard deviation of ``r``.
             n_frames: Frames to generate (default: as trained).
 

@@ -412,3 +412,18 @@ def test_keypoint_accuracy_scores_where_the_poked_joint_ends(synthetic_dataset, 
     assert "control/keypoint_error" not in report["results"]["true"] and report["results"]["true"]["ssim"] > 0.99
     with pytest.raises(MetricUnavailable, match="targeted keypoint accuracy needs keypoints"):
         evaluate({"true": true_clip}, bare, metrics=("keypoints",), samples=1, strict=True, **options)
+
+
+def test_evaluation_does_not_depend_on_the_batch_size(synthetic_dataset, make_tiny_poker):
+    """Every clip draws its samples from its own seeded generator: batch 2 and batch 3 give the same numbers."""
+    from ipoke.evaluation import evaluate, poker_sampler
+
+    samplers = {"tiny": poker_sampler(make_tiny_poker())}
+    options = {"metrics": ("ssim", "diversity", "control"), "n_clips": 4, "samples": 2, "device": "cpu",
+               "progress": False}
+    small = evaluate(samplers, synthetic_dataset, batch_size=2, **options)
+    large = evaluate(samplers, synthetic_dataset, batch_size=3, **options)
+    for name in small["results"]:  # the model and both baselines, the re-simulation included
+        for key, value in small["results"][name].items():
+            assert large["results"][name][key] == pytest.approx(value, rel=1e-5, nan_ok=True), (name, key)
+    assert small["results"]["tiny"]["diversity/mse"] > 0

@@ -15,6 +15,7 @@ from torch import nn
 from ipoke.models.autoencoder import VideoAutoencoder
 from ipoke.models.base import SavableModule
 from ipoke.models.distributions import DiagonalGaussian
+from ipoke.models.noise import Generators, standard_normal
 
 
 class PokeConditionedVAE(SavableModule):
@@ -70,12 +71,12 @@ class PokeConditionedVAE(SavableModule):
 
     @torch.no_grad()
     def sample(self, first_frame: torch.Tensor, poke: torch.Tensor, *, n_samples: int = 1,
-               generator: torch.Generator | None = None, n_frames: int | None = None) -> torch.Tensor:
-        """``(B, K, T+1, 3, S, S)`` videos with ``z ~ N(0, I)``, x0 first (as :class:`~ipoke.sampling.Poker`)."""
+               generator: Generators = None, n_frames: int | None = None) -> torch.Tensor:
+        """``(B, K, T+1, 3, S, S)`` videos with ``z ~ N(0, I)``, x0 first (as :class:`~ipoke.sampling.Poker`; a
+        sequence of ``B`` generators draws each pair's samples from its own)."""
         batch = first_frame.shape[0]
         x0 = first_frame.repeat_interleave(n_samples, dim=0)
         poke = poke.repeat_interleave(n_samples, dim=0)
-        z = torch.randn((x0.shape[0], *self.latent_shape), generator=generator,
-                        device=generator.device if generator is not None else x0.device).to(x0)
+        z = standard_normal((x0.shape[0], *self.latent_shape), generator, device=x0.device).to(x0)
         frames = self.decode(z, x0, poke, n_frames=n_frames)
         return torch.cat([x0.unsqueeze(1), frames], dim=1).unflatten(0, (batch, n_samples))

@@ -12,6 +12,7 @@ from ipoke.models.base import SavableModule
 from ipoke.models.cinn.blocks import ActNorm
 from ipoke.models.cinn.coupling import build_coupling_flow
 from ipoke.models.cinn.macow import RELEASED_FACTOR, RELEASED_NUM_STEPS, MaCowMultiScale
+from ipoke.models.noise import Generators, standard_normal
 
 ARCHITECTURES = ("macow", "coupling")
 HALF_DTYPES = (torch.float16, torch.bfloat16)
@@ -147,23 +148,22 @@ class ConditionalINN(SavableModule):
         """
         return self._run(r, condition, rev=True, jac=False)[0]
 
-    def sample(self, condition: Tensor, generator: torch.Generator | None = None,
-               temperature: float = 1.0) -> Tensor:
+    def sample(self, condition: Tensor, generator: Generators = None, temperature: float = 1.0) -> Tensor:
         """Draw ``r ~ N(0, temperature^2 I)`` and invert it.
 
         Args:
             condition: ``(B, condition_channels, S, S)``.
             generator: Makes the draw reproducible; ``r`` is drawn on the generator's device (so a CPU generator
-                gives the same ``z`` whichever device the network is on).
+                gives the same ``z`` whichever device the network is on). A sequence of generators splits the
+                batch into equal consecutive groups, one per generator (:func:`ipoke.utils.standard_normal`).
             temperature: Standard deviation of ``r``.
 
         Returns:
             ``z``, ``(B, z_dim, S, S)`` in the condition's dtype if it is float64, else float32.
         """
-        device = generator.device if generator is not None else condition.device
         dtype = torch.float64 if condition.dtype == torch.float64 else torch.float32
-        r = torch.randn((condition.shape[0], *self.latent_shape), generator=generator, device=device, dtype=dtype)
-        return self.inverse(r.to(condition.device) * temperature, condition.to(dtype))
+        r = standard_normal((condition.shape[0], *self.latent_shape), generator, device=condition.device, dtype=dtype)
+        return self.inverse(r * temperature, condition.to(dtype))
 
     def actnorm_layers(self) -> list[ActNorm]:
         """All :class:`~ipoke.models.cinn.blocks.ActNorm` layers, in module order."""

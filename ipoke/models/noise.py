@@ -1,0 +1,32 @@
+"""Seeded Gaussian noise for sampling, drawn per batch or per item of a batch."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+#: One generator for a whole draw, or one per item (clip) of the batch: see :func:`standard_normal`.
+Generators = torch.Generator | Sequence[torch.Generator] | None
+
+
+def standard_normal(shape: Sequence[int], generator: Generators, *, device: torch.device | str | None = None,
+                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``N(0, I)`` noise of ``shape``, drawn on the generator's device and moved to ``device``.
+
+    ``generator`` may be a sequence of generators, one per item of a batch whose rows are grouped by item
+    (``repeat_interleave``: item 0's samples first): each item's rows then come from its own generator, so an item's
+    draw does not depend on which other items share its batch (evaluation seeds every clip, and gets the same
+    numbers at any batch size).
+    """
+    shape = tuple(int(n) for n in shape)
+    if generator is None or isinstance(generator, torch.Generator):
+        source = generator.device if generator is not None else device
+        noise = torch.randn(shape, generator=generator, device=source, dtype=dtype)
+        return noise if device is None else noise.to(device)
+    generators = list(generator)
+    if not generators or shape[0] % len(generators):
+        raise ValueError(f"{len(generators)} generators cannot split a draw of {shape[0]} rows evenly")
+    rows = shape[0] // len(generators)
+    noise = torch.cat([torch.randn((rows, *shape[1:]), generator=g, device=g.device, dtype=dtype) for g in generators])
+    return noise if device is None else noise.to(device)
