@@ -31,6 +31,7 @@ import torch
 
 #: split -> (metrics file, title). The synthetic test split holds novel species and backgrounds (harder than the
 #: held-out plants of the training species in val; neither split is used for training or model selection).
+EXAMPLE_IMAGE = "example.png"
 EVALUATION_SPLITS = {"test": ("metrics.json", "Novel species and backgrounds"),
                      "val": ("metrics_val.json", "New plants of the training species")}
 
@@ -246,15 +247,40 @@ def run_quickstart(out: str | Path = "quickstart", *, minutes: float | None = No
 
     cli_main(["sample", "--ckpt", str(model_dir), "--data", str(data_dir), "--split", "test", "--n", "4",
               "--samples", "3", "--out", str(samples_dir), "--seed", "0"])
+    example_image, example_poke = write_example_image(out / EXAMPLE_IMAGE, data_dir, poker)
     _write_report(out, reports, time.time() - started, settings, accelerator)
     for split, (_, title) in EVALUATION_SPLITS.items():
         print(f"{title} ({split} split):")
         print(format_table(reports[split]))
     _log(f"done in {(time.time() - started) / 60:.1f} min. Report: {out / 'report.md'}; metrics: "
          f"{out / 'metrics.json'} (novel species) and {out / 'metrics_val.json'}; samples: {samples_dir}; "
-         f"model: {model_dir} (try `ipoke sample --ckpt {model_dir} --data {data_dir} --out "
-         f"{out / 'more_samples'}`); data: {data_dir}")
+         f"model: {model_dir} (try `ipoke sample --ckpt {model_dir} --image {example_image} --poke {example_poke} "
+         f"--samples 4 --out {out / 'more_samples'}`, or your own image and poke); data: {data_dir}")
     return report
+
+
+def write_example_image(path: Path, data_dir: Path, poker: Any, *, side: int = 256) -> tuple[Path, str]:
+    """Save a held-out start frame at ``side`` px (a photo-sized input for ``ipoke sample --image``).
+
+    The frame is the first clip of the test split, as the evaluation draws it; the returned poke ``"x,y,dx,dy"`` is
+    that clip's simulated poke in the saved image's pixels (on the object, moving the way the plant moved).
+    """
+    import cv2
+    import numpy as np
+
+    from ipoke.data.datasets import PokeDataset
+
+    clip = PokeDataset(data_dir, split="test", size=poker.size, n_frames=poker.n_frames, frame_step=poker.frame_step,
+                       n_pokes=1, poke_size=poker.poke_size, zero_poke_fraction=0.0, fixed_poke_count=True,
+                       deterministic=True, seed=42, max_clips=1)[0]
+    frame = ((clip["video"][0].permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
+    cv2.imwrite(str(path), cv2.cvtColor(cv2.resize(frame, (side, side), interpolation=cv2.INTER_CUBIC),
+                                        cv2.COLOR_RGB2BGR))
+    scale = side / poker.size
+    x, y, dx, dy = clip["poke_coords"][0].tolist()
+    # Pixel centres: model pixel x covers [x, x + 1), i.e. image pixels [x * scale, (x + 1) * scale).
+    poke = f"{int((x + 0.5) * scale)},{int((y + 0.5) * scale)},{round(dx * scale)},{round(dy * scale)}"
+    return path, poke
 
 
 def control_verdict(report: dict[str, Any], model: str = "ipoke") -> str:

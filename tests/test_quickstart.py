@@ -21,7 +21,8 @@ def quickstart_run(tmp_path_factory):
 
 def test_report_files_and_model(quickstart_run):
     out = quickstart_run
-    for name in ("metrics.json", "metrics_val.json", "report.md", "model/poker.yaml", "data/ipoke_dataset.json"):
+    for name in ("metrics.json", "metrics_val.json", "report.md", "model/poker.yaml", "data/ipoke_dataset.json",
+                 "example.png"):
         assert (out / name).is_file(), name
     gifs = sorted((out / "samples").glob("overview_*.gif"))
     assert len(gifs) >= 2
