@@ -55,6 +55,13 @@ def test_metrics_follow_the_evaluate_schema(quickstart_run):
     # I3D needs 9 frames; the CPU preset's clips have 6, and the report says so instead of failing.
     assert "at least 9 frames" in report["unavailable"]["fvd"]
     assert "lpips" in report["unavailable"] or "lpips" in results["ipoke"]
+    # Targeted keypoint accuracy on the novel species: a second pass over the same clips with keypoint pokes.
+    scored = report["settings"]["n_keypoint_clips"]
+    assert 0 <= scored <= n_clips
+    assert len(report["per_clip"]["copy_x0"]["control/keypoint_error"]) == n_clips
+    if scored:
+        assert results["copy_x0"]["control/keypoint_error"] >= 1.0  # only joints moving at least 1 px are poked
+    assert "n_keypoint_clips" not in json.loads((quickstart_run / "metrics_val.json").read_text())["settings"]
 
 
 def test_second_run_reuses_finished_stages(quickstart_run, capsys):
@@ -121,3 +128,9 @@ def test_control_verdict_compares_with_copy_x0_clip_by_clip():
     nothing = {**model, "control/poke_epe": [math.nan] * 4}
     assert "poke_epe" not in quickstart.control_verdict(_report(nothing, copy))
     assert quickstart.control_verdict({"results": {}, "per_clip": {}}) == ""
+    # With targeted keypoint accuracy, a third line: differences -0.4, -0.3, -0.4, -0.4.
+    joints = {**model, "control/keypoint_error": [1.5, 1.7, 1.2, 1.9]}
+    copy_joints = {**copy, "control/keypoint_error": [1.9, 2.0, 1.6, 2.3]}
+    line = quickstart.control_verdict(_report(joints, copy_joints)).splitlines()[-1]
+    assert "where a joint poked with its own motion ends (`control/keypoint_error`)" in line
+    assert line.endswith(": better than copying x0.")
