@@ -60,6 +60,34 @@ def tiny_poker(n_frames: int = 10, frame_step: int = 1, static_reference: bool =
                  frame_step=frame_step)
 
 
+def save_tiny_stage1(folder, size: int = 16, n_frames: int = 3, z_dim: int = 4, embedding: int = 4) -> dict[str, str]:
+    """Random tiny stage-1 networks (latent and embeddings 8x8 at 16 px) saved like trained ones in ``folder``.
+
+    Returns the checkpoint arguments of :class:`ipoke.lightning.cinn.PokeINNModule`.
+    """
+    from ipoke.models.autoencoder import VideoAutoencoder
+    from ipoke.models.base import save_pretrained
+    from ipoke.models.encoders import ImageEncoder, PokeEncoder
+
+    torch.manual_seed(0)
+    networks = {
+        "autoencoder": VideoAutoencoder(spatial_size=size, n_frames=n_frames, z_dim=z_dim, encoder_channels=[8, 8],
+                                        decoder_channels=[8, 8], spade_hidden_channels=8, gru_layers=1,
+                                        norm_groups=4, encoder_blocks_per_stage=1),
+        "image_encoder": ImageEncoder(spatial_size=size, embedding_channels=embedding, base_channels=8,
+                                      max_channels=8, norm_groups=4),
+        "poke_encoder": PokeEncoder(spatial_size=size, embedding_channels=embedding, base_channels=8,
+                                    max_channels=8, norm_groups=4),
+    }
+    return {f"{name}_checkpoint": str(save_pretrained(network, folder / name)) for name, network in networks.items()}
+
+
+@pytest.fixture(scope="session")
+def make_tiny_stage1():
+    """:func:`save_tiny_stage1` itself."""
+    return save_tiny_stage1
+
+
 @pytest.fixture(scope="session")
 def make_tiny_poker():
     """:func:`tiny_poker` itself, for tests that need other settings."""

@@ -22,10 +22,9 @@ from ipoke.lightning.callbacks import VideoLoggingCallback
 from ipoke.lightning.cinn import PokeINNModule
 from ipoke.lightning.encoders import ImageEncoderModule
 from ipoke.models.autoencoder import VideoAutoencoder
-from ipoke.models.base import save_pretrained
 from ipoke.models.cinn import ConditionalINN
 from ipoke.models.discriminators import PatchDiscriminator2d, TemporalDiscriminator
-from ipoke.models.encoders import ImageEncoder, PokeEncoder
+from ipoke.models.encoders import ImageEncoder
 
 SIZE, FRAMES, Z_DIM, EMBED = 16, 3, 4, 4
 BATCHES = 3  # per rank
@@ -86,26 +85,6 @@ def assert_replicas_trained_identically(initial: dict, rank0: dict, rank1: dict,
         assert not differing, f"replicas diverged in {differing[:3]}"
 
 
-def tiny_stage1() -> dict[str, torch.nn.Module]:
-    """Random tiny stage-1 networks (16 px, latent and embeddings 8x8)."""
-    torch.manual_seed(0)
-    return {
-        "autoencoder": VideoAutoencoder(spatial_size=SIZE, n_frames=FRAMES, z_dim=Z_DIM, encoder_channels=[8, 8],
-                                        decoder_channels=[8, 8], spade_hidden_channels=8, gru_layers=1,
-                                        norm_groups=4, encoder_blocks_per_stage=1),
-        "image_encoder": ImageEncoder(spatial_size=SIZE, embedding_channels=EMBED, base_channels=8, max_channels=8,
-                                      norm_groups=4),
-        "poke_encoder": PokeEncoder(spatial_size=SIZE, embedding_channels=EMBED, base_channels=8, max_channels=8,
-                                    norm_groups=4),
-    }
-
-
-def stage1_checkpoints(folder: Path) -> dict[str, str]:
-    """:func:`tiny_stage1` saved like trained networks: the checkpoint arguments of :class:`PokeINNModule`."""
-    return {f"{name}_checkpoint": str(save_pretrained(network, folder / name))
-            for name, network in tiny_stage1().items()}
-
-
 def tiny_flow() -> ConditionalINN:
     return ConditionalINN(z_dim=Z_DIM, condition_channels=2 * EMBED, spatial_size=8, architecture="coupling",
                           hidden_channels=8, num_blocks=2)
@@ -115,8 +94,11 @@ def tiny_flow() -> ConditionalINN:
 def test_gan_autoencoder_trains_identical_replicas_under_plain_ddp(tmp_path):
     # Plain DDP (no find_unused_parameters): the module turns the detection on itself. The video callback logs on
     # rank 0 only and must not wait for the other rank.
+    autoencoder = VideoAutoencoder(spatial_size=SIZE, n_frames=FRAMES, z_dim=Z_DIM, encoder_channels=[8, 8],
+                                   decoder_channels=[8, 8], spade_hidden_channels=8, gru_layers=1, norm_groups=4,
+                                   encoder_blocks_per_stage=1)
     module = VideoAutoencoderModule(
-        tiny_stage1()["autoencoder"], PatchDiscriminator2d(base_channels=8, n_layers=2),
+        autoencoder, PatchDiscriminator2d(base_channels=8, n_layers=2),
         TemporalDiscriminator(channels=[8, 8, 8, 8], blocks_per_stage=1, norm_groups=4), spatial_frames=2,
         learning_rate=1e-3, lr_decay_every=2)
     states = fit_on_two_processes(module, tmp_path, callbacks=[VideoLoggingCallback(every_n_steps=1, max_videos=1)])
@@ -136,15 +118,15 @@ def test_image_encoder_with_gan_trains_identical_replicas(tmp_path):
 
 
 @pytest.mark.timeout(300)
-def test_cinn_trains_identical_replicas_with_actnorm_initialised_on_rank_zero(tmp_path):
+def test_cinn_trains_identical_replicas_with_actnorm_initialised_on_rank_zero(tmp_path, make_tiny_stage1):
     module = PokeINNModule(flow=tiny_flow(), warmup_steps=1, val_sample_batches=0,
-                           **stage1_checkpoints(tmp_path / "stage1"))
+                           **make_tiny_stage1(tmp_path / "stage1"))
     states = fit_on_two_processes(module, tmp_path)
     assert_replicas_trained_identically(*states, networks=("flow",))
 
 
-def test_cuda_graph_option_refuses_several_processes(tmp_path):
-    module = PokeINNModule(flow=tiny_flow(), cuda_graph=True, **stage1_checkpoints(tmp_path))
+def test_cuda_graph_option_refuses_several_processes(tmp_path, make_tiny_stage1):
+    module = PokeINNModule(flow=tiny_flow(), cuda_graph=True, **make_tiny_stage1(tmp_path))
     module.trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_fork", logger=False)
     with pytest.raises(ValueError, match="cuda_graph trains on one device, but this run has 2 processes"):
         module.setup("fit")
