@@ -45,13 +45,51 @@ def _sum_per_sample(t: Tensor) -> Tensor:
     return t.flatten(1).sum(dim=1)
 
 
-def _zero_init(conv: nn.Conv2d) -> nn.Conv2d:
-    # Output layers of every transform network start at zero so that each block is the identity at init; the
-    # reference gets the same effect from a weight-normalised layer with a data-dependent init of scale 0.
-    nn.init.zeros_(conv.weight)
-    if conv.bias is not None:
-        nn.init.zeros_(conv.bias)
-    return conv
+class ZeroGainConv2d(nn.Conv2d):
+    """Output layer of every transform network: a weight-normalised convolution ``w = g * v / ||v||`` with gain ``g``
+    (one per output channel) and bias starting at zero, so that each block is the identity at init.
+
+    This is the reference's layer (weight norm with a data-dependent init of scale 0) minus the data-dependent part,
+    which with ``g = 0`` only draws ``v``. It is *not* interchangeable with a plain zero-initialised convolution:
+    Adam's first steps move every parameter by about the learning rate whatever its gradient, so a zero-initialised
+    ``fan_in``-wide output layer jumps to weights of ``+-lr`` with coherent signs, i.e. an output of
+    ``lr * fan_in * |features|``, and the ~500 blocks of the reference-size flow each start to amplify their input by
+    5-10 %; their product overflowed fp32 after a single step at ``lr = 1e-3`` (docs/cinn.md). Here the first steps
+    only move ``g``, so each output moves by ``lr * |features| / sqrt(fan_in)`` in a random direction instead.
+
+    Args:
+        in_channels, out_channels, kernel_size, padding: As :class:`torch.nn.Conv2d` (always with a bias).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int], padding: int = 0):
+        super().__init__(in_channels, out_channels, kernel_size, padding=padding)
+        nn.init.normal_(self.weight, std=0.05)  # the reference's init of the direction v
+        nn.init.zeros_(self.bias)
+        self.gain = nn.Parameter(torch.zeros(out_channels, 1, 1, 1))
+
+    def normalized_weight(self) -> Tensor:
+        """``g * v / ||v||`` (norm over everything but the output channel)."""
+        norm = self.weight.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+        return self.gain * (self.weight / norm)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._conv_forward(x, self.normalized_weight(), self.bias)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        # Checkpoints written before the weight norm hold a plain zero-initialised convolution: the same function is
+        # v = w, g = ||w|| (an all-zero w, i.e. a never-trained layer, keeps a fresh random direction).
+        weight = state_dict.get(prefix + "weight")
+        if prefix + "gain" not in state_dict and weight is not None:
+            norm = weight.flatten(1).norm(dim=1)
+            state_dict[prefix + "gain"] = norm.view(-1, 1, 1, 1).clone()
+            untrained = norm == 0
+            if untrained.any():
+                weight = weight.clone()
+                weight[untrained] = self.weight.detach()[untrained].to(weight)
+                state_dict[prefix + "weight"] = weight
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
 
 class ActNorm(InvertibleModule):
@@ -166,7 +204,7 @@ class ChannelShuffle(InvertibleModule):
 
 
 class CouplingNet(nn.Module):
-    """The transform network of :class:`AffineCoupling`: Conv3x3 -> ELU -> Conv1x1 -> ELU -> Conv3x3 (zero-init).
+    """The transform network of :class:`AffineCoupling`: Conv3x3 -> ELU -> Conv1x1 -> ELU -> Conv3x3 (zero gain).
 
     Same layout as the reference's ``NICEConvBlock`` (no biases in the hidden layers; the reference's dropout has
     p = 0 in every config and is left out).
@@ -181,7 +219,7 @@ class CouplingNet(nn.Module):
         super().__init__()
         self.conv_in = nn.Conv2d(in_channels, hidden_channels, 3, padding=1, bias=False)
         self.conv_hidden = nn.Conv2d(hidden_channels, hidden_channels, 1, bias=False)
-        self.conv_out = _zero_init(nn.Conv2d(hidden_channels, out_channels, 3, padding=1))
+        self.conv_out = ZeroGainConv2d(hidden_channels, out_channels, 3, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
         """Map ``(B, in_channels, H, W)`` to ``(B, out_channels, H, W)`` in the dtype of ``x``."""
@@ -297,7 +335,7 @@ class MaskedConvFlow(InvertibleModule):
     pixels strictly before it in the flow's ``order`` (for ``"top"``: rows ``i-2`` and ``i-1``, columns ``j-1..j+1``,
     a 2x3 kernel; ``"left"``/``"right"`` use the transposed 3x2 kernel) and from the condition at ``(i, j)``:
 
-        shifted causal conv (C -> hidden, no bias) -> concat condition -> ELU -> 1x1 conv (zero-init) -> (s_raw, mu)
+        shifted causal conv (C -> hidden, no bias) -> concat condition -> ELU -> 1x1 conv (zero gain) -> (s_raw, mu)
 
     with ``s = 1 + tanh(s_raw / 2)``. The Jacobian is triangular, so ``log|det| = sum log s``. The forward pass is one
     parallel convolution; the inverse must recover the rows (or columns) one after the other (``H`` passes of a
@@ -322,7 +360,7 @@ class MaskedConvFlow(InvertibleModule):
         condition_channels = sum(shape[0] for shape in self.dims_c)
         # Kernel in the canonical ("top") frame; for left/right the transpose makes it a 3x2 kernel in image space.
         self.causal_conv = nn.Conv2d(channels, hidden_channels, (2, 3), bias=False)
-        self.conv_out = _zero_init(nn.Conv2d(hidden_channels + condition_channels, 2 * channels, 1))
+        self.conv_out = ZeroGainConv2d(hidden_channels + condition_channels, 2 * channels, 1)
 
     def _affine_parameters(self, causal_features: Tensor, condition: Tensor | None, dtype: torch.dtype) -> tuple[
             Tensor, Tensor, Tensor]:
