@@ -9,28 +9,16 @@ from torch.utils.data import DataLoader
 
 from ipoke.lightning.cinn import PokeINNModule
 from ipoke.models.autoencoder import VideoAutoencoder
-from ipoke.models.base import save_pretrained
 from ipoke.models.cinn import ConditionalINN
-from ipoke.models.encoders import ImageEncoder, PokeEncoder
 
 SIZE, FRAMES, Z_DIM, EMBED = 16, 3, 4, 4
 
 
 @pytest.fixture(scope="module")
-def stage1(tmp_path_factory) -> dict[str, str]:
+def stage1(tmp_path_factory, make_tiny_stage1) -> dict[str, str]:
     """Tiny random stage-1 networks saved like trained ones; returns the checkpoint arguments."""
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("stage1")
-    networks = {
-        "autoencoder": VideoAutoencoder(spatial_size=SIZE, n_frames=FRAMES, z_dim=Z_DIM, encoder_channels=[8, 8],
-                                        decoder_channels=[8, 8], spade_hidden_channels=8, gru_layers=1,
-                                        norm_groups=4, encoder_blocks_per_stage=1),
-        "image_encoder": ImageEncoder(spatial_size=SIZE, embedding_channels=EMBED, base_channels=8, max_channels=8,
-                                      norm_groups=4),
-        "poke_encoder": PokeEncoder(spatial_size=SIZE, embedding_channels=EMBED, base_channels=8, max_channels=8,
-                                    norm_groups=4),
-    }
-    return {f"{name}_checkpoint": str(save_pretrained(network, folder / name)) for name, network in networks.items()}
+    return make_tiny_stage1(tmp_path_factory.mktemp("stage1"), size=SIZE, n_frames=FRAMES, z_dim=Z_DIM,
+                            embedding=EMBED)
 
 
 def tiny_flow(architecture: str = "coupling") -> ConditionalINN:
