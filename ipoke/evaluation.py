@@ -170,6 +170,8 @@ def resimulation_sampler(dataset: PokeDataset) -> Sampler | None:
 
     def sample(batch: dict[str, Any], n_samples: int, generators: Sequence[torch.Generator]) -> torch.Tensor:
         videos = []
+        if isinstance(generators, torch.Generator):  # one generator for the whole batch, drawn clip after clip
+            generators = [generators] * len(batch["video_id"])
         for video_id, start, generator in zip(batch["video_id"], batch["start"].tolist(), generators):
             scene = dataset.data.scene(video_id)
             per_clip = []
