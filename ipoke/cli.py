@@ -510,6 +510,9 @@ def _run_evaluate(args: argparse.Namespace) -> int:
                           strict=len(metrics) == 1)
     except (MetricUnavailable, ValueError) as error:
         raise UserError(str(error)) from error
+    if report["settings"]["n_clips"] < args.n_clips:
+        print(f"note: split {args.split!r} has {report['settings']['n_clips']} clips; all of them were used "
+              f"(--n-clips {args.n_clips} asked for more)")
     print(format_table(report))
     comparisons = format_comparisons(report)
     if comparisons:

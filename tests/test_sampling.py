@@ -427,3 +427,11 @@ def test_evaluation_does_not_depend_on_the_batch_size(synthetic_dataset, make_ti
         for key, value in small["results"][name].items():
             assert large["results"][name][key] == pytest.approx(value, rel=1e-5, nan_ok=True), (name, key)
     assert small["results"]["tiny"]["diversity/mse"] > 0
+
+
+def test_evaluate_says_when_the_split_has_fewer_clips_than_asked(synthetic_dataset, tmp_path, capsys):
+    assert main(["evaluate", "--data", synthetic_dataset, "--metrics", "ssim", "--n-clips", "100000", "--samples",
+                 "1", "--out", str(tmp_path / "m.json")]) == 0
+    n_clips = json.loads((tmp_path / "m.json").read_text())["settings"]["n_clips"]
+    assert 0 < n_clips < 100000
+    assert f"note: split 'test' has {n_clips} clips; all of them were used (--n-clips 100000" in capsys.readouterr().out
