@@ -27,11 +27,10 @@ import torch
 
 def protocol_clips(poker, data_dir: str, split: str, clips: int):  # noqa: ANN001, ANN201
     """The evaluation protocol's clips (fixed order, one seeded poke each, no augmentation) at the model's settings."""
-    from ipoke.data.datasets import PokeDataset
+    from ipoke.data.datasets import evaluation_clips
 
-    return PokeDataset(data_dir, split=split, size=poker.size, n_frames=poker.n_frames, frame_step=poker.frame_step,
-                       n_pokes=1, poke_size=poker.poke_size, augment=False, deterministic=True, seed=42,
-                       max_clips=clips, zero_poke_fraction=0.0, fixed_poke_count=True)
+    return evaluation_clips(data_dir, split=split, size=poker.size, n_frames=poker.n_frames,
+                            frame_step=poker.frame_step, poke_size=poker.poke_size, seed=42, max_clips=clips)
 
 
 @torch.no_grad()

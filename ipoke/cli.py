@@ -329,12 +329,11 @@ def _write_samples(poker, args: argparse.Namespace, out, generator) -> int:  # n
             videos = poker.sample(x0, poke, n_samples=args.samples, generator=generator)[0]
             _write_outputs(out, 0, x0[0], mapped, videos, fps=args.fps, scale=args.scale)
         return 1
-    from ipoke.data.datasets import PokeDataset
+    from ipoke.data.datasets import evaluation_clips
 
-    dataset = PokeDataset(args.data, split=args.split, size=poker.size, n_frames=poker.n_frames,
-                          frame_step=poker.frame_step, n_pokes=1,
-                          poke_size=poker.poke_size, zero_poke_fraction=0.0, fixed_poke_count=True,
-                          deterministic=True, seed=args.seed, max_clips=args.n)
+    dataset = evaluation_clips(args.data, split=args.split, size=poker.size, n_frames=poker.n_frames,
+                               frame_step=poker.frame_step, poke_size=poker.poke_size, seed=args.seed,
+                               max_clips=args.n)
     count = len(dataset)
     if count < args.n:
         print(f"the {args.split} split has {count} clips; sampling all of them")

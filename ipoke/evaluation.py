@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from ipoke.data.datasets import PokeDataset, frames_to_tensor, resize_frames
+from ipoke.data.datasets import PokeDataset, evaluation_clips, frames_to_tensor, resize_frames
 from ipoke.metrics import (
     CONTROL_BACKGROUND_MOTION,
     CONTROL_BACKGROUND_POKE_MOTION,
@@ -237,9 +237,8 @@ def evaluate(samplers: dict[str, Sampler], data_dir: str | os.PathLike, *, split
     unknown = set(metrics) - set(ALL_METRICS)
     if unknown:
         raise ValueError(f"unknown metrics {sorted(unknown)}; choose from {', '.join(ALL_METRICS)}")
-    dataset = PokeDataset(data_dir, split=split, size=size, n_frames=n_frames, frame_step=frame_step, n_pokes=1,
-                          poke_size=poke_size, zero_poke_fraction=0.0, augment=False, fixed_poke_count=True,
-                          deterministic=True, seed=seed, max_clips=n_clips)
+    dataset = evaluation_clips(data_dir, split=split, size=size, n_frames=n_frames, frame_step=frame_step,
+                               poke_size=poke_size, seed=seed, max_clips=n_clips)
     samplers = dict(samplers)
     if include_baselines:
         samplers["copy_x0"] = copy_first_frame_sampler
@@ -365,10 +364,10 @@ def _keypoint_pass(samplers: dict[str, Sampler], dataset: PokeDataset, accumulat
     """
     from tqdm.auto import tqdm
 
-    keypoint_dataset = PokeDataset(
+    keypoint_dataset = evaluation_clips(
         dataset.data.root, split=dataset.split, size=dataset.size, n_frames=dataset.n_frames,
-        frame_step=dataset.frame_step, n_pokes=1, poke_size=dataset.poke_size, zero_poke_fraction=0.0,
-        poke_source="keypoints", fixed_poke_count=True, deterministic=True, seed=seed, max_clips=len(dataset))
+        frame_step=dataset.frame_step, poke_size=dataset.poke_size, seed=seed, max_clips=len(dataset),
+        poke_source="keypoints")
     scored = 0
     loader = DataLoader(keypoint_dataset, batch_size=batch_size, shuffle=False, num_workers=0)
     for batch_index, batch in enumerate(tqdm(loader, desc="keypoint pokes", unit="batch", disable=not progress)):

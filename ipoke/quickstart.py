@@ -271,11 +271,10 @@ def write_example_image(path: Path, data_dir: Path, poker: Any, *, side: int = 2
     import cv2
     import numpy as np
 
-    from ipoke.data.datasets import PokeDataset
+    from ipoke.data.datasets import evaluation_clips
 
-    clip = PokeDataset(data_dir, split="test", size=poker.size, n_frames=poker.n_frames, frame_step=poker.frame_step,
-                       n_pokes=1, poke_size=poker.poke_size, zero_poke_fraction=0.0, fixed_poke_count=True,
-                       deterministic=True, seed=42, max_clips=1)[0]
+    clip = evaluation_clips(data_dir, split="test", size=poker.size, n_frames=poker.n_frames,
+                            frame_step=poker.frame_step, poke_size=poker.poke_size, seed=42, max_clips=1)[0]
     frame = ((clip["video"][0].permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
     cv2.imwrite(str(path), cv2.cvtColor(cv2.resize(frame, (side, side), interpolation=cv2.INTER_CUBIC),
                                         cv2.COLOR_RGB2BGR))

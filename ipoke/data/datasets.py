@@ -243,3 +243,22 @@ class PokeDataset(Dataset):
             "video_id": video_id,
             "start": torch.tensor(start, dtype=torch.int64),
         }
+
+
+def evaluation_clips(root: str | os.PathLike, *, split: str, size: int | None = None, n_frames: int = 10,
+                     frame_step: int = 1, poke_size: int = 5, seed: int = 42, max_clips: int | None = None,
+                     poke_source: str = "flow") -> PokeDataset:
+    """The clips of the evaluation protocol: a fixed order, exactly one seeded poke each, no augmentation and no
+    static clips (``ipoke evaluate``, ``ipoke sample --data``, the quickstart's example image, the diagnostics).
+
+    Args:
+        root: Prepared dataset folder.
+        split: Split to read.
+        size, n_frames, frame_step, poke_size: The model's clip settings.
+        seed: Seed of the pokes (42, as the paper's evaluation).
+        max_clips: Keep at most this many clips (evenly spaced).
+        poke_source: ``"flow"`` (simulated pokes, the protocol) or ``"keypoints"`` (targeted keypoint accuracy).
+    """
+    return PokeDataset(root, split=split, size=size, n_frames=n_frames, frame_step=frame_step, n_pokes=1,
+                       poke_size=poke_size, zero_poke_fraction=0.0, augment=False, poke_source=poke_source,
+                       fixed_poke_count=True, deterministic=True, seed=seed, max_clips=max_clips)

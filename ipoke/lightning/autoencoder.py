@@ -75,10 +75,14 @@ class VideoAutoencoderModule(NetworkCheckpointMixin):
     # losses, usable outside Lightning (benchmarks)
 
     @property
+    def has_discriminator(self) -> bool:
+        """Whether at least one GAN is configured."""
+        return self.spatial_discriminator is not None or self.temporal_discriminator is not None
+
+    @property
     def gan_active(self) -> bool:
         """Whether the GAN terms are on at the current training batch."""
-        has_discriminator = self.spatial_discriminator is not None or self.temporal_discriminator is not None
-        return has_discriminator and self.train_batches >= self.hparams.gan_start_step
+        return self.has_discriminator and self.train_batches >= self.hparams.gan_start_step
 
     def _random_frames(self, frames: torch.Tensor) -> torch.Tensor:
         flat = frames.flatten(0, 1)
@@ -155,7 +159,7 @@ class VideoAutoencoderModule(NetworkCheckpointMixin):
     # Lightning hooks
 
     def setup(self, stage: str) -> None:
-        if self.spatial_discriminator is not None or self.temporal_discriminator is not None:
+        if self.has_discriminator:
             detect_unused_parameters_under_ddp(self)
 
     def configure_model(self) -> None:
