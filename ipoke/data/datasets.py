@@ -26,7 +26,7 @@ without keypoints, or where no joint moves enough, gets flow-simulated pokes and
 from __future__ import annotations
 
 import os
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from typing import Any
 
 import cv2
@@ -167,6 +167,20 @@ class PokeDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.clips)
+
+    def object_balancing_weights(self) -> torch.Tensor:
+        """Per-clip sampling weights that give every object the same total weight: ``1 / (clips of its object)``.
+
+        The object is the video's ``object_id`` (a plant, an actor); a video without one counts as its own object.
+        The original's ``object_weighting`` for Poking Plants, where a few plants have many long takes.
+
+        Returns:
+            float64 ``(len(self),)``, summing to the number of objects.
+        """
+        objects = {meta["id"]: meta.get("object_id") or f"video:{meta['id']}" for meta in self.data.videos}
+        clip_objects = [objects[video_id] for video_id, _ in self.clips]
+        counts = Counter(clip_objects)
+        return torch.tensor([1.0 / counts[name] for name in clip_objects], dtype=torch.float64)
 
     def _video(self, video_id: str):
         # Memory maps are opened lazily per worker process (they must not be shared across fork) and kept for the

@@ -5,7 +5,7 @@ from __future__ import annotations
 import warnings
 
 import lightning as L
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from ipoke.data.datasets import PokeDataset
 
@@ -27,6 +27,9 @@ class PokeDataModule(L.LightningDataModule):
         poke_size: Poke square side in pixels at size S.
         zero_poke_fraction: Fraction of training clips turned into static clips with a background poke.
         augment: Augment training clips.
+        object_weighting: Draw training clips with probability ``1 / (clips of their object)`` (with replacement,
+            as many draws per epoch as clips), so that every object (plant, actor: the videos' ``object_id``) is seen
+            equally often however many or long its videos are. The original does this for Poking Plants.
         poke_source: ``"flow"`` (simulate from flow, the papers' protocol) or ``"recorded"`` (synthetic data's
             stored pokes where possible).
         train_split, val_split, test_split: Split names.
@@ -37,9 +40,10 @@ class PokeDataModule(L.LightningDataModule):
 
     def __init__(self, *, data_dir: str, size: int | None = None, n_frames: int = 10, frame_step: int = 1,
                  batch_size: int = 20, num_workers: int = 2, n_pokes: int = 5, poke_size: int = 5,
-                 zero_poke_fraction: float = 1 / 12, augment: bool = True, poke_source: str = "flow",
-                 train_split: str = "train", val_split: str = "val", test_split: str = "test", eval_n_pokes: int = 1,
-                 max_val_clips: int | None = 1000, seed: int = 0) -> None:
+                 zero_poke_fraction: float = 1 / 12, augment: bool = True, object_weighting: bool = False,
+                 poke_source: str = "flow", train_split: str = "train", val_split: str = "val",
+                 test_split: str = "test", eval_n_pokes: int = 1, max_val_clips: int | None = 1000,
+                 seed: int = 0) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.train_set: PokeDataset | None = None
@@ -77,14 +81,21 @@ class PokeDataModule(L.LightningDataModule):
         if stage in (None, "test", "predict") and self.test_set is None:
             self.test_set = self._dataset(self.hparams.test_split, train=False)
 
-    def _loader(self, dataset: PokeDataset, *, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: PokeDataset, *, shuffle: bool, sampler: WeightedRandomSampler | None = None
+                ) -> DataLoader:
         workers = self.hparams.num_workers
-        return DataLoader(dataset, batch_size=self.hparams.batch_size, shuffle=shuffle, num_workers=workers,
+        return DataLoader(dataset, batch_size=self.hparams.batch_size, shuffle=shuffle and sampler is None,
+                          sampler=sampler, num_workers=workers,
                           drop_last=shuffle and len(dataset) >= self.hparams.batch_size,
                           persistent_workers=workers > 0, pin_memory=False)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
+        sampler = None
+        if self.hparams.object_weighting:
+            # Under DDP Lightning wraps this sampler so that each process draws its own share.
+            weights = self.train_set.object_balancing_weights()
+            sampler = WeightedRandomSampler(weights, num_samples=len(weights), replacement=True)
+        return self._loader(self.train_set, shuffle=True, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, shuffle=False)

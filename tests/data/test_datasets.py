@@ -93,6 +93,36 @@ def test_datamodule_validates_on_test_when_there_is_no_val_split(tmp_path):
     assert {vid for vid, _ in module.val_set.clips} == {"test_000000", "test_000001"}
 
 
+def test_object_weighting_draws_every_object_equally_often(tmp_path):
+    """Three videos of plant "a", one of plant "b", two without an object: each of the four objects gets 1/4."""
+    from ipoke.data.synthetic import SyntheticSettings, generate_dataset
+
+    root = generate_dataset(tmp_path / "d", SyntheticSettings(videos=6, frames=3, size=32, val_fraction=0.0,
+                                                              test_fraction=0.0), progress=False)
+    module = PokeDataModule(data_dir=str(root), n_frames=3, batch_size=2, num_workers=0, object_weighting=True,
+                            val_split="train")
+    module.setup("fit")
+    videos = module.train_set.data.videos
+    for meta, object_id in zip(videos, ["a", "a", "a", "b", None, None]):
+        meta["object_id"] = object_id
+    weights = module.train_set.object_balancing_weights()
+    by_video = dict(zip((video_id for video_id, _ in module.train_set.clips), weights.tolist()))
+    assert [by_video[meta["id"]] for meta in videos] == pytest.approx([1 / 3, 1 / 3, 1 / 3, 1, 1, 1])
+
+    torch.manual_seed(0)
+    sampler = module.train_dataloader().sampler
+    assert isinstance(sampler, torch.utils.data.WeightedRandomSampler) and len(sampler) == 6
+    objects = {meta["id"]: meta["object_id"] or meta["id"] for meta in videos}
+    drawn = [objects[module.train_set.clips[i][0]] for _ in range(400) for i in sampler]
+    shares = {name: drawn.count(name) / len(drawn) for name in set(objects.values())}
+    assert set(shares) == {"a", "b", videos[4]["id"], videos[5]["id"]}
+    assert all(abs(share - 0.25) < 0.03 for share in shares.values()), shares
+    # Without it the loader shuffles uniformly: plant "a" then gets half of the draws.
+    plain = PokeDataModule(data_dir=str(root), n_frames=3, batch_size=2, num_workers=0, val_split="train")
+    plain.setup("fit")
+    assert not isinstance(plain.train_dataloader().sampler, torch.utils.data.WeightedRandomSampler)
+
+
 def test_loader_workers_draw_different_pokes_and_repeat_with_the_seed(synthetic_dataset):
     """Worker seeding: two workers must not repeat each other's pokes; the same seed repeats a whole epoch."""
     import lightning as L

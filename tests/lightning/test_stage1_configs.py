@@ -102,3 +102,22 @@ def test_shipped_configs_default_to_fp32():
     offenders = [str(path.relative_to(CONFIGS)) for path in sorted(CONFIGS.glob("*/*.yaml"))
                  if "precision:" in path.read_text() and "precision: 32-true" not in path.read_text()]
     assert not offenders
+
+
+@pytest.mark.parametrize("dataset", ["synthetic", "plants", "iper", "h36m", "taichi"])
+@pytest.mark.parametrize("size", [64, 128])
+def test_the_stages_of_a_dataset_cut_the_same_clips(dataset, size):
+    """The poke encoder regresses the flow at the lag the autoencoder's clips end on, and the cINN pokes with it.
+
+    Clip spacing as the original's datasets: a subsample step of 1 for iPER, 2 for Plants, TaiChi and Human3.6M
+    (the synthetic data stores its 10 simulated frames, step 1); only Poking Plants balances its objects.
+    """
+    import yaml
+
+    data = {stage: yaml.safe_load((CONFIGS / stage / f"{dataset}_{size}.yaml").read_text())["data"]["init_args"]
+            for stage in (*STAGES, "cinn")}
+    clip = {stage: (args["size"], args["n_frames"], args["frame_step"], args["data_dir"])
+            for stage, args in data.items()}
+    assert len(set(clip.values())) == 1, clip
+    assert clip["cinn"][:3] == (size, 10, 1 if dataset in ("synthetic", "iper") else 2)
+    assert {args.get("object_weighting", False) for args in data.values()} == {dataset == "plants"}
