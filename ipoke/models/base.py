@@ -159,6 +159,14 @@ def save_pretrained(model: SavableModule, directory: str | os.PathLike) -> Path:
 
 
 def _load_state(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    own = module.state_dict()
+    mismatched = [f"{key} {tuple(value.shape)} (the network has {tuple(own[key].shape)})"
+                  for key, value in state.items() if key in own and own[key].shape != value.shape]
+    if mismatched:
+        raise RuntimeError(
+            f"weights in {source} do not fit the {class_path_of(module)} its config builds: {mismatched[0]}"
+            f"{f' and {len(mismatched) - 1} more' if len(mismatched) > 1 else ''}. Was it saved by another version of "
+            "ipoke? Retrain it with this version, or load it with the version that wrote it.")
     missing, unexpected = module.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise RuntimeError(

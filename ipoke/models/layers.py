@@ -92,8 +92,9 @@ class ResBlock3d(nn.Module):
 class ResBlock2d(nn.Module):
     """2D residual block that keeps, halves (``resample="down"``) or doubles (``resample="up"``) the resolution.
 
-    Main path: ``conv3x3(stride or transposed) -> norm -> act -> conv3x3 -> norm``; skip path: a 1x1 (down / same) or
-    3x3 transposed (up) conv with norm when the shape changes; output ``act(main + skip)``.
+    Main path: ``conv3x3(stride or transposed) -> norm -> act -> conv3x3 -> norm``; skip path when the shape changes:
+    a ``shortcut_kernel`` conv (down / same; 3x3 as the reference, whose published parameter counts need it) or a 3x3
+    transposed conv (up), then norm; output ``act(main + skip)``.
 
     Args:
         in_channels: Input channels.
@@ -103,24 +104,32 @@ class ResBlock2d(nn.Module):
         norm_groups: Groups for GroupNorm.
         spectral_norm: Spectral-normalise every conv.
         act: Activation name (see :func:`activation`).
+        shortcut_kernel: 1 or 3, kernel of the skip conv for ``"down"`` and ``"none"``. Earlier versions of ipoke
+            used 1, which left the image/poke encoders at 0.21 M parameters instead of the reference's 0.26 M and the
+            video decoder 2048 * z_dim short of it (networks saved by those versions do not load).
 
     Shapes:
         ``(B, C_in, H, W) -> (B, C_out, H', W')`` with ``H' = H``, ``H / 2`` or ``2 H``.
     """
 
     def __init__(self, in_channels: int, out_channels: int, resample: str = "none", norm: str = "group",
-                 norm_groups: int = 16, spectral_norm: bool = False, act: str = "elu") -> None:
+                 norm_groups: int = 16, spectral_norm: bool = False, act: str = "elu", shortcut_kernel: int = 3
+                 ) -> None:
         super().__init__()
         sn = spectral_norm
+        if shortcut_kernel not in (1, 3):
+            raise ValueError(f"shortcut_kernel must be 1 or 3, got {shortcut_kernel}")
+        pad = shortcut_kernel // 2
         if resample == "down":
             first = nn.Conv2d(in_channels, out_channels, 3, 2, 1)
-            skip = nn.Conv2d(in_channels, out_channels, 1, 2)
+            skip = nn.Conv2d(in_channels, out_channels, shortcut_kernel, 2, pad)
         elif resample == "up":
             first = nn.ConvTranspose2d(in_channels, out_channels, 3, 2, 1, output_padding=1)
             skip = nn.ConvTranspose2d(in_channels, out_channels, 3, 2, 1, output_padding=1)
         elif resample == "none":
             first = nn.Conv2d(in_channels, out_channels, 3, 1, 1)
-            skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
+            skip = (nn.Conv2d(in_channels, out_channels, shortcut_kernel, 1, pad)
+                    if in_channels != out_channels else None)
         else:
             raise ValueError(f'Unknown resample "{resample}"; choose "none", "down" or "up"')
         self.conv1 = maybe_spectral_norm(first, sn)

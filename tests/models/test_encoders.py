@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -29,11 +31,14 @@ def test_poke_encoder_shapes(spatial_size):
     assert model(poke).shape == (2, 2, spatial_size, spatial_size)
 
 
-def test_reference_sizes():
-    # Reference (ipoke.md section 8) at 64 px: encoder 0.26 M, decoder 0.34 M; ours differs only in the stem width.
-    model = ImageEncoder(spatial_size=64)
-    assert sum(p.numel() for p in model.decoder.parameters()) == pytest.approx(0.34e6, rel=0.02)
-    assert sum(p.numel() for p in model.encoder.parameters()) < 0.26e6
+@pytest.mark.parametrize(("spatial_size", "encoder_millions", "decoder_millions"),
+                         [(64, 0.26, 0.34), (128, 0.37, 0.45)])
+def test_reference_sizes(spatial_size, encoder_millions, decoder_millions):
+    # Reference (ipoke.md section 8), image and poke encoder alike. The encoder's count needs 3x3 skip convs in its
+    # downsampling blocks (with 1x1 ones it has 0.21 M / 0.29 M).
+    for model in (ImageEncoder(spatial_size=spatial_size), PokeEncoder(spatial_size=spatial_size)):
+        assert sum(p.numel() for p in model.encoder.parameters()) / 1e6 == pytest.approx(encoder_millions, abs=0.005)
+        assert sum(p.numel() for p in model.decoder.parameters()) / 1e6 == pytest.approx(decoder_millions, abs=0.005)
 
 
 def test_poke_encoder_rejects_images():
@@ -50,6 +55,21 @@ def test_save_pretrained_round_trip(cls, tmp_path):
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
         assert loaded.encode(x).shape == (2, 16, 8, 8)
+
+
+def test_weights_of_another_architecture_fail_clearly(tmp_path):
+    """A network saved with 1x1 skip convs (earlier ipoke versions) names the tensor that does not fit."""
+    from ipoke.models.base import WEIGHTS_FILE
+
+    model = ImageEncoder(spatial_size=32, base_channels=8, max_channels=16, embedding_channels=16, norm_groups=4)
+    save_pretrained(model, tmp_path / "net")
+    state = torch.load(tmp_path / "net" / WEIGHTS_FILE)
+    key = next(key for key, value in state.items() if "skip" in key and value.ndim == 4)
+    state[key] = state[key][:, :, 1:2, 1:2].clone()
+    torch.save(state, tmp_path / "net" / WEIGHTS_FILE)
+    expected = rf"do not fit .*: {re.escape(key)} \(16, 8, 1, 1\) \(the network has \(16, 8, 3, 3\)\)"
+    with pytest.raises(RuntimeError, match=expected):
+        ImageEncoder.from_checkpoint(tmp_path / "net")
 
 
 def test_poke_encoder_learns_dense_flow_from_sparse_poke():
