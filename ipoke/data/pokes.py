@@ -122,7 +122,9 @@ def background_poke(flow: np.ndarray, rng: np.random.Generator, *, poke_size: in
                     default_magnitude: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """One poke on the background carrying a realistic vector (the reference's zero-poke sample).
 
-    The location is a pixel with amplitude below the 5th percentile (or outside the mask); the vector is copied
+    The location is a pixel with amplitude below the 5th percentile, or, when there is a mask, a pixel outside it
+    whose amplitude is at most the median (the reference took any pixel outside its GrabCut mask; the median bound
+    keeps a background poke off parts that move but that GrabCut left out of the mask). The vector is copied
     from a pixel with amplitude above mean + std. When the flow is all zero, the vector gets a random direction and
     ``default_magnitude`` (default ``S / 16``) pixels.
 
