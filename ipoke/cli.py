@@ -376,6 +376,8 @@ def _run_export(args: argparse.Namespace) -> int:
     from ipoke.sampling import Poker
 
     try:
+        if args.name:
+            zoo.check_name(args.name)  # before exporting, so that a bad name leaves no folder behind
         if args.name and zoo.is_registered(args.name) and not args.overwrite:
             raise UserError(f"model name {args.name!r} is taken (by {zoo.entries()[args.name]['path']}); pass "
                             "--overwrite to point it at the new export")

@@ -76,6 +76,35 @@ def load_image(image: str | os.PathLike | np.ndarray | torch.Tensor) -> np.ndarr
     return array
 
 
+def _check_device(device: str | torch.device) -> None:
+    """Refuse a device that is not one or that this machine lacks, before any weight is read."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"map_location {device!r} is not a device; use 'cpu' or 'cuda' ('cuda:1', ...)") from error
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"map_location {device!r}: no CUDA GPU is available here; use 'cpu'")
+
+
+def poke_rows(pokes: Sequence[Sequence[float]] | Sequence[float] | np.ndarray) -> np.ndarray:
+    """Pokes as a float32 ``(P, 4)`` array of ``(x, y, dx, dy)`` rows, ``P >= 1``; one flat poke is one row.
+
+    Anything else is refused rather than reshaped: four pokes of three numbers are not three pokes of four.
+    """
+    try:
+        coords = np.asarray(pokes, np.float32)
+    except (ValueError, TypeError) as error:  # ragged rows, not numbers
+        raise ValueError(f"pokes must be (x, y, dx, dy) rows of four numbers, got {pokes!r}") from error
+    if coords.ndim == 1 and coords.size == 4:
+        coords = coords[None]
+    if coords.size == 0:
+        raise ValueError("give at least one poke (x, y, dx, dy)")
+    if coords.ndim != 2 or coords.shape[1] != 4:
+        raise ValueError(f"pokes must be (x, y, dx, dy) rows of four numbers, got an array of shape "
+                         f"{coords.shape}")
+    return coords
+
+
 def to_uint8(video: torch.Tensor) -> np.ndarray:
     """``(..., 3, H, W)`` in [-1, 1] -> uint8 ``(..., H, W, 3)``."""
     array = ((video.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
@@ -124,7 +153,9 @@ class Poker(nn.Module):
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> Poker:
         """Load a model from an exported folder (:meth:`export`), a Lightning checkpoint of the cINN training
-        module, or the name of a registered model (:mod:`ipoke.zoo`)."""
+        module, or the name of a registered model (:mod:`ipoke.zoo`). ``map_location`` must be a device this machine
+        has (a ``ValueError`` says so otherwise, rather than blaming the model)."""
+        _check_device(map_location)
         path_obj = Path(path)
         if not path_obj.exists():
             from ipoke import zoo
@@ -200,16 +231,21 @@ class Poker(nn.Module):
         Args:
             first_frame: ``(B, 3, S, S)`` in [-1, 1].
             poke: ``(B, 2, S, S)`` poke maps (pixels at size S).
-            n_samples: Samples K per pair.
+            n_samples: Samples K per pair, at least 1.
             generator: Source of the residuals ``r`` (a CPU generator gives the same videos on any device); a
-                sequence of ``B`` generators draws each pair's samples from its own, independent of the batch.
+                sequence of exactly ``B`` generators draws each pair's samples from its own, independent of the batch.
             temperature: Standard deviation of ``r``.
             n_frames: Frames to generate (default: as trained).
 
         Returns:
             ``(B, K, T + 1, 3, S, S)`` in [-1, 1], x0 first.
         """
+        if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
+            raise ValueError(f"n_samples must be a whole number >= 1, got {n_samples!r}")
         batch = first_frame.shape[0]
+        if generator is not None and not isinstance(generator, torch.Generator) and len(generator) != batch:
+            raise ValueError(f"give one generator, or one per (x0, poke) pair: {len(generator)} generators for "
+                             f"{batch} pairs")
         device = self.device
         first_frame, poke = first_frame.to(device), poke.to(device)
         h = self.condition(first_frame, poke).repeat_interleave(n_samples, dim=0)
@@ -261,9 +297,7 @@ class Poker(nn.Module):
             ``(x0 (1, 3, S, S), poke map (1, 2, S, S), pokes (P, 4) in model pixels)``.
         """
         array = load_image(image)
-        coords = np.asarray(pokes, np.float32).reshape(-1, 4)
-        if len(coords) == 0:
-            raise ValueError("give at least one poke (x, y, dx, dy)")
+        coords = poke_rows(pokes)
         if not np.isfinite(coords).all():
             raise ValueError(f"pokes must be finite numbers, got {coords.tolist()}")
         height, width = array.shape[:2]
@@ -294,8 +328,9 @@ class Poker(nn.Module):
 
         Args:
             image: Path, uint8 ``(H, W, 3)`` array or ``(3, H, W)`` tensor, any size.
-            pokes: ``(x, y, dx, dy)`` rows in the image's pixels (all applied together).
-            n_samples: Videos to draw.
+            pokes: ``(x, y, dx, dy)`` rows in the image's pixels (all applied together), or one such row; they must
+                lie in the centre square crop of the image.
+            n_samples: Videos to draw, at least 1.
             seed: Seed of the residuals (same seed, same videos); ``None`` for fresh randomness.
             temperature: Standard deviation of the residuals.
             n_frames: Frames to generate (default: as trained).

@@ -82,13 +82,18 @@ def is_registered(name: str) -> bool:
     return name in _load()
 
 
+def check_name(name: str) -> None:
+    """Refuse a name the registry cannot hold (``ipoke export --name`` checks it before exporting)."""
+    if not NAME_PATTERN.fullmatch(name):
+        raise ZooError(f"invalid model name {name!r}: use letters, digits, '_', '.' and '-', starting with a letter "
+                       "or digit")
+
+
 def register(name: str, folder: str | os.PathLike, *, overwrite: bool = False) -> dict[str, Any]:
     """Register an exported model folder under ``name`` (records its checksum and settings)."""
     from ipoke.sampling import MODEL_FILE
 
-    if not NAME_PATTERN.fullmatch(name):
-        raise ZooError(f"invalid model name {name!r}: use letters, digits, '_', '.' and '-', starting with a letter "
-                       "or digit")
+    check_name(name)
     folder = Path(folder).resolve()
     if not (folder / MODEL_FILE).exists():
         raise FileNotFoundError(f"{folder} is not an exported model (no {MODEL_FILE}); make one with `ipoke export`")

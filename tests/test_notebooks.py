@@ -29,6 +29,22 @@ def test_committed_without_outputs(path):
             assert "sys.path" not in cell.source and "pip install" not in cell.source
 
 
+def test_model_notebooks_cut_clips_with_the_models_poke_size():
+    """A model's clips must be cut with its own poke size (03 evaluated every model with the default 5)."""
+    import ast
+
+    for path in sorted(NOTEBOOKS.glob("*.ipynb")):
+        notebook = nbformat.read(path, as_version=4)
+        source = "\n".join(cell.source for cell in notebook.cells if cell.cell_type == "code")
+        if "Poker.from_checkpoint" not in source:
+            continue
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) in {"evaluate", "evaluation_clips",
+                                                                                  "PokeDataset"}:
+                keywords = {keyword.arg: ast.unparse(keyword.value) for keyword in node.keywords}
+                assert keywords.get("poke_size") == "poker.poke_size", f"{path.name}: {ast.unparse(node)}"
+
+
 @pytest.mark.notebook
 def test_data_and_pokes_notebook(tmp_path):
     notebook = _run("02_data_and_pokes.ipynb", f'DATA = "{tmp_path / "data"}"\nVIDEOS = 8\nSIZE = 32\nSEED = 0',

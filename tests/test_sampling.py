@@ -435,3 +435,38 @@ def test_evaluate_says_when_the_split_has_fewer_clips_than_asked(synthetic_datas
     n_clips = json.loads((tmp_path / "m.json").read_text())["settings"]["n_clips"]
     assert 0 < n_clips < 100000
     assert f"note: split 'test' has {n_clips} clips; all of them were used (--n-clips 100000" in capsys.readouterr().out
+
+
+def test_api_refuses_pokes_sample_counts_generators_and_devices_it_cannot_honour(exported):
+    poker = Poker.from_checkpoint(exported)
+    image = np.zeros((64, 64, 3), np.uint8)
+    # Four pokes of three numbers were reshaped into three pokes of four; one flat poke stays one poke.
+    with pytest.raises(ValueError, match="rows of four numbers"):
+        poker.prepare(image, [(10, 10, 1), (20, 20, 1), (30, 30, 1), (40, 40, 1)])
+    with pytest.raises(ValueError, match="rows of four numbers"):
+        poker.prepare(image, (10, 10, 1, 1, 20, 20, 1, 1))
+    with pytest.raises(ValueError, match="at least one poke"):
+        poker.prepare(image, [])
+    assert poker.prepare(image, (10, 12, 1, -1))[2].tolist() == [[10, 12, 1, -1]]
+    # n_samples=0 failed deep inside with an IndexError, -1 with a RuntimeError.
+    for bad in (0, -1, 2.5):
+        with pytest.raises(ValueError, match="n_samples"):
+            poker.animate(image, [(32, 32, 3, 1)], n_samples=bad)
+    # A sequence of generators must have one per pair (it was silently split over the rows instead).
+    x0, poke = torch.zeros(2, 3, 64, 64), torch.zeros(2, 2, 64, 64)
+    with pytest.raises(ValueError, match="1 generators for 2 pairs"):
+        poker.sample(x0, poke, n_samples=2, generator=[torch.Generator().manual_seed(0)])
+    # A device that is not one, or is missing here, is named as such, not blamed on the model ("damaged").
+    with pytest.raises(ValueError, match="not a device"):
+        Poker.from_checkpoint(exported, map_location="tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            Poker.from_checkpoint(exported, map_location="cuda")
+
+
+def test_export_checks_the_zoo_name_before_writing(exported, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("IPOKE_HOME", str(tmp_path / "home"))
+    out = tmp_path / "export"
+    assert main(["export", "--ckpt", str(exported), "--out", str(out), "--name", "bad name"]) == 2
+    assert "invalid model name" in capsys.readouterr().err
+    assert not out.exists() and zoo.names() == []
