@@ -497,7 +497,10 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     if args.ckpt:
         from ipoke.evaluation import load_model
 
-        model = load_model(args.ckpt, device=_device(args.device))
+        try:
+            model = load_model(args.ckpt, device=_device(args.device))
+        except ValueError as error:  # ModelLoadError: a stage-1 checkpoint, a damaged file, not a checkpoint
+            raise UserError(str(error)) from error
         samplers[Path(args.ckpt).stem or model.kind] = model.sampler
         size, n_frames, poke_size, frame_step = model.size, model.n_frames, model.poke_size, model.frame_step
     elif args.no_baselines:

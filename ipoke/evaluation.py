@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -133,8 +134,11 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu") -
     if path_obj.is_dir() and (path_obj / CONFIG_FILE).exists():
         vae = load_network(path_obj, expected_class=PokeConditionedVAE, map_location="cpu")
     elif path_obj.is_file():
-        checkpoint = torch.load(path_obj, map_location="cpu", weights_only=False)
-        names = networks_of_class(checkpoint, PokeConditionedVAE)
+        try:
+            checkpoint = torch.load(path_obj, map_location="cpu", weights_only=False)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError):
+            checkpoint = None  # not a checkpoint: Poker.from_checkpoint below says so
+        names = networks_of_class(checkpoint, PokeConditionedVAE) if isinstance(checkpoint, dict) else []
         if names:
             vae = load_network(path_obj, name=names[0], map_location="cpu", checkpoint=checkpoint)
             clips = clip_settings(checkpoint)

@@ -470,3 +470,37 @@ def test_export_checks_the_zoo_name_before_writing(exported, tmp_path, monkeypat
     assert main(["export", "--ckpt", str(exported), "--out", str(out), "--name", "bad name"]) == 2
     assert "invalid model name" in capsys.readouterr().err
     assert not out.exists() and zoo.names() == []
+
+
+def test_sample_and_evaluate_name_a_checkpoint_they_cannot_load(tmp_path, make_tiny_poker, capsys):
+    """A file that is no checkpoint, a stage-1 checkpoint, and a cINN checkpoint whose weights do not fit this
+    version's networks (an older architecture) are one-line errors of `ipoke sample` and `ipoke evaluate` (exit 2),
+    not tracebacks; nothing is written."""
+    import cv2
+
+    from ipoke.models.base import NETWORKS_KEY
+
+    poker = make_tiny_poker()
+    networks = {name: getattr(poker, name) for name in ("autoencoder", "image_encoder", "poke_encoder", "cinn")}
+    state = {f"{name}.{key}": value for name, network in networks.items()
+             for key, value in network.state_dict().items()}
+    key = next(key for key, value in state.items() if "skip" in key and value.ndim == 4 and value.shape[-1] == 3)
+    state[key] = state[key][..., 1:2, 1:2].clone()  # as saved by a version with 1x1 skip convs
+    old_architecture = tmp_path / "old.ckpt"
+    torch.save({NETWORKS_KEY: {name: network.spec() for name, network in networks.items()}, "state_dict": state},
+               old_architecture)
+    stage1 = tmp_path / "autoencoder.ckpt"
+    torch.save({NETWORKS_KEY: {"autoencoder": networks["autoencoder"].spec()},
+                "state_dict": {f"autoencoder.{k}": v for k, v in networks["autoencoder"].state_dict().items()}},
+               stage1)
+    image = tmp_path / "image.png"
+    cv2.imwrite(str(image), np.zeros((64, 64, 3), np.uint8))
+    out, metrics = tmp_path / "out", tmp_path / "m.json"
+    for ckpt, message in ((image, "not a readable checkpoint"), (stage1, "does not hold exactly one ImageEncoder"),
+                          (old_architecture, "do not fit")):
+        assert main(["sample", "--ckpt", str(ckpt), "--image", str(image), "--poke", "32,32,2,0",
+                     "--out", str(out)]) == 2
+        assert message in capsys.readouterr().err
+        assert main(["evaluate", "--ckpt", str(ckpt), "--data", str(tmp_path / "unused"), "--out", str(metrics)]) == 2
+        assert message in capsys.readouterr().err
+    assert not out.exists() and not metrics.exists()

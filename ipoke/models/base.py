@@ -34,6 +34,13 @@ NETWORKS_KEY = "ipoke_networks"
 T = TypeVar("T", bound="SavableModule")
 
 
+class WeightsMismatchError(RuntimeError, ValueError):
+    """Saved weights do not fit the network their config builds (e.g. another ipoke version's architecture).
+
+    Also a ValueError, so that the command line (``ipoke sample``, ``evaluate``, ``fit``) prints the message as a
+    user error instead of a traceback."""
+
+
 def class_path_of(obj_or_cls: Any) -> str:
     """Dotted import path of a class or of an object's class, e.g. ``ipoke.models.autoencoder.VideoAutoencoder``."""
     cls = obj_or_cls if isinstance(obj_or_cls, type) else type(obj_or_cls)
@@ -163,13 +170,13 @@ def _load_state(module: nn.Module, state: dict[str, torch.Tensor], source: str) 
     mismatched = [f"{key} {tuple(value.shape)} (the network has {tuple(own[key].shape)})"
                   for key, value in state.items() if key in own and own[key].shape != value.shape]
     if mismatched:
-        raise RuntimeError(
+        raise WeightsMismatchError(
             f"weights in {source} do not fit the {class_path_of(module)} its config builds: {mismatched[0]}"
             f"{f' and {len(mismatched) - 1} more' if len(mismatched) > 1 else ''}. Was it saved by another version of "
             "ipoke? Retrain it with this version, or load it with the version that wrote it.")
     missing, unexpected = module.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise RuntimeError(
+        raise WeightsMismatchError(
             f"weights in {source} do not match {class_path_of(module)}: missing keys {missing[:8]}"
             f"{'...' if len(missing) > 8 else ''}, unexpected keys {unexpected[:8]}"
             f"{'...' if len(unexpected) > 8 else ''}"
