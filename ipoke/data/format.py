@@ -31,6 +31,8 @@ FORMAT_NAME = "ipoke-prepared"
 FORMAT_VERSION = 1
 INDEX_FILE = "ipoke_dataset.json"
 VIDEOS_DIR = "videos"
+# Written by `ipoke data prepare` (ipoke.data.prepare) when a run starts; the index only when it ends.
+PREPARE_SETTINGS_FILE = ".ipoke_prepare.json"
 _ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 OPTIONAL_ARRAYS = {"masks": np.uint8, "keypoints": np.float32, "pokes": np.float32}
 _INDEX_REMEDY = ("delete it and re-run the `ipoke data synth`/`ipoke data prepare` command that wrote the dataset, "
@@ -38,12 +40,25 @@ _INDEX_REMEDY = ("delete it and re-run the `ipoke data synth`/`ipoke data prepar
 
 
 class DatasetFormatError(ValueError):
-    """A folder is not a prepared ipoke dataset, or a video in it is malformed."""
+    """A folder is not a prepared ipoke dataset, a video in it is malformed, or it lacks the clips asked of it (their
+    flow lag, a split)."""
 
 
 def is_dataset(root: str | os.PathLike) -> bool:
     """True if ``root`` holds an ipoke dataset index."""
     return (Path(root) / INDEX_FILE).is_file()
+
+
+def unfinished_prepare_message(root: str | os.PathLike) -> str | None:
+    """What to do with a folder that an ``ipoke data prepare`` run started but did not finish (its settings file but
+    no index: interrupted, or stopped at a bad video); None for any other folder."""
+    root = Path(root)
+    if is_dataset(root) or not (root / PREPARE_SETTINGS_FILE).is_file():
+        return None
+    finished = len(list((root / VIDEOS_DIR).glob("*/meta.json")))
+    return (f"{root} is an unfinished `ipoke data prepare` output ({finished} videos finished, no {INDEX_FILE} yet): "
+            "the run was interrupted or stopped at a bad video; run the same `ipoke data prepare` command again to "
+            "finish it (finished videos are kept; --skip-bad leaves bad videos out)")
 
 
 def read_index(root: str | os.PathLike) -> dict[str, Any]:
@@ -224,7 +239,9 @@ def write_index(root: str | os.PathLike, *, size: int | None = None, flow_lags: 
         "videos": videos,
     }
     if index["size"] is None or index["flow_lags"] is None:
-        raise DatasetFormatError(f"{root} has no index to take size/flow_lags from; pass them")
+        raise DatasetFormatError(unfinished_prepare_message(root) or
+                                 f"{root} has no index to take size/flow_lags from; pass them (`ipoke data index` "
+                                 "only rebuilds an existing index)")
     write_text_atomic(root / INDEX_FILE, json.dumps(index, indent=1))
     return index
 
@@ -266,6 +283,9 @@ class PreparedDataset:
             raise DatasetFormatError(f"dataset folder {self.root} does not exist; create one with `ipoke data synth "
                                      "--out DIR` or `ipoke data prepare --videos RAW --out DIR`")
         if not is_dataset(self.root):
+            unfinished = unfinished_prepare_message(self.root)
+            if unfinished:
+                raise DatasetFormatError(unfinished)
             raise DatasetFormatError(f"{self.root} is not an ipoke dataset (no {INDEX_FILE}); create one with "
                                      "`ipoke data synth` or `ipoke data prepare`, or rebuild a lost index with "
                                      "`ipoke data index DIR`")

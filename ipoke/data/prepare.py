@@ -55,7 +55,13 @@ from ipoke.data.flow import (
     make_flow_estimator,
     resize_flow,
 )
-from ipoke.data.format import VIDEOS_DIR, DatasetFormatError, DatasetWriter, is_dataset
+from ipoke.data.format import (
+    PREPARE_SETTINGS_FILE,
+    VIDEOS_DIR,
+    DatasetFormatError,
+    DatasetWriter,
+    is_dataset,
+)
 from ipoke.data.layouts import LAYOUTS, LayoutError, VideoSource, discover_videos
 from ipoke.data.video_io import (
     RESIZE_MODES,
@@ -74,7 +80,7 @@ logger = logging.getLogger(__name__)
 MASK_MODES = ("none", "grabcut")
 SPLIT_BY = ("video", "object")
 UNLISTED = ("error", "train", "test", "skip")
-SETTINGS_FILE = ".ipoke_prepare.json"
+SETTINGS_FILE = PREPARE_SETTINGS_FILE
 # Settings that change the arrays of a video: a resumed run must use the same ones, or the dataset would mix them.
 ARRAY_SETTINGS = ("size", "resize", "flow_method", "flow_options", "lags", "flow_stride", "frame_step",
                   "flow_resolution", "masks", "max_frames", "keypoints")
@@ -848,7 +854,8 @@ def run_prepare(args: argparse.Namespace) -> int:
     """Run ``ipoke data prepare`` from parsed arguments.
 
     Returns:
-        0 on success, 1 if some videos were left out (``--skip-bad``), 2 on an error (printed to stderr).
+        0 on success, 1 if some videos were left out (``--skip-bad``), 2 on an error (printed to stderr), 130 when
+        interrupted (Ctrl-C; finished videos are kept for the re-run).
     """
     from ipoke.weights import WeightsNotFoundError
 
@@ -871,6 +878,10 @@ def run_prepare(args: argparse.Namespace) -> int:
     except (PrepareError, LayoutError, VideoReadError, DatasetFormatError, WeightsNotFoundError) as error:
         print(f"ipoke: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"ipoke: interrupted; the videos finished so far stay in {args.out} (the index is written only at the "
+              "end, so it is not a dataset yet); run the same command again to resume", file=sys.stderr)
+        return 130
     print(result.summary())
     return 1 if result.failed else 0
 

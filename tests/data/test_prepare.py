@@ -359,3 +359,40 @@ def test_frame_folder_with_mixed_sizes_is_refused_and_leaves_nothing(tmp_path):
     with pytest.raises(PrepareError, match="nothing was written"):
         prepare_dataset(folder, tmp_path / "mine", size=32, lags=(2,), progress=False)
     assert (tmp_path / "mine").is_dir() and not any((tmp_path / "mine").iterdir())
+
+
+def test_a_stopped_or_interrupted_run_says_to_rerun_it(raw, tmp_path, capsys, monkeypatch):
+    """A folder that a prepare run started but did not finish (stopped at a bad video, or Ctrl-C) has finished videos
+    but no index. Readers said 'not an ipoke dataset ... rebuild a lost index with `ipoke data index DIR`', which then
+    failed with 'pass them' (an option the command does not have); now readers, `ipoke data index` and the
+    interrupted command say to re-run the same prepare command, and the re-run finishes the dataset."""
+    import ipoke.data.prepare as prepare_module
+    from ipoke.cli import main
+    from ipoke.data.format import write_index
+
+    root, _ = raw
+    write_frame_folder(root / "zz_short", panning_clip(3))  # too short for lag 4; natural order: after the others
+    out = tmp_path / "out"
+    with pytest.raises(PrepareError, match="zz_short"):
+        prepare_dataset(root, out, size=32, lags=LAGS, progress=False)
+    unfinished = r"unfinished `ipoke data prepare` output \(3 videos finished.*run the same `ipoke data prepare`"
+    with pytest.raises(DatasetFormatError, match=unfinished):
+        PreparedDataset(out)
+    with pytest.raises(DatasetFormatError, match=unfinished):
+        write_index(out)
+    for command in (["data", "info", str(out)], ["data", "index", str(out)]):
+        assert main(command) == 2
+        assert "run the same `ipoke data prepare` command again" in capsys.readouterr().err
+    assert not (out / "ipoke_dataset.json").exists()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prepare_module, "prepare_dataset", interrupted)
+    args = add_prepare_arguments(argparse.ArgumentParser()).parse_args(
+        ["--videos", str(root), "--out", str(out), "--size", "32", "--lags", "2,4", "--no-progress"])
+    assert run_prepare(args) == 130
+    assert "run the same command again to resume" in capsys.readouterr().err
+    monkeypatch.undo()
+    result = prepare_dataset(root, out, size=32, lags=LAGS, exclude=["zz_*"], progress=False)
+    assert len(result.skipped) == 3 and len(PreparedDataset(out)) == 3
