@@ -35,7 +35,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ipoke.data.augment import AugmentSettings, augment_clip
-from ipoke.data.format import PreparedDataset
+from ipoke.data.format import DatasetFormatError, PreparedDataset
 from ipoke.data.pokes import background_poke, pad_coords, poke_map_from_coords, sample_pokes
 
 
@@ -139,7 +139,8 @@ class PokeDataset(Dataset):
         self.n_frames, self.frame_step = int(n_frames), int(frame_step)
         self.lag = self.n_frames * self.frame_step
         if self.lag not in self.data.flow_lags:
-            raise ValueError(
+            # DatasetFormatError (a ValueError): `ipoke fit` prints it as one line, like other dataset problems.
+            raise DatasetFormatError(
                 f"clips of n_frames={n_frames} x frame_step={frame_step} need flow at lag {self.lag}, but "
                 f"{self.data.root} stores lags {self.data.flow_lags}; choose n_frames * frame_step among them or "
                 "prepare the data with that lag (--lags)")
@@ -157,8 +158,8 @@ class PokeDataset(Dataset):
                 if start + self.lag < meta["n_frames"]:
                     self.clips.append((meta["id"], int(start)))
         if not self.clips:
-            raise ValueError(f"{self.data.root} has no clips of {self.n_frames + 1} frames (step {self.frame_step}) in "
-                             f"split {split!r}; its splits are {self.data.splits()}")
+            raise DatasetFormatError(f"{self.data.root} has no clips of {self.n_frames + 1} frames (step "
+                                     f"{self.frame_step}) in split {split!r}; its splits are {self.data.splits()}")
         if max_clips is not None and len(self.clips) > max_clips:
             keep = np.linspace(0, len(self.clips) - 1, max_clips).round().astype(int)
             self.clips = [self.clips[i] for i in keep]

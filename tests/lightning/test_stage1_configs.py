@@ -96,6 +96,18 @@ def test_missing_checkpoint_and_dataset_are_named(tmp_path, capsys):
     assert f"dataset folder {tmp_path / 'nodata'} does not exist" in capsys.readouterr().err
 
 
+
+def test_data_without_the_clips_a_config_cuts_is_one_line(synthetic_dataset, tmp_path, capsys):
+    # Clips of 4 frames 3 apart need flow at lag 12, which the data lacks (like tiny.yaml's lag 4 on real data
+    # prepared with the default --lags 10,20): the message came at the end of a traceback from the data module.
+    code = main(["fit", "--config", str(CONFIGS / "poke_encoder" / "tiny.yaml"),
+                 f"--data.init_args.data_dir={synthetic_dataset}", "--data.init_args.frame_step=3",
+                 f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path}"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "ipoke: error: clips of n_frames=4 x frame_step=3 need flow at lag 12" in err
+    assert "Traceback" not in err
+
 def test_shipped_configs_default_to_fp32():
     # bf16 autocast on a CPU made the cVAE config's steps ~40x slower (127 s per step at batch 2); bf16 is a GPU
     # option that each config names in a comment.
