@@ -13,6 +13,7 @@ square and resized to the model's resolution, and the pokes are mapped the same 
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 from collections.abc import Sequence
@@ -48,32 +49,55 @@ ROLES = {"autoencoder": VideoAutoencoder, "image_encoder": ImageEncoder, "poke_e
 def load_image(image: str | os.PathLike | np.ndarray | torch.Tensor) -> np.ndarray:
     """An image as uint8 RGB ``(H, W, 3)``.
 
-    Accepts a file path, a uint8 array ``(H, W, 3)``, or a tensor ``(3, H, W)`` (uint8, or float in [-1, 1]; a float
-    tensor outside [-1, 1] is refused, as a [0, 255] one would be; a [0, 1] one cannot be told apart and is read as
-    [-1, 1], washed out: convert it with ``x * 2 - 1``).
+    Accepts a file path (any format OpenCV reads; grey and RGBA files become RGB), an array ``(H, W)`` or
+    ``(H, W, C)``, or a tensor ``(H, W)`` or ``(C, H, W)``, with ``C`` 1 (grey, repeated), 3 (RGB) or 4 (RGBA: the alpha
+    channel is dropped, not composited). Values: integers in [0, 255], or floats in [-1, 1] (a float image outside
+    [-1, 1] is refused, as a [0, 255] one would be; a [0, 1] one cannot be told apart and is read as [-1, 1], washed
+    out: convert it with ``x * 2 - 1``).
     """
     if isinstance(image, (str, os.PathLike)):
         bgr = cv2.imread(str(image), cv2.IMREAD_COLOR)
         if bgr is None:
             raise FileNotFoundError(f"cannot read image {image}: missing or not an image file")
         return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    kind = "tensor" if isinstance(image, torch.Tensor) else "array"
     if isinstance(image, torch.Tensor):
         tensor = image.detach().cpu()
-        if tensor.ndim != 3 or tensor.shape[0] != 3:
-            raise ValueError(f"image tensors must be (3, H, W), got {tuple(tensor.shape)}")
-        if tensor.dtype != torch.uint8:
-            tensor = tensor.float()
-            if not torch.isfinite(tensor).all() or tensor.min() < -1.001 or tensor.max() > 1.001:
-                raise ValueError(f"float image tensors must hold values in [-1, 1], got [{tensor.min():.3g}, "
-                                 f"{tensor.max():.3g}]; pass uint8 for [0, 255] or map [0, 1] with x * 2 - 1")
-            tensor = ((tensor.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        return tensor.permute(1, 2, 0).numpy()
-    array = np.asarray(image)
-    if array.ndim != 3 or array.shape[2] != 3:
-        raise ValueError(f"image arrays must be (H, W, 3) RGB, got {array.shape}")
-    if array.dtype != np.uint8:
-        raise ValueError(f"image arrays must be uint8, got {array.dtype}")
-    return array
+        if tensor.ndim == 3:
+            tensor = tensor.permute(1, 2, 0)  # (C, H, W) -> (H, W, C)
+        array = tensor.numpy() if tensor.dtype != torch.bfloat16 else tensor.float().numpy()
+    else:
+        array = np.asarray(image)
+    layout = "(H, W) or (C, H, W)" if kind == "tensor" else "(H, W) or (H, W, C)"
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3 or array.shape[2] not in (1, 3, 4) or min(array.shape[:2]) < 1:
+        raise ValueError(f"image {kind}s must be {layout} with C = 1, 3 or 4, got shape {tuple(image.shape)}")
+    if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.number):
+        raise ValueError(f"image {kind}s must hold numbers, got {array.dtype}")
+    if np.issubdtype(array.dtype, np.floating):
+        values = array.astype(np.float32)
+        if not np.isfinite(values).all():
+            raise ValueError(f"float image {kind}s must hold values in [-1, 1], got NaN or infinite values")
+        if values.min() < -1.001 or values.max() > 1.001:
+            raise ValueError(f"float image {kind}s must hold values in [-1, 1], got [{values.min():.3g}, "
+                             f"{values.max():.3g}]; pass uint8 for [0, 255] or map [0, 1] with x * 2 - 1")
+        array = np.round((np.clip(values, -1, 1) + 1) * 127.5).astype(np.uint8)
+    elif array.dtype != np.uint8:
+        if array.min() < 0 or array.max() > 255:
+            raise ValueError(f"integer image {kind}s must hold values in [0, 255], got [{array.min()}, "
+                             f"{array.max()}]")
+        array = array.astype(np.uint8)
+    if array.shape[2] == 1:
+        array = np.repeat(array, 3, axis=2)
+    return np.ascontiguousarray(array[:, :, :3])
+
+
+def _seed(seed: Any) -> int:
+    """A seed torch accepts: a whole number in [-2**63, 2**64)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not -2**63 <= int(seed) < 2**64:
+        raise ValueError(f"seed must be a whole number in [-2**63, 2**64) (or None for fresh randomness), got {seed!r}")
+    return int(seed)
 
 
 def _check_device(device: str | torch.device) -> None:
@@ -242,6 +266,12 @@ class Poker(nn.Module):
         """
         if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
             raise ValueError(f"n_samples must be a whole number >= 1, got {n_samples!r}")
+        self._check_inputs(first_frame=first_frame, poke=poke)
+        if not math.isfinite(temperature) or temperature < 0:
+            raise ValueError(f"temperature (the residuals' standard deviation) must be >= 0, got {temperature!r}")
+        if n_frames is not None and (isinstance(n_frames, bool) or not isinstance(n_frames, (int, np.integer))
+                                     or n_frames < 1):
+            raise ValueError(f"n_frames must be a whole number >= 1 (or None: as trained), got {n_frames!r}")
         batch = first_frame.shape[0]
         if generator is not None and not isinstance(generator, torch.Generator) and len(generator) != batch:
             raise ValueError(f"give one generator, or one per (x0, poke) pair: {len(generator)} generators for "
@@ -254,6 +284,29 @@ class Poker(nn.Module):
         frames = self.autoencoder.decode(z.to(x0.dtype), x0, n_frames=n_frames)
         video = torch.cat([x0.unsqueeze(1), frames], dim=1)
         return video.unflatten(0, (batch, n_samples))
+
+    def _check_inputs(self, **tensors: torch.Tensor) -> None:
+        """Refuse model inputs of the wrong layout or dtype before they fail deep inside a network.
+
+        Names ending in ``first_frame`` are ``(B, 3, S, S)`` in [-1, 1], in ``poke`` ``(B, 2, S, S)`` pokes maps,
+        ``source_video`` ``(B, T + 1, 3, S, S)``; all float, with one ``B``.
+        """
+        size = self.size
+        for name, tensor in tensors.items():
+            if name == "source_video":
+                layout, expected = "(B, T + 1, 3, S, S)", (3, size, size)
+            else:
+                channels = 2 if name.endswith("poke") else 3
+                layout, expected = f"(B, {channels}, S, S)", (channels, size, size)
+            if (not isinstance(tensor, torch.Tensor) or tensor.ndim != len(layout.split(","))
+                    or tuple(tensor.shape[-3:]) != expected or not tensor.is_floating_point()):
+                got = (f"{tuple(tensor.shape)} {tensor.dtype}" if isinstance(tensor, torch.Tensor)
+                       else type(tensor).__name__)
+                raise ValueError(f"{name} must be a float tensor {layout} with S = {size}, got {got} "
+                                 "(Poker.prepare maps an image and pokes in its pixels to these inputs)")
+        batches = {name: tensor.shape[0] for name, tensor in tensors.items()}
+        if len(set(batches.values())) > 1:
+            raise ValueError(f"the inputs must share one batch size, got {batches}")
 
     @torch.no_grad()
     def transfer(self, source_video: torch.Tensor, source_poke: torch.Tensor, target_first_frame: torch.Tensor,
@@ -271,6 +324,8 @@ class Poker(nn.Module):
         Returns:
             ``(B, T + 1, 3, S, S)`` starting with the target frame.
         """
+        self._check_inputs(source_video=source_video, source_poke=source_poke, target_first_frame=target_first_frame,
+                           **({} if target_poke is None else {"target_poke": target_poke}))
         device = self.device
         source_video, source_poke = source_video.to(device), source_poke.to(device)
         target_first_frame = target_first_frame.to(device)
@@ -339,7 +394,7 @@ class Poker(nn.Module):
             ``(n_samples, T + 1, 3, S, S)`` in [-1, 1]; frame 0 is the prepared input image.
         """
         x0, poke, _ = self.prepare(image, pokes)
-        generator = None if seed is None else torch.Generator().manual_seed(int(seed))
+        generator = None if seed is None else torch.Generator().manual_seed(_seed(seed))
         return self.sample(x0, poke, n_samples=n_samples, generator=generator, temperature=temperature,
                            n_frames=n_frames)[0]
 
@@ -362,13 +417,18 @@ class Poker(nn.Module):
         if magnitudes is None:
             side = min(image.shape[:2])
             magnitudes = (4.0 * side / self.size, 8.0 * side / self.size)
+        magnitudes = np.asarray(magnitudes, np.float64).reshape(-1)
+        if magnitudes.size == 0 or not np.isfinite(magnitudes).all() or (magnitudes <= 0).any():
+            raise ValueError(f"magnitudes must be one or more positive poke lengths, got {magnitudes.tolist()}")
+        if isinstance(n_directions, bool) or not isinstance(n_directions, (int, np.integer)) or n_directions < 1:
+            raise ValueError(f"n_directions must be a whole number >= 1, got {n_directions!r}")
         angles = np.linspace(0, 2 * np.pi, n_directions, endpoint=False)
         pokes = np.array([[x, y, m * np.cos(a), m * np.sin(a)] for m in magnitudes for a in angles], np.float32)
         first = [self.prepare(image, [poke]) for poke in pokes]
         x0 = torch.cat([item[0] for item in first])
         maps = torch.cat([item[1] for item in first])
         h = self.condition(x0.to(self.device), maps.to(self.device))
-        residual = torch.randn((1, *self.cinn.latent_shape), generator=torch.Generator().manual_seed(seed))
+        residual = torch.randn((1, *self.cinn.latent_shape), generator=torch.Generator().manual_seed(_seed(seed)))
         with torch.no_grad():
             z = self.cinn.inverse(residual.expand(len(pokes), -1, -1, -1).to(h), h)
             frames = self.autoencoder.decode(z, x0.to(self.device))
