@@ -247,8 +247,9 @@ def _add_sample_command(subparsers: argparse._SubParsersAction) -> None:
     sample.add_argument("--data", help="a prepared dataset to take clips and pokes from (instead of --image)")
     sample.add_argument("--split", default="test", help="dataset split for --data (default: test)")
     sample.add_argument("--n", type=_positive_int, default=8, help="number of dataset clips for --data (default 8)")
-    sample.add_argument("--samples", type=_positive_int, default=4,
-                        help="videos per image/clip (default 4; sensitivity mode draws one residual for all pokes)")
+    sample.add_argument("--samples", type=_positive_int, default=None,
+                        help="videos per image/clip (default 4; sensitivity mode draws one residual for all pokes; "
+                             "transfer mode writes one video per clip, as the transfer is deterministic)")
     sample.add_argument("--mode", choices=("poke", "sensitivity", "transfer"), default="poke",
                         help="what to generate (default: poke)")
     sample.add_argument("--seed", type=int, default=0, help="seed of the samples (same seed, same videos)")
@@ -299,6 +300,10 @@ def _run_sample(args: argparse.Namespace) -> int:
         raise UserError("--poke is for --image; dataset clips (--data) bring their own simulated pokes")
     if args.mode == "transfer" and (args.data is None or args.n < 2):
         raise UserError("--mode transfer replays each dataset clip on the next one: give --data and --n 2 or more")
+    if args.mode == "transfer" and args.samples is not None:
+        print("ipoke: note: --mode transfer writes one video per clip (the transfer is deterministic); --samples is "
+              "ignored", file=sys.stderr)
+    args.samples = 4 if args.samples is None else args.samples
     if args.mode == "sensitivity" and len(args.poke) > 1:
         raise UserError("--mode sensitivity pokes one location in many directions: give a single --poke")
     device = _device(args.device)

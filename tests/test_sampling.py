@@ -81,7 +81,7 @@ def test_zoo_register_resolve_and_tamper(exported, tmp_path, monkeypatch):
         Poker.from_checkpoint("no_such_model")
 
 
-def test_sample_command_writes_videos_and_overviews(exported, tmp_path, synthetic_dataset):
+def test_sample_command_writes_videos_and_overviews(exported, tmp_path, synthetic_dataset, capsys):
     import cv2
 
     image = tmp_path / "image.png"
@@ -94,9 +94,12 @@ def test_sample_command_writes_videos_and_overviews(exported, tmp_path, syntheti
     overview = cv2.imread(str(out / "overview_0.png"))
     assert overview.shape == (64, 3 * 64 + 2 * 4, 3)
     out_data = tmp_path / "from_data"
-    assert main(["sample", "--ckpt", str(exported), "--data", synthetic_dataset, "--n", "2", "--samples", "1",
+    capsys.readouterr()
+    assert main(["sample", "--ckpt", str(exported), "--data", synthetic_dataset, "--n", "2", "--samples", "3",
                  "--mode", "transfer", "--out", str(out_data), "--scale", "1"]) == 0
     assert sorted(p.name for p in out_data.glob("overview_*.png")) == ["overview_0.png", "overview_1.png"]
+    assert sorted(p.name for p in out_data.glob("sample_*.mp4")) == ["sample_0_0.mp4", "sample_1_0.mp4"]
+    assert "--samples is ignored" in capsys.readouterr().err
     assert main(["sample", "--ckpt", str(exported), "--out", str(out)]) == 2
 
 
