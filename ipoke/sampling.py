@@ -28,7 +28,14 @@ from torch import nn
 
 from ipoke.data.pokes import poke_map_from_coords
 from ipoke.models.autoencoder import VideoAutoencoder
-from ipoke.models.base import SavableModule, clip_settings, load_network, networks_of_class, save_pretrained
+from ipoke.models.base import (
+    SavableModule,
+    WeightsMismatchError,
+    clip_settings,
+    load_network,
+    networks_of_class,
+    save_pretrained,
+)
 from ipoke.models.cinn.condition import stage2_condition
 from ipoke.models.cinn.network import ConditionalINN
 from ipoke.models.encoders import ImageEncoder, PokeEncoder
@@ -201,6 +208,8 @@ class Poker(nn.Module):
                     raise ValueError(f"it names the networks {sorted(folders)}, not {sorted(ROLES)}")
                 networks = {role: load_network(path_obj / folder, map_location=map_location,
                                                expected_class=ROLES[role]) for role, folder in folders.items()}
+            except WeightsMismatchError:
+                raise  # intact weights of another architecture: its message says so, re-exporting would not help
             except (yaml.YAMLError, TypeError, KeyError, ValueError, RuntimeError, OSError) as error:
                 raise ModelLoadError(f"cannot load the model in {path_obj}: {MODEL_FILE} or a network in it is "
                                      f"damaged ({type(error).__name__}: {error}); export it again") from error

@@ -507,3 +507,18 @@ def test_sample_and_evaluate_name_a_checkpoint_they_cannot_load(tmp_path, make_t
         assert main(["evaluate", "--ckpt", str(ckpt), "--data", str(tmp_path / "unused"), "--out", str(metrics)]) == 2
         assert message in capsys.readouterr().err
     assert not out.exists() and not metrics.exists()
+
+
+def test_an_export_from_another_architecture_is_not_called_damaged(tmp_path, make_tiny_poker):
+    """Intact weights of an older architecture: the error names the tensor and does not ask to export again."""
+    from ipoke.models.base import WEIGHTS_FILE, WeightsMismatchError
+
+    folder = make_tiny_poker().export(tmp_path / "model")
+    candidates = ((path, torch.load(path)) for path in sorted(folder.glob(f"*/{WEIGHTS_FILE}")))
+    weights, state, key = next((path, state, key) for path, state in candidates for key, value in state.items()
+                               if "skip" in key and value.ndim == 4 and value.shape[-1] == 3)
+    state[key] = state[key][..., 1:2, 1:2].clone()  # as saved by a version with 1x1 skip convs
+    torch.save(state, weights)
+    with pytest.raises(WeightsMismatchError, match="do not fit") as raised:
+        Poker.from_checkpoint(folder)
+    assert "export it again" not in str(raised.value)
