@@ -233,8 +233,8 @@ def evaluate(samplers: dict[str, Sampler], data_dir: str | os.PathLike, *, split
     Returns:
         ``{"settings": {...}, "results": {name: {metric key: value, "n_clips", "n_samples"}},
         "unavailable": {metric: reason}}``, and with control or keypoint metrics ``"per_clip": {name: {control key:
-        [value per clip, averaged over its samples (NaN where it does not apply)]}}`` for paired comparisons
-        (:func:`compare_with_baseline`).
+        [value per clip, averaged over its samples (NaN where it does not apply)]}}`` and ``"per_clip_videos"``
+        (the video of each clip) for paired comparisons (:func:`compare_with_baseline`).
     """
     from tqdm.auto import tqdm
 
@@ -355,6 +355,7 @@ def evaluate(samplers: dict[str, Sampler], data_dir: str | os.PathLike, *, split
     report = {"settings": settings, "results": results, "unavailable": unavailable}
     if per_clip:
         report["per_clip"] = per_clip
+        report["per_clip_videos"] = [video_id for video_id, _ in dataset.clips]
     return report
 
 
@@ -401,24 +402,33 @@ def _mean_over_samples(values: np.ndarray) -> np.ndarray:
 def paired_difference(report: dict[str, Any], model: str, baseline: str, key: str) -> dict[str, float] | None:
     """Mean per-clip difference ``model - baseline`` of a control metric, with its standard error.
 
-    Both were measured on the same clips and pokes, so the difference is paired: its standard error
-    ``std(d) / sqrt(n)`` over the clips where both apply is much smaller than that of either mean. ``None`` when
-    the report has no per-clip values for them or fewer than two clips apply.
+    Both were measured on the same clips and pokes, so the difference is paired: its standard error is much smaller
+    than that of either mean. Clips cut from the same video are not independent (on real data a video gives many
+    overlapping clips), so the standard error is clustered by video (``report["per_clip_videos"]``):
+    ``sqrt(G / (G - 1) * sum_g (sum_{i in g} (d_i - mean d))^2) / n`` over ``n`` clips in ``G`` videos, which is
+    ``std(d) / sqrt(n)`` when every clip has its own video (the synthetic data). ``None`` when the report has no
+    per-clip values for them, or fewer than two videos (clips without video ids: clips) apply.
 
     Returns:
-        ``{"difference", "standard_error", "n_clips"}``.
+        ``{"difference", "standard_error", "n_clips", "n_videos"}``.
     """
     per_clip = report.get("per_clip", {})
     if key not in per_clip.get(model, {}) or key not in per_clip.get(baseline, {}):
         return None
     a = np.asarray(per_clip[model][key], dtype=np.float64)
     b = np.asarray(per_clip[baseline][key], dtype=np.float64)
+    videos = report.get("per_clip_videos")
+    groups = np.asarray(videos if videos is not None and len(videos) == len(a) else np.arange(len(a)))
     both = np.isfinite(a) & np.isfinite(b)
-    if both.sum() < 2:
+    difference, groups = a[both] - b[both], groups[both]
+    _, group_index = np.unique(groups, return_inverse=True)
+    n_groups = int(group_index.max()) + 1 if len(group_index) else 0
+    if n_groups < 2:
         return None
-    difference = a[both] - b[both]
-    return {"difference": float(difference.mean()),
-            "standard_error": float(difference.std(ddof=1) / math.sqrt(both.sum())), "n_clips": int(both.sum())}
+    sums = np.bincount(group_index, weights=difference - difference.mean(), minlength=n_groups)
+    standard_error = math.sqrt(n_groups / (n_groups - 1) * float(np.sum(sums ** 2))) / len(difference)
+    return {"difference": float(difference.mean()), "standard_error": standard_error,
+            "n_clips": int(len(difference)), "n_videos": n_groups}
 
 
 def compare_with_baseline(report: dict[str, Any], model: str, baseline: str = "copy_x0",
@@ -431,7 +441,7 @@ def compare_with_baseline(report: dict[str, Any], model: str, baseline: str = "c
     short training run from a static video, which samples were drawn can decide the sign of the mean.
 
     Returns:
-        ``{key: {"model", "baseline", "difference", "standard_error", "n_clips", "verdict"}}``.
+        ``{key: {"model", "baseline", "difference", "standard_error", "n_clips", "n_videos", "verdict"}}``.
     """
     comparisons = {}
     for key in keys:
@@ -454,8 +464,14 @@ def format_comparisons(report: dict[str, Any], baseline: str = "copy_x0") -> str
             continue
         for key, c in compare_with_baseline(report, name, baseline).items():
             lines.append(f"{name} vs {baseline}, {key}: {c['difference']:+.4f} +- {c['standard_error']:.4f} px "
-                         f"(paired, {c['n_clips']} clips): {c['verdict']}")
+                         f"(paired, {clip_count_text(c)}): {c['verdict']}")
     return "\n".join(lines)
+
+
+def clip_count_text(comparison: dict[str, Any]) -> str:
+    """``"60 clips"``, or ``"40 clips of 5 videos"`` when clips share videos."""
+    clips, videos = comparison["n_clips"], comparison["n_videos"]
+    return f"{clips} clips" if videos == clips else f"{clips} clips of {videos} videos"
 
 
 def _metric_keys(results: dict[str, dict[str, Any]]) -> list[str]:

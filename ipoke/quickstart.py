@@ -295,7 +295,7 @@ def control_verdict(report: dict[str, Any], model: str = "ipoke") -> str:
     standard error (:func:`ipoke.evaluation.compare_with_baseline`). A metric that was not computed or did not apply
     is left out; empty when none is there.
     """
-    from ipoke.evaluation import compare_with_baseline
+    from ipoke.evaluation import clip_count_text, compare_with_baseline
 
     wording = {"better": "better than copying x0", "worse": "worse than copying x0",
                "no clear difference": "no clear difference from copying x0 (within two standard errors)"}
@@ -305,7 +305,7 @@ def control_verdict(report: dict[str, Any], model: str = "ipoke") -> str:
     for key, c in compare_with_baseline(report, model, "copy_x0", keys=tuple(where)).items():
         lines.append(f"- Motion error {where[key]} (`{key}`): {c['model']:.3f} px against {c['baseline']:.3f} px for "
                      f"a static video, paired difference {c['difference']:+.3f} ± {c['standard_error']:.3f} px over "
-                     f"{c['n_clips']} clips: {wording[c['verdict']]}.")
+                     f"{clip_count_text(c)}: {wording[c['verdict']]}.")
     return "Control:\n\n" + "\n".join(lines) if lines else ""
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 
 from ipoke import quickstart
@@ -41,7 +42,7 @@ def test_report_files_and_model(quickstart_run):
 
 def test_metrics_follow_the_evaluate_schema(quickstart_run):
     report = json.loads((quickstart_run / "metrics.json").read_text())
-    assert set(report) == {"settings", "results", "unavailable", "per_clip"}
+    assert set(report) == {"settings", "results", "unavailable", "per_clip", "per_clip_videos"}
     results = report["results"]
     assert {"ipoke", "copy_x0", "ground_truth_resimulated"} <= set(results)
     n_clips = report["settings"]["n_clips"]
@@ -59,6 +60,7 @@ def test_metrics_follow_the_evaluate_schema(quickstart_run):
     scored = report["settings"]["n_keypoint_clips"]
     assert 0 <= scored <= n_clips
     assert len(report["per_clip"]["copy_x0"]["control/keypoint_error"]) == n_clips
+    assert len(set(report["per_clip_videos"])) == len(report["per_clip_videos"]) == n_clips  # one clip per video
     if scored:
         assert results["copy_x0"]["control/keypoint_error"] >= 1.0  # only joints moving at least 1 px are poked
     assert "n_keypoint_clips" not in json.loads((quickstart_run / "metrics_val.json").read_text())["settings"]
@@ -107,6 +109,30 @@ def _report(model: dict[str, list[float]], copy: dict[str, list[float]]) -> dict
     means = {name: {key: mean(values) for key, values in rows.items()} for name, rows in (("ipoke", model),
                                                                                              ("copy_x0", copy))}
     return {"results": means, "per_clip": {"ipoke": model, "copy_x0": copy}}
+
+
+def test_paired_standard_error_is_clustered_by_video():
+    """Ten clips from each of three videos: the model is better on two videos and worse on the third. Read as 30
+    independent clips it would be "better"; clustered by video the evidence is three videos, and it is not."""
+    from ipoke.evaluation import compare_with_baseline, paired_difference
+
+    copy = {"control/poke_epe": [1.0] * 30}
+    model = {"control/poke_epe": [0.8] * 20 + [1.05] * 10}
+    report = _report(model, copy)
+    independent = paired_difference(report, "ipoke", "copy_x0", "control/poke_epe")
+    differences = np.array(model["control/poke_epe"]) - 1.0
+    assert independent["standard_error"] == pytest.approx(differences.std(ddof=1) / np.sqrt(30), rel=1e-9)
+    assert compare_with_baseline(report, "ipoke")["control/poke_epe"]["verdict"] == "better"
+
+    report["per_clip_videos"] = ["a"] * 10 + ["b"] * 10 + ["c"] * 10
+    clustered = paired_difference(report, "ipoke", "copy_x0", "control/poke_epe")
+    sums = [(differences[i:i + 10] - differences.mean()).sum() for i in (0, 10, 20)]
+    assert clustered["standard_error"] == pytest.approx(np.sqrt(1.5 * np.sum(np.square(sums))) / 30, rel=1e-9)
+    assert clustered["difference"] == pytest.approx(-0.35 / 3) and clustered["n_videos"] == 3
+    assert compare_with_baseline(report, "ipoke")["control/poke_epe"]["verdict"] == "no clear difference"
+    assert "over 30 clips of 3 videos" in quickstart.control_verdict(report)
+    report["per_clip_videos"] = ["a"] * 30  # one video: no standard error, no verdict
+    assert paired_difference(report, "ipoke", "copy_x0", "control/poke_epe") is None
 
 
 def test_control_verdict_compares_with_copy_x0_clip_by_clip():
