@@ -182,6 +182,20 @@ def _run_info(args: argparse.Namespace) -> int:
     splits = ", ".join(f"{name}: {count}" for name, count in sorted(data.splits().items()))
     print(f"{data.root}: {len(data)} videos ({splits}), {data.size}x{data.size} px, flow lags {data.flow_lags}, "
           f"source {data.index.get('source')}")
+    # Per split: what a config can cut from it (clips of n_frames x frame_step end at one of the flow lags).
+    lags = list(data.flow_lags)
+    print(f"{'split':<8} {'videos':>6} {'objects':>7} {'frames min/median/max':>22} "
+          + " ".join(f"{f'clips@{lag}':>9}" for lag in lags) + f" {'masks':>6} {'keypoints':>9}")
+    for split in sorted(data.splits()):
+        videos = [meta for meta in data.videos if meta["split"] == split]
+        frames = sorted(int(meta["n_frames"]) for meta in videos)
+        clips = [sum(1 for meta in videos for start in meta["flow_starts"] if start + lag < meta["n_frames"])
+                 for lag in lags]
+        objects = len({meta.get("object_id") or meta["id"] for meta in videos})
+        span = f"{frames[0]}/{frames[len(frames) // 2]}/{frames[-1]}"
+        print(f"{split:<8} {len(videos):>6} {objects:>7} {span:>22} " + " ".join(f"{count:>9}" for count in clips)
+              + f" {sum(bool(meta.get('has_masks')) for meta in videos):>6}"
+              + f" {sum(bool(meta.get('has_keypoints')) for meta in videos):>9}")
     return 0
 
 

@@ -35,8 +35,16 @@ def test_data_synth_info_and_index(tmp_path, capsys):
     data = PreparedDataset(out)
     assert data.splits() == {"train": 3, "val": 1, "test": 1}
     assert main(["data", "index", str(out)]) == 0
+    capsys.readouterr()
     assert main(["data", "info", str(out)]) == 0
-    assert "5 videos" in capsys.readouterr().out
+    lines = capsys.readouterr().out.splitlines()
+    assert "5 videos" in lines[0]
+    # Per split: videos, objects, frames, clips per flow lag (one start frame per synthetic video), masks, keypoints.
+    assert lines[1].split() == ["split", "videos", "objects", "frames", "min/median/max", "clips@1", "clips@2",
+                                "clips@3", "masks", "keypoints"]
+    rows = {line.split()[0]: line.split()[1:] for line in lines[2:]}
+    assert rows["train"][0] == "3" and rows["train"][2:] == ["4/4/4", "3", "3", "3", "3", "3"]
+    assert rows["test"][0] == "1" and rows["test"][2:] == ["4/4/4", "1", "1", "1", "1", "1"]
 
 
 def test_data_errors_are_clear(tmp_path, capsys):
