@@ -6,7 +6,7 @@
 =========  ===================================================================================================
 layout     raw folder
 =========  ===================================================================================================
-plain      any tree of video files (mp4, mkv, avi, webm, ...) and frame folders (folders holding png/jpg frames);
+plain      any tree of video files (see ``VIDEO_EXTENSIONS``) and frame folders (folders holding png/jpg frames);
            id = the relative path without extension, ``/`` replaced by ``__``; split from ``--split-file`` or
            a seeded fraction of the videos. The raw "folder" may also be a single video file (also for plants).
 plants     Poking Plants: ``VID_<plant>_<take>[_...]`` video files or frame folders; object id = the plant. The
@@ -29,10 +29,15 @@ h36m       Human3.6M: ``<subject>/<action>/<camera>`` trees (camera = a video fi
 taichi     TaiChi-HD as made by first-order-model's loader: ``train/`` and ``test/`` folders of videos or of frame
            folders (often named ``<id>.mp4/``); object id = the YouTube id before the first ``#`` of the name.
 =========  ===================================================================================================
+
+Folders that ipoke wrote (a prepared dataset, an unfinished ``ipoke data prepare`` output, an ``ipoke sample``
+output: any folder holding one of :data:`IPOKE_OUTPUT_MARKERS`) are skipped with their sub-folders in every layout,
+so outputs written inside the raw folder are never read as raw videos.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Callable
@@ -40,9 +45,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ipoke.data.format import INDEX_FILE, PREPARE_SETTINGS_FILE
 from ipoke.data.video_io import VIDEO_EXTENSIONS, is_image_file, natural_sort_key
 
+logger = logging.getLogger(__name__)
+
 LAYOUTS = ("plain", "plants", "iper", "h36m", "taichi")
+# Files that mark a folder as written by ipoke: a prepared dataset's index, an unfinished `ipoke data prepare` output,
+# an `ipoke sample` output (ipoke.cli.SAMPLE_RECORD; not imported, to keep the command line's imports light).
+IPOKE_OUTPUT_MARKERS = (INDEX_FILE, PREPARE_SETTINGS_FILE, "ipoke_sample.json")
 H36M_TRAIN_SUBJECTS = ("S1", "S5", "S6", "S7", "S8")
 H36M_TEST_SUBJECTS = ("S9", "S11")
 
@@ -90,11 +101,18 @@ def _strip_video_extension(name: str) -> str:
     return name[: -len(suffix)] if suffix in VIDEO_EXTENSIONS else name
 
 
+def ipoke_output_marker(folder: str | os.PathLike) -> str | None:
+    """The first of :data:`IPOKE_OUTPUT_MARKERS` that ``folder`` holds (it is an output of ipoke), else None."""
+    return next((name for name in IPOKE_OUTPUT_MARKERS if (Path(folder) / name).is_file()), None)
+
+
 def find_media(root: str | os.PathLike) -> list[Path]:
     """All video files and frame folders under ``root`` (recursively, hidden entries skipped), natural order.
 
     A folder that directly holds images is one video (its frames); its sub-folders are searched too. A single video
-    file as ``root`` is that one video.
+    file as ``root`` is that one video. Sub-folders that ipoke wrote (:func:`ipoke_output_marker`: a prepared dataset,
+    an unfinished prepare output, an ``ipoke sample`` output) are skipped with one warning; ``root`` itself is read
+    as given.
 
     Raises:
         LayoutError: If ``root`` does not exist or is neither a folder nor a video file.
@@ -105,15 +123,26 @@ def find_media(root: str | os.PathLike) -> list[Path]:
     if not root.is_dir():
         raise LayoutError(f"videos folder {root} does not exist or is not a folder")
     found: list[Path] = []
+    outputs: list[str] = []
     for folder, subfolders, files in os.walk(root):
-        subfolders[:] = sorted((name for name in subfolders if not name.startswith(".")), key=natural_sort_key)
         folder_path = Path(folder)
+        kept = []
+        for name in sorted((name for name in subfolders if not name.startswith(".")), key=natural_sort_key):
+            marker = ipoke_output_marker(folder_path / name)
+            if marker is None:
+                kept.append(name)
+            else:
+                outputs.append(f"{(folder_path / name).relative_to(root).as_posix()}/ ({marker})")
+        subfolders[:] = kept
         if folder_path != root and any(is_image_file(folder_path / name) for name in files):
             found.append(folder_path)
         found.extend(folder_path / name for name in files
                      if not name.startswith(".") and Path(name).suffix.lower() in VIDEO_EXTENSIONS)
     if any(is_image_file(root / name) for name in os.listdir(root)) and not found:
         found.append(root)  # the raw folder itself is a single frame folder
+    if outputs:
+        logger.warning("skipped %d folders in %s that ipoke wrote (not raw videos): %s", len(outputs), root,
+                       ", ".join(outputs[:5]) + (", ..." if len(outputs) > 5 else ""))
     return sorted(found, key=lambda p: natural_sort_key(p.relative_to(root).as_posix()))
 
 

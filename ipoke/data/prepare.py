@@ -15,9 +15,10 @@ For every video file or frame folder under ``videos_dir`` (found by a layout, :m
 5. the video is written atomically with :class:`~ipoke.data.format.DatasetWriter`, and at the end the index.
 
 Videos are split into train/test by a split file, by the layout (iPER ``train.txt``, Human3.6M subjects, TaiChi
-folders), or by a seeded fraction of the videos. Work is spread over ``workers`` processes. A re-run skips finished
-videos (after checking that it uses the same settings), redoes interrupted ones and only relabels splits that
-changed. ::
+folders), or by a seeded fraction of the videos (drawn again at the end over the videos that were prepared when bad
+ones were left out, so a left-out video cannot take the only test slot). Work is spread over ``workers`` processes.
+A re-run skips finished videos (after checking that it uses the same settings), redoes interrupted ones and only
+relabels splits that changed. ::
 
     result = prepare_dataset("raw/plants", "data/plants", size=128, layout="plants", workers=2)
     print(result.summary())
@@ -35,6 +36,7 @@ import logging
 import multiprocessing
 import os
 import shutil
+import signal
 import sys
 import zipfile
 from collections import deque
@@ -124,6 +126,19 @@ class PrepareResult:
         if self.failed:
             text += f"; {len(self.failed)} FAILED and were left out:\n" + "\n".join(
                 f"  {video_id}: {message}" for video_id, message in sorted(self.failed.items()))
+        settings = self.index.get("settings", {})
+        if (self.index.get("videos") and "test" not in splits and settings.get("split_file") is None
+                and settings.get("test_fraction", 0) > 0):
+            text += ("\nnote: no video is in the test split, which `ipoke fit` validates and `ipoke evaluate` tests "
+                     "on (a random split sends videos to test only from 2 videos on, per object when objects are "
+                     "known): add videos, or name test videos in a --split-file")
+        requested = settings.get("flow_resolution")
+        capped = sorted((meta["flow_resolution"], meta["id"]) for meta in self.index.get("videos", [])
+                        if requested and meta.get("flow_resolution", requested) < requested)
+        if capped:
+            text += (f"\nnote: --flow-resolution {requested} is above the raw frames' shorter side of {len(capped)} "
+                     f"videos, so their flow was estimated at a smaller side (e.g. {capped[0][1]} at {capped[0][0]} "
+                     "px; each video's meta.json 'flow_resolution' says which)")
         return text
 
 
@@ -186,7 +201,8 @@ def prepare_video_arrays(source: str | os.PathLike, *, estimator: FlowEstimator,
     Returns:
         Dict with ``frames`` uint8 ``(N, S, S, 3)``, ``flow`` float16 ``(F, L, 2, S, S)``, ``flow_starts`` int32
         ``(F,)``, ``masks`` uint8 ``(N, S, S)`` or None, ``keypoints`` float32 ``(N, K, 2)`` or None, ``raw_size``
-        ``[H, W]`` and ``grabcut_failures``.
+        ``[H, W]``, ``flow_resolution`` (the side flow was estimated at: ``flow_resolution`` capped at the raw
+        frames' shorter side, at least S) and ``grabcut_failures``.
 
     Raises:
         VideoReadError: If the source cannot be read.
@@ -251,7 +267,8 @@ def prepare_video_arrays(source: str | os.PathLike, *, estimator: FlowEstimator,
             failures += not ok
         mask_array = np.stack(mask_list)
     return {"frames": np.stack(frames), "flow": np.stack(flows), "flow_starts": np.asarray(starts, np.int32),
-            "masks": mask_array, "keypoints": keypoint_array, "raw_size": raw_size, "grabcut_failures": failures}
+            "masks": mask_array, "keypoints": keypoint_array, "raw_size": raw_size, "flow_resolution": flow_side,
+            "grabcut_failures": failures}
 
 
 def _kept_and_counted(frames: Iterable[np.ndarray], frame_step: int, max_frames: int | None,
@@ -510,7 +527,12 @@ def assign_splits(sources: Sequence[VideoSource], *, split_file: str | os.PathLi
 _STATE: dict[str, Any] = {}
 
 
-def _init_worker(writer: DatasetWriter, options: dict[str, Any], threads: int | None) -> None:
+def _init_worker(writer: DatasetWriter, options: dict[str, Any], threads: int | None,
+                 ignore_interrupt: bool = False) -> None:
+    if ignore_interrupt:
+        # A pool worker: Ctrl-C reaches the whole process group, but only the main process handles it (by ending
+        # the workers, _stop_pool); a worker would otherwise print a traceback and break the pool.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     _STATE.clear()
     _STATE.update(writer=writer, options=options, estimator=None)
     if threads is not None:
@@ -544,7 +566,7 @@ def _prepare_one(task: tuple[VideoSource, str, Path | None]) -> tuple[str, str |
         source.video_id, split=split, frames=arrays["frames"], flow=arrays["flow"],
         flow_starts=arrays["flow_starts"], masks=arrays["masks"], keypoints=arrays["keypoints"],
         object_id=source.object_id, source_file=source.relative_path, raw_size=arrays["raw_size"],
-        fps=fps / options["frame_step"] if fps else None, **extra)
+        flow_resolution=arrays["flow_resolution"], fps=fps / options["frame_step"] if fps else None, **extra)
     return source.video_id, None
 
 
@@ -556,6 +578,26 @@ def _relabel(writer: DatasetWriter, video_id: str, split: str) -> bool:
     meta["split"] = split
     write_text_atomic(meta_file, json.dumps(meta))
     return True
+
+
+def _stop_pool(executor: ProcessPoolExecutor) -> None:
+    """End a process pool now (on Ctrl-C): cancel the queued videos and terminate the workers, so that neither the
+    videos already handed to a worker nor those in progress keep running. Finished videos are untouched; a video in
+    progress leaves only its hidden ``.tmp`` folder, which the next run deletes."""
+    terminate_workers = getattr(executor, "terminate_workers", None)  # Python >= 3.14
+    if terminate_workers is not None:
+        terminate_workers()
+        return
+    processes = list((executor._processes or {}).values())
+    manager = executor._executor_manager_thread
+    executor.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    for process in processes:
+        process.join(timeout=10)
+    if manager is not None:
+        manager.join(timeout=10)  # it sees the workers gone and marks what was left as not done
 
 
 def _check_resume(out: Path, settings: dict[str, Any]) -> None:
@@ -699,9 +741,7 @@ def prepare_dataset(videos_dir: str | os.PathLike, out: str | os.PathLike, *, si
         split = splits[source.video_id]
         assert split is not None
         if writer.has_video(source.video_id):
-            result.skipped.append(source.video_id)
-            if _relabel(writer, source.video_id, split):
-                result.relabelled.append(source.video_id)
+            result.skipped.append(source.video_id)  # relabelled at the end, once the splits are final
         else:
             tasks.append((source, split, keypoint_files.get(source.video_id)))
     known = {source.video_id for source in sources}
@@ -730,7 +770,7 @@ def prepare_dataset(videos_dir: str | os.PathLike, out: str | os.PathLike, *, si
             # dies.
             threads = max(1, (os.cpu_count() or 1) // workers)
             executor = ProcessPoolExecutor(min(workers, len(tasks)), mp_context=multiprocessing.get_context("spawn"),
-                                           initializer=_init_worker, initargs=(writer, options, threads))
+                                           initializer=_init_worker, initargs=(writer, options, threads, True))
             futures = [executor.submit(_prepare_one, task) for task in tasks]
             outcomes = (future.result() for future in as_completed(futures))
         for video_id, message in outcomes:
@@ -747,9 +787,13 @@ def prepare_dataset(videos_dir: str | os.PathLike, out: str | os.PathLike, *, si
                 failed_message = message
                 break
             logger.warning("leaving out %s: %s", video_id, message)
+    except KeyboardInterrupt:
+        if executor is not None:
+            _stop_pool(executor)  # stop now; without this, videos already handed to the workers would still run
+        raise
     finally:
         if executor is not None:
-            # Videos in progress finish (each is written whole); queued ones are cancelled.
+            # After a bad video: videos in progress finish (each is written whole); queued ones are cancelled.
             executor.shutdown(wait=True, cancel_futures=True)
         bar.close()
     if failed_error is not None:
@@ -762,6 +806,19 @@ def prepare_dataset(videos_dir: str | os.PathLike, out: str | os.PathLike, *, si
             raise PrepareError(f"{failed_message}\n(stopped; nothing was written to {out}; fix or --exclude the "
                                "video, or pass --skip-bad to leave bad videos out)")
         raise failed_error
+    if result.failed and split_file is None:
+        # The random split was drawn over every video before any was read; draw it again over those that were
+        # prepared, so that a left-out video does not take the test slots with it. The same inputs give the same
+        # left-out videos, so a re-run draws the same splits.
+        prepared = [source for source in sources if source.video_id not in result.failed]
+        splits = {**splits, **assign_splits(prepared, test_fraction=test_fraction, seed=seed, split_by=split_by)}
+    skipped = set(result.skipped)
+    for source in sources:
+        if source.video_id not in result.failed:
+            split = splits[source.video_id]
+            assert split is not None
+            if _relabel(writer, source.video_id, split) and source.video_id in skipped:
+                result.relabelled.append(source.video_id)
     if result.failed:
         writer.settings = {**settings, "failed": result.failed}
     result.index = writer.write_index()
@@ -781,8 +838,9 @@ def _int_list(text: str) -> list[int]:
 def add_prepare_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the options of ``ipoke data prepare`` to ``parser`` (returned for chaining)."""
     parser.add_argument("--videos", required=True, metavar="PATH",
-                        help="folder of raw videos (mp4/mkv/avi/webm/... files and/or folders of png/jpg frames), "
-                             "searched recursively; or a single video file or frame folder")
+                        help=f"folder of raw videos ({'/'.join(ext[1:] for ext in VIDEO_EXTENSIONS)} files and/or "
+                             "folders of png/jpg frames), searched recursively, skipping folders that ipoke wrote "
+                             "(datasets, sample outputs); or a single video file or frame folder")
     parser.add_argument("--out", required=True, metavar="DIR",
                         help="output dataset folder: new or empty, or an earlier run of the same command to resume")
     parser.add_argument("--layout", choices=LAYOUTS, default="plain",
@@ -805,8 +863,8 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     parser.add_argument("--frame-step", type=int, default=1, metavar="K",
                         help="keep every K-th raw frame (default 1), e.g. 8 for 50 fps Human3.6M")
     parser.add_argument("--flow-resolution", type=int, default=None, metavar="R",
-                        help="estimate flow on R x R frames (at most the raw resolution) and resize it to S, vectors "
-                             "rescaled; default: S")
+                        help="estimate flow on R x R frames (at most the raw frames' shorter side: each video's "
+                             "meta.json records the side used) and resize it to S, vectors rescaled; default: S")
     parser.add_argument("--masks", choices=MASK_MODES, default="none",
                         help="foreground masks: none (default) or grabcut (one GrabCut per frame, as the original for "
                              "iPER/TaiChi; slow)")

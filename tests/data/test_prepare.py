@@ -396,3 +396,152 @@ def test_a_stopped_or_interrupted_run_says_to_rerun_it(raw, tmp_path, capsys, mo
     monkeypatch.undo()
     result = prepare_dataset(root, out, size=32, lags=LAGS, exclude=["zz_*"], progress=False)
     assert len(result.skipped) == 3 and len(PreparedDataset(out)) == 3
+
+
+def test_outputs_of_ipoke_inside_the_videos_folder_are_not_read_as_videos(raw, tmp_path, caplog):
+    """An `ipoke sample --out`, a prepared dataset or an unfinished prepare output written inside --videos was read
+    as raw videos by the next prepare (its gifs, mp4s and overview pngs); folders holding ipoke's marker files are
+    skipped now, so --out may even lie inside --videos."""
+    from ipoke.cli import SAMPLE_RECORD
+    from ipoke.data.layouts import IPOKE_OUTPUT_MARKERS, discover_videos
+
+    assert SAMPLE_RECORD in IPOKE_OUTPUT_MARKERS  # the layouts module names it without importing the command line
+    root, clips = raw
+    out = root / "prepared"  # --out inside --videos
+    first = prepare_dataset(root, out, size=32, lags=LAGS, progress=False)
+    samples = root / "results" / "samples"  # what `ipoke sample --out` writes: videos, gifs, overview pngs
+    write_video(samples / "sample_0_0.mkv", clips["walk"], codec="ffv1")
+    write_video(samples / "sample_0_0.gif", clips["walk"])
+    cv2.imwrite(str(samples / "overview_0.png"), clips["walk"][0])
+    (samples / SAMPLE_RECORD).write_text("{}")
+    unfinished = root / "half"  # an unfinished prepare output
+    write_video(unfinished / "stray.mkv", clips["pan"], codec="ffv1")
+    (unfinished / SETTINGS_FILE).write_text("{}")
+    dataset = root / "other_dataset"
+    write_frame_folder(dataset / "frames", clips["pan"])
+    (dataset / "ipoke_dataset.json").write_text("{}")
+    with caplog.at_level("WARNING"):
+        assert sorted(source.video_id for source in discover_videos(root)) == sorted(clips)
+    assert "results/samples/ (ipoke_sample.json)" in caplog.text and "half/ (.ipoke_prepare.json)" in caplog.text
+    second = prepare_dataset(root, out, size=32, lags=LAGS, progress=False)
+    assert second.written == [] and sorted(second.skipped) == sorted(first.written) == sorted(clips)
+    assert sorted(PreparedDataset(out).ids()) == sorted(clips)
+
+
+def test_skip_bad_draws_the_random_split_over_the_prepared_videos(raw, tmp_path):
+    """The random split was drawn before the videos were read, so a bad video left out by --skip-bad could take the
+    only test slot (3 good videos + 1 bad: 'train 3', no test). It is drawn again over the prepared videos, the same
+    on a re-run."""
+    from ipoke.data.layouts import discover_videos
+
+    root, clips = raw
+    (root / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(100))
+    everything = discover_videos(root)
+    seed = next(seed for seed in range(100) if assign_splits(everything, seed=seed)["broken"] == "test")
+    out = tmp_path / "out"
+    result = prepare_dataset(root, out, size=32, lags=LAGS, seed=seed, on_error="skip", progress=False)
+    assert list(result.failed) == ["broken"]
+    good = [source for source in everything if source.video_id != "broken"]
+    expected = assign_splits(good, seed=seed)
+    assert PreparedDataset(out).splits() == {"test": 1, "train": 2}
+    assert {meta["id"]: meta["split"] for meta in result.index["videos"]} == expected
+    assert "test 1, train 2" in result.summary() and "no video is in the test split" not in result.summary()
+    again = prepare_dataset(root, out, size=32, lags=LAGS, seed=seed, on_error="skip", progress=False)
+    assert again.written == [] and again.relabelled == [] and list(again.failed) == ["broken"]
+    assert {meta["id"]: meta["split"] for meta in again.index["videos"]} == expected
+
+
+def test_summary_notes_an_empty_test_split(tmp_path):
+    write_frame_folder(tmp_path / "raw" / "only", panning_clip(6))
+    result = prepare_dataset(tmp_path / "raw", tmp_path / "out", size=32, lags=LAGS, progress=False)
+    assert "1 videos (train 1)" in result.summary() and "note: no video is in the test split" in result.summary()
+
+
+def test_flow_resolution_actually_used_is_recorded_per_video(tmp_path):
+    """--flow-resolution above a video's raw shorter side was capped silently while the settings said otherwise;
+    each video's meta records the side flow was estimated at and the summary says when the cap applied."""
+    write_frame_folder(tmp_path / "raw" / "big", panning_clip(6, height=64, width=80, speed=2))
+    write_frame_folder(tmp_path / "raw" / "small", panning_clip(6, height=40, width=48, speed=2))
+    result = prepare_dataset(tmp_path / "raw", tmp_path / "out", size=32, lags=LAGS, flow_resolution=48,
+                             progress=False)
+    data = PreparedDataset(tmp_path / "out")
+    assert data.index["settings"]["flow_resolution"] == 48  # what was asked, needed to resume
+    assert data.video("big").meta["flow_resolution"] == 48 and data.video("small").meta["flow_resolution"] == 40
+    assert "note: --flow-resolution 48 is above the raw frames' shorter side of 1 videos" in result.summary()
+    assert "small at 40 px" in result.summary()
+    plain = prepare_dataset(tmp_path / "raw", tmp_path / "plain", size=32, lags=LAGS, progress=False)
+    assert PreparedDataset(tmp_path / "plain").video("small").meta["flow_resolution"] == 32
+    assert "--flow-resolution" not in plain.summary()
+
+
+def test_ctrl_c_with_workers_ends_the_pool_at_once(raw, tmp_path, monkeypatch):
+    """After Ctrl-C with --workers 2 the videos already handed to the workers kept running (shutdown waited for
+    them); now the queued videos are cancelled and the workers terminated. Timing itself is not measured here: the
+    test checks that the workers were terminated (exit by SIGTERM, not a normal exit after the remaining videos),
+    that what was finished is whole and that a re-run finishes the dataset."""
+    import signal
+    from concurrent.futures import ProcessPoolExecutor
+
+    import ipoke.data.prepare as prepare_module
+
+    root, clips = raw
+    for index in range(5):
+        write_frame_folder(root / f"more{index}", panning_clip(8, seed=index + 3))
+    pools, processes = [], []
+
+    class RecordingPool(ProcessPoolExecutor):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            pools.append(self)
+
+    real_as_completed = prepare_module.as_completed
+
+    def interrupted_after_first(futures):
+        for future in real_as_completed(futures):
+            yield future
+            processes.extend(pools[0]._processes.values())
+            raise KeyboardInterrupt  # as Ctrl-C in the main process
+
+    monkeypatch.setattr(prepare_module, "ProcessPoolExecutor", RecordingPool)
+    monkeypatch.setattr(prepare_module, "as_completed", interrupted_after_first)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        prepare_dataset(root, out, size=32, lags=LAGS, workers=2, progress=False)
+    assert len(processes) == 2 and all(process.exitcode == -signal.SIGTERM for process in processes)
+    assert not (out / "ipoke_dataset.json").exists()
+    for folder in (out / "videos").iterdir():
+        if not folder.name.startswith("."):
+            assert (folder / "meta.json").is_file() and np.load(folder / "frames.npy").shape[1:] == (32, 32, 3)
+    monkeypatch.undo()
+    result = prepare_dataset(root, out, size=32, lags=LAGS, progress=False)
+    assert len(result.skipped) >= 1 and len(PreparedDataset(out)) == len(clips) + 5
+
+
+def test_pool_workers_leave_ctrl_c_to_the_main_process(tmp_path):
+    import signal
+
+    from ipoke.data.format import DatasetWriter
+    from ipoke.data.prepare import _init_worker
+
+    writer = DatasetWriter(tmp_path / "out", size=32, flow_lags=list(LAGS), source="prepare")
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        _init_worker(writer, {"flow_method": "dis"}, None)
+        assert signal.getsignal(signal.SIGINT) == previous  # the in-process path (--workers 1) keeps Ctrl-C
+        _init_worker(writer, {"flow_method": "dis"}, None, True)
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_docs_list_exactly_the_video_extensions_the_code_reads():
+    import re
+
+    from ipoke.data.video_io import VIDEO_EXTENSIONS
+
+    repo = Path(__file__).resolve().parents[2]
+    readme = re.search(r"Reads every video file \(([^)]*)\)", (repo / "README.md").read_text())
+    guide = re.search(r"For every video file \(([^)]*)\)", (repo / "docs" / "real_data.md").read_text())
+    expected = [extension[1:] for extension in VIDEO_EXTENSIONS]
+    assert readme and re.split(r"[/, ]+", readme.group(1)) == expected
+    assert guide and re.split(r"[/, ]+", guide.group(1)) == expected
