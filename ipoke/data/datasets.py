@@ -5,7 +5,8 @@ A sample is a dict (tensors are what the default collate stacks into batches)::
     video        float32 (T+1, 3, S, S) in [-1, 1]; video[0] is the start frame x0
     flow         float32 (2, S, S)  flow x0 -> last frame, pixels at size S (zeros for a background-poke sample)
     poke         float32 (2, S, S)  poke map (see ipoke.data.pokes)
-    poke_coords  float32 (n_pokes, 4) rows (x, y, dx, dy), zero-padded
+    poke_coords  float32 (n_pokes, 4) rows (x, y, dx, dy), zero-padded; (x, y) is a continuous position where
+                                    pixel (i, j) covers [i, i + 1) x [j, j + 1) (the poke map's convention)
     poke_count   int64   ()         number of valid rows in poke_coords
     mask         uint8   (S, S)     object mask of x0 (1 = object); all ones when the dataset has none
     has_mask     bool    ()
@@ -20,7 +21,9 @@ flow at lag ``T * step``, which must be one of the dataset's ``flow_lags``.
 protocol): each poke sits on a keypoint (joint) at its position in x0 and carries the joint's displacement to the last
 frame of the clip, so the joint should end at ``(x + dx, y + dy)``. Joints are drawn among those that move at least
 ``min_keypoint_motion`` pixels (the reference drew any joint: a joint that stays put tests nothing). A clip of a video
-without keypoints, or where no joint moves enough, gets flow-simulated pokes and ``keypoint_poke`` False.
+without keypoints, or where no joint moves enough, gets flow-simulated pokes and ``keypoint_poke`` False. Stored
+keypoints count pixel centres at integers; their pokes are shifted by half a pixel into the poke convention above, so
+that the poke map covers the pixel the joint is in (and :func:`ipoke.metrics.keypoint_errors` shifts them back).
 """
 
 from __future__ import annotations
@@ -150,6 +153,11 @@ class PokeDataset(Dataset):
         self.fixed_poke_count, self.deterministic, self.seed = fixed_poke_count, deterministic, int(seed)
         self.min_keypoint_motion = float(min_keypoint_motion)
         self.augment_settings = AugmentSettings()
+        # Synthetic datasets of generator versions before 4 stored keypoints half a pixel off (pixel i covering
+        # [i, i + 1) instead of centred at i); read them in today's convention.
+        generator = (self.data.index.get("settings") or {}).get("generator_version")
+        legacy = self.data.index.get("source") == "synthetic" and generator is not None and generator < 4
+        self._keypoint_shift = -0.5 if legacy else 0.0
         self.clips: list[tuple[str, int]] = []
         for meta in self.data.videos:
             if meta["split"] != split:
@@ -223,9 +231,11 @@ class PokeDataset(Dataset):
         if self.poke_source == "keypoints" and video.keypoints is not None:
             # Pixel centres map as x' = (x + 0.5) * S / S_stored - 0.5 (as cv2.resize places them).
             scale = self.size / stored_size
-            ends = (np.asarray(video.keypoints[[start, start + self.lag]], np.float64) + 0.5) * scale - 0.5
+            stored = np.asarray(video.keypoints[[start, start + self.lag]], np.float64) + self._keypoint_shift
+            ends = (stored + 0.5) * scale - 0.5
             keypoint_coords = keypoint_pokes(ends[0], ends[1], rng, n_pokes=self.n_pokes, size=self.size,
                                              min_motion=self.min_keypoint_motion, fixed_count=self.fixed_poke_count)
+            keypoint_coords[:, :2] += 0.5  # pixel centres at integers -> the poke convention (pixel i is [i, i+1))
         is_background = bool(video.meta.get("background_poke", False))
         if keypoint_coords is not None and len(keypoint_coords):
             coords = keypoint_coords

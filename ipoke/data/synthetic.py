@@ -38,7 +38,8 @@ logger = logging.getLogger(__name__)
 WORLD = 256.0
 # Smallest frame side: at 16 px stems are already drawn 1 px wide (the minimum), below it plants are a few pixels.
 MIN_SIZE = 16
-GENERATOR_VERSION = 3  # 3: pokes twice as strong (impulse_scale 760, was 380), see simulate()
+GENERATOR_VERSION = 4  # 4: keypoints with pixel centres at integers (were half a pixel off); 3: pokes twice as
+#                        strong (impulse_scale 760, was 380), see simulate()
 
 # ----------------------------------------------------------------------------------------------------------------
 # Species: what a plant looks like. Train and novel (test) species share nothing visible.
@@ -433,7 +434,8 @@ def simulate(scene: dict[str, Any], poke: Poke, *, n_frames: int, size: int, phy
     Returns:
         ``frames`` uint8 ``(T+1, S, S, 3)``, ``flow`` float32 ``(T, 2, S, S)`` from frame 0 to frames 1..T in pixels at
         size S, ``masks`` uint8 ``(T+1, S, S)`` part ids, ``keypoints`` float32 ``(T+1, K, 2)`` joint positions in
-        pixels at size S, ``poses`` float64 ``(T+1, n_bodies, 3)`` world (x, y, angle).
+        pixels at size S with pixel centres at integers (as prepared real keypoints), ``poses`` float64
+        ``(T+1, n_bodies, 3)`` world (x, y, angle).
     """
     rng = np.random.default_rng(physics_seed)
     bodies_spec = scene["bodies"]
@@ -492,7 +494,13 @@ def _exact_flow(ids0: np.ndarray, poses: np.ndarray, size: int) -> np.ndarray:
 
 
 def _keypoints(bodies: list[dict[str, Any]], poses: np.ndarray, size: int) -> np.ndarray:
-    """Joint positions (the pivot of every body) over time, pixels at size S."""
+    """Joint positions (the pivot of every body) over time, pixels at size S, pixel centres at integers.
+
+    Pixel ``(i, j)`` covers world ``[i, i + 1) * WORLD / S`` (see :func:`_exact_flow`), so its centre is world
+    ``(i + 0.5) * WORLD / S``: a world point ``w`` is at ``w * S / WORLD - 0.5``, the convention of prepared real
+    keypoints and of OpenCV. Generator versions before 4 left out the ``- 0.5``; :class:`ipoke.data.PokeDataset`
+    corrects keypoints read from such datasets.
+    """
     keypoints = np.zeros((poses.shape[0], len(bodies), 2), np.float32)
     for index, body in enumerate(bodies):
         x0, y0, a0 = poses[0, index]
@@ -500,8 +508,8 @@ def _keypoints(bodies: list[dict[str, Any]], poses: np.ndarray, size: int) -> np
         for t in range(poses.shape[0]):
             xt, yt, at = poses[t, index]
             cos, sin = math.cos(at - a0), math.sin(at - a0)
-            keypoints[t, index] = ((cos * local[0] - sin * local[1] + xt) * size / WORLD,
-                                   (sin * local[0] + cos * local[1] + yt) * size / WORLD)
+            keypoints[t, index] = ((cos * local[0] - sin * local[1] + xt) * size / WORLD - 0.5,
+                                   (sin * local[0] + cos * local[1] + yt) * size / WORLD - 0.5)
     return keypoints
 
 
@@ -663,6 +671,10 @@ def generate_dataset(out: str | os.PathLike, settings: SyntheticSettings, *, wor
                                      "synth`; use another --out folder")
         stored = index.get("settings") or {}
         different = [key for key in sorted(set(stored) | set(recorded)) if stored.get(key) != recorded.get(key)]
+        if stored and different == ["generator_version"]:
+            raise DatasetFormatError(f"{root} was written by version {stored.get('generator_version')} of the "
+                                     f"synthetic generator and this ipoke writes version {GENERATOR_VERSION}: it "
+                                     "cannot be resumed; delete it or use another --out folder")
         if stored and different:
             details = ", ".join(f"{key} {stored.get(key)!r} (this run: {recorded.get(key)!r})" for key in different)
             raise DatasetFormatError(f"{root} was generated with other settings: {details}; use the same options to "

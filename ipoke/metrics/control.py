@@ -186,7 +186,9 @@ def keypoint_errors(videos: torch.Tensor | np.ndarray, keypoint_pokes: torch.Ten
     Args:
         videos: ``(N, T+1, 3, S, S)`` generated videos including x0, float in [-1, 1] or uint8.
         keypoint_pokes: ``(N, 4)`` rows ``(x, y, dx, dy)`` at size S: the joint at ``(x, y)`` in x0 ends at
-            ``(x + dx, y + dy)`` in the real clip's last frame. Rows with a NaN are not scored.
+            ``(x + dx, y + dy)`` in the real clip's last frame. ``(x, y)`` in the convention of pokes (pixel ``i``
+            covers ``[i, i + 1)``, as ``poke_coords`` of :class:`ipoke.data.PokeDataset` and the poke map), so the
+            flow is read at ``(x - 0.5, y - 0.5)`` in pixel-centre coordinates. Rows with a NaN are not scored.
 
     Returns:
         ``(N,)`` float64 distances in pixels between ``(x + dx, y + dy)`` and the joint moved by the estimated flow,
@@ -204,8 +206,8 @@ def keypoint_errors(videos: torch.Tensor | np.ndarray, keypoint_pokes: torch.Ten
     flows = estimate_flow(videos[scored, 0], videos[scored, -1])
     for row, flow in zip(np.flatnonzero(scored), flows):
         x, y, dx, dy = pokes[row]
-        # Sub-pixel flow at the joint (bilinear; border pixels repeat beyond the image).
-        point = np.array([[[x, y]]], np.float32)
+        # Sub-pixel flow at the joint (bilinear; border pixels repeat beyond the image); pixel centres at integers.
+        point = np.array([[[x - 0.5, y - 0.5]]], np.float32)
         moved = cv2.remap(flow.transpose(1, 2, 0), point[..., 0], point[..., 1], cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_REPLICATE)[0, 0]
         errors[row] = math.hypot(moved[0] - dx, moved[1] - dy)

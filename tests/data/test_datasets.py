@@ -205,8 +205,10 @@ def test_keypoint_poke_source_pokes_joints_of_the_clip(synthetic_dataset):
         # Stored at 64 px, served at 32: pixel centres map as (x + 0.5) / 2 - 0.5.
         joints = (np.asarray(video.keypoints[[start, start + dataset.lag]], np.float64) + 0.5) / 2 - 0.5
         x, y, dx, dy = sample["poke_coords"][0].double().numpy()
+        # Poke coordinates count pixel i as [i, i + 1): the joint's pixel-centre position + 0.5, so the poke map
+        # covers the pixel nearest to the joint.
         # Sibling branches share their joint in x0, so several joints may start there; one of them is the poke.
-        match = np.flatnonzero(np.all(np.isclose(joints[0], [x, y], atol=1e-4), axis=1))
+        match = np.flatnonzero(np.all(np.isclose(joints[0] + 0.5, [x, y], atol=1e-4), axis=1))
         motions = joints[1, match] - joints[0, match]
         assert np.isclose(motions, [dx, dy], atol=1e-4).all(axis=1).any()
         assert np.hypot(dx, dy) >= 1.0
@@ -214,3 +216,28 @@ def test_keypoint_poke_source_pokes_joints_of_the_clip(synthetic_dataset):
     assert scored >= len(dataset) // 2
     with pytest.raises(ValueError, match="augment must be False"):
         PokeDataset(synthetic_dataset, split="train", poke_source="keypoints", augment=True)
+
+
+def test_keypoints_of_an_older_synthetic_dataset_are_read_in_todays_convention(synthetic_dataset, tmp_path):
+    """Generator versions before 4 stored keypoints half a pixel off; the dataset shifts them back."""
+    import json
+    import shutil
+
+    legacy = tmp_path / "legacy"
+    shutil.copytree(synthetic_dataset, legacy)
+    index = json.loads((legacy / "ipoke_dataset.json").read_text())
+    index["settings"]["generator_version"] = 3
+    (legacy / "ipoke_dataset.json").write_text(json.dumps(index))
+    options = dict(split="train", n_pokes=1, fixed_poke_count=True, zero_poke_fraction=0.0, deterministic=True,
+                   poke_source="keypoints")
+    today, older = PokeDataset(synthetic_dataset, **options), PokeDataset(legacy, **options)
+    compared = 0
+    for index in range(len(today)):
+        a, b = today[index], older[index]
+        if a["keypoint_poke"]:
+            assert b["keypoint_poke"]
+            np.testing.assert_allclose(b["poke_coords"][0, :2].numpy(), a["poke_coords"][0, :2].numpy() - 0.5,
+                                       atol=1e-5)
+            np.testing.assert_allclose(b["poke_coords"][0, 2:].numpy(), a["poke_coords"][0, 2:].numpy(), atol=1e-5)
+            compared += 1
+    assert compared >= len(today) // 2

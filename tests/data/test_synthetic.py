@@ -241,3 +241,39 @@ def test_resume_with_other_settings_names_the_differing_keys(tmp_path):
     assert "size 16 (this run: 32)" in text and "videos 2 (this run: 3)" in text
     assert "frames" not in text and "seed" not in text and "{" not in text
     assert (root / "ipoke_dataset.json").read_text() == before
+
+
+def test_keypoints_share_the_pixel_centre_convention_of_the_exact_flow():
+    """Each body's flow is affine in pixel-centre coordinates (rigid motion): fitted on the body's pixels, evaluated
+    at its joint, it must give the joint's own displacement. Keypoints half a pixel off (generator versions before
+    4) miss it by (R - I)(0.5, 0.5), which the body's rotation makes visible."""
+    checked, off_by_half = 0, []
+    for scene, poke in _object_poke_cases(4):
+        result = simulate(scene, poke, n_frames=6, size=64, physics_seed=0, stochastic=False)
+        ids, flow, keypoints = result["masks"][0], result["flow"][-1], result["keypoints"]
+        for body in range(len(scene["bodies"])):
+            rows, cols = np.nonzero(ids == body + 1)
+            if len(rows) < 10:
+                continue
+            design = np.stack([cols, rows, np.ones_like(cols)], axis=1).astype(np.float64)
+            affine, *_ = np.linalg.lstsq(design, flow[:, rows, cols].T.astype(np.float64), rcond=None)
+            joint, moved = keypoints[0, body].astype(np.float64), keypoints[-1, body].astype(np.float64)
+            np.testing.assert_allclose(np.append(joint, 1.0) @ affine, moved - joint, atol=2e-3)
+            off_by_half.append(np.abs(np.append(joint + 0.5, 1.0) @ affine - (moved - joint)).max())
+            checked += 1
+    assert checked >= 8
+    assert max(off_by_half) > 0.01  # the test can tell the conventions apart
+
+
+def test_a_dataset_of_an_older_generator_version_is_not_resumed(tmp_path):
+    import json
+
+    from ipoke.data.format import DatasetFormatError
+
+    root = generate_dataset(tmp_path / "d", SyntheticSettings(videos=2, frames=2, size=16), progress=False)
+    index = json.loads((root / "ipoke_dataset.json").read_text())
+    index["settings"]["generator_version"] = 3
+    (root / "ipoke_dataset.json").write_text(json.dumps(index))
+    with pytest.raises(DatasetFormatError, match=r"version 3 of the synthetic generator .* writes version 4: it "
+                                                 r"cannot be resumed; delete it or use another --out folder"):
+        generate_dataset(root, SyntheticSettings(videos=2, frames=2, size=16), progress=False)

@@ -135,3 +135,30 @@ def test_keypoint_error_tracks_the_poked_joint_to_its_end():
     assert math.isnan(errors[3])
     with pytest.raises(ValueError, match="2 videos but 4 keypoint pokes"):
         keypoint_errors(torch.stack([video, static]), pokes)
+
+
+def test_keypoint_error_reads_the_flow_where_the_poke_convention_puts_the_joint(monkeypatch):
+    """A poke row's (x, y) counts pixel i as [i, i + 1) (the poke map's convention): the flow, sampled at pixel
+    centres, is read at (x - 0.5, y - 0.5). A rotation field tells the two apart; the joint ends exactly right."""
+    import ipoke.metrics.control as control
+
+    size = 16
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float64)  # pixel centres
+    angle, centre = 0.3, np.array([7.0, 9.0])
+    rotation = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+
+    def displacement(x, y):
+        offset = np.stack([x - centre[0], y - centre[1]], axis=-1)
+        return offset @ rotation.T - offset
+
+    field = displacement(xs, ys).transpose(2, 0, 1).astype(np.float32)  # (2, S, S)
+    monkeypatch.setattr(control, "estimate_flow", lambda first, last: np.stack([field] * len(first)))
+    joint = np.array([4.25, 11.5])  # pixel-centre coordinates
+    dx, dy = displacement(*joint)
+    pokes = np.array([[joint[0] + 0.5, joint[1] + 0.5, dx, dy]])
+    videos = torch.zeros(1, 3, 3, size, size)
+    assert control.keypoint_errors(videos, pokes)[0] == pytest.approx(0.0, abs=1e-5)
+    # Read at the poke's own (x, y) instead, the rotation would make it miss by |(R - I)(0.5, 0.5)|.
+    missed = np.linalg.norm((rotation - np.eye(2)) @ [0.5, 0.5])
+    shifted = np.array([[joint[0] + 1.0, joint[1] + 1.0, dx, dy]])
+    assert control.keypoint_errors(videos, shifted)[0] == pytest.approx(missed, rel=1e-4)
