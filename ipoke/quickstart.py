@@ -176,6 +176,8 @@ def run_quickstart(out: str | Path = "quickstart", *, minutes: float | None = No
     """
     import lightning as L
 
+    from ipoke.data.format import DatasetFormatError
+    from ipoke.data.layouts import QUICKSTART_SETTINGS_FILE
     from ipoke.data.synthetic import SyntheticSettings, generate_dataset
     from ipoke.evaluation import evaluate, format_table, poker_sampler
     from ipoke.models.base import load_network, save_pretrained
@@ -192,7 +194,7 @@ def run_quickstart(out: str | Path = "quickstart", *, minutes: float | None = No
         settings = QuickstartSettings(**{**asdict(settings), "videos": videos})
     budget_seconds = 60.0 * (minutes if minutes is not None else (20.0 if use_gpu else 7.5))
     accelerator = "gpu" if use_gpu else "cpu"
-    settings_file = out / "quickstart_settings.json"
+    settings_file = out / QUICKSTART_SETTINGS_FILE  # also marks <out> as ipoke's for `ipoke data prepare`
     recorded = {"settings": asdict(settings), "device": accelerator}
     if settings_file.exists() and json.loads(settings_file.read_text()) != recorded:
         raise ValueError(f"{out} holds a quickstart run with other settings ({settings_file}); use --fresh to redo "
@@ -205,9 +207,12 @@ def run_quickstart(out: str | Path = "quickstart", *, minutes: float | None = No
     # 10 % validation videos instead of the generator's 5 %: the val split is the second evaluation set (60 clips of
     # the CPU preset's 600 videos instead of 30), and 30 fewer training videos do not matter (2400 videos instead of
     # 600 did not help within the CPU budget, docs/benchmarks.md).
-    data_dir = generate_dataset(out / "data", SyntheticSettings(
-        videos=settings.videos, frames=settings.n_frames * settings.frame_step, size=settings.size, seed=0,
-        val_fraction=0.1), workers=generation_workers)
+    try:
+        data_dir = generate_dataset(out / "data", SyntheticSettings(
+            videos=settings.videos, frames=settings.n_frames * settings.frame_step, size=settings.size, seed=0,
+            val_fraction=0.1), workers=generation_workers)
+    except DatasetFormatError as error:  # e.g. data of an older generator: the stages trained on it go too
+        raise DatasetFormatError(f"{error}. For the quickstart: rerun with --fresh to redo the whole run") from error
     runs = out / "runs"
     for stage in STAGE_SHARES:
         number = "3/5" if stage == "cinn" else "2/5"

@@ -38,6 +38,11 @@ def test_report_files_and_model(quickstart_run):
     poker = Poker.from_checkpoint(out / "model")
     # The CPU preset: 5 frames taking every second of the 10 simulated ones.
     assert poker.size == 64 and poker.n_frames == 5 and poker.frame_step == 2
+    # Its gifs are never read as raw videos by `ipoke data prepare` on a folder above it.
+    from ipoke.data.layouts import LayoutError, discover_videos
+
+    with pytest.raises(LayoutError, match="no videos found"):
+        discover_videos(out.parent)
 
 
 def test_metrics_follow_the_evaluate_schema(quickstart_run):

@@ -30,9 +30,10 @@ taichi     TaiChi-HD as made by first-order-model's loader: ``train/`` and ``tes
            folders (often named ``<id>.mp4/``); object id = the YouTube id before the first ``#`` of the name.
 =========  ===================================================================================================
 
-Folders that ipoke wrote (a prepared dataset, an unfinished ``ipoke data prepare`` output, an ``ipoke sample``
-output: any folder holding one of :data:`IPOKE_OUTPUT_MARKERS`) are skipped with their sub-folders in every layout,
-so outputs written inside the raw folder are never read as raw videos.
+Folders that ipoke wrote (a prepared dataset, an unfinished ``ipoke data prepare`` output, an ``ipoke sample`` or
+``ipoke quickstart`` output, a training run's logged gifs: any folder holding one of :data:`IPOKE_OUTPUT_MARKERS`)
+are skipped with their sub-folders in every layout, so outputs written inside the raw folder are never read as raw
+videos.
 """
 
 from __future__ import annotations
@@ -52,8 +53,12 @@ logger = logging.getLogger(__name__)
 
 LAYOUTS = ("plain", "plants", "iper", "h36m", "taichi")
 # Files that mark a folder as written by ipoke: a prepared dataset's index, an unfinished `ipoke data prepare` output,
-# an `ipoke sample` output (ipoke.cli.SAMPLE_RECORD; not imported, to keep the command line's imports light).
-IPOKE_OUTPUT_MARKERS = (INDEX_FILE, PREPARE_SETTINGS_FILE, "ipoke_sample.json")
+# an `ipoke sample` output (ipoke.cli.SAMPLE_RECORD; not imported, to keep the command line's imports light), an
+# `ipoke quickstart` output (its samples/ hold gifs) and the gifs a training run logs (VideoLoggingCallback).
+QUICKSTART_SETTINGS_FILE = "quickstart_settings.json"
+LOGGED_VIDEOS_MARKER = "ipoke_logged_videos.json"
+IPOKE_OUTPUT_MARKERS = (INDEX_FILE, PREPARE_SETTINGS_FILE, "ipoke_sample.json", QUICKSTART_SETTINGS_FILE,
+                        LOGGED_VIDEOS_MARKER)
 H36M_TRAIN_SUBJECTS = ("S1", "S5", "S6", "S7", "S8")
 H36M_TEST_SUBJECTS = ("S9", "S11")
 
@@ -111,8 +116,8 @@ def find_media(root: str | os.PathLike) -> list[Path]:
 
     A folder that directly holds images is one video (its frames); its sub-folders are searched too. A single video
     file as ``root`` is that one video. Sub-folders that ipoke wrote (:func:`ipoke_output_marker`: a prepared dataset,
-    an unfinished prepare output, an ``ipoke sample`` output) are skipped with one warning; ``root`` itself is read
-    as given.
+    an unfinished prepare output, an ``ipoke sample`` or ``ipoke quickstart`` output, logged training gifs) are
+    skipped with one warning; ``root`` itself is read as given.
 
     Raises:
         LayoutError: If ``root`` does not exist or is neither a folder nor a video file.

@@ -840,7 +840,8 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     parser.add_argument("--videos", required=True, metavar="PATH",
                         help=f"folder of raw videos ({'/'.join(ext[1:] for ext in VIDEO_EXTENSIONS)} files and/or "
                              "folders of png/jpg frames), searched recursively, skipping folders that ipoke wrote "
-                             "(datasets, sample outputs); or a single video file or frame folder")
+                             "(datasets, sample and quickstart outputs, logged training gifs); or a single video "
+                             "file or frame folder")
     parser.add_argument("--out", required=True, metavar="DIR",
                         help="output dataset folder: new or empty, or an earlier run of the same command to resume")
     parser.add_argument("--layout", choices=LAYOUTS, default="plain",

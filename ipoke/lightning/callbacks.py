@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,8 @@ import numpy as np
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
+
+from ipoke.data.layouts import LOGGED_VIDEOS_MARKER
 
 
 def videos_to_uint8(videos: torch.Tensor) -> np.ndarray:
@@ -106,8 +109,13 @@ class VideoLoggingCallback(L.Callback):
                 self._write_file(trainer, key, frames, step)
 
     def _write_file(self, trainer: L.Trainer, key: str, frames: np.ndarray, step: int) -> bool:
-        path = Path(self.log_dir or trainer.default_root_dir) / "videos" / f"{key.replace('/', '_')}_{step:07d}.gif"
-        self.written.append(write_gif(path, frames, self.fps))
+        folder = Path(self.log_dir or trainer.default_root_dir) / "videos"
+        self.written.append(write_gif(folder / f"{key.replace('/', '_')}_{step:07d}.gif", frames, self.fps))
+        # Marks the folder as ipoke's output, so that `ipoke data prepare` never reads these gifs as raw videos
+        # (a run's log folder may well lie inside the folder of the videos it trains on).
+        marker = folder / LOGGED_VIDEOS_MARKER
+        if not marker.exists():
+            marker.write_text(json.dumps({"written_by": "ipoke VideoLoggingCallback"}) + "\n")
         return True
 
 

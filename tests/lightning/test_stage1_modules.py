@@ -222,6 +222,13 @@ def test_video_logging_callback_writes_gifs_for_csv_logger(tmp_path):
     with Image.open(callback.written[0]) as gif:
         assert gif.n_frames == FRAMES + 1
         assert gif.size == (2 * SIZE, SIZE)
+    # The folder is marked as ipoke's output: `ipoke data prepare` on a parent folder does not read the gifs.
+    from ipoke.data.layouts import LayoutError, discover_videos
+
+    with pytest.raises(LayoutError, match="no videos found"):
+        discover_videos(tmp_path)
+    (callback.written[0].parent / "ipoke_logged_videos.json").unlink()
+    assert sorted(source.path for source in discover_videos(tmp_path)) == sorted(callback.written)
 
 
 def test_log_videos_shapes_and_range():
