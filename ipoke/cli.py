@@ -480,6 +480,8 @@ def _add_evaluate_command(subparsers: argparse._SubParsersAction) -> None:
                     "for such a metric alone fails.")
     evaluate.add_argument("--ckpt", help="exported model folder, cINN checkpoint or zoo name (omit to evaluate "
                                          "only the baselines)")
+    evaluate.add_argument("--name", help="the model's row in the table and JSON (default: the --ckpt file or folder "
+                                         "name, e.g. 'model'); name runs apart to compare their JSON files")
     evaluate.add_argument("--data", required=True, help="prepared dataset folder")
     evaluate.add_argument("--split", default="test", help="split (default test; synthetic test = novel objects)")
     evaluate.add_argument("--metrics", default=",".join(ALL_METRICS),
@@ -511,6 +513,10 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.is_dir():
         raise UserError(f"--out {out} is a folder; give a file name such as {out / 'metrics.json'}")
+    if args.name is not None and not args.ckpt:
+        raise UserError("--name names the model of --ckpt; give --ckpt too")
+    if args.name is not None and not args.name.strip():
+        raise UserError("--name is empty; give the model's row a name, e.g. --name ipoke-run2")
     samplers = {}
     size, n_frames, poke_size, frame_step = None, 10, 5, 1
     if args.ckpt:
@@ -520,7 +526,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
             model = load_model(args.ckpt, device=_device(args.device))
         except ValueError as error:  # ModelLoadError: a stage-1 checkpoint, a damaged file, not a checkpoint
             raise UserError(str(error)) from error
-        samplers[Path(args.ckpt).stem or model.kind] = model.sampler
+        samplers[args.name or Path(args.ckpt).stem or model.kind] = model.sampler
         size, n_frames, poke_size, frame_step = model.size, model.n_frames, model.poke_size, model.frame_step
     elif args.no_baselines:
         raise UserError("nothing to evaluate: give --ckpt or drop --no-baselines")

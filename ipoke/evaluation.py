@@ -61,6 +61,7 @@ from ipoke.metrics import (
 from ipoke.metrics.i3d import I3D_MIN_FRAMES
 
 ALL_METRICS = ("fvd", "lpips", "ssim", "psnr", "diversity", "control", "keypoints")
+BASELINE_NAMES = ("copy_x0", "ground_truth_resimulated")
 CONTROL_KEYS = (CONTROL_POKE_EPE, CONTROL_POKE_ANGLE_DEG, CONTROL_OBJECT_EPE, CONTROL_BACKGROUND_MOTION,
                 CONTROL_BACKGROUND_POKE_MOTION)
 
@@ -245,6 +246,10 @@ def evaluate(samplers: dict[str, Sampler], data_dir: str | os.PathLike, *, split
                                poke_size=poke_size, seed=seed, max_clips=n_clips)
     samplers = dict(samplers)
     if include_baselines:
+        taken = sorted(set(samplers) & set(BASELINE_NAMES))
+        if taken:
+            raise ValueError(f"a model may not be named {taken[0]!r}: that name is a baseline's; name it otherwise "
+                             "(`ipoke evaluate --name`) or leave the baselines out")
         samplers["copy_x0"] = copy_first_frame_sampler
         resim = resimulation_sampler(dataset)
         if resim is not None:

@@ -338,6 +338,16 @@ def test_evaluate_command_checks_its_arguments_before_working(exported, tmp_path
     report = evaluation.evaluate({}, synthetic_dataset, metrics=("diversity", "ssim"), n_clips=2, samples=1,
                                  progress=False)
     assert "--samples 2" in report["unavailable"]["diversity"]
+    # --name labels the model's row; it must not be empty, need a model, or take a baseline's name.
+    assert main([*base, "--metrics", "ssim", "--name", "run-2", "--out", str(tmp_path / "n.json")]) == 0
+    assert set(json.loads((tmp_path / "n.json").read_text())["results"]) == {"run-2", "copy_x0",
+                                                                             "ground_truth_resimulated"}
+    for bad, message in ((["--name", " "], "--name is empty"), (["--name", "copy_x0"], "that name is a baseline's")):
+        assert main([*base, "--metrics", "ssim", *bad, "--out", str(tmp_path / "b.json")]) == 2
+        assert message in capsys.readouterr().err
+    assert main(["evaluate", "--data", synthetic_dataset, "--name", "x", "--out", str(tmp_path / "b.json")]) == 2
+    assert "give --ckpt too" in capsys.readouterr().err
+    assert not (tmp_path / "b.json").exists()
 
 
 def test_zoo_rejects_bad_names_and_reports_a_damaged_registry(exported, tmp_path, monkeypatch, capsys):
