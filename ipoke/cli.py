@@ -277,22 +277,6 @@ def _add_sample_command(subparsers: argparse._SubParsersAction) -> None:
     sample.set_defaults(handler=_run_sample)
 
 
-def _write_outputs(out, index: int, first_frame, pokes, videos, *, fps: float, scale: int) -> None:  # noqa: ANN001
-    from ipoke.data.video_io import write_gif, write_video
-    from ipoke.sampling import to_uint8
-    from ipoke.visualize import overview_frames, upscale
-
-    frames = to_uint8(videos)  # (K, T+1, S, S, 3)
-    for k, video in enumerate(frames):
-        write_video(out / f"sample_{index}_{k}.mp4", upscale(video, scale), fps=fps)
-        write_gif(out / f"sample_{index}_{k}.gif", upscale(video, scale), fps=fps)
-    overview = overview_frames(to_uint8(first_frame), pokes, frames, factor=scale)
-    write_gif(out / f"overview_{index}.gif", overview, fps=fps)
-    import cv2
-
-    cv2.imwrite(str(out / f"overview_{index}.png"), cv2.cvtColor(overview[-1], cv2.COLOR_RGB2BGR))
-
-
 SAMPLE_RECORD = "ipoke_sample.json"  # the settings of an `ipoke sample` run, written beside its outputs
 
 
@@ -335,6 +319,8 @@ def _run_sample(args: argparse.Namespace) -> int:
 
 def _write_samples(poker, args: argparse.Namespace, out, generator) -> int:  # noqa: ANN001
     """Write every output of ``ipoke sample`` into ``out``; returns the number of overviews."""
+    from ipoke.visualize import write_sample_outputs
+
     if args.image is not None:
         if args.mode == "sensitivity":
             x, y, dx, dy = args.poke[0]
@@ -342,11 +328,11 @@ def _write_samples(poker, args: argparse.Namespace, out, generator) -> int:  # n
             magnitudes = (length / 2, length) if length > 0 else None  # default: 4 and 8 model pixels
             videos, pokes = poker.control_sensitivity(args.image, x, y, magnitudes=magnitudes, seed=args.seed)
             _, _, mapped = poker.prepare(args.image, pokes)
-            _write_outputs(out, 0, videos[0, 0], mapped, videos, fps=args.fps, scale=args.scale)
+            write_sample_outputs(out, 0, videos[0, 0], mapped, videos, fps=args.fps, scale=args.scale)
         else:
             x0, poke, mapped = poker.prepare(args.image, args.poke)
             videos = poker.sample(x0, poke, n_samples=args.samples, generator=generator)[0]
-            _write_outputs(out, 0, x0[0], mapped, videos, fps=args.fps, scale=args.scale)
+            write_sample_outputs(out, 0, x0[0], mapped, videos, fps=args.fps, scale=args.scale)
         return 1
     from ipoke.data.datasets import evaluation_clips
 
@@ -362,18 +348,80 @@ def _write_samples(poker, args: argparse.Namespace, out, generator) -> int:  # n
         if args.mode == "transfer":
             target = dataset[(index + 1) % count]
             videos = poker.transfer(item["video"][None], item["poke"][None], target["video"][None, 0])
-            _write_outputs(out, index, target["video"][0], pokes, videos, fps=args.fps, scale=args.scale)
+            write_sample_outputs(out, index, target["video"][0], pokes, videos, fps=args.fps, scale=args.scale)
         elif args.mode == "sensitivity":
             from ipoke.sampling import to_uint8
 
             x, y = pokes[0][:2]
             videos, sensitivity_pokes = poker.control_sensitivity(to_uint8(item["video"][0]), x, y, seed=args.seed)
-            _write_outputs(out, index, item["video"][0], sensitivity_pokes, videos, fps=args.fps, scale=args.scale)
+            write_sample_outputs(out, index, item["video"][0], sensitivity_pokes, videos, fps=args.fps,
+                                 scale=args.scale)
         else:
             videos = poker.sample(item["video"][None, 0], item["poke"][None], n_samples=args.samples,
                                   generator=generator)[0]
-            _write_outputs(out, index, item["video"][0], pokes, videos, fps=args.fps, scale=args.scale)
+            write_sample_outputs(out, index, item["video"][0], pokes, videos, fps=args.fps, scale=args.scale)
     return count
+
+
+def _add_app_command(subparsers: argparse._SubParsersAction) -> None:
+    app = subparsers.add_parser(
+        "app", help="poke images with the mouse in a browser and watch the samples play (a local web app)",
+        description="Interactive poking in the browser: drag on the image from a point of the object in the "
+                    "direction it should move; on release the model's samples play beside it. New samples, several "
+                    "pokes at once, other images and saving are buttons (and keys r, a, n/p, s). Serves on "
+                    "http://localhost:PORT; on a remote machine forward the port (ssh -L PORT:localhost:PORT host).")
+    app.add_argument("--ckpt", required=True, help="exported model folder, cINN Lightning checkpoint, or a name "
+                                                   "registered with `ipoke zoo register`")
+    app.add_argument("--image", action="append", default=[],
+                     help="an image file to poke (any size; its centre square is what the model sees); repeat for "
+                          "several")
+    app.add_argument("--data", help="a prepared dataset whose clips' first frames to poke (instead of --image)")
+    app.add_argument("--split", default="test", help="dataset split for --data (default: test)")
+    app.add_argument("--n", type=_positive_int, default=16, help="first frames taken from --data (default 16)")
+    app.add_argument("--samples", type=_positive_int, default=3, help="videos per poke (default 3, at most 16)")
+    app.add_argument("--host", default="127.0.0.1",
+                     help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 opens it to the "
+                          "network, without any authentication)")
+    app.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
+    app.add_argument("--out", default="ipoke_app", help="folder that 'save' writes into (default: ./ipoke_app)")
+    app.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    app.set_defaults(handler=_run_app)
+
+
+def _run_app(args: argparse.Namespace) -> int:
+    from ipoke.app import PokeApp, serve
+    from ipoke.sampling import Poker
+
+    if bool(args.image) == (args.data is not None):
+        raise UserError("give either --image (one or more) or --data")
+    for image in args.image:
+        if not os.path.isfile(image):
+            raise UserError(f"--image {image} does not exist or is not a file")
+    if not 0 <= args.port < 65536:
+        raise UserError(f"--port must be in [0, 65535], got {args.port}")
+    try:
+        poker = Poker.from_checkpoint(args.ckpt, map_location=_device(args.device))
+        app = PokeApp(poker, _app_images(poker, args), samples=args.samples, out=args.out)
+        serve(app, host=args.host, port=args.port)
+    except OSError as error:  # the port is taken, the address is not this machine's
+        raise UserError(f"cannot serve on {args.host}:{args.port}: {error.strerror or error}; choose another "
+                        "--port (0 picks a free one)") from error
+    except ValueError as error:
+        raise UserError(str(error)) from error
+    return 0
+
+
+def _app_images(poker, args: argparse.Namespace) -> list:  # noqa: ANN001
+    """The app's start frames, uint8 ``(S, S, 3)``: the --image files' centre squares or --data's first frames."""
+    if args.image:
+        return [poker.prepare_image(image)[0] for image in args.image]
+    from ipoke.data.datasets import evaluation_clips
+    from ipoke.sampling import to_uint8
+
+    dataset = evaluation_clips(args.data, split=args.split, size=poker.size, n_frames=poker.n_frames,
+                               frame_step=poker.frame_step, poke_size=poker.poke_size, seed=0,
+                               max_clips=args.n)
+    return [to_uint8(dataset[index]["video"][0]) for index in range(len(dataset))]
 
 
 def _add_export_command(subparsers: argparse._SubParsersAction) -> None:
@@ -601,7 +649,8 @@ def build_parser() -> argparse.ArgumentParser:
 # Other modules add their subcommands here: each entry takes the subparsers object and registers a parser with
 # ``set_defaults(handler=...)``.
 EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_quickstart_command, _add_sample_command, _add_evaluate_command, _add_export_command, _add_zoo_command]
+    _add_quickstart_command, _add_sample_command, _add_evaluate_command, _add_export_command, _add_zoo_command,
+    _add_app_command]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

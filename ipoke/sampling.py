@@ -350,6 +350,25 @@ class Poker(nn.Module):
     # ------------------------------------------------------------------------------------------------------------
     # Convenience on user images
 
+    def prepare_image(self, image: Any) -> tuple[np.ndarray, tuple[int, int, int]]:
+        """The model's view of an image of any size: its centre square, resized to ``S x S``.
+
+        Args:
+            image: Anything :func:`load_image` takes.
+
+        Returns:
+            ``(uint8 (S, S, 3), (left, top, side))``: the square ``[left, left + side) x [top, top + side)`` of the
+            image was resized.
+        """
+        array = load_image(image)
+        height, width = array.shape[:2]
+        side = min(height, width)
+        top, left = (height - side) // 2, (width - side) // 2
+        interpolation = cv2.INTER_AREA if side > self.size else cv2.INTER_LINEAR
+        resized = cv2.resize(array[top:top + side, left:left + side], (self.size, self.size),
+                             interpolation=interpolation)
+        return resized, (left, top, side)
+
     def prepare(self, image: Any, pokes: Sequence[Sequence[float]]) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
         """Map an image of any size and pokes in its pixels to model inputs.
 
@@ -365,14 +384,10 @@ class Poker(nn.Module):
         if not np.isfinite(coords).all():
             raise ValueError(f"pokes must be finite numbers, got {coords.tolist()}")
         height, width = array.shape[:2]
-        side = min(height, width)
-        top, left = (height - side) // 2, (width - side) // 2
         outside = (coords[:, 0] < 0) | (coords[:, 0] >= width) | (coords[:, 1] < 0) | (coords[:, 1] >= height)
         if outside.any():
             raise ValueError(f"poke(s) {coords[outside, :2].tolist()} lie outside the {width}x{height} image")
-        cropped = array[top:top + side, left:left + side]
-        interpolation = cv2.INTER_AREA if side > self.size else cv2.INTER_LINEAR
-        resized = cv2.resize(cropped, (self.size, self.size), interpolation=interpolation)
+        resized, (left, top, side) = self.prepare_image(array)
         scale = self.size / side
         mapped = coords.copy()
         mapped[:, 0] = (coords[:, 0] - left) * scale

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
+import torch
 
 
 def upscale(frames: np.ndarray, factor: int) -> np.ndarray:
@@ -60,3 +63,29 @@ def overview_frames(first_frame: np.ndarray, pokes: np.ndarray, videos: np.ndarr
         left = (k + 1) * (side + gap)
         out[:, :, left:left + side] = upscale(videos[k], factor)
     return out
+
+
+def write_sample_outputs(out: Path, index: int, first_frame: torch.Tensor, pokes: np.ndarray, videos: torch.Tensor,
+                         *, fps: float, scale: int) -> None:
+    """Write what ``ipoke sample`` writes for one start frame into ``out``: ``sample_<index>_<k>.mp4/.gif`` per
+    sample, ``overview_<index>.gif`` (x0 with the poke arrows, then the samples) and its last frame as a png.
+
+    Args:
+        out: An existing folder.
+        index: Number of the start frame in the file names.
+        first_frame: ``(3, S, S)`` in [-1, 1].
+        pokes: ``(P, 4)`` rows ``(x, y, dx, dy)`` in pixels at size S, drawn on the overview.
+        videos: ``(K, T+1, 3, S, S)`` in [-1, 1].
+        fps: Frames per second.
+        scale: Integer upscaling of every written frame.
+    """
+    from ipoke.data.video_io import write_gif, write_video
+    from ipoke.sampling import to_uint8
+
+    frames = to_uint8(videos)  # (K, T+1, S, S, 3)
+    for k, video in enumerate(frames):
+        write_video(out / f"sample_{index}_{k}.mp4", upscale(video, scale), fps=fps)
+        write_gif(out / f"sample_{index}_{k}.gif", upscale(video, scale), fps=fps)
+    overview = overview_frames(to_uint8(first_frame), pokes, frames, factor=scale)
+    write_gif(out / f"overview_{index}.gif", overview, fps=fps)
+    cv2.imwrite(str(out / f"overview_{index}.png"), cv2.cvtColor(overview[-1], cv2.COLOR_RGB2BGR))

@@ -372,6 +372,19 @@ def _write_mp4_with_opencv(path: Path, frames: np.ndarray, *, fps: float) -> Pat
     return path
 
 
+def gif_bytes(frames: Any, *, fps: float = 10.0, loop: int = 0) -> bytes:
+    """An animated GIF of a clip, in memory (arguments as :func:`write_gif`)."""
+    import io
+
+    from PIL import Image
+
+    images = [Image.fromarray(frame) for frame in to_uint8_frames(frames)]
+    buffer = io.BytesIO()
+    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=max(1, round(1000 / fps)),
+                   loop=loop, optimize=False, disposal=1)
+    return buffer.getvalue()
+
+
 def write_gif(path: str | os.PathLike, frames: Any, *, fps: float = 10.0, loop: int = 0) -> Path:
     """Write a clip as an animated GIF (256-colour palette per frame, so colours are approximate).
 
@@ -387,14 +400,10 @@ def write_gif(path: str | os.PathLike, frames: Any, *, fps: float = 10.0, loop: 
     Returns:
         The path written.
     """
-    from PIL import Image
-
     path = Path(path)
-    frames = to_uint8_frames(frames)
-    images = [Image.fromarray(frame) for frame in frames]
+    data = gif_bytes(frames, fps=fps, loop=loop)  # before touching the disk: bad frames leave no empty file
     path.parent.mkdir(parents=True, exist_ok=True)
-    images[0].save(path, save_all=True, append_images=images[1:], duration=max(1, round(1000 / fps)), loop=loop,
-                   optimize=False, disposal=1)
+    path.write_bytes(data)
     return path
 
 
