@@ -28,7 +28,7 @@ python3 -m ipoke.cli quickstart --out /tmp/qs --minutes "$minutes" --fresh "$@" 
 echo "quickstart wall time $(( $(date +%s) - start )) s"
 tar czf "$out/model.tgz" -C /tmp/qs model quickstart_settings.json
 split -b 15m "$out/model.tgz" "$out/model.tgz.part-" && rm "$out/model.tgz"
-tar czf "$out/report.tgz" -C /tmp/qs report.md metrics.json samples runs/autoencoder/logs runs/image_encoder/logs \
+tar czf "$out/report.tgz" -C /tmp/qs report.md metrics.json metrics_val.json samples runs/autoencoder/logs runs/image_encoder/logs \
   runs/poke_encoder/logs runs/cinn/logs
 [ "${DIAGNOSE:-1}" = 0 ] && { ls -la "$out"; exit 0; }
 start=$(date +%s)
