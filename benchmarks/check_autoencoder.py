@@ -45,7 +45,7 @@ def main() -> None:
     network, module = quickstart._build_stage("autoencoder", settings, out / "runs",
                                                 perceptual=args.perceptual)
     trainer = quickstart._trainer(root=out / "runs" / "autoencoder", seconds=args.seconds, accelerator=accelerator)
-    trainer.fit(module, datamodule=quickstart._datamodule(data_dir, settings, num_workers))
+    trainer.fit(module, datamodule=quickstart._datamodule(data_dir, settings, num_workers, "autoencoder"))
     print(f"trained {trainer.global_step} steps of batch {settings.batch_size} in {args.seconds:.0f} s")
     network = network.eval().to("cuda" if accelerator == "gpu" else "cpu")
 

@@ -105,6 +105,25 @@ def test_autoencoder_stage_takes_the_perceptual_term(tmp_path):
     assert torch.allclose(default_logs["l1"], plain_logs["l1"])
 
 
+def test_the_autoencoder_sees_more_motionless_clips_than_the_cinn(synthetic_dataset):
+    """The CPU preset's autoencoder trains on a quarter of motionless clips (its decoder then returns x0 for the latent
+    of a motionless clip); the cINN keeps 1 in 12 (its background pokes)."""
+    import torch
+
+    settings = quickstart.CPU_SETTINGS
+    shares = {}
+    for stage in ("autoencoder", "cinn"):
+        module = quickstart._datamodule(synthetic_dataset, settings, 0, stage)
+        module.setup("fit")
+        torch.manual_seed(0)
+        clips = [module.train_set[index % len(module.train_set)] for index in range(600)]
+        static = [bool(clip["background_poke"]) and bool((clip["video"] == clip["video"][:1]).all()) for clip in clips]
+        shares[stage] = sum(static) / len(static)
+    assert settings.autoencoder_static_fraction == 0.25
+    # Both shares include the dataset's own background-poke videos; the autoencoder's extra 1/4 - 1/12 shows.
+    assert shares["autoencoder"] - shares["cinn"] > 0.08, shares
+
+
 def _report(model: dict[str, list[float]], copy: dict[str, list[float]]) -> dict:
     """A report as ``evaluate`` writes it, from per-clip control errors."""
     def mean(values: list[float]) -> float:
