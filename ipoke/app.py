@@ -18,7 +18,8 @@ HTTP API (JSON; what the page calls, and what a script can call):
   ``{"gifs": [base64 GIF per sample], "seed": s, "milliseconds": ...}``
 * ``POST /api/save`` (same body) -> ``{"folder": path}``
 
-Bad requests get status 400 and ``{"error": message}``.
+Bad requests get status 400 and ``{"error": message}``; a failure while sampling or saving (out of GPU memory, a full
+disk) gets 500 with the error, and the server keeps serving.
 """
 
 from __future__ import annotations
@@ -194,6 +195,8 @@ def make_server(app: PokeApp, *, host: str = "127.0.0.1", port: int = 8765) -> T
                 self._json(HTTPStatus.BAD_REQUEST, {"error": f"the request body is not JSON: {error}"})
             except (PokeRequestError, FileExistsError) as error:
                 self._json(HTTPStatus.BAD_REQUEST, {"error": str(error)})
+            except Exception as error:  # noqa: BLE001 - the page shows it; the server keeps serving
+                self._json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"{type(error).__name__}: {error}"})
 
         def _json(self, status: HTTPStatus, payload: dict[str, Any]) -> None:
             self._send(status, json.dumps(payload).encode(), "application/json")

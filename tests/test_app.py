@@ -137,6 +137,19 @@ def test_save_writes_the_samples_like_ipoke_sample(server):
     assert request(url + "/api/save", {"pokes": []})[0] == 400 and not (app.out / "poke_2").exists()
 
 
+def test_a_failure_while_sampling_is_reported_and_the_server_keeps_serving(server, monkeypatch):
+    url, app = server
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(app, "animate", out_of_memory)
+    status, payload = request(url + "/api/poke", {"pokes": [[10, 10, 2, 0]]})
+    assert status == 500 and json.loads(payload)["error"] == "RuntimeError: CUDA out of memory"
+    monkeypatch.undo()
+    assert request(url + "/api/poke", {"pokes": [[10, 10, 2, 0]]})[0] == 200
+
+
 def test_the_app_refuses_images_it_cannot_use(poker):
     with pytest.raises(ValueError, match="at least one image"):
         PokeApp(poker, [])
