@@ -70,7 +70,7 @@ GPU_SETTINGS = QuickstartSettings(videos=4000, size=64, n_frames=10, frame_step=
                                   decoder_size=32, autoencoder_learning_rate=5e-4, eval_clips=256, eval_samples=5)
 # autoencoder_static_fraction 0.25 (CPU): with the datasets' 1 in 12, decoding the latent of a motionless clip made the
 # object move by itself (object EPE 0.787 against 0.753 for copying x0 on the test clips, more than the poke's gain);
-# a quarter of motionless clips brought it to 0.756-0.765 in the two default runs (docs/benchmarks.md, session 9).
+# a quarter of motionless clips brought it to 0.756-0.765 in three default runs (docs/benchmarks.md, session 9).
 # eval_clips 60 = the whole test split of the CPU dataset (10 % of 600 videos). Session 5 used 32 clips x 3 samples:
 # the same model's poke EPE (then over the whole poke square) lost to copy x0 (1.392 vs 1.375) while on all 60 clips
 # x 5 samples it won (1.400 vs 1.429); the whole split costs about 25 s more on 2 cores.
