@@ -14,7 +14,8 @@ HTTP API (JSON; what the page calls, and what a script can call):
 
 * ``GET /api/info`` -> ``{"images": N, "size": S, "frames": T + 1, "samples": K, "poke_size": ..., "fps": ...}``
 * ``GET /api/image/<i>.png`` -> the start frame ``i`` (``S x S`` PNG)
-* ``POST /api/poke`` ``{"image": i, "pokes": [[x, y, dx, dy], ...], "seed": s, "samples": k}`` ->
+* ``POST /api/poke`` ``{"image": i, "pokes": [[x, y, dx, dy], ...], "seed": s, "samples": k, "temperature": t}``
+  (all but ``pokes`` optional; temperature 1 as trained, 0 the most likely video) ->
   ``{"gifs": [base64 GIF per sample], "seed": s, "milliseconds": ...}``
 * ``POST /api/save`` (same body) -> ``{"folder": path}``
 
@@ -43,6 +44,7 @@ from ipoke.data.pokes import poke_map_from_coords
 
 MAX_SAMPLES = 16
 MAX_POKES = 16
+MAX_TEMPERATURE = 2.0
 
 
 class PokeRequestError(ValueError):
@@ -90,8 +92,8 @@ class PokeApp:
         assert ok
         return data.tobytes()
 
-    def parse(self, body: dict[str, Any]) -> tuple[int, np.ndarray, int, int]:
-        """Check a poke request: ``(image index, pokes (P, 4) float32, seed, samples)``.
+    def parse(self, body: dict[str, Any]) -> tuple[int, np.ndarray, int, int, float]:
+        """Check a poke request: ``(image index, pokes (P, 4) float32, seed, samples, temperature)``.
 
         Raises:
             PokeRequestError: Naming what is wrong.
@@ -116,25 +118,32 @@ class PokeApp:
             raise PokeRequestError(f"seed must be a whole number in [0, 2**63), got {seed!r}")
         if isinstance(samples, bool) or not isinstance(samples, int) or not 1 <= samples <= MAX_SAMPLES:
             raise PokeRequestError(f"samples must be a whole number in [1, {MAX_SAMPLES}], got {samples!r}")
-        return index, pokes, seed, samples
+        temperature = body.get("temperature", 1.0)
+        if (isinstance(temperature, bool) or not isinstance(temperature, (int, float))
+                or not 0 <= temperature <= MAX_TEMPERATURE):
+            raise PokeRequestError(f"temperature must be a number in [0, {MAX_TEMPERATURE}], got {temperature!r}")
+        return index, pokes, seed, samples, float(temperature)
 
-    def animate(self, index: int, pokes: np.ndarray, *, seed: int, samples: int) -> torch.Tensor:
+    def animate(self, index: int, pokes: np.ndarray, *, seed: int, samples: int,
+                temperature: float = 1.0) -> torch.Tensor:
         """``samples`` videos ``(K, T+1, 3, S, S)`` in [-1, 1] for start frame ``index`` and ``pokes`` in model
-        pixels, deterministic for ``seed`` (the same as ``Poker.sample`` with a generator seeded so)."""
+        pixels, deterministic for ``seed`` (the same as ``Poker.sample`` with a generator seeded so). ``temperature``
+        is the residuals' standard deviation: 1 as trained and evaluated, 0 the model's most likely video."""
         image = self.images[self._image_index(index)]
         x0 = torch.from_numpy(image).permute(2, 0, 1).float().div(127.5).sub(1).unsqueeze(0)
         poke = torch.from_numpy(poke_map_from_coords(pokes, self.size, self.poker.poke_size)).unsqueeze(0)
         with self._lock:
-            videos = self.poker.sample(x0, poke, n_samples=samples, generator=torch.Generator().manual_seed(seed))
+            videos = self.poker.sample(x0, poke, n_samples=samples, generator=torch.Generator().manual_seed(seed),
+                                       temperature=temperature)
         return videos[0].cpu()
 
     def poke(self, body: dict[str, Any]) -> dict[str, Any]:
         """Serve ``POST /api/poke``."""
         from ipoke.data.video_io import gif_bytes
 
-        index, pokes, seed, samples = self.parse(body)
+        index, pokes, seed, samples, temperature = self.parse(body)
         start = time.perf_counter()
-        videos = self.animate(index, pokes, seed=seed, samples=samples)
+        videos = self.animate(index, pokes, seed=seed, samples=samples, temperature=temperature)
         milliseconds = (time.perf_counter() - start) * 1000
         gifs = [base64.b64encode(gif_bytes(video, fps=self.fps)).decode("ascii") for video in videos]
         return {"gifs": gifs, "seed": seed, "milliseconds": round(milliseconds, 1)}
@@ -144,8 +153,8 @@ class PokeApp:
         from ipoke.utils import atomic_directory
         from ipoke.visualize import write_sample_outputs
 
-        index, pokes, seed, samples = self.parse(body)
-        videos = self.animate(index, pokes, seed=seed, samples=samples)
+        index, pokes, seed, samples, temperature = self.parse(body)
+        videos = self.animate(index, pokes, seed=seed, samples=samples, temperature=temperature)
         with self._lock:  # two saves must not pick the same folder
             number = 0
             while (self.out / f"poke_{number}").exists():
@@ -154,7 +163,7 @@ class PokeApp:
             with atomic_directory(target, marker=SAMPLE_RECORD) as folder:
                 write_sample_outputs(folder, 0, videos[0, 0], pokes, videos, fps=self.fps, scale=self.scale)
                 record = {"written_by": "ipoke app", "image": index, "seed": seed, "samples": samples,
-                          "size": self.size, "pokes_in_model_pixels": pokes.tolist()}
+                          "temperature": temperature, "size": self.size, "pokes_in_model_pixels": pokes.tolist()}
                 (folder / SAMPLE_RECORD).write_text(json.dumps(record, indent=1))
         return {"folder": str(target.resolve())}
 
@@ -249,6 +258,8 @@ PAGE = """<!doctype html>
  <button id="prev">&larr; image (p)</button><button id="next">image &rarr; (n)</button>
  <button id="again">new samples (r)</button>
  <label><input type="checkbox" id="add"> add pokes (a)</label>
+ <label title="1: samples as trained and evaluated; 0: the model's most likely video">temperature
+  <input type="number" id="temperature" min="0" max="2" step="0.25" value="1" style="width: 4em"></label>
  <button id="clear">clear (c)</button><button id="save">save (s)</button>
  <span id="which"></span>
 </div>
@@ -257,6 +268,8 @@ PAGE = """<!doctype html>
 let info = null, image = 0, pokes = [], seed = 0, drag = null, busy = false;
 const canvas = document.getElementById("image"), context = canvas.getContext("2d"), picture = new Image();
 const status = text => { document.getElementById("status").textContent = text; };
+const temperature = () => Math.min(2, Math.max(0, Number(document.getElementById("temperature").value) || 0));
+document.getElementById("temperature").addEventListener("change", () => sample());
 async function call(path, body) {
   const response = await fetch(path, body === undefined ? {} : {method: "POST", body: JSON.stringify(body)});
   const payload = await response.json();
@@ -294,13 +307,14 @@ async function sample() {
   if (!pokes.length || busy) return;
   busy = true; status("sampling...");
   try {
-    const result = await call("/api/poke", {image, pokes, seed});
+    const result = await call("/api/poke", {image, pokes, seed, temperature: temperature()});
     const box = document.getElementById("samples"); box.innerHTML = "";
     for (const gif of result.gifs) {
       const element = document.createElement("img");
       element.src = "data:image/gif;base64," + gif; box.appendChild(element);
     }
-    status(`${result.gifs.length} samples for ${pokes.length} poke(s), seed ${seed}, ${result.milliseconds} ms`);
+    status(`${result.gifs.length} samples for ${pokes.length} poke(s), seed ${seed}, temperature ${temperature()}, ` +
+           `${result.milliseconds} ms`);
   } catch (error) { status("error: " + error.message); }
   busy = false;
 }
@@ -327,14 +341,14 @@ const actions = {
   c: () => { pokes = []; document.getElementById("samples").innerHTML = ""; draw(); status("cleared"); },
   s: async () => {
     if (!pokes.length) { status("nothing to save yet: poke first"); return; }
-    try { status("saved to " + (await call("/api/save", {image, pokes, seed})).folder); }
+    try { status("saved to " + (await call("/api/save", {image, pokes, seed, temperature: temperature()})).folder); }
     catch (error) { status("error: " + error.message); }
   },
 };
 for (const [key, id] of [["p", "prev"], ["n", "next"], ["r", "again"], ["c", "clear"], ["s", "save"]])
   document.getElementById(id).addEventListener("click", actions[key]);
 document.addEventListener("keydown", event => {
-  if (actions[event.key] && !event.ctrlKey && !event.metaKey) actions[event.key]();
+  if (actions[event.key] && !event.ctrlKey && !event.metaKey && event.target.id !== "temperature") actions[event.key]();
 });
 call("/api/info").then(result => {
   info = result; canvas.width = canvas.height = 256; showImage();

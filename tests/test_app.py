@@ -69,6 +69,11 @@ def test_animate_is_the_models_sample_for_the_seed(poker, images):
     torch.testing.assert_close(videos, expected, rtol=0, atol=0)
     assert videos.shape == (3, 11, 3, 64, 64)
     assert not torch.allclose(app.animate(1, pokes, seed=8, samples=3)[:, 1:], videos[:, 1:])
+    # Temperature 0: every sample is the model's most likely video.
+    mode = app.animate(1, pokes, seed=7, samples=2, temperature=0.0)
+    torch.testing.assert_close(mode[0], mode[1], rtol=0, atol=0)
+    expected = poker.sample(x0, poke, n_samples=1, generator=torch.Generator().manual_seed(0), temperature=0.0)[0, 0]
+    torch.testing.assert_close(mode[0], expected, rtol=0, atol=1e-5)  # batch 2 vs 1: float rounding only
 
 
 def test_page_info_and_images(server, images):
@@ -98,6 +103,8 @@ def test_poke_returns_one_looping_gif_per_sample_deterministic_for_the_seed(serv
     assert json.loads(request(url + "/api/poke", body)[1])["gifs"] == result["gifs"]
     other = json.loads(request(url + "/api/poke", {**body, "seed": 4, "samples": 1})[1])
     assert len(other["gifs"]) == 1 and other["gifs"][0] != result["gifs"][0]
+    mode = json.loads(request(url + "/api/poke", {**body, "temperature": 0})[1])
+    assert mode["gifs"][0] == mode["gifs"][1] and mode["gifs"][0] != result["gifs"][0]
 
 
 @pytest.mark.parametrize("body, message", [
@@ -111,6 +118,8 @@ def test_poke_returns_one_looping_gif_per_sample_deterministic_for_the_seed(serv
     ({"pokes": [[10, 10, 1, 1]], "image": 5}, r"image must be an index in \[0, 2\)"),
     ({"pokes": [[10, 10, 1, 1]], "seed": -1}, "seed must be"),
     ({"pokes": [[10, 10, 1, 1]], "samples": 17}, r"samples must be a whole number in \[1, 16\]"),
+    ({"pokes": [[10, 10, 1, 1]], "temperature": -0.5}, r"temperature must be a number in \[0, 2.0\]"),
+    ({"pokes": [[10, 10, 1, 1]], "temperature": "hot"}, "temperature must be"),
 ])
 def test_bad_requests_say_what_is_wrong(server, body, message):
     import re
@@ -132,6 +141,7 @@ def test_save_writes_the_samples_like_ipoke_sample(server):
         "sample_0_1.mp4"]
     record = json.loads((folder / "ipoke_sample.json").read_text())
     assert record["image"] == 1 and record["seed"] == 2 and record["pokes_in_model_pixels"] == [[20, 30, 5, -3]]
+    assert record["temperature"] == 1.0
     assert cv2.imread(str(folder / "overview_0.png")).shape == (256, 3 * 256 + 2 * 4, 3)
     assert json.loads(request(url + "/api/save", body)[1])["folder"].endswith("poke_1")
     assert request(url + "/api/save", {"pokes": []})[0] == 400 and not (app.out / "poke_2").exists()
