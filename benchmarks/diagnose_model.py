@@ -27,10 +27,7 @@ import torch
 
 def protocol_clips(poker, data_dir: str, split: str, clips: int):  # noqa: ANN001, ANN201
     """The evaluation protocol's clips (fixed order, one seeded poke each, no augmentation) at the model's settings."""
-    from ipoke.data.datasets import evaluation_clips
-
-    return evaluation_clips(data_dir, split=split, size=poker.size, n_frames=poker.n_frames,
-                            frame_step=poker.frame_step, poke_size=poker.poke_size, seed=42, max_clips=clips)
+    return poker.evaluation_clips(data_dir, split=split, seed=42, max_clips=clips)
 
 
 @torch.no_grad()

@@ -39,6 +39,7 @@ import cv2
 import numpy as np
 import torch
 
+from ipoke.data.datasets import frames_to_tensor
 from ipoke.data.layouts import SAMPLE_RECORD
 from ipoke.data.pokes import poke_map_from_coords
 
@@ -130,7 +131,7 @@ class PokeApp:
         pixels, deterministic for ``seed`` (the same as ``Poker.sample`` with a generator seeded so). ``temperature``
         is the residuals' standard deviation: 1 as trained and evaluated, 0 the model's most likely video."""
         image = self.images[self._image_index(index)]
-        x0 = torch.from_numpy(image).permute(2, 0, 1).float().div(127.5).sub(1).unsqueeze(0)
+        x0 = frames_to_tensor(image[None])
         poke = torch.from_numpy(poke_map_from_coords(pokes, self.size, self.poker.poke_size)).unsqueeze(0)
         with self._lock:
             videos = self.poker.sample(x0, poke, n_samples=samples, generator=torch.Generator().manual_seed(seed),

@@ -277,14 +277,12 @@ def _add_sample_command(subparsers: argparse._SubParsersAction) -> None:
     sample.set_defaults(handler=_run_sample)
 
 
-SAMPLE_RECORD = "ipoke_sample.json"  # the settings of an `ipoke sample` run, written beside its outputs
-
-
 def _run_sample(args: argparse.Namespace) -> int:
     import json
 
     import torch
 
+    from ipoke.data.layouts import SAMPLE_RECORD  # the settings of an `ipoke sample` run, beside its outputs
     from ipoke.sampling import Poker
     from ipoke.utils import atomic_directory
 
@@ -334,11 +332,7 @@ def _write_samples(poker, args: argparse.Namespace, out, generator) -> int:  # n
             videos = poker.sample(x0, poke, n_samples=args.samples, generator=generator)[0]
             write_sample_outputs(out, 0, x0[0], mapped, videos, fps=args.fps, scale=args.scale)
         return 1
-    from ipoke.data.datasets import evaluation_clips
-
-    dataset = evaluation_clips(args.data, split=args.split, size=poker.size, n_frames=poker.n_frames,
-                               frame_step=poker.frame_step, poke_size=poker.poke_size, seed=args.seed,
-                               max_clips=args.n)
+    dataset = poker.evaluation_clips(args.data, split=args.split, seed=args.seed, max_clips=args.n)
     count = len(dataset)
     if count < args.n:
         print(f"the {args.split} split has {count} clips; sampling all of them")
@@ -415,12 +409,9 @@ def _app_images(poker, args: argparse.Namespace) -> list:  # noqa: ANN001
     """The app's start frames, uint8 ``(S, S, 3)``: the --image files' centre squares or --data's first frames."""
     if args.image:
         return [poker.prepare_image(image)[0] for image in args.image]
-    from ipoke.data.datasets import evaluation_clips
     from ipoke.sampling import to_uint8
 
-    dataset = evaluation_clips(args.data, split=args.split, size=poker.size, n_frames=poker.n_frames,
-                               frame_step=poker.frame_step, poke_size=poker.poke_size, seed=0,
-                               max_clips=args.n)
+    dataset = poker.evaluation_clips(args.data, split=args.split, seed=0, max_clips=args.n)
     return [to_uint8(dataset[index]["video"][0]) for index in range(len(dataset))]
 
 

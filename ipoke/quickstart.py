@@ -108,11 +108,12 @@ def _datamodule(data_dir: Path, settings: QuickstartSettings, num_workers: int, 
     from ipoke.lightning.datamodule import PokeDataModule
 
     # The autoencoder may see more motionless clips than the rest (they are background-poke clips for the cINN):
-    # decoding the latent of a motionless clip should give x0 back unchanged (see CPU_SETTINGS).
-    static = settings.autoencoder_static_fraction if stage == "autoencoder" else 1 / 12
+    # decoding the latent of a motionless clip should give x0 back unchanged (see CPU_SETTINGS). The other stages
+    # keep the data module's default share.
+    static = {"zero_poke_fraction": settings.autoencoder_static_fraction} if stage == "autoencoder" else {}
     return PokeDataModule(data_dir=str(data_dir), size=settings.size, n_frames=settings.n_frames,
                           frame_step=settings.frame_step, batch_size=settings.batch_size, num_workers=num_workers,
-                          max_val_clips=16, zero_poke_fraction=static)
+                          max_val_clips=16, **static)
 
 
 def _build_stage(stage: str, settings: QuickstartSettings, runs: Path, *, perceptual: str = "ssim"):
@@ -284,10 +285,7 @@ def write_example_image(path: Path, data_dir: Path, poker: Any, *, side: int = 2
     import cv2
     import numpy as np
 
-    from ipoke.data.datasets import evaluation_clips
-
-    clip = evaluation_clips(data_dir, split="test", size=poker.size, n_frames=poker.n_frames,
-                            frame_step=poker.frame_step, poke_size=poker.poke_size, seed=42, max_clips=1)[0]
+    clip = poker.evaluation_clips(data_dir, split="test", seed=42, max_clips=1)[0]
     frame = ((clip["video"][0].permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
     cv2.imwrite(str(path), cv2.cvtColor(cv2.resize(frame, (side, side), interpolation=cv2.INTER_CUBIC),
                                         cv2.COLOR_RGB2BGR))

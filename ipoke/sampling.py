@@ -26,6 +26,7 @@ import torch
 import yaml
 from torch import nn
 
+from ipoke.data.datasets import PokeDataset, evaluation_clips, frames_to_tensor
 from ipoke.data.pokes import poke_map_from_coords
 from ipoke.models.autoencoder import VideoAutoencoder
 from ipoke.models.base import (
@@ -350,6 +351,13 @@ class Poker(nn.Module):
     # ------------------------------------------------------------------------------------------------------------
     # Convenience on user images
 
+    def evaluation_clips(self, data_dir: str | os.PathLike, *, split: str = "test", seed: int = 42,
+                         max_clips: int | None = None) -> PokeDataset:
+        """A dataset's clips as this model takes them: :func:`ipoke.data.datasets.evaluation_clips` at the model's
+        size, clip length, frame step and poke size (one seeded poke per clip, no augmentation)."""
+        return evaluation_clips(data_dir, split=split, size=self.size, n_frames=self.n_frames,
+                                frame_step=self.frame_step, poke_size=self.poke_size, seed=seed, max_clips=max_clips)
+
     def prepare_image(self, image: Any) -> tuple[np.ndarray, tuple[int, int, int]]:
         """The model's view of an image of any size: its centre square, resized to ``S x S``.
 
@@ -397,7 +405,7 @@ class Poker(nn.Module):
         if not inside.all():
             raise ValueError(f"poke(s) {coords[~inside, :2].tolist()} fall outside the centre square crop "
                              f"(x in [{left}, {left + side}), y in [{top}, {top + side})) the model sees")
-        x0 = torch.from_numpy(resized).permute(2, 0, 1).float().div(127.5).sub(1).unsqueeze(0)
+        x0 = frames_to_tensor(resized[None])
         poke = torch.from_numpy(poke_map_from_coords(mapped, self.size, self.poke_size)).unsqueeze(0)
         return x0, poke, mapped
 

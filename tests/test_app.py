@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import base64
+import http.client
 import io
 import json
 import socket
 import threading
-import urllib.error
-import urllib.request
+import urllib.parse
 
 import cv2
 import numpy as np
@@ -45,13 +45,18 @@ def server(poker, images, tmp_path):
     httpd.server_close()
 
 
-def request(url: str, body: bytes | dict | None = None) -> tuple[int, bytes]:
-    data = json.dumps(body).encode() if isinstance(body, dict) else body
+def request(url: str, body: bytes | dict | list | None = None) -> tuple[int, bytes]:
+    """GET (no body) or POST to the test's own server on 127.0.0.1 (nothing leaves the machine)."""
+    parts = urllib.parse.urlsplit(url)
+    assert parts.hostname == "127.0.0.1"
+    data = body if body is None or isinstance(body, bytes) else json.dumps(body).encode()
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, data=data), timeout=60) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read()
+        connection.request("GET" if data is None else "POST", parts.path, body=data)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
 
 
 def gif_frames(encoded: str) -> np.ndarray:
@@ -125,8 +130,7 @@ def test_bad_requests_say_what_is_wrong(server, body, message):
     import re
 
     url, _ = server
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    status, payload = request(url + "/api/poke", data)
+    status, payload = request(url + "/api/poke", body)
     assert status == 400 and re.search(message, json.loads(payload)["error"])
 
 

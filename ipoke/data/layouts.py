@@ -53,9 +53,9 @@ logger = logging.getLogger(__name__)
 
 LAYOUTS = ("plain", "plants", "iper", "h36m", "taichi")
 # Files that mark a folder as written by ipoke: a prepared dataset's index, an unfinished `ipoke data prepare` output,
-# an `ipoke sample` output or an `ipoke app` save (ipoke.cli.SAMPLE_RECORD is the same name: the command line does
-# not import this module), an `ipoke quickstart` output (its samples/ hold gifs) and the gifs a training run logs.
-SAMPLE_RECORD = "ipoke_sample.json"
+# an `ipoke sample` output or an `ipoke app` save, an `ipoke quickstart` output (its samples/ hold gifs) and the gifs
+# a training run logs.
+SAMPLE_RECORD = "ipoke_sample.json"  # the settings of an `ipoke sample` run or an `ipoke app` save, beside its outputs
 QUICKSTART_SETTINGS_FILE = "quickstart_settings.json"
 LOGGED_VIDEOS_MARKER = "ipoke_logged_videos.json"
 IPOKE_OUTPUT_MARKERS = (INDEX_FILE, PREPARE_SETTINGS_FILE, SAMPLE_RECORD, QUICKSTART_SETTINGS_FILE,

@@ -402,10 +402,9 @@ def test_outputs_of_ipoke_inside_the_videos_folder_are_not_read_as_videos(raw, t
     """An `ipoke sample --out`, a prepared dataset or an unfinished prepare output written inside --videos was read
     as raw videos by the next prepare (its gifs, mp4s and overview pngs); folders holding ipoke's marker files are
     skipped now, so --out may even lie inside --videos."""
-    from ipoke.cli import SAMPLE_RECORD
-    from ipoke.data.layouts import IPOKE_OUTPUT_MARKERS, discover_videos
+    from ipoke.data.layouts import IPOKE_OUTPUT_MARKERS, SAMPLE_RECORD, discover_videos
 
-    assert SAMPLE_RECORD in IPOKE_OUTPUT_MARKERS  # the layouts module names it without importing the command line
+    assert SAMPLE_RECORD in IPOKE_OUTPUT_MARKERS
     root, clips = raw
     out = root / "prepared"  # --out inside --videos
     first = prepare_dataset(root, out, size=32, lags=LAGS, progress=False)
