@@ -245,6 +245,9 @@ def _device(name: str | None) -> str:
     return name
 
 
+MODEL_HELP = "exported model folder, cINN Lightning checkpoint, or a name registered with `ipoke zoo register`"
+
+
 def _add_sample_command(subparsers: argparse._SubParsersAction) -> None:
     sample = subparsers.add_parser(
         "sample", help="animate images or dataset clips with a trained model (mp4 + gif + overview grid)",
@@ -252,9 +255,10 @@ def _add_sample_command(subparsers: argparse._SubParsersAction) -> None:
                     "--poke x,y,dx,dy in the image's pixels) or take clips and their simulated pokes from a prepared "
                     "dataset (--data). Modes: 'poke' (default), 'sensitivity' (one location, many directions and "
                     "magnitudes), 'transfer' (the motion of each dataset clip replayed from the next clip's first "
-                    "frame). Writes sample_<i>_<k>.mp4/.gif and overview_<i>.gif/.png into --out.")
-    sample.add_argument("--ckpt", required=True, help="exported model folder, cINN Lightning checkpoint, or a name "
-                                                      "registered with `ipoke zoo register`")
+                    "frame). Writes sample_<i>_<k>.mp4/.gif and overview_<i>.gif/.png into --out; an overview shows "
+                    "x0 with the poke arrows, then (with --data, in poke and transfer modes) the real clip in a green "
+                    "border, then the samples.")
+    sample.add_argument("--ckpt", required=True, help=MODEL_HELP)
     sample.add_argument("--image", help="an image file to poke (any size; centre-cropped and resized)")
     sample.add_argument("--poke", type=_poke_arg, action="append", default=[],
                         help="x,y,dx,dy in the image's pixels; repeat for several pokes applied together")
@@ -342,7 +346,8 @@ def _write_samples(poker, args: argparse.Namespace, out, generator) -> int:  # n
         if args.mode == "transfer":
             target = dataset[(index + 1) % count]
             videos = poker.transfer(item["video"][None], item["poke"][None], target["video"][None, 0])
-            write_sample_outputs(out, index, target["video"][0], pokes, videos, fps=args.fps, scale=args.scale)
+            write_sample_outputs(out, index, target["video"][0], pokes, videos, fps=args.fps, scale=args.scale,
+                                 reference=item["video"])
         elif args.mode == "sensitivity":
             from ipoke.sampling import to_uint8
 
@@ -353,7 +358,8 @@ def _write_samples(poker, args: argparse.Namespace, out, generator) -> int:  # n
         else:
             videos = poker.sample(item["video"][None, 0], item["poke"][None], n_samples=args.samples,
                                   generator=generator)[0]
-            write_sample_outputs(out, index, item["video"][0], pokes, videos, fps=args.fps, scale=args.scale)
+            write_sample_outputs(out, index, item["video"][0], pokes, videos, fps=args.fps, scale=args.scale,
+                                 reference=item["video"])
     return count
 
 
@@ -364,8 +370,7 @@ def _add_app_command(subparsers: argparse._SubParsersAction) -> None:
                     "direction it should move; on release the model's samples play beside it. New samples, several "
                     "pokes at once, other images and saving are buttons (and keys r, a, n/p, s). Serves on "
                     "http://localhost:PORT; on a remote machine forward the port (ssh -L PORT:localhost:PORT host).")
-    app.add_argument("--ckpt", required=True, help="exported model folder, cINN Lightning checkpoint, or a name "
-                                                   "registered with `ipoke zoo register`")
+    app.add_argument("--ckpt", required=True, help=MODEL_HELP)
     app.add_argument("--image", action="append", default=[],
                      help="an image file to poke (any size; its centre square is what the model sees); repeat for "
                           "several")

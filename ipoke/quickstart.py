@@ -341,7 +341,7 @@ def _write_report(out: Path, reports: dict[str, dict[str, Any]], seconds: float,
     for key, reason in first.get("unavailable", {}).items():
         lines.append(f"- `{key}` unavailable: {reason}")
     lines += ["", "## Samples", "", "Novel species (`test` split). Each row: the start frame with the poke arrow, "
-              "then 3 samples.", ""]
+              "the real clip (green border), then 3 samples.", ""]
     for gif in sorted((out / "samples").glob("overview_*.gif")):
         lines.append(f"![{gif.stem}](samples/{gif.name})")
     (out / "report.md").write_text("\n".join(lines) + "\n")

@@ -8,6 +8,8 @@ import cv2
 import numpy as np
 import torch
 
+REFERENCE_BORDER = (40, 200, 40)  # RGB of the frame around a reference clip in an overview
+
 
 def upscale(frames: np.ndarray, factor: int) -> np.ndarray:
     """Nearest-neighbour upscaling of uint8 ``(..., H, W, 3)`` frames by an integer factor."""
@@ -39,34 +41,45 @@ def draw_pokes(frame: np.ndarray, pokes: np.ndarray, *, factor: int = 1, color=(
     return canvas
 
 
-def overview_frames(first_frame: np.ndarray, pokes: np.ndarray, videos: np.ndarray, *, factor: int = 4,
-                    gap: int = 4) -> np.ndarray:
-    """Animated overview: x0 with the poke arrows, then each sample, side by side.
+def overview_frames(first_frame: np.ndarray, pokes: np.ndarray, videos: np.ndarray, *,
+                    reference: np.ndarray | None = None, factor: int = 4, gap: int = 4) -> np.ndarray:
+    """Animated overview: x0 with the poke arrows, optionally a reference clip, then each sample, side by side.
 
     Args:
         first_frame: uint8 ``(S, S, 3)``.
         pokes: ``(P, 4)`` in the frame's pixels.
         videos: uint8 ``(K, T, S, S, 3)`` samples.
+        reference: uint8 ``(T, S, S, 3)``, e.g. the real clip the poke was simulated from; drawn as the second
+            panel inside a green border (``REFERENCE_BORDER``) so it cannot be mistaken for a sample.
         factor: Upscaling of everything.
         gap: White pixels between panels.
 
     Returns:
-        uint8 ``(T, S * factor, (K + 1) * (S * factor + gap) - gap, 3)``.
+        uint8 ``(T, S * factor, (K + 1 + R) * (S * factor + gap) - gap, 3)``, R = 1 with a reference, else 0.
     """
     arrow = draw_pokes(first_frame, pokes, factor=factor)
     n_samples, n_frames = videos.shape[:2]
+    panels = [upscale(video, factor) for video in videos]
+    if reference is not None:
+        if reference.shape != videos.shape[1:]:
+            raise ValueError(f"reference clip has shape {reference.shape}, the samples {videos.shape[1:]}")
+        framed = np.array(upscale(reference, factor), dtype=np.uint8, copy=True)
+        width = max(1, factor // 2)
+        framed[:, :width], framed[:, -width:] = REFERENCE_BORDER, REFERENCE_BORDER
+        framed[:, :, :width], framed[:, :, -width:] = REFERENCE_BORDER, REFERENCE_BORDER
+        panels.insert(0, framed)
     side = arrow.shape[0]
-    width = (n_samples + 1) * (side + gap) - gap
+    width = (len(panels) + 1) * (side + gap) - gap
     out = np.full((n_frames, side, width, 3), 255, np.uint8)
     out[:, :, :side] = arrow
-    for k in range(n_samples):
+    for k, panel in enumerate(panels):
         left = (k + 1) * (side + gap)
-        out[:, :, left:left + side] = upscale(videos[k], factor)
+        out[:, :, left:left + side] = panel
     return out
 
 
 def write_sample_outputs(out: Path, index: int, first_frame: torch.Tensor, pokes: np.ndarray, videos: torch.Tensor,
-                         *, fps: float, scale: int) -> None:
+                         *, fps: float, scale: int, reference: torch.Tensor | None = None) -> None:
     """Write what ``ipoke sample`` writes for one start frame into ``out``: ``sample_<index>_<k>.mp4/.gif`` per
     sample, ``overview_<index>.gif`` (x0 with the poke arrows, then the samples) and its last frame as a png.
 
@@ -78,6 +91,8 @@ def write_sample_outputs(out: Path, index: int, first_frame: torch.Tensor, pokes
         videos: ``(K, T+1, 3, S, S)`` in [-1, 1].
         fps: Frames per second.
         scale: Integer upscaling of every written frame.
+        reference: ``(T+1, 3, S, S)`` in [-1, 1], a clip shown in the overview after x0 in a green border (the real
+            clip of a dataset sample, or the clip whose motion a transfer replays); not written on its own.
     """
     from ipoke.data.video_io import write_gif, write_video
     from ipoke.sampling import to_uint8
@@ -86,6 +101,7 @@ def write_sample_outputs(out: Path, index: int, first_frame: torch.Tensor, pokes
     for k, video in enumerate(frames):
         write_video(out / f"sample_{index}_{k}.mp4", upscale(video, scale), fps=fps)
         write_gif(out / f"sample_{index}_{k}.gif", upscale(video, scale), fps=fps)
-    overview = overview_frames(to_uint8(first_frame), pokes, frames, factor=scale)
+    overview = overview_frames(to_uint8(first_frame), pokes, frames, factor=scale,
+                               reference=None if reference is None else to_uint8(reference))
     write_gif(out / f"overview_{index}.gif", overview, fps=fps)
     cv2.imwrite(str(out / f"overview_{index}.png"), cv2.cvtColor(overview[-1], cv2.COLOR_RGB2BGR))

@@ -98,6 +98,7 @@ def test_sample_command_writes_videos_and_overviews(exported, tmp_path, syntheti
     assert main(["sample", "--ckpt", str(exported), "--data", synthetic_dataset, "--n", "2", "--samples", "3",
                  "--mode", "transfer", "--out", str(out_data), "--scale", "1"]) == 0
     assert sorted(p.name for p in out_data.glob("overview_*.png")) == ["overview_0.png", "overview_1.png"]
+    assert cv2.imread(str(out_data / "overview_0.png")).shape == (64, 3 * 64 + 2 * 4, 3)  # x0, source clip, transfer
     assert sorted(p.name for p in out_data.glob("sample_*.mp4")) == ["sample_0_0.mp4", "sample_1_0.mp4"]
     assert "--samples is ignored" in capsys.readouterr().err
     assert main(["sample", "--ckpt", str(exported), "--out", str(out)]) == 2
