@@ -229,6 +229,14 @@ def _rate_arg(text: str) -> float:
     return value
 
 
+def _temperature_arg(text: str) -> float:
+    """A finite number >= 0 (argparse type)."""
+    value = _number(text)
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
 def _device(name: str | None) -> str:
     import torch
 
@@ -271,6 +279,9 @@ def _add_sample_command(subparsers: argparse._SubParsersAction) -> None:
     sample.add_argument("--mode", choices=("poke", "sensitivity", "transfer"), default="poke",
                         help="what to generate (default: poke)")
     sample.add_argument("--seed", type=int, default=0, help="seed of the samples (same seed, same videos)")
+    sample.add_argument("--temperature", type=_temperature_arg, default=1.0,
+                        help="standard deviation of the residuals r (default 1, the protocol; 0 gives the model's "
+                             "most likely video, smaller values calmer samples); poke and sensitivity modes")
     sample.add_argument("--out", required=True,
                         help="output folder: new, empty, or the output of an earlier `ipoke sample` (replaced as a "
                              "whole; any other folder is refused)")
@@ -303,6 +314,9 @@ def _run_sample(args: argparse.Namespace) -> int:
     if args.mode == "transfer" and args.samples is not None:
         print("ipoke: note: --mode transfer writes one video per clip (the transfer is deterministic); --samples is "
               "ignored", file=sys.stderr)
+    if args.mode == "transfer" and args.temperature != 1.0:
+        raise UserError("--temperature is for the poke and sensitivity modes: a transfer decodes the residual "
+                        "of a real clip, nothing is drawn")
     args.samples = 4 if args.samples is None else args.samples
     if args.mode == "sensitivity" and len(args.poke) > 1:
         raise UserError("--mode sensitivity pokes one location in many directions: give a single --poke")
@@ -328,12 +342,14 @@ def _write_samples(poker, args: argparse.Namespace, out, generator) -> int:  # n
             x, y, dx, dy = args.poke[0]
             length = math.hypot(dx, dy)
             magnitudes = (length / 2, length) if length > 0 else None  # default: 4 and 8 model pixels
-            videos, pokes = poker.control_sensitivity(args.image, x, y, magnitudes=magnitudes, seed=args.seed)
+            videos, pokes = poker.control_sensitivity(args.image, x, y, magnitudes=magnitudes, seed=args.seed,
+                                                      temperature=args.temperature)
             _, _, mapped = poker.prepare(args.image, pokes)
             write_sample_outputs(out, 0, videos[0, 0], mapped, videos, fps=args.fps, scale=args.scale)
         else:
             x0, poke, mapped = poker.prepare(args.image, args.poke)
-            videos = poker.sample(x0, poke, n_samples=args.samples, generator=generator)[0]
+            videos = poker.sample(x0, poke, n_samples=args.samples, generator=generator,
+                                  temperature=args.temperature)[0]
             write_sample_outputs(out, 0, x0[0], mapped, videos, fps=args.fps, scale=args.scale)
         return 1
     dataset = poker.evaluation_clips(args.data, split=args.split, seed=args.seed, max_clips=args.n)
@@ -352,12 +368,13 @@ def _write_samples(poker, args: argparse.Namespace, out, generator) -> int:  # n
             from ipoke.sampling import to_uint8
 
             x, y = pokes[0][:2]
-            videos, sensitivity_pokes = poker.control_sensitivity(to_uint8(item["video"][0]), x, y, seed=args.seed)
+            videos, sensitivity_pokes = poker.control_sensitivity(to_uint8(item["video"][0]), x, y, seed=args.seed,
+                                                                  temperature=args.temperature)
             write_sample_outputs(out, index, item["video"][0], sensitivity_pokes, videos, fps=args.fps,
                                  scale=args.scale)
         else:
             videos = poker.sample(item["video"][None, 0], item["poke"][None], n_samples=args.samples,
-                                  generator=generator)[0]
+                                  generator=generator, temperature=args.temperature)[0]
             write_sample_outputs(out, index, item["video"][0], pokes, videos, fps=args.fps, scale=args.scale,
                                  reference=item["video"])
     return count

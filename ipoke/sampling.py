@@ -101,6 +101,11 @@ def load_image(image: str | os.PathLike | np.ndarray | torch.Tensor) -> np.ndarr
     return np.ascontiguousarray(array[:, :, :3])
 
 
+def _check_temperature(temperature: float) -> None:
+    if not math.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature (the residuals' standard deviation) must be >= 0, got {temperature!r}")
+
+
 def _seed(seed: Any) -> int:
     """A seed torch accepts: a whole number in [-2**63, 2**64)."""
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not -2**63 <= int(seed) < 2**64:
@@ -277,8 +282,7 @@ class Poker(nn.Module):
         if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
             raise ValueError(f"n_samples must be a whole number >= 1, got {n_samples!r}")
         self._check_inputs(first_frame=first_frame, poke=poke)
-        if not math.isfinite(temperature) or temperature < 0:
-            raise ValueError(f"temperature (the residuals' standard deviation) must be >= 0, got {temperature!r}")
+        _check_temperature(temperature)
         if n_frames is not None and (isinstance(n_frames, bool) or not isinstance(n_frames, (int, np.integer))
                                      or n_frames < 1):
             raise ValueError(f"n_frames must be a whole number >= 1 (or None: as trained), got {n_frames!r}")
@@ -431,7 +435,8 @@ class Poker(nn.Module):
                            n_frames=n_frames)[0]
 
     def control_sensitivity(self, image: Any, x: float, y: float, *, magnitudes: Sequence[float] | None = None,
-                            n_directions: int = 8, seed: int = 0) -> tuple[torch.Tensor, np.ndarray]:
+                            n_directions: int = 8, seed: int = 0,
+                            temperature: float = 1.0) -> tuple[torch.Tensor, np.ndarray]:
         """One location, many poke directions and magnitudes.
 
         Args:
@@ -440,6 +445,7 @@ class Poker(nn.Module):
                 (converted to the image's pixels, so a large photo gets pokes the model can see).
             n_directions: Directions, evenly spaced from +x.
             seed: Seed of the one residual shared by every video.
+            temperature: Standard deviation of that residual (0: the model's most likely video for each poke).
 
         Returns:
             ``(videos (n_directions * len(magnitudes), T + 1, 3, S, S), pokes (N, 4) in the image's pixels)``;
@@ -454,6 +460,7 @@ class Poker(nn.Module):
             raise ValueError(f"magnitudes must be one or more positive poke lengths, got {magnitudes.tolist()}")
         if isinstance(n_directions, bool) or not isinstance(n_directions, (int, np.integer)) or n_directions < 1:
             raise ValueError(f"n_directions must be a whole number >= 1, got {n_directions!r}")
+        _check_temperature(temperature)
         angles = np.linspace(0, 2 * np.pi, n_directions, endpoint=False)
         pokes = np.array([[x, y, m * np.cos(a), m * np.sin(a)] for m in magnitudes for a in angles], np.float32)
         first = [self.prepare(image, [poke]) for poke in pokes]
@@ -461,6 +468,7 @@ class Poker(nn.Module):
         maps = torch.cat([item[1] for item in first])
         h = self.condition(x0.to(self.device), maps.to(self.device))
         residual = torch.randn((1, *self.cinn.latent_shape), generator=torch.Generator().manual_seed(_seed(seed)))
+        residual = residual * temperature
         with torch.no_grad():
             z = self.cinn.inverse(residual.expand(len(pokes), -1, -1, -1).to(h), h)
             frames = self.autoencoder.decode(z, x0.to(self.device))

@@ -533,3 +533,42 @@ def test_an_export_from_another_architecture_is_not_called_damaged(tmp_path, mak
     with pytest.raises(WeightsMismatchError, match="do not fit") as raised:
         Poker.from_checkpoint(folder)
     assert "export it again" not in str(raised.value)
+
+
+def test_sample_temperature_zero_gives_the_mode_for_any_seed(exported, tmp_path, capsys):
+    import cv2
+
+    from ipoke.data.video_io import read_gif
+
+    image = tmp_path / "image.png"
+    cv2.imwrite(str(image), np.random.default_rng(3).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    base = ["sample", "--ckpt", str(exported), "--image", str(image), "--poke", "30,30,4,-3", "--scale", "1",
+            "--samples", "2"]
+    outs = {}
+    for name, extra in {"t0_s0": ["--temperature", "0", "--seed", "0"], "t0_s5": ["--temperature", "0", "--seed", "5"],
+                        "t1_s0": ["--seed", "0"]}.items():
+        outs[name] = tmp_path / name
+        assert main([*base, *extra, "--out", str(outs[name])]) == 0
+
+    def frames(name, k):
+        return read_gif(outs[name] / f"sample_0_{k}.gif").astype(np.int16)
+
+    assert np.array_equal(frames("t0_s0", 0), frames("t0_s0", 1))  # r = 0: every sample is the same video
+    assert np.array_equal(frames("t0_s0", 0), frames("t0_s5", 0))  # whatever the seed
+    assert np.abs(frames("t1_s0", 0) - frames("t1_s0", 1)).max() > 0  # temperature 1 draws different videos
+    assert json.loads((outs["t0_s5"] / "ipoke_sample.json").read_text())["temperature"] == 0.0
+    poker = Poker.from_checkpoint(exported)
+    calm, _ = poker.control_sensitivity(str(image), 30, 30, n_directions=2, seed=0, temperature=0.0)
+    other_seed, _ = poker.control_sensitivity(str(image), 30, 30, n_directions=2, seed=9, temperature=0.0)
+    torch.testing.assert_close(calm, other_seed)
+    mode = poker.animate(str(image), [30, 30, 4.0, 0.0], n_samples=1, temperature=0.0)
+    torch.testing.assert_close(calm[0], mode[0])  # direction 0 at the first default magnitude: the poke (4, 0)
+    with pytest.raises(SystemExit):
+        main([*base, "--temperature", "-1", "--out", str(tmp_path / "bad")])
+    with pytest.raises(ValueError, match="temperature"):
+        poker.control_sensitivity(str(image), 30, 30, temperature=float("nan"))
+    capsys.readouterr()
+    assert main(["sample", "--ckpt", str(exported), "--data", "unused", "--mode", "transfer", "--temperature", "0.5",
+                 "--out", str(tmp_path / "tr")]) == 2
+    assert "--temperature is for the poke and sensitivity modes" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "tr").exists()
