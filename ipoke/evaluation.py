@@ -97,13 +97,14 @@ def autoencoder_sampler(autoencoder) -> Sampler:  # noqa: ANN001 - ipoke.models.
     return sample
 
 
-def cvae_sampler(vae) -> Sampler:  # noqa: ANN001 - ipoke.models.cvae.PokeConditionedVAE
-    """A :data:`Sampler` for the cVAE baseline (prior samples ``z ~ N(0, I)``)."""
+def cvae_sampler(vae, temperature: float = 1.0) -> Sampler:  # noqa: ANN001 - ipoke.models.cvae.PokeConditionedVAE
+    """A :data:`Sampler` for the cVAE baseline (prior samples ``z ~ N(0, temperature^2 I)``; 1 is the protocol)."""
     device = next(vae.parameters()).device
 
     def sample(batch: dict[str, Any], n_samples: int, generators: Sequence[torch.Generator]) -> torch.Tensor:
         return vae.sample(batch["video"][:, 0].to(device), batch["poke"].to(device), n_samples=n_samples,
-                          generator=generators, n_frames=batch["video"].shape[1] - 1).cpu()
+                          generator=generators, n_frames=batch["video"].shape[1] - 1,
+                          temperature=temperature).cpu()
 
     return sample
 
@@ -120,9 +121,11 @@ class LoadedModel:
     frame_step: int = 1
 
 
-def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> LoadedModel:
+def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu",
+               temperature: float = 1.0) -> LoadedModel:
     """Load an iPOKE model (exported folder, cINN checkpoint, zoo name) or a cVAE baseline (its Lightning checkpoint
-    or a ``save_pretrained`` folder) as a :class:`LoadedModel`."""
+    or a ``save_pretrained`` folder) as a :class:`LoadedModel` whose sampler draws at ``temperature`` (the standard
+    deviation of the cINN's residuals or of the cVAE's prior samples; 1 is the protocol)."""
     from pathlib import Path
 
     from ipoke.models.base import CONFIG_FILE, clip_settings, load_network, networks_of_class
@@ -145,10 +148,11 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu") -
             clips = clip_settings(checkpoint)
     if vae is not None:
         vae = vae.to(device)
-        return LoadedModel(cvae_sampler(vae), vae.spatial_size, vae.n_frames, clips["poke_size"], "cvae",
+        return LoadedModel(cvae_sampler(vae, temperature), vae.spatial_size, vae.n_frames, clips["poke_size"], "cvae",
                            clips["frame_step"])
     poker = Poker.from_checkpoint(path, map_location=device)
-    return LoadedModel(poker_sampler(poker), poker.size, poker.n_frames, poker.poke_size, "ipoke", poker.frame_step)
+    return LoadedModel(poker_sampler(poker, temperature), poker.size, poker.n_frames, poker.poke_size, "ipoke",
+                       poker.frame_step)
 
 
 def clip_generators(seed: int, first_clip: int, count: int, *, stream: int = 0) -> list[torch.Generator]:

@@ -9,6 +9,8 @@ stage with ``architecture.baseline: True`` (``models/poke_vae.py``); this is a c
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -71,12 +73,15 @@ class PokeConditionedVAE(SavableModule):
 
     @torch.no_grad()
     def sample(self, first_frame: torch.Tensor, poke: torch.Tensor, *, n_samples: int = 1,
-               generator: Generators = None, n_frames: int | None = None) -> torch.Tensor:
-        """``(B, K, T+1, 3, S, S)`` videos with ``z ~ N(0, I)``, x0 first (as :class:`~ipoke.sampling.Poker`; a
-        sequence of ``B`` generators draws each pair's samples from its own)."""
+               generator: Generators = None, n_frames: int | None = None,
+               temperature: float = 1.0) -> torch.Tensor:
+        """``(B, K, T+1, 3, S, S)`` videos with ``z ~ N(0, temperature^2 I)`` (1: the prior), x0 first (as
+        :class:`~ipoke.sampling.Poker`; a sequence of ``B`` generators draws each pair's samples from its own)."""
+        if not math.isfinite(temperature) or temperature < 0:
+            raise ValueError(f"temperature (the prior samples' standard deviation) must be >= 0, got {temperature!r}")
         batch = first_frame.shape[0]
         x0 = first_frame.repeat_interleave(n_samples, dim=0)
         poke = poke.repeat_interleave(n_samples, dim=0)
-        z = standard_normal((x0.shape[0], *self.latent_shape), generator, device=x0.device).to(x0)
+        z = standard_normal((x0.shape[0], *self.latent_shape), generator, device=x0.device).to(x0) * temperature
         frames = self.decode(z, x0, poke, n_frames=n_frames)
         return torch.cat([x0.unsqueeze(1), frames], dim=1).unflatten(0, (batch, n_samples))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from ipoke.cli import main
@@ -32,6 +33,13 @@ def test_shapes_and_seeded_prior_samples():
     assert torch.equal(a[:, :, 0], video[:, None, 0].expand(-1, 3, -1, -1, -1))
     other_poke = vae.sample(video[:, 0], -poke, n_samples=3, generator=torch.Generator().manual_seed(1))
     assert not torch.allclose(a, other_poke), "the poke must change the samples"
+    mode = vae.sample(video[:, 0], poke, n_samples=2, generator=torch.Generator().manual_seed(1), temperature=0.0)
+    other_seed = vae.sample(video[:, 0], poke, n_samples=2, generator=torch.Generator().manual_seed(7), temperature=0.0)
+    assert torch.equal(mode, other_seed) and torch.equal(mode[:, 0], mode[:, 1])  # z = 0 for every draw
+    half = vae.sample(video[:, 0], poke, n_samples=3, generator=torch.Generator().manual_seed(1), temperature=0.5)
+    assert not torch.allclose(half[:, 0], a[:, 0]) and not torch.allclose(half[:, 0], mode[:, 0])
+    with pytest.raises(ValueError, match="temperature"):
+        vae.sample(video[:, 0], poke, temperature=-1.0)
 
 
 def test_loss_drops_when_overfitting_one_batch():
