@@ -40,8 +40,9 @@ class VideoLoggingCallback(L.Callback):
     """Logs ``pl_module.log_videos(batch)`` every ``every_n_steps`` training batches (and once per validation).
 
     The module returns ``{name: (N, T, C, H, W) in [-1, 1]}``. Clips of one name are tiled side by side and sent to
-    every configured logger: ``wandb.Video`` for W&B, ``add_video`` for TensorBoard (needs ``moviepy``; falls back
-    to a frame grid image), and GIF files ``<log_dir>/videos/<split>_<name>_<step>.gif`` for CSV or no logger.
+    every configured logger: GIF files ``<log_dir>/videos/<split>_<name>_<step>.gif`` for CSV or no logger, the same
+    files as ``wandb.Video`` for W&B (offline mode works; no ``moviepy`` needed), ``add_video`` for TensorBoard
+    (needs ``moviepy``; falls back to a frame grid image).
 
     Args:
         every_n_steps: Training batches between two logs; 0 disables training-time logging.
@@ -90,12 +91,15 @@ class VideoLoggingCallback(L.Callback):
         for name, clip in videos.items():
             frames = tile_videos(videos_to_uint8(clip))
             key = f"{split}/{name}"
-            wrote_file = False
+            written: Path | None = None
             for logger in loggers:
                 if isinstance(logger, WandbLogger):
                     import wandb
 
-                    logger.experiment.log({key: wandb.Video(frames, fps=self.fps, format="gif"),
+                    # wandb.Video encodes raw frames with moviepy, which plain `pip install wandb` lacks (it raised
+                    # in the middle of training); from a GIF file it needs nothing. The file stays in <log_dir>/videos.
+                    written = written or self._write_file(trainer, key, frames, step)
+                    logger.experiment.log({key: wandb.Video(str(written), format="gif"),
                                            "trainer/global_step": trainer.global_step})
                 elif isinstance(logger, TensorBoardLogger):
                     try:
@@ -103,20 +107,21 @@ class VideoLoggingCallback(L.Callback):
                     except (ImportError, ModuleNotFoundError):
                         grid = np.concatenate(list(frames), axis=1)
                         logger.experiment.add_image(key, grid, step)
-                elif not wrote_file:
-                    wrote_file = self._write_file(trainer, key, frames, step)
+                elif written is None:
+                    written = self._write_file(trainer, key, frames, step)
             if not loggers:
                 self._write_file(trainer, key, frames, step)
 
-    def _write_file(self, trainer: L.Trainer, key: str, frames: np.ndarray, step: int) -> bool:
+    def _write_file(self, trainer: L.Trainer, key: str, frames: np.ndarray, step: int) -> Path:
         folder = Path(self.log_dir or trainer.default_root_dir) / "videos"
-        self.written.append(write_gif(folder / f"{key.replace('/', '_')}_{step:07d}.gif", frames, self.fps))
+        path = write_gif(folder / f"{key.replace('/', '_')}_{step:07d}.gif", frames, self.fps)
+        self.written.append(path)
         # Marks the folder as ipoke's output, so that `ipoke data prepare` never reads these gifs as raw videos
         # (a run's log folder may well lie inside the folder of the videos it trains on).
         marker = folder / LOGGED_VIDEOS_MARKER
         if not marker.exists():
             marker.write_text(json.dumps({"written_by": "ipoke VideoLoggingCallback"}) + "\n")
-        return True
+        return path
 
 
 __all__ = ["VideoLoggingCallback", "tile_videos", "videos_to_uint8", "write_gif"]

@@ -231,6 +231,32 @@ def test_video_logging_callback_writes_gifs_for_csv_logger(tmp_path):
     assert sorted(source.path for source in discover_videos(tmp_path)) == sorted(callback.written)
 
 
+def test_video_logging_callback_logs_to_wandb_offline_without_moviepy(tmp_path, monkeypatch):
+    # W&B in offline mode needs no account and no network; plain `pip install wandb` has no moviepy, with which
+    # wandb.Video would encode raw frames (it raised mid-training): the callback hands it a GIF file instead.
+    from lightning.pytorch.loggers import WandbLogger
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "cache"))
+    module = VideoAutoencoderModule(tiny_autoencoder(), perceptual="none")
+    callback = VideoLoggingCallback(every_n_steps=1, max_videos=2, log_validation=False)
+    logger = WandbLogger(project="ipoke-test", save_dir=str(tmp_path), offline=True)
+    try:
+        trainer(tmp_path, logger=logger, max_epochs=1, limit_train_batches=2, limit_val_batches=0,
+                callbacks=[callback]).fit(module, loader())
+    finally:
+        import wandb
+
+        wandb.finish()
+    assert len(callback.written) == 4  # inputs and reconstructions at steps 1 and 2, kept beside the run
+    media = sorted((tmp_path / "wandb").glob("offline-run-*/files/media/videos/train/*.gif"))
+    assert len(media) == 4, f"W&B stored {media}"
+    assert {path.read_bytes() for path in media} == {path.read_bytes() for path in callback.written}
+
+
 def test_log_videos_shapes_and_range():
     batch = next(iter(loader()))
     videos = tiny_gan_module().log_videos(batch)
