@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -36,13 +37,22 @@ def write_gif(path: str | Path, frames: np.ndarray, fps: int = 4) -> Path:
     return path
 
 
+def _tensorboard_video_available() -> bool:
+    """Whether ``SummaryWriter.add_video`` can encode (it imports ``moviepy.editor``, gone in moviepy 2)."""
+    try:
+        return importlib.util.find_spec("moviepy") is not None and (
+            importlib.util.find_spec("moviepy.editor") is not None)
+    except (ImportError, ValueError):
+        return False
+
+
 class VideoLoggingCallback(L.Callback):
     """Logs ``pl_module.log_videos(batch)`` every ``every_n_steps`` training batches (and once per validation).
 
     The module returns ``{name: (N, T, C, H, W) in [-1, 1]}``. Clips of one name are tiled side by side and sent to
-    every configured logger: GIF files ``<log_dir>/videos/<split>_<name>_<step>.gif`` for CSV or no logger, the same
-    files as ``wandb.Video`` for W&B (offline mode works; no ``moviepy`` needed), ``add_video`` for TensorBoard
-    (needs ``moviepy``; falls back to a frame grid image).
+    every configured logger: GIF files ``<log_dir>/videos/<split>_<name>_<step>.gif`` (always written), the same
+    files as ``wandb.Video`` for W&B (offline mode works; no ``moviepy`` needed), and for TensorBoard ``add_video``
+    when ``moviepy.editor`` can be imported, otherwise the frames side by side as one image.
 
     Args:
         every_n_steps: Training batches between two logs; 0 disables training-time logging.
@@ -102,11 +112,13 @@ class VideoLoggingCallback(L.Callback):
                     logger.experiment.log({key: wandb.Video(str(written), format="gif"),
                                            "trainer/global_step": trainer.global_step})
                 elif isinstance(logger, TensorBoardLogger):
-                    try:
+                    # torch's add_video needs moviepy.editor (moviepy < 2) and otherwise only prints a line and logs
+                    # nothing, so check first: without it, log the frames side by side as one image.
+                    if _tensorboard_video_available():
                         logger.experiment.add_video(key, torch.from_numpy(frames)[None], step, fps=self.fps)
-                    except (ImportError, ModuleNotFoundError):
-                        grid = np.concatenate(list(frames), axis=1)
-                        logger.experiment.add_image(key, grid, step)
+                    else:
+                        logger.experiment.add_image(key, np.concatenate(list(frames), axis=-1), step)
+                    written = written or self._write_file(trainer, key, frames, step)
                 elif written is None:
                     written = self._write_file(trainer, key, frames, step)
             if not loggers:

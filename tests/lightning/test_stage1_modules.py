@@ -257,6 +257,52 @@ def test_video_logging_callback_logs_to_wandb_offline_without_moviepy(tmp_path, 
     assert {path.read_bytes() for path in media} == {path.read_bytes() for path in callback.written}
 
 
+def test_video_logging_callback_tensorboard_without_moviepy_logs_an_image(tmp_path, monkeypatch):
+    # torch's add_video only prints "add_video needs package moviepy" and logs nothing; the callback checks first and
+    # logs the frames side by side instead (and keeps the GIF files).
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    import ipoke.lightning.callbacks as callbacks
+
+    # The logger's experiment is replaced below, so TensorBoard itself (not a test dependency) is never used.
+    monkeypatch.setattr("lightning.fabric.loggers.tensorboard._TENSORBOARDX_AVAILABLE", True)
+    calls = []
+
+    class Recorder:
+        def add_video(self, key, video, step, fps):
+            calls.append(("video", key, tuple(video.shape), step))
+
+        def add_image(self, key, image, step):
+            calls.append(("image", key, tuple(image.shape), step))
+
+    class StubTensorBoard(TensorBoardLogger):
+        @property
+        def experiment(self):
+            return Recorder()
+
+        def log_metrics(self, metrics, step=None):
+            pass
+
+        def log_hyperparams(self, params, *args, **kwargs):
+            pass
+
+        def save(self):
+            pass
+
+    module = VideoAutoencoderModule(tiny_autoencoder(), perceptual="none")
+    for available, kind in ((False, "image"), (True, "video")):
+        calls.clear()
+        monkeypatch.setattr(callbacks, "_tensorboard_video_available", lambda available=available: available)
+        callback = VideoLoggingCallback(every_n_steps=1, max_videos=2, log_validation=False)
+        trainer(tmp_path / kind, logger=StubTensorBoard(str(tmp_path / kind)), max_epochs=1, limit_train_batches=1,
+                limit_val_batches=0, callbacks=[callback]).fit(module, loader())
+        shapes = {"image": (3, SIZE, 2 * SIZE * (FRAMES + 1)), "video": (1, FRAMES + 1, 3, SIZE, 2 * SIZE)}
+        assert sorted(calls) == [(kind, "train/inputs", shapes[kind], 1), (kind, "train/reconstructions",
+                                                                           shapes[kind], 1)]
+        assert sorted(path.name for path in callback.written) == ["train_inputs_0000001.gif",
+                                                                  "train_reconstructions_0000001.gif"]
+
+
 def test_log_videos_shapes_and_range():
     batch = next(iter(loader()))
     videos = tiny_gan_module().log_videos(batch)
