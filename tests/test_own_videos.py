@@ -68,6 +68,15 @@ def test_own_mp4s_prepare_train_export_sample_evaluate(tmp_path, monkeypatch, ca
     stage1 = {stage: tmp_path / "runs" / stage / "tiny" / "logs" / "version_0" / "checkpoints" / "last.ckpt"
               for stage in ("autoencoder", "image_encoder", "poke_encoder")}
     assert all(path.exists() for path in stage1.values())
+    # validate and test run the same way, from a checkpoint (real data has no val split: the test split stands in).
+    for stage, checkpoint in stage1.items():
+        assert main(["validate", "--config", str(CONFIGS / stage / "tiny.yaml"), "--data.init_args.data_dir=data/mine",
+                     "--trainer.limit_val_batches=1", f"--ckpt_path={checkpoint}"]) == 0, stage
+    capsys.readouterr()
+    assert main(["test", "--config", str(CONFIGS / "cinn" / "tiny.yaml"), "--data.init_args.data_dir=data/mine",
+                 "--trainer.limit_test_batches=1", "--ckpt_path=runs/cinn/tiny/last.ckpt"]) == 0
+    printed = capsys.readouterr().out
+    assert "test/nll" in printed and "val/" not in printed  # the test split's figures are named as such
 
     assert main(["export", "--ckpt", "runs/cinn/tiny/last.ckpt", "--out", "models/mine"]) == 0
     from ipoke.models.autoencoder import VideoAutoencoder

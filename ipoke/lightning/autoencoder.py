@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ipoke.lightning.base import NetworkCheckpointMixin, detect_unused_parameters_under_ddp
+from ipoke.lightning.base import NetworkCheckpointMixin, detect_unused_parameters_under_ddp, for_evaluated_split
 from ipoke.losses.adversarial import feature_matching_loss, hinge_discriminator_loss, hinge_generator_loss, r1_penalty
 from ipoke.losses.perceptual import build_perceptual_loss
 from ipoke.losses.reconstruction import kl_loss, l1_loss, motion_weighted_l1_loss, psnr, ssim
@@ -233,7 +233,7 @@ class VideoAutoencoderModule(NetworkCheckpointMixin):
             "val/ssim": ssim(reconstruction, target),
             "val/loss": self.hparams.l1_weight * l1 + self.hparams.perceptual_weight * perceptual,
         }
-        self.log_dict(metrics, prog_bar=True, batch_size=video.shape[0], sync_dist=True)
+        self.log_dict(for_evaluated_split(self, metrics), prog_bar=True, batch_size=video.shape[0], sync_dist=True)
 
     test_step = validation_step
 

@@ -44,3 +44,15 @@ def detect_unused_parameters_under_ddp(module: L.LightningModule) -> None:
         ddp_kwargs["find_unused_parameters"] = True
         rank_zero_info(f"{type(module).__name__}: DDP runs with find_unused_parameters=True (generator and "
                        "discriminator steps alternate)")
+
+
+def for_evaluated_split(module: L.LightningModule, metrics: dict[str, Any]) -> dict[str, Any]:
+    """Rename ``val/<name>`` metrics ``test/<name>`` while the module runs under ``trainer.test`` (``ipoke test``).
+
+    The modules share one ``validation_step`` for validation and test; without this, ``ipoke test`` reported its
+    test-split figures as ``val/...``.
+    """
+    trainer = module._trainer
+    if trainer is None or not trainer.testing:
+        return metrics
+    return {(f"test/{key[4:]}" if key.startswith("val/") else key): value for key, value in metrics.items()}

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from ipoke.lightning.base import NetworkCheckpointMixin
+from ipoke.lightning.base import NetworkCheckpointMixin, for_evaluated_split
 from ipoke.losses.flow import bits_per_dim, gaussian_nll, reference_nll
 from ipoke.losses.reconstruction import l1_loss, psnr, ssim
 from ipoke.models.autoencoder import VideoAutoencoder
@@ -198,13 +198,15 @@ class PokeINNModule(NetworkCheckpointMixin):
         terms = self._nll_terms(batch, training=False)
         logs = {f"val/{key}": value for key, value in terms.items()}
         logs["val/loss"] = terms["nll"]
-        self.log_dict(logs, prog_bar=False, batch_size=batch_size, sync_dist=True)
-        self.log("val/nll_bar", terms["nll"], prog_bar=True, logger=False, batch_size=batch_size)
+        self.log_dict(for_evaluated_split(self, logs), prog_bar=False, batch_size=batch_size, sync_dist=True)
+        self.log_dict(for_evaluated_split(self, {"val/nll_bar": terms["nll"]}), prog_bar=True, logger=False,
+                      batch_size=batch_size)
         if batch_idx < self.hparams.val_sample_batches:
             target = video[:, 1:]
             sample = self.sample_video(video[:, 0], batch["poke"])[:, :target.shape[1]].float()
-            self.log_dict({"val/psnr": psnr(sample, target), "val/ssim": ssim(sample, target),
-                           "val/l1": l1_loss(sample, target)}, batch_size=batch_size, sync_dist=True)
+            self.log_dict(for_evaluated_split(self, {"val/psnr": psnr(sample, target), "val/ssim": ssim(sample, target),
+                                                     "val/l1": l1_loss(sample, target)}),
+                          batch_size=batch_size, sync_dist=True)
 
     test_step = validation_step
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ipoke.lightning.base import NetworkCheckpointMixin
+from ipoke.lightning.base import NetworkCheckpointMixin, for_evaluated_split
 from ipoke.losses.perceptual import build_perceptual_loss
 from ipoke.losses.reconstruction import l1_loss, psnr, ssim
 from ipoke.models.cvae import PokeConditionedVAE
@@ -53,9 +53,9 @@ class PokeVAEModule(NetworkCheckpointMixin):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         losses = self._losses(batch)
         frames, target = losses["frames"], losses["target"]
-        self.log_dict({"val/loss": losses["loss"], "val/l1": losses["l1"], "val/kl": losses["kl"],
-                       "val/psnr": psnr(frames, target), "val/ssim": ssim(frames, target)},
-                      prog_bar=True, batch_size=target.shape[0], sync_dist=True)
+        metrics = {"val/loss": losses["loss"], "val/l1": losses["l1"], "val/kl": losses["kl"],
+                   "val/psnr": psnr(frames, target), "val/ssim": ssim(frames, target)}
+        self.log_dict(for_evaluated_split(self, metrics), prog_bar=True, batch_size=target.shape[0], sync_dist=True)
 
     test_step = validation_step
 

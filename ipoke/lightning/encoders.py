@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 
-from ipoke.lightning.base import NetworkCheckpointMixin, detect_unused_parameters_under_ddp
+from ipoke.lightning.base import NetworkCheckpointMixin, detect_unused_parameters_under_ddp, for_evaluated_split
 from ipoke.losses.adversarial import adaptive_weight, hinge_discriminator_loss, hinge_generator_loss, r1_penalty
 from ipoke.losses.perceptual import build_perceptual_loss
 from ipoke.losses.reconstruction import l1_loss, psnr, ssim
@@ -164,16 +165,18 @@ class ImageEncoderModule(NetworkCheckpointMixin):
         reconstruction = self.image_encoder(image)
         l1 = l1_loss(reconstruction, image)
         perceptual = self.perceptual_loss(reconstruction, image)
-        self.log_dict({
+        self.log_dict(for_evaluated_split(self, {
             "val/l1": l1, "val/perceptual": perceptual, "val/psnr": psnr(reconstruction, image),
             "val/ssim": ssim(reconstruction, image),
             "val/loss": self.hparams.l1_weight * l1 + self.hparams.perceptual_weight * perceptual,
-        }, prog_bar=True, batch_size=image.shape[0], sync_dist=True)
+        }), prog_bar=True, batch_size=image.shape[0], sync_dist=True)
 
     test_step = validation_step
 
     def on_validation_epoch_end(self) -> None:
-        if self.trainer.sanity_checking or "val/loss" not in self.trainer.callback_metrics:
+        # Only while fitting: `ipoke validate` / `trainer.validate` has no schedulers (this raised there before).
+        if (self.trainer.sanity_checking or self.trainer.state.fn != TrainerFn.FITTING
+                or "val/loss" not in self.trainer.callback_metrics):
             return
         schedulers = self.lr_schedulers()
         for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
@@ -272,7 +275,7 @@ class PokeEncoderModule(NetworkCheckpointMixin):
         prediction = self.poke_encoder(batch["poke"])
         l1 = l1_loss(prediction, flow)
         endpoint_error = (prediction - flow).pow(2).sum(dim=1).sqrt().mean()
-        self.log_dict({"val/l1": l1, "val/endpoint_error": endpoint_error, "val/loss": l1},
+        self.log_dict(for_evaluated_split(self, {"val/l1": l1, "val/endpoint_error": endpoint_error, "val/loss": l1}),
                       prog_bar=True, batch_size=flow.shape[0], sync_dist=True)
 
     test_step = validation_step
