@@ -583,3 +583,21 @@ def test_sample_temperature_zero_gives_the_mode_for_any_seed(exported, tmp_path,
                  "--out", str(tmp_path / "tr")]) == 2
     assert "--temperature is for the poke and sensitivity modes" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists() and not (tmp_path / "tr").exists()
+
+
+def test_sample_command_sensitivity_mode_from_an_image_and_from_data(exported, tmp_path, synthetic_dataset):
+    import cv2
+
+    image = tmp_path / "image.png"
+    cv2.imwrite(str(image), np.random.default_rng(4).integers(0, 255, (96, 128, 3), dtype=np.uint8))
+    out = tmp_path / "sens_image"
+    # One location, 8 directions x 2 magnitudes (half and full length of the given poke), one shared residual.
+    assert main(["sample", "--ckpt", str(exported), "--image", str(image), "--poke", "64,48,6,-8", "--mode",
+                 "sensitivity", "--scale", "1", "--out", str(out)]) == 0
+    assert len(list(out.glob("sample_0_*.gif"))) == 16
+    assert cv2.imread(str(out / "overview_0.png")).shape == (64, 17 * 64 + 16 * 4, 3)
+    out_data = tmp_path / "sens_data"
+    assert main(["sample", "--ckpt", str(exported), "--data", synthetic_dataset, "--n", "2", "--mode", "sensitivity",
+                 "--scale", "1", "--out", str(out_data)]) == 0
+    assert sorted(p.name for p in out_data.glob("overview_*.png")) == ["overview_0.png", "overview_1.png"]
+    assert len(list(out_data.glob("sample_1_*.mp4"))) == 16

@@ -127,6 +127,14 @@ def test_generator_only_autoencoder_module_loss_drops(tmp_path):
     assert len(module.configure_optimizers()[0]) == 1
 
 
+def test_every_network_learning_rate_decays_every_lr_decay_every_batches(tmp_path):
+    module = tiny_gan_module(lr_decay=0.5, lr_decay_every=2)
+    trainer(tmp_path, max_epochs=3, limit_train_batches=5, limit_val_batches=0).fit(module, loader())
+    # 3 epochs of 2 batches, a decay step after every 2nd: 1e-3 * 0.5^3 for the generator and both discriminators.
+    rates = [group["lr"] for optimizer in module._optimizers() for group in optimizer.optimizer.param_groups]
+    assert module.train_batches == 6 and rates == pytest.approx([1.25e-4] * 3)
+
+
 def test_lightning_checkpoint_round_trip(tmp_path):
     module = tiny_gan_module()
     fit = trainer(tmp_path, max_steps=3, limit_train_batches=1, limit_val_batches=0)
