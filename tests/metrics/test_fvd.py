@@ -141,3 +141,25 @@ def test_streamed_statistics_equal_those_of_all_features_and_nothing_is_padded()
 def test_constant_videos_full_tf_example_size(kinetics_i3d):
     value = fvd(constant_videos(16, 15, 0), constant_videos(16, 15, 255), network=kinetics_i3d)
     assert 131.0 < value < 135.0
+
+
+def test_evaluate_computes_fvd_beside_the_baselines(kinetics_i3d, synthetic_dataset, monkeypatch):
+    # `ipoke evaluate --metrics fvd` end to end with the real I3D: a "model" that returns the real clips scores 0,
+    # a static video does not; the real set is the same for every row and nothing is padded.
+    import ipoke.evaluation as evaluation
+
+    monkeypatch.setattr(evaluation, "FrechetVideoDistance",
+                        lambda weights_path=None, device=None, network=None: FrechetVideoDistance(
+                            network=network or kinetics_i3d))
+
+    def real_clips(batch, n_samples, generators):
+        return batch["video"].unsqueeze(1).expand(-1, n_samples, -1, -1, -1, -1)
+
+    report = evaluation.evaluate({"real": real_clips}, synthetic_dataset, metrics=("fvd",), n_clips=3, samples=2,
+                                 batch_size=2, progress=False)
+    results = report["results"]
+    assert "fvd" not in report["unavailable"] and report["settings"]["n_clips"] == 3
+    assert set(results) == {"real", "copy_x0", "ground_truth_resimulated"}
+    assert results["real"]["fvd"] == pytest.approx(0.0, abs=1e-2)
+    assert results["copy_x0"]["fvd"] > 1.0 and results["ground_truth_resimulated"]["fvd"] >= 0.0
+    assert all(row["n_clips"] == 3 for row in results.values())
