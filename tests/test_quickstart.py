@@ -184,3 +184,30 @@ def test_control_verdict_compares_with_copy_x0_clip_by_clip():
     line = quickstart.control_verdict(_report(joints, copy_joints)).splitlines()[-1]
     assert "where a joint poked with its own motion ends (`control/keypoint_error`)" in line
     assert line.endswith(": better than copying x0.")
+
+
+def test_gpu_preset_stages_build_and_take_a_training_step(synthetic_dataset, tmp_path):
+    # The GPU preset only runs on a lent GPU, where a device session has minutes: build its four stages here and take
+    # one optimiser step of each on CPU (fp32, batch 2) so that a shape or config error shows in CI, not there.
+    import dataclasses
+
+    import lightning as L
+    import torch
+
+    from ipoke.models.base import load_network, save_pretrained
+
+    settings = dataclasses.replace(quickstart.GPU_SETTINGS, batch_size=2)
+    runs = tmp_path / "runs"
+    for stage in quickstart.STAGE_SHARES:  # the cINN last: it loads the three saved stage-1 networks
+        network, module = quickstart._build_stage(stage, settings, runs)
+        before = {name: value.detach().clone() for name, value in network.named_parameters()}
+        trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=1, limit_val_batches=0, logger=False,
+                            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                            default_root_dir=runs / stage)
+        trainer.fit(module, datamodule=quickstart._datamodule(synthetic_dataset, settings, 0, stage))
+        assert trainer.global_step >= 1, stage
+        changed = [name for name, value in network.named_parameters() if not torch.equal(value, before[name])]
+        assert changed, f"one {stage} step changed no parameter"
+        save_pretrained(network.cpu(), runs / stage / "network")
+    cinn = load_network(runs / "cinn" / "network")
+    assert cinn.z_dim == settings.z_dim and cinn.static_reference
