@@ -133,7 +133,8 @@ def _add_data_commands(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--background-poke-fraction", type=_probability, default=1 / 12,
                        help="fraction in [0, 1] of videos whose poke hits the background (nothing moves; default "
                             "1/12)")
-    synth.set_defaults(handler=_run_synth)
+    synth.set_defaults(handler=_run_synth, on_interrupt="the videos finished so far are kept and the folder is "
+                                                   "marked unfinished; run the same command again to resume")
 
     try:
         from ipoke.data.prepare import add_prepare_arguments, run_prepare
@@ -636,7 +637,8 @@ def _add_quickstart_command(subparsers: argparse._SubParsersAction) -> None:
     quickstart.add_argument("--device", choices=("cpu", "cuda"), default=None,
                             help="force a device (default: cuda when available)")
     quickstart.add_argument("--videos", type=int, default=None, help="override the number of synthetic videos")
-    quickstart.set_defaults(handler=_run_quickstart)
+    quickstart.set_defaults(handler=_run_quickstart, on_interrupt="finished stages are kept; run the same command "
+                                                             "again to go on from there")
 
 
 def _run_quickstart(args: argparse.Namespace) -> int:
@@ -688,6 +690,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UserError, DatasetFormatError, FileNotFoundError, NotFoundError) as error:
         print(f"ipoke: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: one line instead of a traceback (from every worker process)
+        hint = getattr(args, "on_interrupt", None)
+        print(f"ipoke: interrupted{'; ' + hint if hint else ''}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -70,3 +70,31 @@ def atomic_directory(target: str | os.PathLike, *, marker: str) -> Iterator[Path
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def ignore_interrupts_in_worker() -> None:
+    """Initializer of pool workers: Ctrl-C reaches the whole process group, but only the main process handles it (by
+    ending the workers with :func:`stop_process_pool`); a worker would otherwise print its own traceback."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def stop_process_pool(executor) -> None:  # noqa: ANN001 - concurrent.futures.ProcessPoolExecutor
+    """End a process pool now (on Ctrl-C): cancel the queued jobs and terminate the workers, so that neither the jobs
+    already handed to a worker nor those in progress keep running. The dataset writers write each video to a hidden
+    ``.tmp`` folder first, so a video in progress leaves only that, which the next run deletes."""
+    terminate_workers = getattr(executor, "terminate_workers", None)  # Python >= 3.14
+    if terminate_workers is not None:
+        terminate_workers()
+        return
+    processes = list((executor._processes or {}).values())
+    manager = executor._executor_manager_thread
+    executor.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    for process in processes:
+        process.join(timeout=10)
+    if manager is not None:
+        manager.join(timeout=10)  # it sees the workers gone and marks what was left as not done

@@ -75,7 +75,7 @@ from ipoke.data.video_io import (
     resize_points,
     video_fps,
 )
-from ipoke.utils import write_text_atomic
+from ipoke.utils import stop_process_pool, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -531,7 +531,7 @@ def _init_worker(writer: DatasetWriter, options: dict[str, Any], threads: int | 
                  ignore_interrupt: bool = False) -> None:
     if ignore_interrupt:
         # A pool worker: Ctrl-C reaches the whole process group, but only the main process handles it (by ending
-        # the workers, _stop_pool); a worker would otherwise print a traceback and break the pool.
+        # the workers, stop_process_pool); a worker would otherwise print a traceback and break the pool.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     _STATE.clear()
     _STATE.update(writer=writer, options=options, estimator=None)
@@ -578,26 +578,6 @@ def _relabel(writer: DatasetWriter, video_id: str, split: str) -> bool:
     meta["split"] = split
     write_text_atomic(meta_file, json.dumps(meta))
     return True
-
-
-def _stop_pool(executor: ProcessPoolExecutor) -> None:
-    """End a process pool now (on Ctrl-C): cancel the queued videos and terminate the workers, so that neither the
-    videos already handed to a worker nor those in progress keep running. Finished videos are untouched; a video in
-    progress leaves only its hidden ``.tmp`` folder, which the next run deletes."""
-    terminate_workers = getattr(executor, "terminate_workers", None)  # Python >= 3.14
-    if terminate_workers is not None:
-        terminate_workers()
-        return
-    processes = list((executor._processes or {}).values())
-    manager = executor._executor_manager_thread
-    executor.shutdown(wait=False, cancel_futures=True)
-    for process in processes:
-        if process.is_alive():
-            process.terminate()
-    for process in processes:
-        process.join(timeout=10)
-    if manager is not None:
-        manager.join(timeout=10)  # it sees the workers gone and marks what was left as not done
 
 
 def _check_resume(out: Path, settings: dict[str, Any]) -> None:
@@ -789,7 +769,7 @@ def prepare_dataset(videos_dir: str | os.PathLike, out: str | os.PathLike, *, si
             logger.warning("leaving out %s: %s", video_id, message)
     except KeyboardInterrupt:
         if executor is not None:
-            _stop_pool(executor)  # stop now; without this, videos already handed to the workers would still run
+            stop_process_pool(executor)  # stop now; without this, videos already handed to the workers would still run
         raise
     finally:
         if executor is not None:

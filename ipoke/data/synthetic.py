@@ -33,6 +33,8 @@ import cv2
 import numpy as np
 import pymunk
 
+from ipoke.utils import ignore_interrupts_in_worker, stop_process_pool
+
 logger = logging.getLogger(__name__)
 
 WORLD = 256.0
@@ -690,14 +692,20 @@ def generate_dataset(out: str | os.PathLike, settings: SyntheticSettings, *, wor
     # The index is written first, marked incomplete, so that an interrupted run is recognised (readers refuse it)
     # and resumed by running the same command again.
     writer.write_index(complete=False)
-    if workers > 1 and len(todo) > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            for _ in pool.map(_worker, todo, chunksize=8):
+    try:
+        if workers > 1 and len(todo) > 1:
+            with ProcessPoolExecutor(max_workers=workers, initializer=ignore_interrupts_in_worker) as pool:
+                try:
+                    for _ in pool.map(_worker, todo, chunksize=8):
+                        bar.update()
+                except KeyboardInterrupt:
+                    stop_process_pool(pool)  # at once: the queued chunks would otherwise still run
+                    raise
+        else:
+            for job in todo:
+                _worker(job)
                 bar.update()
-    else:
-        for job in todo:
-            _worker(job)
-            bar.update()
-    bar.close()
+    finally:
+        bar.close()
     writer.write_index()
     return root

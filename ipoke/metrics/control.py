@@ -113,7 +113,8 @@ def control_errors_from_flow(estimated_flow: np.ndarray, true_flow: np.ndarray, 
         estimated_flow: ``(N, 2, S, S)`` estimated flow x0 -> last frame, pixels.
         true_flow: ``(N, 2, S, S)`` ground-truth flow x0 -> last frame, pixels.
         object_mask: ``(N, S, S)`` bool, object pixels in x0.
-        poke: ``(N, 4)`` rows (x, y, dx, dy), pixel coordinates at size S.
+        poke: ``(N, 4)`` rows (x, y, dx, dy), pixel coordinates at size S (pixel i covers [i, i + 1), as in
+            :func:`ipoke.data.pokes.poke_map_from_coords`); the window is centred on the pixel containing (x, y).
         background_poke: ``(N,)`` bool, True where the poke lies on the background.
         window_radius: Half size of the window around the poke.
         min_motion: Smallest estimated motion (pixels) for which a direction is measured.
@@ -138,7 +139,10 @@ def control_errors_from_flow(estimated_flow: np.ndarray, true_flow: np.ndarray, 
         if background_poke[i]:
             results[CONTROL_BACKGROUND_POKE_MOTION][i] = magnitude.mean()
             continue
-        x, y = int(round(float(poke[i, 0]))), int(round(float(poke[i, 1])))
+        # The pixel that contains the poke, as the poke map draws it (ipoke.data.pokes: pixel i covers [i, i + 1)).
+        # Until session 10 this was round(), which sends the pokes the loaders serve (at i + 0.5) to i + 1 whenever
+        # i is odd (round half to even): the window sat one pixel off the poked square on most clips.
+        x, y = int(math.floor(float(poke[i, 0]))), int(math.floor(float(poke[i, 1])))
         x, y = min(max(x, 0), width - 1), min(max(y, 0), height - 1)
         window = np.zeros_like(mask)
         window[max(y - window_radius, 0):y + window_radius + 1, max(x - window_radius, 0):x + window_radius + 1] = True

@@ -277,3 +277,38 @@ def test_a_dataset_of_an_older_generator_version_is_not_resumed(tmp_path):
     with pytest.raises(DatasetFormatError, match=r"version 3 of the synthetic generator .* writes version 4: it "
                                                  r"cannot be resumed; delete it or use another --out folder"):
         generate_dataset(root, SyntheticSettings(videos=2, frames=2, size=16), progress=False)
+
+
+def test_ctrl_c_during_synth_ends_the_pool_and_says_how_to_resume(tmp_path, monkeypatch, capsys):
+    # Ctrl-C printed a traceback from concurrent.futures (and one per worker); now the workers are terminated at once,
+    # `ipoke data synth` exits 130 with one line, and the same command finishes the dataset.
+    import signal
+    from concurrent.futures import ProcessPoolExecutor
+
+    import ipoke.data.synthetic as synthetic
+    from ipoke.cli import main
+
+    processes = []
+
+    class InterruptedPool(ProcessPoolExecutor):
+        def map(self, fn, *iterables, **kwargs):
+            results = super().map(fn, *iterables, **kwargs)
+
+            def first_then_ctrl_c():
+                yield next(results)
+                processes.extend(self._processes.values())
+                raise KeyboardInterrupt  # as Ctrl-C in the main process
+
+            return first_then_ctrl_c()
+
+    monkeypatch.setattr(synthetic, "ProcessPoolExecutor", InterruptedPool)
+    out = tmp_path / "synth"
+    command = ["data", "synth", "--out", str(out), "--videos", "40", "--size", "32", "--frames", "4", "--workers", "2"]
+    assert main(command) == 130
+    assert "ipoke: interrupted; the videos finished so far are kept" in capsys.readouterr().err
+    assert len(processes) == 2 and all(process.exitcode == -signal.SIGTERM for process in processes)
+    with pytest.raises(Exception, match="interrupted"):
+        PreparedDataset(out)  # marked unfinished: readers refuse it
+    monkeypatch.undo()
+    assert main(command) == 0
+    assert len(PreparedDataset(out)) == 40

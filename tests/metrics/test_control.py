@@ -119,6 +119,23 @@ def test_poke_error_is_measured_on_the_poked_part_only():
     assert errors[CONTROL_POKE_EPE][0] == pytest.approx(3.0 * 5 / 25)  # its column 5 is smeared
 
 
+def test_poke_window_is_centred_on_the_pixel_the_poke_map_fills():
+    # The loaders serve pokes at pixel centres i + 0.5 and the poke map fills the square around pixel floor(x); the
+    # metric's window must sit on that square. round() put it one pixel right/down whenever i was odd.
+    from ipoke.data.pokes import poke_map_from_coords
+
+    size = 16
+    mask = np.ones((1, size, size), bool)
+    truth = np.zeros((1, 2, size, size), np.float32)
+    for x, y in ((7.5, 9.5), (8.5, 6.5)):
+        poke = np.array([[x, y, 1.0, 0.0]])
+        filled = poke_map_from_coords(poke, size, 5)[0] != 0  # the 5x5 square the model is given
+        estimate = np.zeros_like(truth)
+        estimate[0, 0][filled] = 1.0  # unit error exactly on the poked square, 0 elsewhere
+        errors = control_errors_from_flow(estimate, truth, mask, poke, np.array([False]))
+        assert errors[CONTROL_POKE_EPE][0] == 1.0, (x, y)
+
+
 def test_keypoint_error_tracks_the_poked_joint_to_its_end():
     from ipoke.metrics import keypoint_errors
 
