@@ -143,7 +143,8 @@ def _add_data_commands(subparsers: argparse._SubParsersAction) -> None:
     else:
         prepare = data_commands.add_parser(
             "prepare", help="turn your own videos into a prepared dataset (frames, optical flow, masks, splits)",
-            description="Read every video file (mp4/mkv/avi/webm) and folder of frames under --videos (or the "
+            description="Read every video file (mp4/mkv/avi/webm/mov/m4v/mpg/mpeg/gif) and folder of frames under "
+                        "--videos (or the "
                         "single video file or frame folder given), extract frames, compute optical flow at the given "
                         "lags, optional foreground masks, and write the prepared format with a train/test split. "
                         "Parallel, resumable.")
@@ -606,8 +607,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
                           strict=len(metrics) == 1)
     except (MetricUnavailable, ValueError) as error:
         raise UserError(str(error)) from error
-    if args.ckpt:
-        report["settings"]["temperature"] = args.temperature
+    report["settings"]["temperature"] = args.temperature  # of the model's samples (1 when only baselines run)
     if report["settings"]["n_clips"] < args.n_clips:
         print(f"note: split {args.split!r} has {report['settings']['n_clips']} clips; all of them were used "
               f"(--n-clips {args.n_clips} asked for more)")
