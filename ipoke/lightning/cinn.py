@@ -13,7 +13,7 @@ from ipoke.models.autoencoder import VideoAutoencoder
 from ipoke.models.cinn.condition import stage2_condition
 from ipoke.models.cinn.graphed import GraphedNLLStep
 from ipoke.models.cinn.network import ConditionalINN, broadcast_actnorm
-from ipoke.models.cinn.optim import build_flow_optimizer
+from ipoke.models.cinn.optim import WarmupLinearDecay, build_flow_optimizer
 from ipoke.models.encoders import ImageEncoder, PokeEncoder
 
 FROZEN = ("autoencoder", "image_encoder", "poke_encoder")
@@ -148,7 +148,9 @@ class PokeINNModule(NetworkCheckpointMixin):
         # of it is coarser than the posterior's spread) and the condition may hold the static latent it is
         # measured from. They cost little next to the flow.
         with torch.autocast(device_type=video.device.type, enabled=False):
-            z = self.encode_latent(video.float())
+            # Training fits posterior samples; validation scores the posterior mean, so that val/nll (which selects
+            # checkpoints) is the same for a checkpoint however often it is validated.
+            z = self.encode_latent(video.float()) if training else self.autoencoder.encode(video.float()).mean
             h = self.condition(video[:, 0].float(), batch["poke"].float())
         # Only a training batch initialises ActNorm (not the sanity-check validation that runs before it).
         if training and not self.flow.actnorm_initialized:
@@ -203,7 +205,8 @@ class PokeINNModule(NetworkCheckpointMixin):
                       batch_size=batch_size)
         if batch_idx < self.hparams.val_sample_batches:
             target = video[:, 1:]
-            sample = self.sample_video(video[:, 0], batch["poke"])[:, :target.shape[1]].float()
+            generator = torch.Generator().manual_seed(batch_idx)  # the same residuals at every validation
+            sample = self.sample_video(video[:, 0], batch["poke"], generator=generator)[:, :target.shape[1]].float()
             self.log_dict(for_evaluated_split(self, {"val/psnr": psnr(sample, target), "val/ssim": ssim(sample, target),
                                                      "val/l1": l1_loss(sample, target)}),
                           batch_size=batch_size, sync_dist=True)
@@ -222,7 +225,23 @@ class PokeINNModule(NetworkCheckpointMixin):
         optimizer, scheduler = build_flow_optimizer(
             self.flow.parameters(), lr=self.hparams.learning_rate, weight_decay=self.hparams.weight_decay,
             amsgrad=self.hparams.amsgrad, warmup_steps=warmup, total_steps=total_steps)
+        self._schedule = (warmup, total_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_train_start(self) -> None:
+        # Resuming restores the scheduler's state, and with it the length of the run that wrote the checkpoint: a
+        # resume with a larger max_epochs decayed to lr 0 at the old end and silently trained nothing. Keep this
+        # run's schedule (its own end from max_epochs/max_steps, unless total_steps is set) from the restored step on.
+        schedule = getattr(self, "_schedule", None)
+        if schedule is None or self._trainer is None:
+            return
+        for config in self.trainer.lr_scheduler_configs:
+            scheduler = config.scheduler
+            for index, factor in enumerate(getattr(scheduler, "lr_lambdas", [])):
+                if isinstance(factor, WarmupLinearDecay) and (factor.warmup_steps, factor.total_steps) != schedule:
+                    factor.warmup_steps, factor.total_steps = schedule
+                    group = scheduler.optimizer.param_groups[index]
+                    group["lr"] = scheduler.base_lrs[index] * factor(scheduler.last_epoch)
 
     @torch.no_grad()
     def log_videos(self, batch: dict, max_videos: int = 4) -> dict[str, torch.Tensor]:

@@ -195,3 +195,31 @@ def test_frozen_networks_give_float32_latent_and_condition_under_bf16_autocast(s
     assert z_mixed.dtype == h_mixed.dtype == nll.dtype == torch.float32
     torch.testing.assert_close(z_mixed, z, atol=0, rtol=0)
     torch.testing.assert_close(h_mixed, h, atol=0, rtol=0)
+
+
+def test_resuming_with_more_epochs_keeps_training_and_validation_is_deterministic(stage1, tmp_path):
+    # A resume restored the schedule of the first run (its end at that run's last step), so a longer resumed run
+    # trained at learning rate 0. And val/nll, which selects checkpoints, used a random posterior sample.
+    def fit(module, epochs, ckpt_path=None):
+        trainer = L.Trainer(accelerator="cpu", max_epochs=epochs, limit_val_batches=1, num_sanity_val_steps=0,
+                            logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                            enable_model_summary=False, default_root_dir=tmp_path)
+        trainer.fit(module, train_dataloaders=loader(4), val_dataloaders=loader(1, seed=1), ckpt_path=ckpt_path)
+        return trainer
+
+    module = PokeINNModule(**stage1, flow=tiny_flow(), warmup_steps=2)
+    first = fit(module, 1)
+    checkpoint = tmp_path / "epoch1.ckpt"
+    first.save_checkpoint(checkpoint)
+    assert first.optimizers[0].param_groups[0]["lr"] == 0.0  # the end of a 4-step schedule
+    before = {key: value.clone() for key, value in module.flow.state_dict().items()}
+    resumed_module = PokeINNModule(**stage1, flow=tiny_flow(), warmup_steps=2)
+    resumed = fit(resumed_module, 3, ckpt_path=checkpoint)
+    assert resumed.global_step == 12
+    changed = [key for key, value in resumed_module.flow.state_dict().items() if not torch.equal(value, before[key])]
+    assert changed, "the resumed run did not train"
+    # Validating the same weights twice gives the same figures.
+    again = [L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                       default_root_dir=tmp_path).validate(resumed_module, loader(1, seed=1), verbose=False)[0]
+             for _ in range(2)]
+    assert again[0] == again[1]
