@@ -33,7 +33,12 @@ class DiagonalGaussian:
         Returns:
             A tensor shaped like ``mean``.
         """
-        eps = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
+        if generator is None:
+            # randn_like, not randn(self.mean.shape): under torch.compile a new batch size makes the shape symbolic,
+            # and randn(shape) then failed to trace (the compiled autoencoder stopped at the first smaller batch).
+            eps = torch.randn_like(self.mean)
+        else:
+            eps = _seeded_normal(self.mean, generator)
         return self.mean + self.std * eps
 
     def mode(self) -> torch.Tensor:
@@ -48,3 +53,9 @@ class DiagonalGaussian:
         """
         kl = 0.5 * (self.mean.pow(2) + self.logvar.exp() - 1.0 - self.logvar)
         return kl.flatten(1).sum(dim=1)
+
+
+@torch.compiler.disable
+def _seeded_normal(like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Standard normal noise shaped like ``like`` from ``generator`` (outside any compiled graph)."""
+    return torch.randn(tuple(like.shape), generator=generator, device=like.device, dtype=like.dtype)

@@ -106,3 +106,29 @@ def test_overfits_one_tiny_batch():
         optimizer.step()
     final = error()
     assert final < initial / 8, (initial, final)
+
+
+def test_compiled_autoencoder_survives_a_new_batch_size():
+    # `compile: true` stopped at the first batch of another size: the posterior's noise was drawn with
+    # randn(mean.shape), which cannot be traced once the batch dimension turns symbolic. The eager backend traces
+    # the same graph as inductor without compiling kernels, so this runs in seconds on a CPU.
+    import torch
+
+    from ipoke.models.autoencoder import VideoAutoencoder
+    from ipoke.models.distributions import DiagonalGaussian
+
+    torch.manual_seed(0)
+    network = VideoAutoencoder(spatial_size=32, n_frames=3, z_dim=4, encoder_channels=[8, 8, 8],
+                               decoder_channels=[8, 8, 8], spade_hidden_channels=8, gru_layers=1, norm_groups=4,
+                               encoder_blocks_per_stage=1).eval()
+    videos = {batch: torch.rand(batch, 4, 3, 32, 32) * 2 - 1 for batch in (2, 3, 1)}
+    expected = {batch: network(video, sample_posterior=False).sample for batch, video in videos.items()}
+    network.compile(backend="eager")
+    for batch, video in videos.items():
+        assert network(video, sample_posterior=True).sample.shape == (batch, 3, 3, 32, 32)
+        torch.testing.assert_close(network(video, sample_posterior=False).sample, expected[batch])
+    # A seeded draw is the same inside and outside a compiled function.
+    seeded = torch.compile(lambda mean, generator: DiagonalGaussian(mean, mean).sample(generator), backend="eager")
+    mean = torch.zeros(3, 4, 8, 8)
+    torch.testing.assert_close(seeded(mean, torch.Generator().manual_seed(5)),
+                               DiagonalGaussian(mean, mean).sample(torch.Generator().manual_seed(5)))
