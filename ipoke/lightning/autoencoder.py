@@ -5,7 +5,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ipoke.lightning.base import NetworkCheckpointMixin, detect_unused_parameters_under_ddp, for_evaluated_split
+from ipoke.lightning.base import (
+    NetworkCheckpointMixin,
+    check_clips_fit,
+    detect_unused_parameters_under_ddp,
+    for_evaluated_split,
+)
 from ipoke.losses.adversarial import feature_matching_loss, hinge_discriminator_loss, hinge_generator_loss, r1_penalty
 from ipoke.losses.perceptual import build_perceptual_loss
 from ipoke.losses.reconstruction import kl_loss, l1_loss, motion_weighted_l1_loss, psnr, ssim
@@ -159,6 +164,8 @@ class VideoAutoencoderModule(NetworkCheckpointMixin):
     # Lightning hooks
 
     def setup(self, stage: str) -> None:
+        check_clips_fit(self, n_frames=self.autoencoder.n_frames, size=self.autoencoder.spatial_size,
+                        networks="the video autoencoder")
         if self.has_discriminator:
             detect_unused_parameters_under_ddp(self)
 

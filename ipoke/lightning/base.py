@@ -56,3 +56,30 @@ def for_evaluated_split(module: L.LightningModule, metrics: dict[str, Any]) -> d
     if trainer is None or not trainer.testing:
         return metrics
     return {(f"test/{key[4:]}" if key.startswith("val/") else key): value for key, value in metrics.items()}
+
+
+def check_clips_fit(module: L.LightningModule, *, n_frames: int | None = None, size: int | None = None,
+                    networks: str = "the networks") -> None:
+    """Refuse data whose clips the networks were not built for, before the first batch.
+
+    A mismatch otherwise crashed deep in a loss, or trained silently on clips the autoencoder was not built for (and
+    the checkpoint then claimed a clip length it never saw). Call from ``setup``: the data module is set up first.
+
+    Raises:
+        DatasetFormatError: Naming both values and the config keys to change (printed as one line by ``ipoke``).
+    """
+    from ipoke.data.format import DatasetFormatError
+
+    datamodule = getattr(module._trainer, "datamodule", None) if module._trainer is not None else None
+    dataset = next((data for data in (getattr(datamodule, name, None) for name in ("train_set", "val_set", "test_set"))
+                    if data is not None), None)
+    if dataset is None:
+        return
+    problems = []
+    if n_frames is not None and getattr(dataset, "n_frames", n_frames) != n_frames:
+        problems.append(f"clips of {dataset.n_frames} frames after x0 in the data (data.init_args.n_frames) against "
+                        f"{n_frames} in {networks}")
+    if size is not None and getattr(dataset, "size", size) != size:
+        problems.append(f"{dataset.size} px frames in the data (data.init_args.size) against {size} px in {networks}")
+    if problems:
+        raise DatasetFormatError("; ".join(problems) + ": make the data's settings and the networks' the same")

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from ipoke.lightning.base import NetworkCheckpointMixin, for_evaluated_split
+from ipoke.lightning.base import NetworkCheckpointMixin, check_clips_fit, for_evaluated_split
 from ipoke.losses.flow import bits_per_dim, gaussian_nll, reference_nll
 from ipoke.losses.reconstruction import l1_loss, psnr, ssim
 from ipoke.models.autoencoder import VideoAutoencoder
@@ -75,6 +75,8 @@ class PokeINNModule(NetworkCheckpointMixin):
         self._graphed_step: GraphedNLLStep | None = None
 
     def setup(self, stage: str) -> None:
+        check_clips_fit(self, n_frames=self.autoencoder.n_frames, size=self.autoencoder.spatial_size,
+                        networks="the stage-1 networks")
         if self.hparams.cuda_graph and self.trainer.world_size > 1:
             raise ValueError(f"cuda_graph trains on one device, but this run has {self.trainer.world_size} processes "
                              "(the graphed step would skip DDP's gradient averaging and the replicas would drift "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ipoke.lightning.base import NetworkCheckpointMixin, for_evaluated_split
+from ipoke.lightning.base import NetworkCheckpointMixin, check_clips_fit, for_evaluated_split
 from ipoke.losses.perceptual import build_perceptual_loss
 from ipoke.losses.reconstruction import l1_loss, psnr, ssim
 from ipoke.models.cvae import PokeConditionedVAE
@@ -33,6 +33,9 @@ class PokeVAEModule(NetworkCheckpointMixin):
         self.save_hyperparameters(ignore=["vae"])
         self.vae = vae
         self.perceptual_loss = build_perceptual_loss(perceptual, perceptual_weights_path)
+
+    def setup(self, stage: str) -> None:
+        check_clips_fit(self, n_frames=self.vae.n_frames, size=self.vae.spatial_size, networks="the cVAE")
 
     def _losses(self, batch: dict) -> dict[str, torch.Tensor]:
         video = batch["video"]

@@ -8,7 +8,12 @@ import torch
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 
-from ipoke.lightning.base import NetworkCheckpointMixin, detect_unused_parameters_under_ddp, for_evaluated_split
+from ipoke.lightning.base import (
+    NetworkCheckpointMixin,
+    check_clips_fit,
+    detect_unused_parameters_under_ddp,
+    for_evaluated_split,
+)
 from ipoke.losses.adversarial import adaptive_weight, hinge_discriminator_loss, hinge_generator_loss, r1_penalty
 from ipoke.losses.perceptual import build_perceptual_loss
 from ipoke.losses.reconstruction import l1_loss, psnr, ssim
@@ -95,6 +100,7 @@ class ImageEncoderModule(NetworkCheckpointMixin):
         return (per_pixel / torch.exp(self.log_variance) + self.log_variance).mean()
 
     def setup(self, stage: str) -> None:
+        check_clips_fit(self, size=self.image_encoder.spatial_size, networks="the image encoder")
         if self.discriminator is not None:
             detect_unused_parameters_under_ddp(self)
 
@@ -234,6 +240,9 @@ class PokeEncoderModule(NetworkCheckpointMixin):
         self.poke_encoder = poke_encoder
         self.log_variance = nn.Parameter(torch.zeros(()), requires_grad=learned_variance)
         self.perceptual_loss = build_perceptual_loss(perceptual, perceptual_weights_path)
+
+    def setup(self, stage: str) -> None:
+        check_clips_fit(self, size=self.poke_encoder.spatial_size, networks="the poke encoder")
 
     def _as_image(self, flow: torch.Tensor) -> torch.Tensor:
         scaled = (flow / self.hparams.flow_scale).clamp(-1, 1)

@@ -133,3 +133,20 @@ def test_the_stages_of_a_dataset_cut_the_same_clips(dataset, size):
     assert len(set(clip.values())) == 1, clip
     assert clip["cinn"][:3] == (size, 10, 1 if dataset in ("synthetic", "iper") else 2)
     assert {args.get("object_weighting", False) for args in data.values()} == {dataset == "plants"}
+
+
+def test_data_that_does_not_fit_the_networks_is_one_line(synthetic_dataset, tmp_path, capsys):
+    # Clip length or frame size of the data different from the networks': crashed in a loss, or trained silently on
+    # clips the autoencoder was not built for (and its checkpoint claimed the other length).
+    common = [f"--data.init_args.data_dir={synthetic_dataset}", f"--trainer.default_root_dir={tmp_path}",
+              f"--trainer.logger.init_args.save_dir={tmp_path}", "--trainer.max_epochs=1"]
+    code = main(["fit", "--config", str(CONFIGS / "autoencoder" / "tiny.yaml"), *common,
+                 "--model.init_args.autoencoder.init_args.n_frames=6"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert ("ipoke: error: clips of 4 frames after x0 in the data (data.init_args.n_frames) against 6 in the video "
+            "autoencoder") in err and "Traceback" not in err
+    code = main(["fit", "--config", str(CONFIGS / "poke_encoder" / "tiny.yaml"), *common, "--data.init_args.size=32"])
+    assert code == 2
+    assert "32 px frames in the data (data.init_args.size) against 64 px in the poke encoder" in capsys.readouterr().err
+
