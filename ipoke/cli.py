@@ -40,6 +40,7 @@ def run_lightning(argv: Sequence[str]) -> int:
     own message, without the traceback of jsonargparse's type resolution that wraps it; so is a dataset error.
     """
     import lightning as L
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
     from lightning.pytorch.cli import LightningCLI
 
     from ipoke.data.format import DatasetFormatError
@@ -48,7 +49,7 @@ def run_lightning(argv: Sequence[str]) -> int:
         def instantiate_classes(self) -> None:
             try:
                 super().instantiate_classes()
-            except (ValueError, TypeError, OSError) as error:
+            except (ValueError, TypeError, OSError, MisconfigurationException) as error:  # the last: Trainer options
                 cause = _root_cause(error)
                 raise UserError(f"the config could not be built: {type(cause).__name__}: {cause}") from error
 
@@ -57,7 +58,7 @@ def run_lightning(argv: Sequence[str]) -> int:
     try:
         CLI(L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
             args=args, save_config_kwargs={"overwrite": True}, parser_kwargs={"prog": "ipoke"})
-    except (UserError, DatasetFormatError) as error:  # a missing or damaged dataset shows when training starts
+    except (UserError, DatasetFormatError, MisconfigurationException) as error:  # data problems show at the start
         print(f"ipoke: error: {error}", file=sys.stderr)
         return 2
     return 0

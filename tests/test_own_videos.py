@@ -10,6 +10,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 import torch
 
 from ipoke.cli import main
@@ -86,6 +87,8 @@ def test_own_mp4s_prepare_train_export_sample_evaluate(tmp_path, monkeypatch, ca
     assert (poker.size, poker.n_frames) == (64, 4)
     # The exported model carries the stage-1 networks the user trained, unchanged by the cINN's training.
     trained = VideoAutoencoder.from_checkpoint(stage1["autoencoder"]).state_dict()
+    with pytest.raises(ValueError, match="holds no VideoAutoencoder: its networks are \\['poke_encoder'\\]"):
+        VideoAutoencoder.from_checkpoint(stage1["poke_encoder"])  # the wrong stage's checkpoint, named as such
     exported = poker.autoencoder.state_dict()
     assert trained.keys() == exported.keys()
     assert all(torch.equal(trained[key], exported[key].cpu()) for key in trained)

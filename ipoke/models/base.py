@@ -211,6 +211,9 @@ def load_network(path: str | os.PathLike, *, name: str | None = None, map_locati
                              "ipoke training module?")
         if name is None:
             candidates = networks_of_class(checkpoint, expected_class)
+            if not candidates and expected_class is not None:
+                raise ValueError(f"{path} holds no {expected_class.__name__}: its networks are {sorted(specs)} (a "
+                                 "checkpoint of another stage?)")
             if len(candidates) != 1:
                 raise ValueError(f"{path} holds networks {sorted(specs)}; pass name= to choose one")
             name = candidates[0]

@@ -150,3 +150,12 @@ def test_data_that_does_not_fit_the_networks_is_one_line(synthetic_dataset, tmp_
     assert code == 2
     assert "32 px frames in the data (data.init_args.size) against 64 px in the poke encoder" in capsys.readouterr().err
 
+
+
+def test_contradicting_trainer_options_are_one_line(tmp_path, capsys):
+    code = main(["fit", "--config", str(CONFIGS / "poke_encoder" / "tiny.yaml"), "--trainer.enable_checkpointing=false",
+                 f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path}"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "MisconfigurationException: Trainer was configured with `enable_checkpointing=False`" in err
+    assert "Traceback" not in err
