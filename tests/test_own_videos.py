@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from ipoke.cli import main
+from ipoke.data.video_io import write_video
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -35,14 +36,6 @@ def swinging_bar_clip(n_frames: int, *, seed: int, height: int = 64, width: int 
     return np.stack(frames)
 
 
-def write_mp4(path: Path, frames: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (frames.shape[2], frames.shape[1]))
-    for frame in frames:
-        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-    writer.release()
-
-
 def _fit(stage: str, data: str, *extra: str) -> None:
     # One short epoch per stage: what matters here is that each stage finds its data and the stages find each other.
     assert main(["fit", "--config", str(CONFIGS / stage / "tiny.yaml"), f"--data.init_args.data_dir={data}",
@@ -53,8 +46,8 @@ def _fit(stage: str, data: str, *extra: str) -> None:
 def test_own_mp4s_prepare_train_export_sample_evaluate(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # the configs write and read runs/<stage>/tiny relative to the working directory
     for index in range(6):
-        write_mp4(tmp_path / "raw" / ("garden" if index % 2 else "kitchen") / f"clip_{index}.mp4",
-                  swinging_bar_clip(24, seed=index))
+        write_video(tmp_path / "raw" / ("garden" if index % 2 else "kitchen") / f"clip_{index}.mp4",
+                    swinging_bar_clip(24, seed=index), fps=10)  # H.264, as a camera or phone writes them
     # tiny.yaml cuts clips of 4 frames: prepare lag 4 beside the defaults (docs/real_data.md).
     assert main(["data", "prepare", "--videos", "raw", "--out", "data/mine", "--size", "64", "--lags", "4,10,20",
                  "--no-progress"]) == 0
