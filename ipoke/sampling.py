@@ -13,7 +13,6 @@ square and resized to the model's resolution, and the pokes are mapped the same 
 
 from __future__ import annotations
 
-import math
 import os
 import pickle
 from collections.abc import Sequence
@@ -40,7 +39,7 @@ from ipoke.models.base import (
 from ipoke.models.cinn.condition import stage2_condition
 from ipoke.models.cinn.network import ConditionalINN
 from ipoke.models.encoders import ImageEncoder, PokeEncoder
-from ipoke.models.noise import Generators
+from ipoke.models.noise import Generators, check_temperature
 from ipoke.utils import atomic_directory
 
 MODEL_FILE = "poker.yaml"
@@ -99,11 +98,6 @@ def load_image(image: str | os.PathLike | np.ndarray | torch.Tensor) -> np.ndarr
     if array.shape[2] == 1:
         array = np.repeat(array, 3, axis=2)
     return np.ascontiguousarray(array[:, :, :3])
-
-
-def _check_temperature(temperature: float) -> None:
-    if not math.isfinite(temperature) or temperature < 0:
-        raise ValueError(f"temperature (the residuals' standard deviation) must be >= 0, got {temperature!r}")
 
 
 def _seed(seed: Any) -> int:
@@ -282,7 +276,7 @@ class Poker(nn.Module):
         if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
             raise ValueError(f"n_samples must be a whole number >= 1, got {n_samples!r}")
         self._check_inputs(first_frame=first_frame, poke=poke)
-        _check_temperature(temperature)
+        check_temperature(temperature)
         if n_frames is not None and (isinstance(n_frames, bool) or not isinstance(n_frames, (int, np.integer))
                                      or n_frames < 1):
             raise ValueError(f"n_frames must be a whole number >= 1 (or None: as trained), got {n_frames!r}")
@@ -460,7 +454,7 @@ class Poker(nn.Module):
             raise ValueError(f"magnitudes must be one or more positive poke lengths, got {magnitudes.tolist()}")
         if isinstance(n_directions, bool) or not isinstance(n_directions, (int, np.integer)) or n_directions < 1:
             raise ValueError(f"n_directions must be a whole number >= 1, got {n_directions!r}")
-        _check_temperature(temperature)
+        check_temperature(temperature)
         angles = np.linspace(0, 2 * np.pi, n_directions, endpoint=False)
         pokes = np.array([[x, y, m * np.cos(a), m * np.sin(a)] for m in magnitudes for a in angles], np.float32)
         first = [self.prepare(image, [poke]) for poke in pokes]

@@ -36,7 +36,6 @@ import logging
 import multiprocessing
 import os
 import shutil
-import signal
 import sys
 import zipfile
 from collections import deque
@@ -75,7 +74,7 @@ from ipoke.data.video_io import (
     resize_points,
     video_fps,
 )
-from ipoke.utils import stop_process_pool, write_text_atomic
+from ipoke.utils import ignore_interrupts_in_worker, stop_process_pool, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -529,10 +528,8 @@ _STATE: dict[str, Any] = {}
 
 def _init_worker(writer: DatasetWriter, options: dict[str, Any], threads: int | None,
                  ignore_interrupt: bool = False) -> None:
-    if ignore_interrupt:
-        # A pool worker: Ctrl-C reaches the whole process group, but only the main process handles it (by ending
-        # the workers, stop_process_pool); a worker would otherwise print a traceback and break the pool.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if ignore_interrupt:  # a pool worker: the main process handles Ctrl-C (see ignore_interrupts_in_worker)
+        ignore_interrupts_in_worker()
     _STATE.clear()
     _STATE.update(writer=writer, options=options, estimator=None)
     if threads is not None:

@@ -9,15 +9,13 @@ stage with ``architecture.baseline: True`` (``models/poke_vae.py``); this is a c
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
 from ipoke.models.autoencoder import VideoAutoencoder
 from ipoke.models.base import SavableModule
 from ipoke.models.distributions import DiagonalGaussian
-from ipoke.models.noise import Generators, standard_normal
+from ipoke.models.noise import Generators, check_temperature, standard_normal
 
 
 class PokeConditionedVAE(SavableModule):
@@ -77,8 +75,7 @@ class PokeConditionedVAE(SavableModule):
                temperature: float = 1.0) -> torch.Tensor:
         """``(B, K, T+1, 3, S, S)`` videos with ``z ~ N(0, temperature^2 I)`` (1: the prior), x0 first (as
         :class:`~ipoke.sampling.Poker`; a sequence of ``B`` generators draws each pair's samples from its own)."""
-        if not math.isfinite(temperature) or temperature < 0:
-            raise ValueError(f"temperature (the prior samples' standard deviation) must be >= 0, got {temperature!r}")
+        check_temperature(temperature, of="prior samples")
         batch = first_frame.shape[0]
         x0 = first_frame.repeat_interleave(n_samples, dim=0)
         poke = poke.repeat_interleave(n_samples, dim=0)

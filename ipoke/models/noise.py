@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -30,3 +31,15 @@ def standard_normal(shape: Sequence[int], generator: Generators, *, device: torc
     rows = shape[0] // len(generators)
     noise = torch.cat([torch.randn((rows, *shape[1:]), generator=g, device=g.device, dtype=dtype) for g in generators])
     return noise if device is None else noise.to(device)
+
+
+def check_temperature(temperature: float, *, of: str = "residuals") -> None:
+    """Refuse a sampling temperature (the standard deviation of the drawn noise) that is negative or not finite.
+
+    Args:
+        temperature: The value to check.
+        of: What the noise is, for the message ("residuals" of the cINN, "prior samples" of the cVAE).
+    """
+    if not math.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature (the {of}' standard deviation) must be >= 0, got {temperature!r}")
+
