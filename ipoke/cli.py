@@ -1,6 +1,6 @@
 """The ``ipoke`` command.
 
-``ipoke fit|validate|test|predict`` are Lightning's CLI (``--config configs/<stage>/<name>.yaml``, dotted overrides
+``ipoke fit|validate|test`` are Lightning's CLI (``--config configs/<stage>/<name>.yaml``, dotted overrides
 such as ``--trainer.max_epochs 3``); every other subcommand is listed by ``ipoke --help`` and documents its options in
 ``ipoke <command> --help``.
 """
@@ -17,7 +17,15 @@ LIGHTNING_COMMANDS = {
     "fit": "train a model from a YAML config (Lightning CLI; see `ipoke fit --help`)",
     "validate": "run validation of a config/checkpoint (Lightning CLI)",
     "test": "run the test loop of a config/checkpoint (Lightning CLI)",
-    "predict": "run the predict loop (Lightning CLI)",
+}
+
+# Lightning's ``predict`` subcommand is not offered: none of the modules has a predict step, and LightningCLI throws
+# the predictions away. What a user wants from it is one of these.
+NOT_A_COMMAND = {
+    "predict": "ipoke has no `predict` command: videos from a trained model are written by `ipoke sample --ckpt "
+               "MODEL --data DIR --n N --samples K --out OUT` (the dataset's clips, their pokes and the real clip "
+               "beside the samples), scores by `ipoke evaluate`, and a stage's losses and logged reconstructions by "
+               "`ipoke validate`/`ipoke test --config ... --ckpt_path ...`",
 }
 
 
@@ -679,6 +687,9 @@ EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ipoke`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in NOT_A_COMMAND:
+        print(f"ipoke: error: {NOT_A_COMMAND[argv[0]]}", file=sys.stderr)
+        return 2
     if argv and argv[0] in LIGHTNING_COMMANDS:
         return run_lightning(argv)
     parser = build_parser()

@@ -15,6 +15,14 @@ def test_help_lists_subcommands(capsys):
     text = capsys.readouterr().out
     for command in ("fit", "validate", "test", "data"):
         assert command in text
+    assert "predict" not in text
+
+
+def test_predict_points_to_the_commands_that_write_videos(capsys):
+    # Lightning's predict loop would run and throw every prediction away (no module has a predict step).
+    assert main(["predict", "--config", "configs/autoencoder/tiny.yaml"]) == 2
+    error = capsys.readouterr().err
+    assert "no `predict` command" in error and "ipoke sample" in error and "ipoke evaluate" in error
 
 
 @pytest.mark.parametrize("command", [["data", "synth"], ["data", "info"], ["data", "index"]])

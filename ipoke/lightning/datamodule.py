@@ -78,7 +78,7 @@ class PokeDataModule(L.LightningDataModule):
             self.train_set = self._dataset(self.hparams.train_split, train=True)
         if stage in (None, "fit", "validate") and self.val_set is None:
             self.val_set = self._dataset(self._val_split(), train=False, max_clips=self.hparams.max_val_clips)
-        if stage in (None, "test", "predict") and self.test_set is None:
+        if stage in (None, "test") and self.test_set is None:
             self.test_set = self._dataset(self.hparams.test_split, train=False)
 
     def _loader(self, dataset: PokeDataset, *, shuffle: bool, sampler: WeightedRandomSampler | None = None
@@ -101,7 +101,4 @@ class PokeDataModule(L.LightningDataModule):
         return self._loader(self.val_set, shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
         return self._loader(self.test_set, shuffle=False)
