@@ -147,15 +147,16 @@ def _add_data_commands(subparsers: argparse._SubParsersAction) -> None:
 
     try:
         from ipoke.data.prepare import add_prepare_arguments, run_prepare
+        from ipoke.data.video_io import VIDEO_EXTENSIONS
     except ImportError:  # pragma: no cover - only while the module is missing
         pass
     else:
         prepare = data_commands.add_parser(
             "prepare", help="turn your own videos into a prepared dataset (frames, optical flow, masks, splits)",
-            description="Read every video file (mp4/mkv/avi/webm/mov/m4v/mpg/mpeg/gif) and folder of frames under "
-                        "--videos (or the "
-                        "single video file or frame folder given), extract frames, compute optical flow at the given "
-                        "lags, optional foreground masks, and write the prepared format with a train/test split. "
+            description=f"Read every video file ({'/'.join(ext[1:] for ext in VIDEO_EXTENSIONS)}) and folder of "
+                        "frames under --videos (or the single video file or frame folder given; links to folders are "
+                        "followed; other files are listed in a warning), extract frames, compute optical flow at the "
+                        "given lags, optional foreground masks, and write the prepared format with a train/test split. "
                         "Parallel, resumable.")
         add_prepare_arguments(prepare)
         prepare.set_defaults(handler=run_prepare)

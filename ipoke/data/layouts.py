@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from ipoke.data.format import INDEX_FILE, PREPARE_SETTINGS_FILE
-from ipoke.data.video_io import VIDEO_EXTENSIONS, is_image_file, natural_sort_key
+from ipoke.data.video_io import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, is_image_file, natural_sort_key
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +60,12 @@ QUICKSTART_SETTINGS_FILE = "quickstart_settings.json"
 LOGGED_VIDEOS_MARKER = "ipoke_logged_videos.json"
 IPOKE_OUTPUT_MARKERS = (INDEX_FILE, PREPARE_SETTINGS_FILE, SAMPLE_RECORD, QUICKSTART_SETTINGS_FILE,
                         LOGGED_VIDEOS_MARKER)
+# Files that sit beside raw videos and are not meant as videos: not listed in the warning about unread files.
+NOT_MEDIA_EXTENSIONS = (".txt", ".json", ".csv", ".tsv", ".md", ".yaml", ".yml", ".xml", ".npy", ".npz", ".pkl",
+                        ".pickle", ".mat", ".cdf", ".h5", ".hdf5", ".log", ".pt", ".pth", ".zip", ".tar", ".gz")
+# The extra fields each layout stores in a video's meta.json (VideoSource.meta); a resume with another layout
+# replaces them.
+LAYOUT_META_KEYS = ("plant", "take", "actor", "outfit", "action", "subject", "sequence", "camera")
 H36M_TRAIN_SUBJECTS = ("S1", "S5", "S6", "S7", "S8")
 H36M_TEST_SUBJECTS = ("S9", "S11")
 
@@ -115,10 +121,12 @@ def ipoke_output_marker(folder: str | os.PathLike) -> str | None:
 def find_media(root: str | os.PathLike) -> list[Path]:
     """All video files and frame folders under ``root`` (recursively, hidden entries skipped), natural order.
 
-    A folder that directly holds images is one video (its frames); its sub-folders are searched too. A single video
-    file as ``root`` is that one video. Sub-folders that ipoke wrote (:func:`ipoke_output_marker`: a prepared dataset,
-    an unfinished prepare output, an ``ipoke sample`` or ``ipoke quickstart`` output, logged training gifs) are
-    skipped with one warning; ``root`` itself is read as given.
+    A folder that directly holds images is one video (its frames; the raw folder itself too); its sub-folders are
+    searched too, following symbolic links. A single video file as ``root`` is that one video. Files that are neither
+    videos nor images (other than annotation files, :data:`NOT_MEDIA_EXTENSIONS`) are listed in a warning.
+    Sub-folders that ipoke wrote (:func:`ipoke_output_marker`: a prepared dataset, an unfinished prepare output, an
+    ``ipoke sample`` or ``ipoke quickstart`` output, logged training gifs) are skipped with one warning; ``root``
+    itself is read as given.
 
     Raises:
         LayoutError: If ``root`` does not exist or is neither a folder nor a video file.
@@ -130,31 +138,48 @@ def find_media(root: str | os.PathLike) -> list[Path]:
         raise LayoutError(f"videos folder {root} does not exist or is not a folder")
     found: list[Path] = []
     outputs: list[str] = []
-    for folder, subfolders, files in os.walk(root):
+    unread: list[str] = []
+    # Symbolic links to folders are followed (a raw tree assembled from links is common); each real folder is read
+    # once, so a link that points back up the tree cannot loop.
+    visited = {os.path.realpath(root)}
+    for folder, subfolders, files in os.walk(root, followlinks=True):
         folder_path = Path(folder)
         kept = []
         for name in sorted((name for name in subfolders if not name.startswith(".")), key=natural_sort_key):
+            real = os.path.realpath(folder_path / name)
+            if real in visited:
+                continue
+            visited.add(real)
             marker = ipoke_output_marker(folder_path / name)
             if marker is None:
                 kept.append(name)
             else:
                 outputs.append(f"{(folder_path / name).relative_to(root).as_posix()}/ ({marker})")
         subfolders[:] = kept
-        if folder_path != root and any(is_image_file(folder_path / name) for name in files):
+        # A folder that holds images is a video (its frames), the raw folder itself included.
+        if any(is_image_file(folder_path / name) for name in files):
             found.append(folder_path)
-        found.extend(folder_path / name for name in files
-                     if not name.startswith(".") and Path(name).suffix.lower() in VIDEO_EXTENSIONS)
-    if any(is_image_file(root / name) for name in os.listdir(root)) and not found:
-        found.append(root)  # the raw folder itself is a single frame folder
+        for name in files:
+            if name.startswith("."):
+                continue
+            suffix = Path(name).suffix.lower()
+            if suffix in VIDEO_EXTENSIONS:
+                found.append(folder_path / name)
+            elif suffix not in IMAGE_EXTENSIONS and suffix not in NOT_MEDIA_EXTENSIONS:
+                unread.append((folder_path / name).relative_to(root).as_posix())
     if outputs:
         logger.warning("skipped %d folders in %s that ipoke wrote (not raw videos): %s", len(outputs), root,
                        ", ".join(outputs[:5]) + (", ..." if len(outputs) > 5 else ""))
+    if unread:
+        logger.warning("%d files in %s are neither videos (%s) nor images and were not read, e.g. %s; convert them "
+                       "(e.g. ffmpeg -i IN -c:v libx264 OUT.mp4) if they are videos", len(unread), root,
+                       " ".join(VIDEO_EXTENSIONS), ", ".join(unread[:3]))
     return sorted(found, key=lambda p: natural_sort_key(p.relative_to(root).as_posix()))
 
 
 def _relative(root: Path, path: Path) -> str:
     relative = path.relative_to(root).as_posix()
-    return relative if relative != "." else path.name
+    return relative if relative != "." else path.resolve().name  # the raw folder itself (also `--videos .`)
 
 
 def _plain_id(relative: str) -> str:

@@ -63,7 +63,7 @@ from ipoke.data.format import (
     DatasetWriter,
     is_dataset,
 )
-from ipoke.data.layouts import LAYOUTS, LayoutError, VideoSource, discover_videos
+from ipoke.data.layouts import LAYOUT_META_KEYS, LAYOUTS, LayoutError, VideoSource, discover_videos
 from ipoke.data.video_io import (
     RESIZE_MODES,
     VIDEO_EXTENSIONS,
@@ -88,6 +88,15 @@ ARRAY_SETTINGS = ("size", "resize", "flow_method", "flow_options", "lags", "flow
 # Values of array settings that settings files written before the setting existed lack.
 ARRAY_SETTING_DEFAULTS: dict[str, Any] = {"keypoints": False}
 KEYPOINT_EXTENSIONS = (".npy", ".npz")
+# Where the layouts that decide the split themselves take their test videos from (for the summary's note).
+LAYOUT_TEST_VIDEOS = {"iper": "the videos that train.txt does not list", "h36m": "subjects S9 and S11",
+                      "taichi": "the videos under test/"}
+MIN_SIZE = 16  # frame side: OpenCV's DIS refuses images under 12 px, and such frames hold no motion worth learning
+MAX_ID_BYTES = 200  # a video id names a folder (and its temporary sibling): file systems allow 255 bytes per name
+# The end of the message when a bad video stops a run (on_error="raise") in an output folder that keeps videos.
+STOPPED_NOTE = ("\n(stopped; the videos finished by this run and those in progress are kept, the index was not "
+                "written; fix or --exclude the video and re-run the same command to resume, or pass --skip-bad to "
+                "leave bad videos out)")
 
 
 class PrepareError(ValueError):
@@ -126,11 +135,13 @@ class PrepareResult:
             text += f"; {len(self.failed)} FAILED and were left out:\n" + "\n".join(
                 f"  {video_id}: {message}" for video_id, message in sorted(self.failed.items()))
         settings = self.index.get("settings", {})
+        layout_test = LAYOUT_TEST_VIDEOS.get(settings.get("layout", "plain"))
         if (self.index.get("videos") and "test" not in splits and settings.get("split_file") is None
-                and settings.get("test_fraction", 0) > 0):
+                and (layout_test or settings.get("test_fraction", 0) > 0)):
+            why = (f"the {settings['layout']} layout puts in test {layout_test}" if layout_test else
+                   "a random split sends videos to test only from 2 videos on, per object when objects are known")
             text += ("\nnote: no video is in the test split, which `ipoke fit` validates and `ipoke evaluate` tests "
-                     "on (a random split sends videos to test only from 2 videos on, per object when objects are "
-                     "known): add videos, or name test videos in a --split-file")
+                     f"on ({why}): add videos, or name test videos in a --split-file")
         requested = settings.get("flow_resolution")
         capped = sorted((meta["flow_resolution"], meta["id"]) for meta in self.index.get("videos", [])
                         if requested and meta.get("flow_resolution", requested) < requested)
@@ -250,7 +261,7 @@ def prepare_video_arrays(source: str | os.PathLike, *, estimator: FlowEstimator,
             flows.append(pairs.astype(np.float16))
             starts.append(start)
     if len(frames) < max_lag + 1:
-        step_note = f" (every {frame_step}th frame kept)" if frame_step > 1 else ""
+        step_note = f" (one frame in {frame_step} kept)" if frame_step > 1 else ""
         raise PrepareError(f"{source}: has {len(frames)} frames{step_note}, too few for flow lags {lags}: at least "
                            f"{max_lag + 1} are needed (use smaller --lags or --frame-step, or leave the video out)")
     keypoint_array = None
@@ -335,19 +346,21 @@ def load_keypoints(path: str | os.PathLike) -> np.ndarray:
 def read_split_file(path: str | os.PathLike) -> dict[str, str]:
     """Read a split file: one video per line, ``<name> <split>`` (whitespace, tab or comma between them).
 
-    ``<name>`` is a video id, a path relative to the videos folder, or such a path without its extension; it may
-    contain spaces (the split is the last field). Empty lines and lines starting with ``#`` are ignored.
+    ``<name>`` is a video id, a path relative to the videos folder, or such a path without its extension, or (when
+    only one video has it) the bare file name with or without extension; it may contain spaces (the split is the
+    last field). Empty lines and lines starting with ``#`` are ignored.
 
     Returns:
         Name -> split.
 
     Raises:
-        PrepareError: If the file is missing or a line has no split.
+        PrepareError: If the file is missing, a line has no split, or a name is listed twice with different splits.
     """
     path = Path(path)
     if not path.is_file():
         raise PrepareError(f"split file {path} does not exist")
     entries: dict[str, str] = {}
+    lines: dict[str, int] = {}
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         line = line.strip()
         if not line or line.startswith("#"):
@@ -356,7 +369,10 @@ def read_split_file(path: str | os.PathLike) -> dict[str, str]:
         if len(parts) != 2:
             raise PrepareError(f"{path}:{number}: expected '<video name> <split>', got {line!r}")
         name, split = parts[0].strip().strip("/"), parts[1].strip()
-        entries[name] = split
+        if name in entries and entries[name] != split:
+            raise PrepareError(f"{path}:{number}: {name!r} is in {split!r} here but in {entries[name]!r} on line "
+                               f"{lines[name]}; list each video once")
+        entries[name], lines[name] = split, number
     if not entries:
         raise PrepareError(f"split file {path} lists no videos")
     return entries
@@ -471,7 +487,7 @@ def assign_splits(sources: Sequence[VideoSource], *, split_file: str | os.PathLi
     splits: dict[str, str | None] = {}
     if split_file is not None:
         entries = read_split_file(split_file)
-        used: set[str] = set()
+        used: dict[str, list[str]] = {}
         missing = []
         for source in sources:
             name = next((name for name in _names_of(source) if name in entries), None)
@@ -480,12 +496,17 @@ def assign_splits(sources: Sequence[VideoSource], *, split_file: str | os.PathLi
                     missing.append(source.relative_path)
                 splits[source.video_id] = None if unlisted in ("skip", "error") else unlisted
             else:
-                used.add(name)
+                used.setdefault(name, []).append(source.relative_path)
                 splits[source.video_id] = entries[name]
+        ambiguous = {name: paths for name, paths in used.items() if len(paths) > 1}
+        if ambiguous:
+            name, paths = next(iter(ambiguous.items()))
+            raise PrepareError(f"split file {split_file}: {name!r} matches {len(paths)} videos ({', '.join(paths[:4])}"
+                               f"); name each by its path below the videos folder instead (e.g. {paths[0]!r})")
         if missing:
             raise PrepareError(f"split file {split_file} does not name {len(missing)} of the videos, e.g. "
                                f"{missing[:5]}; add them, or pass --unlisted train|test|skip")
-        unknown = sorted(set(entries) - used)
+        unknown = sorted(set(entries) - set(used))
         if unknown and not used:
             raise PrepareError(f"no name in split file {split_file} matches a video (first entries: "
                                f"{sorted(entries)[:3]}; videos are named like {_names_of(sources[0])[:2]})")
@@ -556,6 +577,8 @@ def _prepare_one(task: tuple[VideoSource, str, Path | None]) -> tuple[str, str |
         fps = video_fps(source.path)
     except (VideoReadError, PrepareError) as error:
         return source.video_id, str(error)
+    except cv2.error as error:  # e.g. flow estimation on frames that OpenCV refuses
+        return source.video_id, f"{source.path}: OpenCV failed on this video: {error}".strip()
     extra = dict(source.meta)
     if options["masks"] == "grabcut":
         extra["grabcut_failures"] = arrays["grabcut_failures"]
@@ -567,14 +590,17 @@ def _prepare_one(task: tuple[VideoSource, str, Path | None]) -> tuple[str, str |
     return source.video_id, None
 
 
-def _relabel(writer: DatasetWriter, video_id: str, split: str) -> bool:
-    meta_file = writer.video_dir(video_id) / "meta.json"
+def _update_meta(writer: DatasetWriter, source: VideoSource, split: str) -> bool:
+    """Bring a finished video's ``meta.json`` up to date with this run: its split, and what the layout says about it
+    (object id, source file, the layout's fields: a resume may use another --layout or split file, which change
+    neither frames nor flow). Returns True if the split changed."""
+    meta_file = writer.video_dir(source.video_id) / "meta.json"
     meta = json.loads(meta_file.read_text())
-    if meta.get("split") == split:
-        return False
-    meta["split"] = split
-    write_text_atomic(meta_file, json.dumps(meta))
-    return True
+    updated = {key: value for key, value in meta.items() if key not in LAYOUT_META_KEYS}
+    updated.update(source.meta, split=split, object_id=source.object_id, source_file=source.relative_path)
+    if updated != meta:
+        write_text_atomic(meta_file, json.dumps(updated))
+    return meta.get("split") != split
 
 
 def _check_resume(out: Path, settings: dict[str, Any]) -> None:
@@ -587,9 +613,12 @@ def _check_resume(out: Path, settings: dict[str, Any]) -> None:
             details = ", ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in different.items())
             raise PrepareError(f"{out} was prepared with other settings ({details}); resuming would mix videos "
                                "prepared differently. Use the same options, or another --out folder")
-    elif is_dataset(out) or (out / VIDEOS_DIR).is_dir():
+    elif is_dataset(out):
         raise PrepareError(f"{out} holds a dataset that `ipoke data prepare` did not make (no {SETTINGS_FILE}); "
                            "choose another --out folder")
+    elif (out / VIDEOS_DIR).is_dir():
+        raise PrepareError(f"{out} is not empty and has a {VIDEOS_DIR}/ folder, but no {SETTINGS_FILE}: it is not a "
+                           "run of `ipoke data prepare`; choose a new or empty --out folder")
 
 
 def prepare_dataset(videos_dir: str | os.PathLike, out: str | os.PathLike, *, size: int = 256,
@@ -653,7 +682,7 @@ def prepare_dataset(videos_dir: str | os.PathLike, out: str | os.PathLike, *, si
     lags = sorted({int(lag) for lag in lags})
     flow_options = dict(flow_options or {})
     checks = [
-        (size >= 8, f"size must be at least 8, got {size}"),
+        (size >= MIN_SIZE, f"size must be at least {MIN_SIZE} (optical flow needs frames of that side), got {size}"),
         (bool(lags) and min(lags) >= 1, f"lags must be positive integers, got {lags}"),
         (flow_stride >= 1, f"flow_stride must be >= 1, got {flow_stride}"),
         (frame_step >= 1, f"frame_step must be >= 1, got {frame_step}"),
@@ -662,7 +691,9 @@ def prepare_dataset(videos_dir: str | os.PathLike, out: str | os.PathLike, *, si
         (masks in MASK_MODES, f"masks must be one of {MASK_MODES}, got {masks!r}"),
         (resize in RESIZE_MODES, f"resize must be one of {RESIZE_MODES}, got {resize!r}"),
         (on_error in ("raise", "skip"), f"on_error must be 'raise' or 'skip', got {on_error!r}"),
-        (flow_resolution is None or flow_resolution >= 8, f"flow_resolution must be >= 8, got {flow_resolution}"),
+        (flow_resolution is None or flow_resolution >= MIN_SIZE,
+         f"flow_resolution must be >= {MIN_SIZE}, got {flow_resolution}"),
+        (seed >= 0, f"seed must be >= 0, got {seed}"),
         (max_frames is None or max_frames >= 2, f"max_frames must be >= 2, got {max_frames}"),
     ]
     for ok, message in checks:
@@ -672,6 +703,11 @@ def prepare_dataset(videos_dir: str | os.PathLike, out: str | os.PathLike, *, si
         raise PrepareError(f"max_frames {max_frames} leaves too few frames for lags {lags}")
     if flow_resolution == size:
         flow_resolution = None
+    for path in (out, *out.parents):
+        if path.exists():
+            if not path.is_dir():
+                raise PrepareError(f"--out {out}: {path} exists and is not a folder; choose another --out")
+            break
 
     # Everything that can fail on the input is checked before the output folder is touched.
     layout_options = {"train_list": train_list} if layout == "iper" and train_list is not None else {}
@@ -683,6 +719,12 @@ def prepare_dataset(videos_dir: str | os.PathLike, out: str | os.PathLike, *, si
                           for name in (source.video_id, source.relative_path))]
     if not sources:
         raise PrepareError(f"every video in {videos_dir} matches an --exclude pattern {patterns}")
+    too_long = [source for source in sources if len(source.video_id.encode()) > MAX_ID_BYTES]
+    if too_long:
+        raise PrepareError(
+            f"{len(too_long)} videos get ids longer than {MAX_ID_BYTES} bytes (an id is the path below --videos with "
+            f"'/' as '__', and names a folder, which file systems limit), e.g. {too_long[0].relative_path!r}; point "
+            "--videos at a deeper folder, or shorten the folder and file names")
     splits = assign_splits(sources, split_file=split_file, test_fraction=test_fraction, seed=seed,
                            split_by=split_by, unlisted=unlisted)
     sources = [source for source in sources if splits[source.video_id] is not None]
@@ -695,6 +737,7 @@ def prepare_dataset(videos_dir: str | os.PathLike, out: str | os.PathLike, *, si
 
         flow_options["weights"] = str(find_raft_weights(flow_options.get("raft_model", "raft_small"),
                                                         path=flow_options.get("weights")))
+    estimator = _build_estimator(flow_method, flow_options)  # fails here, not in a worker after --out exists
 
     settings: dict[str, Any] = {
         "size": size, "resize": resize, "flow_method": flow_method,
@@ -710,7 +753,49 @@ def prepare_dataset(videos_dir: str | os.PathLike, out: str | os.PathLike, *, si
     created_out = not out.exists()
     fresh = created_out or not any(out.iterdir())
     writer = DatasetWriter(out, size=size, flow_lags=lags, source="prepare", settings=settings)
-    (out / SETTINGS_FILE).write_text(json.dumps(settings, indent=1))
+    try:
+        (out / SETTINGS_FILE).write_text(json.dumps(settings, indent=1))
+        return _prepare_sources(writer, sources, splits, keypoint_files, settings, flow_options, estimator,
+                                workers=workers, on_error=on_error, progress=progress)
+    except Exception as error:
+        if fresh and _remove_unfinished(out, created_out=created_out):
+            if isinstance(error, PrepareError) and error.args[0].endswith(STOPPED_NOTE):
+                raise PrepareError(error.args[0][:-len(STOPPED_NOTE)] + f"\n(stopped; nothing was written to {out}; "
+                                   "fix or --exclude the video, or pass --skip-bad to leave bad videos out)") from None
+        raise
+
+
+def _remove_unfinished(out: Path, *, created_out: bool) -> bool:
+    """Remove what a run left in a new or empty ``out`` where no video was finished; True if it did."""
+    if any((out / VIDEOS_DIR).glob("*/meta.json")):
+        return False
+    shutil.rmtree(out / VIDEOS_DIR, ignore_errors=True)
+    (out / SETTINGS_FILE).unlink(missing_ok=True)
+    if created_out:
+        shutil.rmtree(out, ignore_errors=True)
+    return True
+
+
+def _build_estimator(flow_method: str, flow_options: dict[str, Any]) -> FlowEstimator:
+    """The flow estimator of a run, built once before anything is written (bad RAFT weights fail here)."""
+    from ipoke.weights import WeightsNotFoundError
+
+    try:
+        return make_flow_estimator(flow_method, **flow_options)
+    except WeightsNotFoundError:
+        raise
+    except Exception as error:  # a state dict of another model, a damaged file, an unknown device, ...
+        raise PrepareError(f"the {flow_method} flow estimator could not be built: {type(error).__name__}: "
+                           f"{error}") from error
+
+
+def _prepare_sources(writer: DatasetWriter, sources: list[VideoSource], splits: dict[str, str | None],
+                     keypoint_files: dict[str, Path], settings: dict[str, Any], flow_options: dict[str, Any],
+                     estimator: FlowEstimator, *, workers: int, on_error: str, progress: bool) -> PrepareResult:
+    """The preparation loop of :func:`prepare_dataset`, once the output folder is set up."""
+    out = writer.root
+    split_file, test_fraction, seed, split_by = (settings[key] for key in ("split_file", "test_fraction", "seed",
+                                                                          "split_by"))
 
     result = PrepareResult(out=out)
     tasks = []
@@ -735,11 +820,11 @@ def prepare_dataset(videos_dir: str | os.PathLike, out: str | os.PathLike, *, si
     bar = tqdm(total=len(sources), initial=len(result.skipped), desc="prepare", unit="video",
                disable=not progress, dynamic_ncols=True)
     failed_error: PrepareError | None = None
-    failed_message = ""
     executor = None
     try:
         if workers == 1 or len(tasks) <= 1:
             _init_worker(writer, options, None)
+            _STATE["estimator"] = estimator
             outcomes: Iterable[tuple[str, str | None]] = (_prepare_one(task) for task in tasks)
         else:
             # spawn: safe with CUDA (RAFT) and with OpenCV's/torch's thread pools, unlike fork. A process pool
@@ -757,11 +842,7 @@ def prepare_dataset(videos_dir: str | os.PathLike, out: str | os.PathLike, *, si
                 continue
             result.failed[video_id] = message
             if on_error == "raise":
-                failed_error = PrepareError(
-                    f"{message}\n(stopped; the {len(result.written)} videos finished by this run and those in progress "
-                    "are kept, the index was not written; fix or --exclude the video and re-run the same command to "
-                    "resume, or pass --skip-bad to leave bad videos out)")
-                failed_message = message
+                failed_error = PrepareError(f"{message}{STOPPED_NOTE}")
                 break
             logger.warning("leaving out %s: %s", video_id, message)
     except KeyboardInterrupt:
@@ -774,15 +855,7 @@ def prepare_dataset(videos_dir: str | os.PathLike, out: str | os.PathLike, *, si
             executor.shutdown(wait=True, cancel_futures=True)
         bar.close()
     if failed_error is not None:
-        if fresh and not any((out / VIDEOS_DIR).glob("*/meta.json")):
-            # Nothing was finished in a new output folder: leave no half-made dataset behind.
-            shutil.rmtree(out / VIDEOS_DIR, ignore_errors=True)
-            (out / SETTINGS_FILE).unlink(missing_ok=True)
-            if created_out:
-                shutil.rmtree(out, ignore_errors=True)
-            raise PrepareError(f"{failed_message}\n(stopped; nothing was written to {out}; fix or --exclude the "
-                               "video, or pass --skip-bad to leave bad videos out)")
-        raise failed_error
+        raise failed_error  # prepare_dataset removes a new output folder in which nothing was finished
     if result.failed and split_file is None:
         # The random split was drawn over every video before any was read; draw it again over those that were
         # prepared, so that a left-out video does not take the test slots with it. The same inputs give the same
@@ -794,7 +867,7 @@ def prepare_dataset(videos_dir: str | os.PathLike, out: str | os.PathLike, *, si
         if source.video_id not in result.failed:
             split = splits[source.video_id]
             assert split is not None
-            if _relabel(writer, source.video_id, split) and source.video_id in skipped:
+            if _update_meta(writer, source, split) and source.video_id in skipped:
                 result.relabelled.append(source.video_id)
     if result.failed:
         writer.settings = {**settings, "failed": result.failed}
@@ -913,6 +986,9 @@ def run_prepare(args: argparse.Namespace) -> int:
             progress=not args.no_progress)
     except (PrepareError, LayoutError, VideoReadError, DatasetFormatError, WeightsNotFoundError) as error:
         print(f"ipoke: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # the output folder cannot be written: permissions, a full disk, ...
+        print(f"ipoke: error: {type(error).__name__}: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"ipoke: interrupted; the videos finished so far stay in {args.out} (the index is written only at the "

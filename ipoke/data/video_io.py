@@ -27,7 +27,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-VIDEO_EXTENSIONS = (".mp4", ".mkv", ".avi", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".gif")
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".avi", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".gif", ".mts", ".m2ts", ".ts",
+                    ".3gp", ".flv", ".wmv", ".ogv", ".mxf", ".vob")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 RESIZE_MODES = ("crop", "squash")
 
@@ -73,6 +74,9 @@ def _read_image(path: Path) -> np.ndarray:
 
 
 def _iter_video_file(path: Path) -> Iterator[np.ndarray]:
+    if path.suffix.lower() == ".gif":  # per-frame delays: read at a constant rate (see _gif_frames)
+        yield from _gif_frames(path)[0]
+        return
     import av  # imported here so that code which only handles frame folders does not need PyAV
 
     try:
@@ -169,10 +173,13 @@ def read_frames(source: str | os.PathLike, *, frame_step: int = 1, max_frames: i
 
 
 def video_fps(path: str | os.PathLike) -> float | None:
-    """Frame rate of a video file from its container (None if unknown or for a frame folder)."""
+    """Frame rate of a video file from its container (None if unknown or for a frame folder); for a GIF, the rate of
+    the constant-rate frames that :func:`iter_frames` returns."""
     path = Path(path)
     if path.is_dir():
         return None
+    if path.suffix.lower() == ".gif":
+        return _gif_frames(path)[1]  # the rate at which iter_frames returns its frames
     import av
 
     try:
@@ -389,7 +396,7 @@ def write_gif(path: str | os.PathLike, frames: Any, *, fps: float = 10.0, loop: 
     """Write a clip as an animated GIF (256-colour palette per frame, so colours are approximate).
 
     Pillow merges identical consecutive frames into one frame shown for their summed duration: playback timing is
-    right, but reading the file back can give fewer frames (use mp4 or a lossless mkv to keep every frame).
+    right, and :func:`read_gif` (and ``ipoke data prepare``) repeat such a frame again when reading.
 
     Args:
         path: Output file.
@@ -407,12 +414,36 @@ def write_gif(path: str | os.PathLike, frames: Any, *, fps: float = 10.0, loop: 
     return path
 
 
-def read_gif(path: str | os.PathLike) -> np.ndarray:
-    """Read an animated GIF as uint8 ``(T, H, W, 3)`` RGB."""
-    from PIL import Image, ImageSequence
+def _gif_frames(path: str | os.PathLike) -> tuple[list[np.ndarray], float | None]:
+    """The frames of an animated GIF at a constant rate, and that rate (frames per second; None if the file stores no
+    delays).
 
+    A GIF stores how long each frame is shown, and writers (Pillow among them) merge a run of identical frames into one
+    frame shown longer. Each frame is repeated for its delay in units of the shortest delay (rounded), so that, as in
+    any other video, one frame index is one time step.
+    """
+    from PIL import Image, ImageSequence, UnidentifiedImageError
+
+    frames: list[np.ndarray] = []
+    delays: list[float] = []
     try:
         with Image.open(path) as image:
-            return np.stack([np.asarray(frame.convert("RGB")) for frame in ImageSequence.Iterator(image)])
-    except OSError as error:
-        raise VideoReadError(f"cannot read GIF {path}: {error}") from error
+            for frame in ImageSequence.Iterator(image):
+                frames.append(np.asarray(frame.convert("RGB")))
+                delays.append(float(frame.info.get("duration") or 0))
+    except (UnidentifiedImageError, OSError, EOFError) as error:
+        raise VideoReadError(f"cannot read GIF {path}: {error} (the file is damaged or not a GIF)") from error
+    if not frames:
+        raise VideoReadError(f"GIF {path} has no frames")
+    shown = [delay for delay in delays if delay > 0]
+    if not shown:
+        return frames, None
+    unit = min(shown)
+    repeats = [max(1, round(delay / unit)) for delay in delays]
+    return [frame for frame, count in zip(frames, repeats) for _ in range(count)], 1000.0 / unit
+
+
+def read_gif(path: str | os.PathLike) -> np.ndarray:
+    """Read an animated GIF as uint8 ``(T, H, W, 3)`` RGB at a constant frame rate: a frame shown for k times the
+    shortest delay (a run of identical frames that the writer merged) is repeated k times."""
+    return np.stack(_gif_frames(path)[0])

@@ -544,3 +544,121 @@ def test_docs_list_exactly_the_video_extensions_the_code_reads():
     expected = [extension[1:] for extension in VIDEO_EXTENSIONS]
     assert readme and re.split(r"[/, ]+", readme.group(1)) == expected
     assert guide and re.split(r"[/, ]+", guide.group(1)) == expected
+
+
+def test_an_out_that_is_a_file_is_refused_before_anything_is_written(raw, tmp_path):
+    root, _ = raw
+    blocker = tmp_path / "notadir"
+    blocker.write_text("x")
+    for out in (blocker, blocker / "sub"):
+        with pytest.raises(PrepareError, match="notadir exists and is not a folder"):
+            prepare_dataset(root, out, size=32, lags=LAGS, progress=False)
+    assert blocker.read_text() == "x"
+    with pytest.raises(PrepareError, match="size must be at least 16"):
+        prepare_dataset(root, tmp_path / "small", size=8, lags=LAGS, progress=False)
+    with pytest.raises(PrepareError, match="seed must be >= 0"):
+        prepare_dataset(root, tmp_path / "seed", size=32, lags=LAGS, seed=-1, progress=False)
+    assert not (tmp_path / "small").exists() and not (tmp_path / "seed").exists()
+
+
+def test_bad_flow_weights_fail_before_the_output_folder_exists(raw, tmp_path):
+    root, _ = raw
+    weights = tmp_path / "raft_small.pth"
+    weights.write_bytes(b"not a state dict")
+    with pytest.raises(PrepareError, match="raft flow estimator could not be built"):
+        prepare_dataset(root, tmp_path / "out", size=32, lags=LAGS, flow_method="raft",
+                        flow_options={"weights": str(weights)}, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unexpected_error_in_a_new_folder_leaves_nothing_behind(raw, tmp_path, monkeypatch):
+    root, _ = raw
+    import ipoke.data.prepare as prepare_module
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(prepare_module, "prepare_video_arrays", broken)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        prepare_dataset(root, tmp_path / "out", size=32, lags=LAGS, progress=False)
+    assert not (tmp_path / "out").exists()  # a re-run is a new run, not a resume refused for its settings
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(RuntimeError):
+        prepare_dataset(root, empty, size=32, lags=LAGS, progress=False)
+    assert empty.is_dir() and not any(empty.iterdir())
+
+
+def test_video_ids_too_long_for_a_folder_name_are_refused(tmp_path):
+    deep = tmp_path / "raw" / ("x" * 120) / ("y" * 120)
+    write_frame_folder(deep / "clip", panning_clip(6))
+    with pytest.raises(PrepareError, match="longer than 200 bytes.*deeper folder"):
+        prepare_dataset(tmp_path / "raw", tmp_path / "out", size=32, lags=LAGS, progress=False)
+    assert not (tmp_path / "out").exists()
+    result = prepare_dataset(tmp_path / "raw" / ("x" * 120), tmp_path / "out", size=32, lags=LAGS, progress=False)
+    assert result.written == ["y" * 120 + "__clip"]
+
+
+def test_linked_folders_other_containers_and_frames_in_the_root_are_read(tmp_path, caplog, monkeypatch):
+    root = tmp_path / "raw"
+    write_frame_folder(root, panning_clip(6, seed=0))  # frames in the raw folder itself ...
+    write_mp4(root / "door.mp4", panning_clip(6, seed=1))  # ... beside a video
+    elsewhere = tmp_path / "elsewhere" / "kitchen"
+    write_mp4(elsewhere / "bush.mp4", panning_clip(6, seed=2))
+    (root / "kitchen").symlink_to(elsewhere, target_is_directory=True)
+    (root / "loop").symlink_to(root, target_is_directory=True)  # a link back up the tree is read once
+    write_mp4(tmp_path / "camera.mp4", panning_clip(6, seed=3)).rename(root / "camera.MTS")
+    (root / "notes.txt").write_text("annotations")
+    (root / "clip.xyz").write_bytes(b"unknown container")
+    with caplog.at_level("WARNING"):
+        result = prepare_dataset(root, tmp_path / "out", size=32, lags=LAGS, progress=False)
+    assert sorted(result.written) == ["camera", "door", "kitchen__bush", "raw"]
+    warnings = "\n".join(record.getMessage() for record in caplog.records)
+    assert "1 files" in warnings and "clip.xyz" in warnings and "notes.txt" not in warnings
+    np.testing.assert_array_equal(PreparedDataset(tmp_path / "out").video("raw").frames,
+                                  centre(panning_clip(6, seed=0)))
+    # `--videos .` inside a frame folder: the video is named after the folder, not "v".
+    monkeypatch.chdir(elsewhere.parent.parent)
+    write_frame_folder(tmp_path / "elsewhere" / "frames", panning_clip(6))
+    monkeypatch.chdir(tmp_path / "elsewhere" / "frames")
+    single = prepare_dataset(".", tmp_path / "single", size=32, lags=LAGS, progress=False)
+    assert single.written == ["frames"]
+    assert single.index["videos"][0]["source_file"] == "frames"
+
+
+def test_a_resume_with_another_layout_updates_the_videos_metadata(tmp_path):
+    root = tmp_path / "raw"
+    for plant, take in ((0, 0), (0, 1), (0, 2), (1, 0)):
+        write_frame_folder(root / f"VID_{plant}_{take}", panning_clip(6, seed=plant * 3 + take))
+    out = tmp_path / "out"
+    first = prepare_dataset(root, out, size=32, lags=LAGS, test_fraction=0.0, progress=False)
+    assert {meta["object_id"] for meta in first.index["videos"]} == {None}
+    second = prepare_dataset(root, out, size=32, lags=LAGS, layout="plants", progress=False)
+    assert second.written == [] and len(second.skipped) == 4
+    by_id = {meta["id"]: meta for meta in second.index["videos"]}
+    assert by_id["VID_0_2"]["object_id"] == "plant0" and by_id["VID_0_2"]["take"] == 2
+    assert by_id["VID_1_0"]["plant"] == 1 and second.index["settings"]["layout"] == "plants"
+    third = prepare_dataset(root, out, size=32, lags=LAGS, test_fraction=0.0, progress=False)
+    assert all("plant" not in meta and meta["object_id"] is None for meta in third.index["videos"])
+
+
+def test_split_file_names_must_name_one_video_each(tmp_path):
+    videos = [VideoSource(video_id=f"{folder}__door_01", path=Path(folder), relative_path=f"{folder}/door_01.mp4")
+              for folder in ("kitchen", "garden")]
+    split_file = tmp_path / "splits.txt"
+    split_file.write_text("door_01 test\n")
+    with pytest.raises(PrepareError, match="'door_01' matches 2 videos.*'kitchen/door_01.mp4'"):
+        assign_splits(videos, split_file=split_file)
+    split_file.write_text("kitchen/door_01 test\ngarden/door_01.mp4 train\n")
+    assert assign_splits(videos, split_file=split_file) == {"kitchen__door_01": "test", "garden__door_01": "train"}
+    split_file.write_text("kitchen/door_01 test\ngarden/door_01 train\nkitchen/door_01 train\n")
+    with pytest.raises(PrepareError, match="splits.txt:3: 'kitchen/door_01' is in 'train' here but in 'test' on "
+                                           "line 1"):
+        assign_splits(videos, split_file=split_file)
+
+
+def test_summary_note_names_the_layouts_test_videos(tmp_path):
+    for name in ("a", "b", "c"):
+        write_frame_folder(tmp_path / "raw" / "train" / name, panning_clip(6))
+    result = prepare_dataset(tmp_path / "raw", tmp_path / "out", size=32, lags=LAGS, layout="taichi", progress=False)
+    assert "taichi layout puts in test the videos under test/" in result.summary()

@@ -96,7 +96,31 @@ def test_gif_round_trip_keeps_length_and_approximate_colours(tmp_path):
     back = read_gif(path)
     assert back.shape == frames.shape
     np.testing.assert_allclose(back.astype(int), frames.astype(int), atol=8)
-    np.testing.assert_array_equal(read_frames(path).shape, frames.shape)  # PyAV reads GIFs too
+    np.testing.assert_array_equal(read_frames(path).shape, frames.shape)
+
+
+def test_gif_frames_held_longer_are_repeated_at_a_constant_rate(tmp_path):
+    # A poke video as GIF writers store it: the still start (5 identical frames) merged into one frame shown 5 times
+    # as long. Read at a constant rate, frame index means time again, and the rate is the shortest delay's.
+    from PIL import Image
+
+    frames = np.zeros((8, 16, 16, 3), np.uint8)
+    for t in range(8):
+        frames[t, :, 2 * t:2 * t + 2] = (255, 40, 0)
+    images = [Image.fromarray(frame) for frame in frames]
+    path = tmp_path / "held.gif"
+    images[0].save(path, save_all=True, append_images=images[1:], duration=[500] + [100] * 7, loop=0)
+    back = read_frames(path)
+    assert back.shape == (12, 16, 16, 3)
+    for t in range(5):
+        np.testing.assert_allclose(back[t].astype(int), frames[0].astype(int), atol=8)
+    np.testing.assert_allclose(back[5:].astype(int), frames[1:].astype(int), atol=8)
+    assert read_gif(path).shape == back.shape
+    assert video_fps(path) == pytest.approx(10.0)
+    # Written by ipoke (one delay for every frame, identical frames merged by Pillow): the same length comes back.
+    still = np.repeat(frames[:1], 3, axis=0)
+    path = write_video(tmp_path / "still_then_move.gif", np.concatenate([still, frames[1:4]]), fps=5)
+    assert read_frames(path).shape[0] == 6 and video_fps(path) == pytest.approx(5.0)
 
 
 def test_frame_folder_natural_order_step_and_limit(tmp_path, noise_clip):
