@@ -87,6 +87,17 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _seed(text: str) -> int:
+    """A seed in [0, 2**63) (argparse type): what numpy's and torch's generators both take."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"must be in [0, 2**63), got {value}")
+    return value
+
+
 def _number(text: str) -> float:
     """``float(text)``, NaN for anything that is not a number (every range check below then fails)."""
     try:
@@ -129,7 +140,7 @@ def _add_data_commands(subparsers: argparse._SubParsersAction) -> None:
                        help="future frames T per video; a video has T+1 frames (default 10)")
     synth.add_argument("--size", type=int, default=64,
                        help="frame side in pixels, at least 16, e.g. 64 or 128 (default 64)")
-    synth.add_argument("--seed", type=int, default=0,
+    synth.add_argument("--seed", type=_seed, default=0,
                        help="random seed >= 0; the same seed gives the same dataset")
     synth.add_argument("--workers", type=_positive_int, default=os.cpu_count() or 1,
                        help="parallel processes (default: all CPU cores); the result does not depend on it")
@@ -290,7 +301,9 @@ def _add_sample_command(subparsers: argparse._SubParsersAction) -> None:
                              "transfer mode writes one video per clip, as the transfer is deterministic)")
     sample.add_argument("--mode", choices=("poke", "sensitivity", "transfer"), default="poke",
                         help="what to generate (default: poke)")
-    sample.add_argument("--seed", type=int, default=0, help="seed of the samples (same seed, same videos)")
+    sample.add_argument("--seed", type=_seed, default=0,
+                        help="seed >= 0 of the samples (and of the pokes drawn for --data clips): same seed, same "
+                             "videos")
     sample.add_argument("--temperature", type=_temperature_arg, default=1.0,
                         help="standard deviation of the residuals r (default 1, the protocol; 0 gives the model's "
                              "most likely video, smaller values calmer samples); poke and sensitivity modes")
@@ -366,6 +379,9 @@ def _write_samples(poker, args: argparse.Namespace, out, generator) -> int:  # n
         return 1
     dataset = poker.evaluation_clips(args.data, split=args.split, seed=args.seed, max_clips=args.n)
     count = len(dataset)
+    if args.mode == "transfer" and count < 2:
+        raise UserError(f"--mode transfer replays each clip on the next one, but the {args.split} split has only "
+                        f"{count} clip; choose a split with more")
     if count < args.n:
         print(f"the {args.split} split has {count} clips; sampling all of them")
     for index in range(count):
@@ -563,7 +579,8 @@ def _add_evaluate_command(subparsers: argparse._SubParsersAction) -> None:
                           help="clips to evaluate (default 1008, as the paper)")
     evaluate.add_argument("--samples", type=_positive_int, default=5, help="samples per clip (default 5)")
     evaluate.add_argument("--batch-size", type=int, default=16, help="clips per batch (default 16)")
-    evaluate.add_argument("--seed", type=int, default=42, help="seed of pokes and samples (default 42, as the paper)")
+    evaluate.add_argument("--seed", type=_seed, default=42,
+                          help="seed >= 0 of pokes and samples (default 42, as the paper)")
     evaluate.add_argument("--temperature", type=_temperature_arg, default=1.0,
                           help="standard deviation of the model's residuals (cINN) or prior samples (cVAE): 1, the "
                                "default, is the protocol; 0 scores the most likely video (recorded in the JSON)")
@@ -589,6 +606,10 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.is_dir():
         raise UserError(f"--out {out} is a folder; give a file name such as {out / 'metrics.json'}")
+    blocking = next((parent for parent in out.parents if parent.exists()), None)
+    if blocking is not None and not blocking.is_dir():  # found now, not after the whole evaluation
+        raise UserError(f"--out {out}: {blocking} is a file, not a folder; choose another --out")
+    device = _device(args.device)
     if args.name is not None and not args.ckpt:
         raise UserError("--name names the model of --ckpt; give --ckpt too")
     if args.name is not None and not args.name.strip():
@@ -599,10 +620,12 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         from ipoke.evaluation import load_model
 
         try:
-            model = load_model(args.ckpt, device=_device(args.device), temperature=args.temperature)
+            model = load_model(args.ckpt, device=device, temperature=args.temperature)
         except ValueError as error:  # ModelLoadError: a stage-1 checkpoint, a damaged file, not a checkpoint
             raise UserError(str(error)) from error
-        samplers[args.name or Path(args.ckpt).stem or model.kind] = model.sampler
+        # A checkpoint file's name without .ckpt; a folder's or zoo name whole (a dot in it is not an extension).
+        default_name = Path(args.ckpt).stem if Path(args.ckpt).is_file() else Path(args.ckpt).name
+        samplers[args.name or default_name or model.kind] = model.sampler
         size, n_frames, poke_size, frame_step = model.size, model.n_frames, model.poke_size, model.frame_step
     elif args.no_baselines:
         raise UserError("nothing to evaluate: give --ckpt or drop --no-baselines")
@@ -613,7 +636,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
                           samples=args.samples, batch_size=args.batch_size, seed=args.seed, size=size,
                           n_frames=n_frames, frame_step=frame_step, poke_size=poke_size,
                           include_baselines=not args.no_baselines,
-                          device=args.device, fvd_weights=args.fvd_weights, lpips_backbone=args.lpips_backbone,
+                          device=device, fvd_weights=args.fvd_weights, lpips_backbone=args.lpips_backbone,
                           strict=len(metrics) == 1)
     except (MetricUnavailable, ValueError) as error:
         raise UserError(str(error)) from error

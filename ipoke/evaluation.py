@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 import os
-import pickle
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -130,17 +129,21 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu",
 
     from ipoke.models.base import CONFIG_FILE, clip_settings, load_network, networks_of_class
     from ipoke.models.cvae import PokeConditionedVAE
-    from ipoke.sampling import Poker
+    from ipoke.sampling import ModelLoadError, Poker
 
     path_obj = Path(path)
     vae = None
     clips = clip_settings({})  # a save_pretrained folder records no data settings: the data module's defaults
     if path_obj.is_dir() and (path_obj / CONFIG_FILE).exists():
-        vae = load_network(path_obj, expected_class=PokeConditionedVAE, map_location="cpu")
+        try:
+            vae = load_network(path_obj, expected_class=PokeConditionedVAE, map_location="cpu")
+        except TypeError as error:  # one network of an iPOKE model (e.g. <export>/cinn), not a model
+            raise ModelLoadError(f"{error}: that folder is one network, not a model; pass the exported model's "
+                                 "folder (the one holding poker.yaml), a cINN or cVAE .ckpt, or a zoo name") from error
     elif path_obj.is_file():
         try:
             checkpoint = torch.load(path_obj, map_location="cpu", weights_only=False)
-        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError):
+        except Exception:  # noqa: BLE001 - any file: unpickling raises ImportError, KeyError, ... as well
             checkpoint = None  # not a checkpoint: Poker.from_checkpoint below says so
         names = networks_of_class(checkpoint, PokeConditionedVAE) if isinstance(checkpoint, dict) else []
         if names:
@@ -276,6 +279,9 @@ def evaluate(samplers: dict[str, Sampler], data_dir: str | os.PathLike, *, split
     if "fvd" in metrics and n_frames + 1 < I3D_MIN_FRAMES:
         unavailable["fvd"] = (f"FVD's I3D needs clips of at least {I3D_MIN_FRAMES} frames; these have {n_frames + 1} "
                               f"(x0 + {n_frames})")
+    elif "fvd" in metrics and len(dataset) < 2:
+        unavailable["fvd"] = (f"FVD compares feature covariances and needs at least 2 clips; split {split!r} gives "
+                              f"{len(dataset)}")
     elif "fvd" in metrics:
         try:
             first = FrechetVideoDistance(weights_path=fvd_weights, device=device)

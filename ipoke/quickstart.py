@@ -291,8 +291,10 @@ def write_example_image(path: Path, data_dir: Path, poker: Any, *, side: int = 2
                                         cv2.COLOR_RGB2BGR))
     scale = side / poker.size
     x, y, dx, dy = clip["poke_coords"][0].tolist()
-    # Pixel centres: model pixel x covers [x, x + 1), i.e. image pixels [x * scale, (x + 1) * scale).
-    poke = f"{int((x + 0.5) * scale)},{int((y + 0.5) * scale)},{round(dx * scale)},{round(dy * scale)}"
+    # The served poke already sits at a model pixel's centre (i + 0.5); Poker.prepare maps image pixel p to model
+    # coordinate p / scale, so p = x * scale lands on that centre and the poke square is the evaluation's. (Adding
+    # another half pixel here put the example's square one model pixel right of and below the evaluation's.)
+    poke = f"{int(x * scale)},{int(y * scale)},{round(dx * scale)},{round(dy * scale)}"
     return path, poke
 
 

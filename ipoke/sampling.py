@@ -14,7 +14,6 @@ square and resized to the model's resolution, and the pokes are mapped the same 
 from __future__ import annotations
 
 import os
-import pickle
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -178,6 +177,11 @@ class Poker(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The networks' floating-point type; float inputs of any precision are cast to it."""
+        return next(self.parameters()).dtype
+
     # ------------------------------------------------------------------------------------------------------------
     # Loading and saving
 
@@ -217,7 +221,7 @@ class Poker(nn.Module):
         else:
             try:
                 checkpoint = torch.load(path_obj, map_location="cpu", weights_only=False)
-            except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
+            except Exception as error:  # noqa: BLE001 - unpickling any file raises ImportError, KeyError, ... too
                 raise ModelLoadError(f"{path_obj} is not a readable checkpoint ({type(error).__name__}: {error}); "
                                      "pass an exported model folder, a cINN Lightning .ckpt or a zoo name") from error
             if not isinstance(checkpoint, dict):
@@ -281,11 +285,15 @@ class Poker(nn.Module):
                                      or n_frames < 1):
             raise ValueError(f"n_frames must be a whole number >= 1 (or None: as trained), got {n_frames!r}")
         batch = first_frame.shape[0]
-        if generator is not None and not isinstance(generator, torch.Generator) and len(generator) != batch:
-            raise ValueError(f"give one generator, or one per (x0, poke) pair: {len(generator)} generators for "
-                             f"{batch} pairs")
-        device = self.device
-        first_frame, poke = first_frame.to(device), poke.to(device)
+        if generator is not None and not isinstance(generator, torch.Generator):
+            if not isinstance(generator, Sequence) or not all(isinstance(g, torch.Generator) for g in generator):
+                raise ValueError(f"generator must be a torch.Generator, a sequence of them (one per (x0, poke) "
+                                 f"pair) or None, got {type(generator).__name__} (for a seed: Poker.animate(seed=))")
+            if len(generator) != batch:
+                raise ValueError(f"give one generator, or one per (x0, poke) pair: {len(generator)} generators for "
+                                 f"{batch} pairs")
+        device, dtype = self.device, self.dtype
+        first_frame, poke = first_frame.to(device, dtype), poke.to(device, dtype)
         h = self.condition(first_frame, poke).repeat_interleave(n_samples, dim=0)
         z = self.cinn.sample(h, generator=generator, temperature=temperature)
         x0 = first_frame.repeat_interleave(n_samples, dim=0)
@@ -297,7 +305,8 @@ class Poker(nn.Module):
         """Refuse model inputs of the wrong layout or dtype before they fail deep inside a network.
 
         Names ending in ``first_frame`` are ``(B, 3, S, S)`` in [-1, 1], in ``poke`` ``(B, 2, S, S)`` pokes maps,
-        ``source_video`` ``(B, T + 1, 3, S, S)``; all float, with one ``B``.
+        ``source_video`` ``(B, T + 1, 3, S, S)``; all float (of any precision: the callers cast them to the
+        networks' type), with one ``B``.
         """
         size = self.size
         for name, tensor in tensors.items():
@@ -334,10 +343,13 @@ class Poker(nn.Module):
         """
         self._check_inputs(source_video=source_video, source_poke=source_poke, target_first_frame=target_first_frame,
                            **({} if target_poke is None else {"target_poke": target_poke}))
-        device = self.device
-        source_video, source_poke = source_video.to(device), source_poke.to(device)
-        target_first_frame = target_first_frame.to(device)
-        target_poke = source_poke if target_poke is None else target_poke.to(device)
+        if source_video.shape[1] < 2:
+            raise ValueError(f"source_video must have x0 and at least one more frame, got {source_video.shape[1]} "
+                             "frame(s)")
+        device, dtype = self.device, self.dtype
+        source_video, source_poke = source_video.to(device, dtype), source_poke.to(device, dtype)
+        target_first_frame = target_first_frame.to(device, dtype)
+        target_poke = source_poke if target_poke is None else target_poke.to(device, dtype)
         # The posterior mean, not a sample as in training (and the reference's `_test_transfer`): the transfer of a
         # clip is then deterministic, and with the tiny KL weight the posterior's spread is far below the latent's.
         z = self.autoencoder.encode(source_video).mean
@@ -429,7 +441,7 @@ class Poker(nn.Module):
                            n_frames=n_frames)[0]
 
     def control_sensitivity(self, image: Any, x: float, y: float, *, magnitudes: Sequence[float] | None = None,
-                            n_directions: int = 8, seed: int = 0,
+                            n_directions: int = 8, seed: int | None = 0,
                             temperature: float = 1.0) -> tuple[torch.Tensor, np.ndarray]:
         """One location, many poke directions and magnitudes.
 
@@ -438,7 +450,7 @@ class Poker(nn.Module):
             magnitudes: Poke lengths in the image's pixels; default 4 and 8 pixels *of the model's resolution*
                 (converted to the image's pixels, so a large photo gets pokes the model can see).
             n_directions: Directions, evenly spaced from +x.
-            seed: Seed of the one residual shared by every video.
+            seed: Seed of the one residual shared by every video (None: a fresh random one).
             temperature: Standard deviation of that residual (0: the model's most likely video for each poke).
 
         Returns:
@@ -461,7 +473,8 @@ class Poker(nn.Module):
         x0 = torch.cat([item[0] for item in first])
         maps = torch.cat([item[1] for item in first])
         h = self.condition(x0.to(self.device), maps.to(self.device))
-        residual = torch.randn((1, *self.cinn.latent_shape), generator=torch.Generator().manual_seed(_seed(seed)))
+        generator = None if seed is None else torch.Generator().manual_seed(_seed(seed))
+        residual = torch.randn((1, *self.cinn.latent_shape), generator=generator)
         residual = residual * temperature
         with torch.no_grad():
             z = self.cinn.inverse(residual.expand(len(pokes), -1, -1, -1).to(h), h)

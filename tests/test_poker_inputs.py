@@ -67,6 +67,10 @@ def test_sample_transfer_and_sensitivity_refuse_what_they_cannot_honour(make_tin
                           "n_directions must be a whole number >= 1"),
         "seed out of range": (lambda: poker.animate(np.zeros((64, 64, 3), np.uint8), [[30, 30, 2, 0]], seed=2**64),
                               r"seed must be a whole number in \[-2\*\*63, 2\*\*64\)"),
+        "a seed as generator": (lambda: poker.sample(x0, poke, generator=5),
+                                r"generator must be a torch.Generator.*got int.*Poker.animate\(seed=\)"),
+        "a one-frame clip to transfer": (lambda: poker.transfer(torch.zeros(2, 1, 3, 64, 64), poke, x0),
+                                         "x0 and at least one more frame"),
     }
     for call, message in refused.values():
         with pytest.raises(ValueError, match=message):
@@ -75,3 +79,14 @@ def test_sample_transfer_and_sensitivity_refuse_what_they_cannot_honour(make_tin
     videos = poker.sample(x0, poke, n_samples=2, temperature=0.0, n_frames=1)
     assert videos.shape == (2, 2, 2, 3, 64, 64) and torch.equal(videos[:, 0], videos[:, 1])
     assert poker.transfer(torch.zeros(2, 3, 3, 64, 64), poke, x0).shape == (2, 3, 3, 64, 64)
+    # Float inputs of another precision are cast to the networks' (float64 failed inside the first convolution).
+    generator = torch.Generator().manual_seed(3)
+    single = poker.sample(x0, poke, generator=generator, n_frames=1)
+    double = poker.sample(x0.double(), poke.double(), generator=torch.Generator().manual_seed(3), n_frames=1)
+    assert double.dtype == torch.float32 and torch.equal(single, double)
+    assert torch.equal(poker.transfer(torch.zeros(2, 3, 3, 64, 64).double(), poke, x0),
+                       poker.transfer(torch.zeros(2, 3, 3, 64, 64), poke, x0))
+    # seed=None in control_sensitivity is a fresh residual (it was refused with a message offering None).
+    image = np.zeros((64, 64, 3), np.uint8)
+    videos, pokes = poker.control_sensitivity(image, 30, 30, n_directions=2, magnitudes=[4.0], seed=None)
+    assert videos.shape == (2, 3, 3, 64, 64) and pokes.shape == (2, 4)

@@ -45,6 +45,18 @@ def test_report_files_and_model(quickstart_run):
         discover_videos(out.parent)
 
 
+def test_the_example_poke_is_the_evaluations_poke(quickstart_run, tmp_path):
+    # The README and the summary suggest `ipoke sample --image example.png --poke <this>`: the same poke square as
+    # the poke the evaluation drew for that clip.
+    poker = Poker.from_checkpoint(quickstart_run / "model")
+    path, poke = quickstart.write_example_image(tmp_path / "example.png", quickstart_run / "data", poker)
+    clip = poker.evaluation_clips(quickstart_run / "data", split="test", seed=42, max_clips=1)[0]
+    _, poke_map, mapped = poker.prepare(path, [[float(value) for value in poke.split(",")]])
+    np.testing.assert_array_equal(np.floor(mapped[0, :2]), np.floor(clip["poke_coords"][0, :2].numpy()))
+    np.testing.assert_array_equal(poke_map[0].abs().sum(0).numpy() > 0, clip["poke"].abs().sum(0).numpy() > 0)
+    np.testing.assert_allclose(mapped[0, 2:], clip["poke_coords"][0, 2:].numpy(), atol=0.5 * 64 / 256)
+
+
 def test_metrics_follow_the_evaluate_schema(quickstart_run):
     report = json.loads((quickstart_run / "metrics.json").read_text())
     assert set(report) == {"settings", "results", "unavailable", "per_clip", "per_clip_videos"}

@@ -297,6 +297,14 @@ def test_sample_command_rejects_bad_input_without_writing(exported, tmp_path, ca
     (foreign / "keep.txt").write_text("x")
     assert main([*base[:-4], "--out", str(foreign), "--poke", "75,50,3,1"]) == 2
     assert sorted(p.name for p in foreign.iterdir()) == ["keep.txt"]
+    # A transfer needs two clips: on a split of one it replayed the clip onto itself.
+    from ipoke.data.synthetic import SyntheticSettings, generate_dataset
+
+    generate_dataset(tmp_path / "one", SyntheticSettings(videos=4, frames=10, size=64, seed=0, val_fraction=0.0,
+                                                         test_fraction=0.25), workers=1, progress=False)
+    assert main(["sample", "--ckpt", str(exported), "--data", str(tmp_path / "one"), "--n", "2", "--mode", "transfer",
+                 "--out", str(tmp_path / "transfer")]) == 2
+    assert "has only 1 clip" in capsys.readouterr().err and not (tmp_path / "transfer").exists()
 
 
 def test_control_sensitivity_pokes_are_visible_at_the_model_resolution(exported):
@@ -360,6 +368,33 @@ def test_evaluate_command_checks_its_arguments_before_working(exported, tmp_path
     assert main(["evaluate", "--data", synthetic_dataset, "--name", "x", "--out", str(tmp_path / "b.json")]) == 2
     assert "give --ckpt too" in capsys.readouterr().err
     assert not (tmp_path / "b.j").exists()
+    # Found before any clip is sampled: an --out below a file, a device that is not one (also without --ckpt), a
+    # negative seed (numpy refused it mid-run with a message that did not name --seed).
+    blocker = tmp_path / "blocker.png"
+    blocker.write_bytes(b"x")
+    assert main([*base, "--metrics", "ssim", "--out", str(blocker / "m.json")]) == 2
+    assert "blocker.png is a file, not a folder" in capsys.readouterr().err
+    assert main(["evaluate", "--data", synthetic_dataset, "--metrics", "ssim", "--device", "foo",
+                 "--out", str(tmp_path / "b.json")]) == 2
+    assert "--device 'foo' is not a device" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*base, "--seed", "-3"])
+    assert "must be in [0, 2**63)" in capsys.readouterr().err
+    # The row of a model folder or zoo name keeps a dot in its name (it is not a file extension).
+    dotted = tmp_path / "model.v2"
+    shutil.copytree(exported, dotted)
+    assert main(["evaluate", "--ckpt", str(dotted), "--data", synthetic_dataset, "--n-clips", "2", "--metrics",
+                 "ssim", "--no-baselines", "--out", str(tmp_path / "v.json")]) == 0
+    assert list(json.loads((tmp_path / "v.json").read_text())["results"]) == ["model.v2"]
+    # One network of an export is not a model: a one-line error, as `ipoke sample` gives.
+    assert main(["evaluate", "--ckpt", str(exported / "cinn"), "--data", synthetic_dataset, "--metrics", "ssim",
+                 "--out", str(tmp_path / "c.json")]) == 2
+    assert "one network, not a model" in capsys.readouterr().err
+    assert not (tmp_path / "b.json").exists() and not (tmp_path / "c.json").exists()
+    # FVD alone on a split of one clip fails instead of writing a report without it.
+    with pytest.raises(MetricUnavailable, match="at least 2 clips"):
+        evaluation.evaluate({}, synthetic_dataset, metrics=("fvd",), n_clips=1, n_frames=9, progress=False,
+                            strict=True)
 
 
 def test_zoo_rejects_bad_names_and_reports_a_damaged_registry(exported, tmp_path, monkeypatch, capsys):
@@ -521,7 +556,10 @@ def test_sample_and_evaluate_name_a_checkpoint_they_cannot_load(tmp_path, make_t
     image = tmp_path / "image.png"
     cv2.imwrite(str(image), np.zeros((64, 64, 3), np.uint8))
     out, metrics = tmp_path / "out", tmp_path / "m.json"
-    for ckpt, message in ((image, "not a readable checkpoint"), (stage1, "does not hold exactly one ImageEncoder"),
+    config = tmp_path / "model_config.yaml"  # unpickling text that starts with "c" raised ModuleNotFoundError
+    config.write_text("class_path: ipoke.models.cinn.ConditionalINN\n")
+    for ckpt, message in ((image, "not a readable checkpoint"), (config, "not a readable checkpoint"),
+                          (stage1, "does not hold exactly one ImageEncoder"),
                           (old_architecture, "do not fit")):
         assert main(["sample", "--ckpt", str(ckpt), "--image", str(image), "--poke", "32,32,2,0",
                      "--out", str(out)]) == 2
