@@ -12,6 +12,7 @@ import math
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 LIGHTNING_COMMANDS = {
     "fit": "train a model from a YAML config (Lightning CLI; see `ipoke fit --help`)",
@@ -33,11 +34,56 @@ class UserError(Exception):
     """An error caused by the user's input; printed without a traceback."""
 
 
+# Values of --ckpt_path that Lightning resolves itself.
+SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
+
+
+def _spec_differences(saved: Any, built: Any, where: str) -> list[str]:
+    """``"<where>.<key>: <saved> in the checkpoint, <built> in the config"`` for each differing leaf."""
+    if isinstance(saved, dict) and isinstance(built, dict):
+        return [line for key in sorted(set(saved) | set(built), key=str)
+                for line in _spec_differences(saved.get(key), built.get(key), f"{where}.{key}")]
+    return [] if saved == built else [f"{where}: {saved!r} in the checkpoint, {built!r} in the config"]
+
+
+def check_checkpoint_networks(ckpt_path: str | os.PathLike, model: Any) -> None:
+    """Refuse a ``--ckpt_path`` whose networks are not the ones the config builds, naming what differs.
+
+    Raises:
+        UserError: If the file is no checkpoint, holds networks of another stage, or networks built differently (the
+            weights would not load, or would load into another architecture's slots).
+    """
+    import torch
+
+    from ipoke.models.base import NETWORKS_KEY, network_specs
+
+    try:  # memory-mapped: only the small network specs are read, not gigabytes of weights
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as error:  # noqa: BLE001 - unpickling any file raises ImportError, KeyError, ... too
+        raise UserError(f"--ckpt_path {ckpt_path} is not a readable checkpoint ({type(error).__name__}: "
+                        f"{error})") from error
+    saved = checkpoint.get(NETWORKS_KEY) if isinstance(checkpoint, dict) else None
+    if not saved:
+        return  # not written by an ipoke module: Lightning's own loading reports what does not fit
+    built = network_specs(model)
+    if set(saved) != set(built):
+        raise UserError(f"--ckpt_path {ckpt_path} holds the networks {sorted(saved)}, but this config builds "
+                        f"{sorted(built)}: is it a checkpoint of another stage?")
+    differences = [line for name in sorted(saved) for line in _spec_differences(saved[name], built[name], name)]
+    if differences:
+        shown = "; ".join(differences[:5]) + ("; ..." if len(differences) > 5 else "")
+        raise UserError(f"--ckpt_path {ckpt_path} was trained with other networks than this config builds ({shown}); "
+                        "use the config it was trained with (Lightning saves it as config.yaml in the run's log "
+                        "folder), or the matching --model.init_args flags")
+
+
 def _root_cause(error: BaseException) -> BaseException:
     """The first exception of the chain that led to ``error`` (jsonargparse wraps a constructor's own error)."""
-    while (cause := error.__cause__ or error.__context__) is not None:
+    while True:  # `raise ... from None` ends the chain: that error's message already says what the cause was
+        cause = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+        if cause is None:
+            return error
         error = cause
-    return error
 
 
 def run_lightning(argv: Sequence[str]) -> int:
@@ -54,12 +100,31 @@ def run_lightning(argv: Sequence[str]) -> int:
     from ipoke.data.format import DatasetFormatError
 
     class CLI(LightningCLI):
+        def _parse_ckpt_path(self) -> None:
+            # Lightning merges the hyperparameters saved in --ckpt_path over the config and the command line, so an
+            # override such as --model.init_args.autoencoder_checkpoint (a stage-1 file that moved) was silently
+            # replaced by the value stored in the checkpoint (Lightning issue #20801). Here the config and the flags
+            # decide; the checkpoint brings the weights and the training state, and its networks must be the ones
+            # the config builds (checked in after_instantiate_classes).
+            subcommand = self.config.get("subcommand")
+            ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+            if ckpt_path and ckpt_path not in SPECIAL_CKPT_PATHS and not os.path.isfile(ckpt_path):
+                raise UserError(f"--ckpt_path {ckpt_path} does not exist; the configs keep each run's last.ckpt in "
+                                "its checkpoint folder (e.g. runs/autoencoder/synthetic_64/checkpoints/last.ckpt), "
+                                "which --ckpt_path last finds")
+
         def instantiate_classes(self) -> None:
             try:
                 super().instantiate_classes()
             except (ValueError, TypeError, OSError, MisconfigurationException) as error:  # the last: Trainer options
                 cause = _root_cause(error)
                 raise UserError(f"the config could not be built: {type(cause).__name__}: {cause}") from error
+
+        def after_instantiate_classes(self) -> None:
+            super().after_instantiate_classes()
+            ckpt_path = self.config[self.subcommand].get("ckpt_path") if self.subcommand else None
+            if ckpt_path and ckpt_path not in SPECIAL_CKPT_PATHS:
+                check_checkpoint_networks(ckpt_path, self.model)
 
     # From the console script LightningCLI reads sys.argv itself (passing it again only earns a warning).
     args = None if list(argv) == sys.argv[1:] else list(argv)
@@ -140,7 +205,7 @@ def _add_data_commands(subparsers: argparse._SubParsersAction) -> None:
                        help="future frames T per video; a video has T+1 frames (default 10)")
     synth.add_argument("--size", type=int, default=64,
                        help="frame side in pixels, at least 16, e.g. 64 or 128 (default 64)")
-    synth.add_argument("--seed", type=_seed, default=0,
+    synth.add_argument("--seed", type=int, default=0,
                        help="random seed >= 0; the same seed gives the same dataset")
     synth.add_argument("--workers", type=_positive_int, default=os.cpu_count() or 1,
                        help="parallel processes (default: all CPU cores); the result does not depend on it")

@@ -59,7 +59,7 @@ def test_own_mp4s_prepare_train_export_sample_evaluate(tmp_path, monkeypatch, ca
     for stage in ("autoencoder", "image_encoder", "poke_encoder"):
         _fit(stage, "data/mine")
     _fit("cinn", "data/mine")
-    stage1 = {stage: tmp_path / "runs" / stage / "tiny" / "logs" / "version_0" / "checkpoints" / "last.ckpt"
+    stage1 = {stage: tmp_path / "runs" / stage / "tiny" / "checkpoints" / "last.ckpt"
               for stage in ("autoencoder", "image_encoder", "poke_encoder")}
     assert all(path.exists() for path in stage1.values())
     # validate and test run the same way, from a checkpoint (real data has no val split: the test split stands in).

@@ -5,10 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 import lightning as L
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
 
 from ipoke.models.base import NETWORKS_KEY, network_specs
+
+
+class TrainingSetupError(MisconfigurationException, ValueError):
+    """A trainer option that a module cannot train with (found in its ``setup``, before the first step); the
+    ``ipoke`` command prints it as one line, like Lightning's own refusals of a configuration."""
 
 
 class NetworkCheckpointMixin(L.LightningModule):

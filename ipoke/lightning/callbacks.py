@@ -10,6 +10,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
@@ -50,7 +51,9 @@ class VideoLoggingCallback(L.Callback):
     """Logs ``pl_module.log_videos(batch)`` every ``every_n_steps`` training batches (and once per validation).
 
     The module returns ``{name: (N, T, C, H, W) in [-1, 1]}``. Clips of one name are tiled side by side and sent to
-    every configured logger: GIF files ``<log_dir>/videos/<split>_<name>_<step>.gif`` (always written), the same
+    every configured logger: GIF files ``<log_dir>/videos/<split>_<name>_<step>.gif`` (always written; with W&B, whose
+    log folder is shared by its runs, ``<save_dir>/videos/<W&B run id>/``; ``<step>`` counts training batches and
+    goes on after a resume), the same
     files as ``wandb.Video`` for W&B (offline mode works; no ``moviepy`` needed), and for TensorBoard ``add_video``
     when ``moviepy.editor`` can be imported, otherwise the frames side by side as one image.
 
@@ -74,6 +77,13 @@ class VideoLoggingCallback(L.Callback):
         # ``trainer.log_dir`` is a collective call under DDP (rank 0 broadcasts it), so it must be read here, where
         # every rank runs, and never inside the rank-zero-only ``_log``: there it waits forever for the other ranks.
         self.log_dir = trainer.log_dir or trainer.default_root_dir
+
+    def state_dict(self) -> dict[str, Any]:
+        # Saved in checkpoints, so that a resumed run numbers its files (and TensorBoard steps) from where it stopped.
+        return {"batches_seen": self.batches_seen}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.batches_seen = int(state_dict.get("batches_seen", 0))
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -126,6 +136,9 @@ class VideoLoggingCallback(L.Callback):
 
     def _write_file(self, trainer: L.Trainer, key: str, frames: np.ndarray, step: int) -> Path:
         folder = Path(self.log_dir or trainer.default_root_dir) / "videos"
+        wandb_logger = next((logger for logger in trainer.loggers if isinstance(logger, WandbLogger)), None)
+        if wandb_logger is not None:  # its log folder is shared by every W&B run: one sub-folder per run
+            folder = folder / str(wandb_logger.experiment.id)
         path = write_gif(folder / f"{key.replace('/', '_')}_{step:07d}.gif", frames, self.fps)
         self.written.append(path)
         # Marks the folder as ipoke's output, so that `ipoke data prepare` never reads these gifs as raw videos
@@ -136,4 +149,26 @@ class VideoLoggingCallback(L.Callback):
         return path
 
 
-__all__ = ["VideoLoggingCallback", "tile_videos", "videos_to_uint8", "write_gif"]
+class LastCheckpoint(ModelCheckpoint):
+    """Keeps ``last.ckpt``: the training state at the end of every training epoch, to resume from or export.
+
+    Lightning's own ``ModelCheckpoint(save_last=True)`` writes ``last.ckpt`` only when it also writes a top-k
+    checkpoint (since Lightning 2.6): whenever the monitored metric did not improve, ``last.ckpt`` stayed at an older
+    epoch, and resuming from it silently trained that epoch again. This callback writes the latest state every epoch
+    (whether or not validation ran in it), one file, replaced each time, also across runs into the same folder;
+    ``--ckpt_path last`` finds it. Pair it with a monitored ``ModelCheckpoint`` for the best checkpoints, with that
+    one's ``save_last`` off (both would write ``last.ckpt``).
+
+    Args:
+        dirpath: Folder of ``last.ckpt`` (the configs use the stage's ``runs/<stage>/<name>/checkpoints``); None: the
+            run's logger folder, as ``ModelCheckpoint``.
+        every_n_epochs: Epochs between two writes.
+    """
+
+    def __init__(self, *, dirpath: str | None = None, every_n_epochs: int = 1) -> None:
+        super().__init__(dirpath=dirpath, filename=self.CHECKPOINT_NAME_LAST, monitor=None, save_top_k=1,
+                         save_last=False, every_n_epochs=every_n_epochs, save_on_train_epoch_end=True,
+                         enable_version_counter=False)
+
+
+__all__ = ["LastCheckpoint", "VideoLoggingCallback", "tile_videos", "videos_to_uint8", "write_gif"]

@@ -6,7 +6,12 @@ from typing import Any
 
 import torch
 
-from ipoke.lightning.base import NetworkCheckpointMixin, check_clips_fit, for_evaluated_split
+from ipoke.lightning.base import (
+    NetworkCheckpointMixin,
+    TrainingSetupError,
+    check_clips_fit,
+    for_evaluated_split,
+)
 from ipoke.losses.flow import bits_per_dim, gaussian_nll, reference_nll
 from ipoke.losses.reconstruction import l1_loss, psnr, ssim
 from ipoke.models.autoencoder import VideoAutoencoder
@@ -78,9 +83,15 @@ class PokeINNModule(NetworkCheckpointMixin):
         check_clips_fit(self, n_frames=self.autoencoder.n_frames, size=self.autoencoder.spatial_size,
                         networks="the stage-1 networks")
         if self.hparams.cuda_graph and self.trainer.world_size > 1:
-            raise ValueError(f"cuda_graph trains on one device, but this run has {self.trainer.world_size} processes "
-                             "(the graphed step would skip DDP's gradient averaging and the replicas would drift "
-                             "apart): set model.init_args.cuda_graph false, or train on one device")
+            raise TrainingSetupError(
+                f"cuda_graph trains on one device, but this run has {self.trainer.world_size} processes (the graphed "
+                "step would skip DDP's gradient averaging and the replicas would drift apart): set "
+                "model.init_args.cuda_graph false, or train on one device")
+        if str(self.trainer.precision) in ("bf16-true", "16-true"):
+            raise TrainingSetupError(
+                f"precision {self.trainer.precision} casts the flow's weights to half precision, but the flow keeps "
+                "its state and log-determinants in fp32 (a half-precision log-det is too coarse for the likelihood): "
+                "use --trainer.precision bf16-mixed (the fast mode on GPUs) or 32-true")
 
     def _condition_channels(self, static_reference: bool) -> int:
         """Channels of :meth:`condition`: both embeddings, plus z_dim for a flow with ``static_reference``."""
@@ -145,15 +156,17 @@ class PokeINNModule(NetworkCheckpointMixin):
         return self.autoencoder.decode(z.to(x0.dtype), x0)
 
     def _flow_inputs(self, batch: dict, training: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        video = batch["video"]
-        # The frozen networks run in fp32 even under bf16-mixed: the latent is the flow's target (a bf16 rounding
-        # of it is coarser than the posterior's spread) and the condition may hold the static latent it is
-        # measured from. They cost little next to the flow.
+        # The frozen networks run in their own precision (fp32 unless the trainer's precision is "64-true" or
+        # "bf16-true") even under bf16-mixed: the latent is the flow's target (a bf16 rounding of it is coarser than
+        # the posterior's spread) and the condition may hold the static latent it is measured from. They cost little
+        # next to the flow.
+        dtype = next(self.autoencoder.parameters()).dtype
+        video, poke = batch["video"].to(dtype), batch["poke"].to(dtype)
         with torch.autocast(device_type=video.device.type, enabled=False):
             # Training fits posterior samples; validation scores the posterior mean, so that val/nll (which selects
             # checkpoints) is the same for a checkpoint however often it is validated.
-            z = self.encode_latent(video.float()) if training else self.autoencoder.encode(video.float()).mean
-            h = self.condition(video[:, 0].float(), batch["poke"].float())
+            z = self.encode_latent(video) if training else self.autoencoder.encode(video).mean
+            h = self.condition(video[:, 0], poke)
         # Only a training batch initialises ActNorm (not the sanity-check validation that runs before it).
         if training and not self.flow.actnorm_initialized:
             self.flow.initialize_actnorm(z, h)
@@ -175,7 +188,7 @@ class PokeINNModule(NetworkCheckpointMixin):
 
     def _graphed_training_step(self, batch: dict) -> dict[str, torch.Tensor]:
         if "16-mixed" == str(self.trainer.precision):
-            raise ValueError("cuda_graph supports precision 32-true and bf16-mixed (fp16 needs loss scaling)")
+            raise TrainingSetupError("cuda_graph supports precision 32-true and bf16-mixed (fp16 needs loss scaling)")
         z, h = self._flow_inputs(batch, training=True)
         if self._graphed_step is None:
             self._graphed_step = GraphedNLLStep(self.flow)

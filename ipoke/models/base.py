@@ -204,7 +204,12 @@ def load_network(path: str | os.PathLike, *, name: str | None = None, map_locati
         _load_state(model, torch.load(weights_file, map_location=map_location, weights_only=True), str(path))
     else:
         if checkpoint is None:
-            checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+            try:
+                checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+            except Exception as error:  # noqa: BLE001 - unpickling any file raises ImportError, KeyError, ... too
+                raise ValueError(f"{path} is not a readable checkpoint ({type(error).__name__}: {error}); give a "
+                                 "Lightning .ckpt written by an ipoke training module, or a save_pretrained "
+                                 "folder") from None  # the message names the cause; the CLI shows this one
         specs = checkpoint.get(NETWORKS_KEY) if isinstance(checkpoint, dict) else None
         if not specs:
             raise ValueError(f"{path} carries no ipoke network configs (key {NETWORKS_KEY!r}); was it written by an "

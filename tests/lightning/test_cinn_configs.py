@@ -55,8 +55,13 @@ def test_config_parses_and_matches_its_stage1_configs(path):
     for stage in STAGE1:
         assert f"/{stage}/{name}/" in getattr(init, f"{stage}_checkpoint")
     checkpoint = config.trainer.callbacks[0].init_args
-    assert checkpoint.monitor == "val/nll" and checkpoint.save_last is True
+    assert checkpoint.monitor == "val/nll" and not checkpoint.save_last  # LastCheckpoint writes last.ckpt
     assert checkpoint.dirpath == config.trainer.default_root_dir
+    last = config.trainer.callbacks[1]
+    assert last.class_path == "ipoke.lightning.callbacks.LastCheckpoint"
+    assert last.init_args.dirpath == checkpoint.dirpath
+    for stage in STAGE1:  # where the stage-1 configs keep their last.ckpt, whichever run wrote it
+        assert getattr(init, f"{stage}_checkpoint") == f"runs/{stage}/{name}/checkpoints/last.ckpt"
 
 
 def test_reference_config_builds_the_released_flow():
@@ -74,7 +79,8 @@ def test_tiny_config_fast_dev_run(synthetic_dataset, tmp_path):
         folder = save_pretrained(network, tmp_path / stage)
         overrides.append(f"--model.init_args.{stage}_checkpoint={folder}")
     config = yaml.safe_load((CONFIGS / "cinn" / "tiny.yaml").read_text())
-    config["trainer"]["callbacks"][0]["init_args"]["dirpath"] = str(tmp_path / "checkpoints")
+    for callback in config["trainer"]["callbacks"][:2]:
+        callback["init_args"]["dirpath"] = str(tmp_path / "checkpoints")
     config_file = tmp_path / "tiny_cinn.yaml"
     config_file.write_text(yaml.safe_dump(config))
     assert main(["fit", "--config", str(config_file), *overrides,

@@ -197,6 +197,24 @@ def test_frozen_networks_give_float32_latent_and_condition_under_bf16_autocast(s
     torch.testing.assert_close(h_mixed, h, atol=0, rtol=0)
 
 
+@pytest.mark.parametrize("precision", ["64-true", "bf16-true"])
+def test_trains_in_float64_and_refuses_half_precision_weights(stage1, precision):
+    # The frozen networks' inputs were cast to float32 whatever the trainer's precision had made of the networks:
+    # "64-true" failed in the first convolution. "bf16-true" failed there too; the flow cannot keep its fp32 state
+    # with bf16 weights, so it is refused, naming the precision that works.
+    module = PokeINNModule(**stage1, flow=tiny_flow(), warmup_steps=1, val_sample_batches=0)
+    trainer = L.Trainer(accelerator="cpu", max_steps=2, precision=precision, limit_val_batches=1,
+                        num_sanity_val_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    if precision == "bf16-true":
+        with pytest.raises(ValueError, match="use --trainer.precision bf16-mixed"):
+            trainer.fit(module, loader(2), loader(1))
+        return
+    trainer.fit(module, loader(2), loader(1))
+    assert next(module.flow.parameters()).dtype == torch.float64
+    assert torch.isfinite(torch.tensor(float(trainer.callback_metrics["val/nll"])))
+
+
 def test_resuming_with_more_epochs_keeps_training_and_validation_is_deterministic(stage1, tmp_path):
     # A resume restored the schedule of the first run (its end at that run's last step), so a longer resumed run
     # trained at learning rate 0. And val/nll, which selects checkpoints, used a random posterior sample.

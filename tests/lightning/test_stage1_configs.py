@@ -39,8 +39,11 @@ def test_config_parses_against_signatures(path):
     config = _cli(["--config", str(path)], instantiate=False).config
     network_spec = next(iter(vars(config.model.init_args).values()))
     assert network_spec.init_args.spatial_size == config.data.init_args.size
-    assert config.trainer.callbacks[0].init_args.monitor == "val/loss"
-    assert config.trainer.callbacks[0].init_args.save_last is True
+    best, last = config.trainer.callbacks[:2]
+    assert best.init_args.monitor == "val/loss" and not best.init_args.save_last
+    stage, name = path.parent.name, path.stem
+    assert last.class_path == "ipoke.lightning.callbacks.LastCheckpoint"
+    assert best.init_args.dirpath == last.init_args.dirpath == f"runs/{stage}/{name}/checkpoints"
 
 
 INSTANTIATED = [CONFIGS / stage / name for stage in STAGES for name in ("tiny.yaml", "synthetic_128.yaml")]
@@ -89,6 +92,12 @@ def test_missing_checkpoint_and_dataset_are_named(tmp_path, capsys):
                  f"--model.init_args.autoencoder_checkpoint={tmp_path / 'missing.ckpt'}"])
     assert code == 2
     assert f"FileNotFoundError: checkpoint {tmp_path / 'missing.ckpt'} does not exist" in capsys.readouterr().err
+    text = tmp_path / "notes.yaml"  # not a checkpoint: unpickling raised UnpicklingError naming neither file nor flag
+    text.write_text("# my notes\n")
+    code = main(["fit", "--config", str(CONFIGS / "cinn" / "tiny.yaml"),
+                 f"--model.init_args.autoencoder_checkpoint={text}"])
+    assert code == 2
+    assert f"{text} is not a readable checkpoint" in capsys.readouterr().err
     code = main(["fit", "--config", str(CONFIGS / "poke_encoder" / "tiny.yaml"),
                  f"--data.init_args.data_dir={tmp_path / 'nodata'}", f"--trainer.default_root_dir={tmp_path}",
                  f"--trainer.logger.init_args.save_dir={tmp_path}"])

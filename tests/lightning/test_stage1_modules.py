@@ -237,6 +237,14 @@ def test_video_logging_callback_writes_gifs_for_csv_logger(tmp_path):
         discover_videos(tmp_path)
     (callback.written[0].parent / "ipoke_logged_videos.json").unlink()
     assert sorted(source.path for source in discover_videos(tmp_path)) == sorted(callback.written)
+    # A resumed run goes on counting: its files do not restart at step 1 (they overwrote, or misnumbered, others).
+    resumed = VideoLoggingCallback(every_n_steps=1, max_videos=1, log_validation=False)
+    resumed.load_state_dict(callback.state_dict())
+    assert resumed.batches_seen == 2
+    trainer(tmp_path, max_epochs=1, limit_train_batches=1, limit_val_batches=0, callbacks=[resumed]).fit(
+        module, loader())
+    assert sorted(path.name for path in resumed.written) == ["train_inputs_0000003.gif",
+                                                             "train_reconstructions_0000003.gif"]
 
 
 def test_video_logging_callback_logs_to_wandb_offline_without_moviepy(tmp_path, monkeypatch):
@@ -260,6 +268,7 @@ def test_video_logging_callback_logs_to_wandb_offline_without_moviepy(tmp_path, 
 
         wandb.finish()
     assert len(callback.written) == 4  # inputs and reconstructions at steps 1 and 2, kept beside the run
+    assert {path.parent.name for path in callback.written} == {logger.version}  # one folder per W&B run
     media = sorted((tmp_path / "wandb").glob("offline-run-*/files/media/videos/train/*.gif"))
     assert len(media) == 4, f"W&B stored {media}"
     assert {path.read_bytes() for path in media} == {path.read_bytes() for path in callback.written}

@@ -1,0 +1,63 @@
+"""The configs' checkpoints through `ipoke fit/validate --ckpt_path`: last.ckpt is the latest state, the flags win over
+what a checkpoint stored, and a checkpoint that does not fit the config is named in one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from ipoke.cli import main
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+@pytest.fixture
+def poke_encoder_run(synthetic_dataset, tmp_path, monkeypatch):
+    """Train the tiny poke encoder 3 epochs, validating only every second epoch (so epoch 2 is never validated)."""
+    torch.set_num_threads(1)
+    monkeypatch.chdir(tmp_path)
+    base = ["--config", str(CONFIGS / "poke_encoder" / "tiny.yaml"), f"--data.init_args.data_dir={synthetic_dataset}"]
+    assert main(["fit", *base, "--trainer.check_val_every_n_epoch=2", "--trainer.max_epochs=3",
+                 "--trainer.callbacks+=lightning.pytorch.callbacks.LearningRateMonitor"]) == 0
+    return base, tmp_path / "runs" / "poke_encoder" / "tiny" / "checkpoints"
+
+
+def _epoch_and_step(path: Path) -> tuple[int, int]:
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    return checkpoint["epoch"], checkpoint["global_step"]
+
+
+def test_last_checkpoint_is_the_latest_state_and_resumes(poke_encoder_run):
+    base, folder = poke_encoder_run
+    # Lightning's save_last wrote last.ckpt only beside a new top-k file: here it stayed at epoch 1 (step 8).
+    assert _epoch_and_step(folder / "last.ckpt") == (2, 12)
+    assert sorted(path.name for path in folder.iterdir()) == ["epoch=1-step=8.ckpt", "last.ckpt"]
+    assert main(["fit", *base, "--trainer.max_epochs=4", "--ckpt_path=last"]) == 0
+    assert _epoch_and_step(folder / "last.ckpt") == (3, 16)  # went on from step 12, not from the best checkpoint
+
+
+def test_ckpt_path_flags_win_and_a_checkpoint_that_does_not_fit_is_named(poke_encoder_run, capsys, monkeypatch):
+    from ipoke import cli
+
+    base, folder = poke_encoder_run
+    last = str(folder / "last.ckpt")
+    # The checkpoint's stored hyperparameters used to override the config and the command line (Lightning issue
+    # #20801): the module was built with the checkpoint's learning rate, not the flag's.
+    built = {}
+    check = cli.check_checkpoint_networks
+    monkeypatch.setattr(cli, "check_checkpoint_networks",
+                        lambda path, model: (built.update(model.hparams), check(path, model)))
+    assert main(["validate", *base, f"--ckpt_path={last}", "--model.init_args.learning_rate=0.25"]) == 0
+    assert built["learning_rate"] == 0.25
+    capsys.readouterr()
+    assert main(["validate", *base, "--ckpt_path=runs/nowhere/last.ckpt"]) == 2
+    assert "--ckpt_path runs/nowhere/last.ckpt does not exist" in capsys.readouterr().err
+    assert main(["validate", *base, f"--ckpt_path={last}",
+                 "--model.init_args.poke_encoder.init_args.embedding_channels=8"]) == 2
+    assert "poke_encoder.init_args.embedding_channels: 16 in the checkpoint, 8 in the config" in capsys.readouterr().err
+    image_config = ["--config", str(CONFIGS / "image_encoder" / "tiny.yaml"), base[-1]]
+    assert main(["validate", *image_config, f"--ckpt_path={last}"]) == 2
+    error = capsys.readouterr().err
+    assert "holds the networks ['poke_encoder'], but this config builds ['discriminator', 'image_encoder']" in error
