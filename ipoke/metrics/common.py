@@ -39,8 +39,18 @@ class MetricUnavailable(RuntimeError):
 
 
 def as_tensor(array: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """A tensor view of a tensor or numpy array (no copy when possible)."""
-    return array if isinstance(array, torch.Tensor) else torch.from_numpy(np.asarray(array))
+    """A tensor view of a tensor or numpy array (no copy when possible: a numpy view with negative strides, such as
+    ``video[:, ::-1]``, is copied, since torch tensors cannot have them)."""
+    if isinstance(array, torch.Tensor):
+        return array
+    array = np.asarray(array)
+    if any(stride < 0 for stride in array.strides):
+        array = np.ascontiguousarray(array)
+    return torch.from_numpy(array)
+
+
+# A float video beyond this is not in [-1, 1] (resampling may overshoot a little; [0, 255] floats go far beyond).
+FLOAT_RANGE_LIMIT = 1.5
 
 
 def to_unit_range(video: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -51,12 +61,22 @@ def to_unit_range(video: torch.Tensor | np.ndarray) -> torch.Tensor:
 
     Returns:
         Float32 tensor of the same shape in [-1, 1].
+
+    Raises:
+        ValueError: For a float video with values beyond +-1.5 (e.g. floats in [0, 255], which every metric would
+            silently misread). Floats in [0, 1] cannot be told from [-1, 1] videos: map them with ``2 * x - 1``.
     """
     video = as_tensor(video)
     if video.dtype == torch.uint8:
         return video.float() / 127.5 - 1.0
     if not video.is_floating_point():
         raise TypeError(f"videos must be uint8 in [0, 255] or float in [-1, 1], got dtype {video.dtype}")
+    if video.numel() and video.device.type != "meta":
+        low, high = video.detach().aminmax()
+        if low < -FLOAT_RANGE_LIMIT or high > FLOAT_RANGE_LIMIT:
+            raise ValueError(f"float videos must be in [-1, 1], but this one spans [{low.item():.4g}, "
+                             f"{high.item():.4g}]: pass uint8 frames for [0, 255] values, or map them with "
+                             "x / 127.5 - 1")
     return video.float()
 
 

@@ -124,7 +124,22 @@ def control_errors_from_flow(estimated_flow: np.ndarray, true_flow: np.ndarray, 
     Returns:
         ``{key: (N,) float64}`` for the five ``control/*`` keys, NaN where a metric does not apply.
     """
+    estimated_flow, true_flow = np.asarray(estimated_flow), np.asarray(true_flow)
+    object_mask, background_poke = np.asarray(object_mask), np.asarray(background_poke).reshape(-1)
+    poke = np.asarray(poke, dtype=np.float64)
+    if estimated_flow.ndim != 4 or estimated_flow.shape[1] != 2:
+        raise ValueError(f"estimated_flow must be (N, 2, S, S), got shape {estimated_flow.shape}")
     count, _, height, width = estimated_flow.shape
+    if poke.size == 4 * count:  # (N, 1, 4) as a dataset's poke_coords of one poke per clip
+        poke = poke.reshape(count, 4)
+    expected = {"true_flow": (true_flow.shape, (count, 2, height, width)),
+                "object_mask": (object_mask.shape, (count, height, width)),
+                "poke": (poke.shape, (count, 4)), "background_poke": (background_poke.shape, (count,))}
+    wrong = [f"{name} {tuple(shape)} (expected {want})" for name, (shape, want) in expected.items()
+             if tuple(shape) != want]
+    if wrong:
+        raise ValueError(f"the annotations do not fit {count} videos of {height}x{width}: " + ", ".join(wrong)
+                         + "; pass one row per video, in the same order")
     results = {key: np.full(count, np.nan) for key in CONTROL_KEYS}
     for i in range(count):
         flow, truth, mask = estimated_flow[i], true_flow[i], object_mask[i].astype(bool)
@@ -177,6 +192,8 @@ def control_errors(videos: torch.Tensor | np.ndarray, true_flow: torch.Tensor | 
     """
     videos = to_unit_range(videos)
     check_video(videos, "videos")
+    if videos.shape[0] == 0 or videos.shape[2] != 3:
+        raise ValueError(f"videos must be (N, T+1, 3, S, S) with N >= 1 and RGB frames, got {tuple(videos.shape)}")
     estimated = estimate_flow(videos[:, 0], videos[:, -1])
     return control_errors_from_flow(
         estimated, as_tensor(true_flow).detach().cpu().numpy().astype(np.float32),

