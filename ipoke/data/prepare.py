@@ -35,6 +35,7 @@ import json
 import logging
 import multiprocessing
 import os
+import re
 import shutil
 import sys
 import zipfile
@@ -365,10 +366,11 @@ def read_split_file(path: str | os.PathLike) -> dict[str, str]:
         line = line.strip()
         if not line or line.startswith("#"):
             continue
-        parts = line.replace(",", " ").replace("\t", " ").rsplit(None, 1)
-        if len(parts) != 2:
+        # The split is the last field; the name is everything before the separator (it may hold spaces and commas).
+        match = re.match(r"^(.*?)[\s,]+([^\s,]+)$", line)
+        if match is None:
             raise PrepareError(f"{path}:{number}: expected '<video name> <split>', got {line!r}")
-        name, split = parts[0].strip().strip("/"), parts[1].strip()
+        name, split = match.group(1).strip().strip("/"), match.group(2)
         if name in entries and entries[name] != split:
             raise PrepareError(f"{path}:{number}: {name!r} is in {split!r} here but in {entries[name]!r} on line "
                                f"{lines[name]}; list each video once")

@@ -651,6 +651,11 @@ def test_split_file_names_must_name_one_video_each(tmp_path):
         assign_splits(videos, split_file=split_file)
     split_file.write_text("kitchen/door_01 test\ngarden/door_01.mp4 train\n")
     assert assign_splits(videos, split_file=split_file) == {"kitchen__door_01": "test", "garden__door_01": "train"}
+    split_file.write_text("kitchen/door_01, test\ngarden/door_01.mp4\ttrain\n")
+    assert assign_splits(videos, split_file=split_file) == {"kitchen__door_01": "test", "garden__door_01": "train"}
+    commas = [VideoSource(video_id="take_1_2", path=Path("x"), relative_path="take 1,2.mp4")]
+    split_file.write_text("take 1,2.mp4 test\n")  # a file name with a space and a comma
+    assert assign_splits(commas, split_file=split_file) == {"take_1_2": "test"}
     split_file.write_text("kitchen/door_01 test\ngarden/door_01 train\nkitchen/door_01 train\n")
     with pytest.raises(PrepareError, match="splits.txt:3: 'kitchen/door_01' is in 'train' here but in 'test' on "
                                            "line 1"):
