@@ -24,6 +24,23 @@ from ipoke.models.encoders import ImageEncoder, PokeEncoder
 FROZEN = ("autoencoder", "image_encoder", "poke_encoder")
 
 
+def _check_flow_args(flow_args: dict[str, Any]) -> None:
+    """Check ``flow_args`` against :class:`ConditionalINN`'s arguments: as a plain dict the config parser cannot, and a
+    wrong name or a string for a number failed deep inside the network with a message naming neither."""
+    import typing
+
+    hints = typing.get_type_hints(ConditionalINN.__init__)
+    derived = ("z_dim", "condition_channels", "spatial_size")  # taken from the stage-1 networks
+    for key, value in flow_args.items():
+        if key in derived or key not in hints:
+            allowed = sorted(set(hints) - set(derived) - {"return"})
+            raise ValueError(f"model.init_args.flow_args.{key}: not an argument to set here; choose from {allowed}")
+        hint = hints[key]
+        plain = {int: (int,), float: (int, float), bool: (bool,), str: (str,)}.get(hint)
+        if plain and (not isinstance(value, plain) or (hint is not bool and isinstance(value, bool))):
+            raise ValueError(f"model.init_args.flow_args.{key} must be {hint.__name__}, got {value!r}")
+
+
 class PokeINNModule(NetworkCheckpointMixin):
     """Trains ``r = flow(z | h)`` by maximum likelihood; only the flow learns.
 
@@ -69,6 +86,7 @@ class PokeINNModule(NetworkCheckpointMixin):
             getattr(self, name).requires_grad_(False).eval()
         if flow is None:
             flow_args = dict(flow_args or {})
+            _check_flow_args(flow_args)
             flow = ConditionalINN(z_dim=self.autoencoder.z_dim,
                                   condition_channels=self._condition_channels(flow_args.get("static_reference", False)),
                                   spatial_size=self.autoencoder.latent_size, **flow_args)

@@ -140,6 +140,15 @@ def test_incompatible_flow_is_rejected(stage1):
         PokeINNModule(**stage1, flow=wrong)
     with pytest.raises(ValueError, match="either"):
         PokeINNModule(**stage1, flow=tiny_flow(), flow_args={"architecture": "macow"})
+    # flow_args is a plain dict the config parser cannot check: names and simple types are checked here (a string
+    # for a number failed inside the network with "not all arguments converted during string formatting").
+    for flow_args, message in (({"hidden_channels": "sixteen"}, "flow_args.hidden_channels must be int, got 'sixteen'"),
+                               ({"num_blocks": 2.5}, "flow_args.num_blocks must be int"),
+                               ({"clamp": True}, "flow_args.clamp must be float"),
+                               ({"hidden": 8}, r"flow_args.hidden: not an argument to set here; choose from \["),
+                               ({"z_dim": 4}, "flow_args.z_dim: not an argument to set here")):
+        with pytest.raises(ValueError, match=message):
+            PokeINNModule(**stage1, flow_args={"architecture": "coupling", **flow_args})
 
 
 def test_cuda_graph_option_trains_with_manual_optimisation(stage1, tmp_path):
