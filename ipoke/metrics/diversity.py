@@ -26,6 +26,8 @@ def _samples(samples: torch.Tensor | np.ndarray, skip_first_frame: bool) -> torc
     check_video(samples, "samples")
     if samples.shape[0] < 2:
         raise ValueError(f"diversity needs at least 2 samples, got {samples.shape[0]}")
+    if skip_first_frame and samples.shape[1] < 2:
+        raise ValueError(f"skip_first_frame leaves no frame of these {samples.shape[1]}-frame samples to compare")
     return samples[:, 1:] if skip_first_frame else samples
 
 

@@ -31,6 +31,8 @@ def test_first_frame_can_be_excluded():
     samples[1, 1:] = 0.5  # same x0, different future
     assert pairwise_mse(samples, skip_first_frame=True) == pytest.approx(0.25)
     assert pairwise_mse(samples) == pytest.approx(0.25 * 2 / 3)
+    with pytest.raises(ValueError, match="leaves no frame"):  # x0 alone: it returned NaN silently
+        pairwise_mse(samples[:, :1], skip_first_frame=True)
 
 
 def test_lpips_diversity_with_a_stand_in_backbone(random_alexnet_path):
