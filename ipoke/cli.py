@@ -731,10 +731,13 @@ def _add_quickstart_command(subparsers: argparse._SubParsersAction) -> None:
     quickstart.add_argument("--minutes", type=float, default=None,
                             help="training budget over the four networks (default 7.5 on CPU, 20 on GPU); data, "
                                  "evaluation and sampling take under a minute more on 2 CPU cores")
-    quickstart.add_argument("--fresh", action="store_true", help="delete --out first and redo every stage")
+    quickstart.add_argument("--fresh", action="store_true",
+                            help="delete --out first and redo every stage (only a quickstart output or an empty "
+                                 "folder is deleted; any other folder is refused)")
     quickstart.add_argument("--device", choices=("cpu", "cuda"), default=None,
                             help="force a device (default: cuda when available)")
-    quickstart.add_argument("--videos", type=int, default=None, help="override the number of synthetic videos")
+    quickstart.add_argument("--videos", type=int, default=None,
+                            help="override the number of synthetic videos (at least 6)")
     quickstart.set_defaults(handler=_run_quickstart, on_interrupt="finished stages are kept; run the same command "
                                                              "again to go on from there")
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -32,6 +33,9 @@ import torch
 #: split -> (metrics file, title). The synthetic test split holds novel species and backgrounds (harder than the
 #: held-out plants of the training species in val; neither split is used for training or model selection).
 EXAMPLE_IMAGE = "example.png"
+TRAINING_RECORD = "training.json"  # runs/<stage>/: how long the stage trained, and its budget
+MIN_VIDEOS = 6  # the train, val and test splits each need a video
+MAX_MINUTES = 7 * 24 * 60.0
 EVALUATION_SPLITS = {"test": ("metrics.json", "Novel species and backgrounds"),
                      "val": ("metrics_val.json", "New plants of the training species")}
 
@@ -194,20 +198,31 @@ def run_quickstart(out: str | Path = "quickstart", *, minutes: float | None = No
 
     started = time.time()
     out = Path(out)
-    if fresh and out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    # Everything is checked before anything is written or deleted.
+    if minutes is not None and not (math.isfinite(minutes) and 0 < minutes <= MAX_MINUTES):
+        raise ValueError(f"--minutes must be a number of minutes in (0, {MAX_MINUTES}], got {minutes}")
+    if videos is not None and (isinstance(videos, bool) or int(videos) != videos or videos < MIN_VIDEOS):
+        raise ValueError(f"--videos must be a whole number >= {MIN_VIDEOS} (the train, val and test splits each need "
+                         f"a video), got {videos}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA GPU is available here; use --device cpu (or leave it out)")
+    if device not in (None, "cpu", "cuda"):
+        raise ValueError(f"--device must be cpu or cuda, got {device!r}")
+    _check_out_folder(out, QUICKSTART_SETTINGS_FILE)
     use_gpu = (device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cuda"
     settings = GPU_SETTINGS if use_gpu else CPU_SETTINGS
     if videos is not None:
-        settings = QuickstartSettings(**{**asdict(settings), "videos": videos})
+        settings = QuickstartSettings(**{**asdict(settings), "videos": int(videos)})
     budget_seconds = 60.0 * (minutes if minutes is not None else (20.0 if use_gpu else 7.5))
     accelerator = "gpu" if use_gpu else "cpu"
     settings_file = out / QUICKSTART_SETTINGS_FILE  # also marks <out> as ipoke's for `ipoke data prepare`
     recorded = {"settings": asdict(settings), "device": accelerator}
-    if settings_file.exists() and json.loads(settings_file.read_text()) != recorded:
+    if (not fresh and settings_file.exists() and json.loads(settings_file.read_text()) != recorded):
         raise ValueError(f"{out} holds a quickstart run with other settings ({settings_file}); use --fresh to redo "
                          "it or another --out")
+    if fresh and out.exists():
+        shutil.rmtree(out)  # a quickstart output or an empty folder (_check_out_folder)
+    out.mkdir(parents=True, exist_ok=True)
     settings_file.write_text(json.dumps(recorded, indent=1))
     L.seed_everything(0, workers=True, verbose=False)
     generation_workers, num_workers = _worker_counts(use_gpu)
@@ -233,8 +248,19 @@ def run_quickstart(out: str | Path = "quickstart", *, minutes: float | None = No
         _log(f"stage {number}: training {stage} for {seconds / 60:.1f} min")
         network, module = _build_stage(stage, settings, runs)
         trainer = _trainer(root=runs / stage, seconds=seconds, accelerator=accelerator)
-        trainer.fit(module, datamodule=_datamodule(data_dir, settings, num_workers, stage))
+        stage_started = time.time()
+        try:
+            trainer.fit(module, datamodule=_datamodule(data_dir, settings, num_workers, stage))
+        except SystemExit:
+            # Lightning answers Ctrl-C during fit with sys.exit(1): make it the interrupt it was, so that the
+            # command says what is kept and how to resume (exit code 130).
+            if trainer.interrupted:
+                raise KeyboardInterrupt from None
+            raise
         save_pretrained(network.cpu(), target)
+        (runs / stage / TRAINING_RECORD).write_text(json.dumps(
+            {"seconds": time.time() - stage_started, "budget_seconds": seconds}))
+    _note_other_budgets(runs, budget_seconds)
 
     model_dir = out / "model"
     if not model_dir.exists():
@@ -262,30 +288,74 @@ def run_quickstart(out: str | Path = "quickstart", *, minutes: float | None = No
     samples_dir = out / "samples"
     from ipoke.cli import main as cli_main
 
-    cli_main(["sample", "--ckpt", str(model_dir), "--data", str(data_dir), "--split", "test", "--n", "4",
-              "--samples", "3", "--out", str(samples_dir), "--seed", "0"])
+    if cli_main(["sample", "--ckpt", str(model_dir), "--data", str(data_dir), "--split", "test", "--n", "4",
+                 "--samples", "3", "--out", str(samples_dir), "--seed", "0"]) != 0:
+        raise ValueError(f"the sample overviews could not be written to {samples_dir} (the error is above)")
     example_image, example_poke = write_example_image(out / EXAMPLE_IMAGE, data_dir, poker)
-    _write_report(out, reports, time.time() - started, settings, accelerator)
+    _write_report(out, reports, _training_seconds(runs), settings, accelerator)
     for split, (_, title) in EVALUATION_SPLITS.items():
         print(f"{title} ({split} split):")
         print(format_table(reports[split]))
     _log(f"done in {(time.time() - started) / 60:.1f} min. Report: {out / 'report.md'}; metrics: "
          f"{out / 'metrics.json'} (novel species) and {out / 'metrics_val.json'}; samples: {samples_dir}; "
-         f"model: {model_dir} (try `ipoke sample --ckpt {model_dir} --image {example_image} --poke {example_poke} "
-         f"--samples 4 --out {out / 'more_samples'}`, or your own image and poke); data: {data_dir}")
+         f"model: {model_dir} (try `ipoke sample --ckpt {shlex.quote(str(model_dir))} --image "
+         f"{shlex.quote(str(example_image))} --poke {example_poke} --samples 4 --out "
+         f"{shlex.quote(str(out / 'more_samples'))}`, or your own image and poke); data: {data_dir}")
     return report
+
+
+def _check_out_folder(out: Path, marker: str) -> None:
+    """Refuse an ``--out`` the quickstart may not write into or (``--fresh``) delete: a file or below one, a link,
+    the current folder or one above it, or a non-empty folder that is not a quickstart output."""
+    for path in (out, *out.parents):
+        if path.exists():
+            if not path.is_dir():
+                raise ValueError(f"--out {out}: {path} is a file, not a folder; choose another --out")
+            break
+    if out.is_symlink():
+        raise ValueError(f"--out {out} is a symbolic link; give the folder it points to, or another --out")
+    here = Path.cwd().resolve()
+    if out.resolve() == here or out.resolve() in here.parents:
+        raise ValueError(f"--out {str(out) or '(empty)'} is the current folder or above it; give a folder of its own, "
+                         "e.g. --out quickstart")
+    if out.is_dir() and any(out.iterdir()) and not (out / marker).is_file():
+        raise ValueError(f"--out {out} is not empty and holds no quickstart run (no {marker}); the quickstart "
+                         "neither writes into nor deletes (--fresh) other folders: choose a new or empty --out")
+
+
+def _training_seconds(runs: Path) -> float | None:
+    """Seconds the four networks trained for, from the record each finished stage leaves (None when a stage has
+    none: trained by an older version)."""
+    records = [runs / stage / TRAINING_RECORD for stage in STAGE_SHARES]
+    if not all(record.is_file() for record in records):
+        return None
+    return sum(json.loads(record.read_text())["seconds"] for record in records)
+
+
+def _note_other_budgets(runs: Path, budget_seconds: float) -> None:
+    """Say so when finished stages were trained with another --minutes than this run's (they are reused as they
+    are)."""
+    budgets = {stage: json.loads((runs / stage / TRAINING_RECORD).read_text())["budget_seconds"]
+               for stage in STAGE_SHARES if (runs / stage / TRAINING_RECORD).is_file()}
+    total = sum(budgets.values())
+    if len(budgets) == len(STAGE_SHARES) and abs(total - budget_seconds) > 1.0:
+        _log(f"note: the finished stages were trained with a budget of {total / 60:.1f} min, not the "
+             f"{budget_seconds / 60:.1f} min asked for now; they are reused as they are (--fresh retrains them)")
 
 
 def write_example_image(path: Path, data_dir: Path, poker: Any, *, side: int = 256) -> tuple[Path, str]:
     """Save a held-out start frame at ``side`` px (a photo-sized input for ``ipoke sample --image``).
 
-    The frame is the first clip of the test split, as the evaluation draws it; the returned poke ``"x,y,dx,dy"`` is
-    that clip's simulated poke in the saved image's pixels (on the object, moving the way the plant moved).
+    The frame is the first clip of the test split, as the evaluation draws it, whose poke is on the object (not a
+    background poke); the returned poke ``"x,y,dx,dy"`` is that clip's simulated poke in the saved image's pixels
+    (on the object, moving the way the plant moved).
     """
     import cv2
     import numpy as np
 
-    clip = poker.evaluation_clips(data_dir, split="test", seed=42, max_clips=1)[0]
+    clips = poker.evaluation_clips(data_dir, split="test", seed=42)
+    # The first clip whose poke is on the object: a background poke (nothing moves) would be a poor showcase.
+    clip = next((clips[i] for i in range(len(clips)) if not bool(clips[i]["background_poke"])), clips[0])
     frame = ((clip["video"][0].permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
     cv2.imwrite(str(path), cv2.cvtColor(cv2.resize(frame, (side, side), interpolation=cv2.INTER_CUBIC),
                                         cv2.COLOR_RGB2BGR))
@@ -322,14 +392,17 @@ def control_verdict(report: dict[str, Any], model: str = "ipoke") -> str:
     return "Control:\n\n" + "\n".join(lines) if lines else ""
 
 
-def _write_report(out: Path, reports: dict[str, dict[str, Any]], seconds: float, settings: QuickstartSettings,
+def _write_report(out: Path, reports: dict[str, dict[str, Any]], seconds: float | None, settings: QuickstartSettings,
                   accelerator: str) -> None:
     from ipoke.evaluation import markdown_table
 
     first = reports["test"]
     lines = [
         "# ipoke quickstart report", "",
-        f"Trained on {accelerator} in {seconds / 60:.1f} minutes with settings `{asdict(settings)}`.",
+        (f"The four networks trained on {accelerator} for {seconds / 60:.1f} minutes in all (data generation, "
+         f"evaluation and sampling not counted), with settings `{asdict(settings)}`." if seconds is not None else
+         f"The four networks trained on {accelerator} with settings `{asdict(settings)}` (training time not "
+         "recorded by the version that trained them)."),
         f"Evaluated on held-out clips, {first['settings']['samples']} samples per clip, one poke per clip. "
         "Lower is better for fvd, lpips and control/*; higher for ssim, psnr and diversity. "
         "`ground_truth_resimulated` is the same scene poked again with other physics (an upper bound).", "",

@@ -50,7 +50,9 @@ def test_the_example_poke_is_the_evaluations_poke(quickstart_run, tmp_path):
     # the poke the evaluation drew for that clip.
     poker = Poker.from_checkpoint(quickstart_run / "model")
     path, poke = quickstart.write_example_image(tmp_path / "example.png", quickstart_run / "data", poker)
-    clip = poker.evaluation_clips(quickstart_run / "data", split="test", seed=42, max_clips=1)[0]
+    clips = poker.evaluation_clips(quickstart_run / "data", split="test", seed=42)
+    first_object_poke = next(i for i in range(len(clips)) if not clips[i]["background_poke"])
+    clip = clips[first_object_poke]  # the first test clip was a background poke: nothing moves
     _, poke_map, mapped = poker.prepare(path, [[float(value) for value in poke.split(",")]])
     np.testing.assert_array_equal(np.floor(mapped[0, :2]), np.floor(clip["poke_coords"][0, :2].numpy()))
     np.testing.assert_array_equal(poke_map[0].abs().sum(0).numpy() > 0, clip["poke"].abs().sum(0).numpy() > 0)
@@ -96,6 +98,60 @@ def test_second_run_reuses_finished_stages(quickstart_run, capsys):
 def test_other_settings_are_refused(quickstart_run, capsys):
     assert main(["quickstart", "--out", str(quickstart_run), "--videos", "31", "--device", "cpu"]) == 2
     assert "--fresh" in capsys.readouterr().err
+
+
+def test_second_run_says_the_first_runs_training_time_and_budget(quickstart_run, capsys):
+    report = (quickstart_run / "report.md").read_text()
+    seconds = sum(json.loads((quickstart_run / "runs" / stage / "training.json").read_text())["seconds"]
+                  for stage in quickstart.STAGE_SHARES)
+    assert f"trained on cpu for {seconds / 60:.1f} minutes in all" in report  # not this invocation's wall time
+    assert main(["quickstart", "--out", str(quickstart_run), "--minutes", "0.8", "--videos", "30",
+                 "--device", "cpu"]) == 0
+    assert "trained with a budget of 0.4 min, not the 0.8 min asked for now" in capsys.readouterr().out
+    assert f"for {seconds / 60:.1f} minutes in all" in (quickstart_run / "report.md").read_text()
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--minutes", "nan"], "--minutes must be a number of minutes"),
+    (["--minutes", "-1"], "--minutes must be a number of minutes"),
+    (["--minutes", "inf"], "--minutes must be a number of minutes"),
+    (["--videos", "5"], "--videos must be a whole number >= 6"),
+])
+def test_bad_arguments_are_refused_before_anything_is_written(tmp_path, capsys, arguments, message):
+    out = tmp_path / "qs"
+    assert main(["quickstart", "--out", str(out), "--device", "cpu", *arguments]) == 2
+    assert message in capsys.readouterr().err and not out.exists()
+
+
+def test_fresh_never_deletes_a_folder_that_is_not_a_quickstart_output(tmp_path, capsys, monkeypatch):
+    # `--fresh` deleted whatever --out named: the current folder (--out . or ""), a user's folder, a link.
+    precious = tmp_path / "thesis"
+    precious.mkdir()
+    (precious / "chapter1.tex").write_text("keep me")
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    link = tmp_path / "link"
+    link.symlink_to(precious, target_is_directory=True)
+    monkeypatch.chdir(tmp_path)
+    for out, message in ((".", "is the current folder or above it"), ("", "is the current folder or above it"),
+                         (str(precious), "holds no quickstart run"), (str(link), "is a symbolic link"),
+                         (str(blocker), "is a file, not a folder"), (str(blocker / "sub"), "is a file, not a folder")):
+        assert main(["quickstart", "--out", out, "--fresh", "--device", "cpu", "--minutes", "0.1"]) == 2, out
+        assert message in capsys.readouterr().err, out
+    assert (precious / "chapter1.tex").read_text() == "keep me" and blocker.read_text() == "x"
+
+
+def test_ctrl_c_in_a_training_stage_is_an_interrupt(tmp_path, monkeypatch, capsys):
+    # Lightning answers Ctrl-C inside fit with sys.exit(1): the command exited 1 without saying what was kept.
+    class Interrupted:
+        interrupted = True
+
+        def fit(self, *args, **kwargs):
+            raise SystemExit(1)
+
+    monkeypatch.setattr(quickstart, "_trainer", lambda **kwargs: Interrupted())
+    assert main(["quickstart", "--out", str(tmp_path / "qs"), "--videos", "6", "--device", "cpu"]) == 130
+    assert "finished stages are kept; run the same command again" in capsys.readouterr().err
 
 
 def test_autoencoder_stage_takes_the_perceptual_term(tmp_path):
