@@ -60,3 +60,41 @@ def test_model_notebooks(name, tmp_path, tiny_model, synthetic_dataset):
                           'N_CLIPS = 4\nSAMPLES = 2', tmp_path)
     images = [out for cell in notebook.cells for out in cell.get("outputs", []) if "image/png" in out.get("data", {})]
     assert images, f"{name} drew no figure"
+
+
+def test_default_paths_point_at_the_repository_roots_quickstart():
+    # Jupyter runs a notebook in its own folder: "quickstart/model" pointed at notebooks/quickstart/model, which the
+    # README's main command never writes.
+    import ast
+
+    repo = NOTEBOOKS.parent
+    expected = {"MODEL": repo / "quickstart" / "model", "DATA": repo / "quickstart" / "data"}
+    for name in ("01_quickstart.ipynb", "03_evaluate.ipynb"):
+        notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
+        cell = next(cell for cell in notebook.cells if "parameters" in cell.metadata.get("tags", []))
+        values = {node.targets[0].id: node.value.value for node in ast.parse(cell.source).body
+                  if isinstance(node, ast.Assign)}
+        for key, path in expected.items():
+            assert (NOTEBOOKS / values[key]).resolve() == path.resolve(), (name, key)
+
+
+@pytest.mark.notebook
+def test_data_and_pokes_notebook_on_a_prepared_dataset(tmp_path):
+    # Its intro offers a dataset from `ipoke data prepare`, which has no recorded pokes and no masks: it failed.
+    import cv2
+    import numpy as np
+
+    from ipoke.data.prepare import prepare_dataset
+
+    rng = np.random.default_rng(0)
+    texture = cv2.GaussianBlur(rng.uniform(0, 255, (40, 60, 3)).astype(np.uint8), (0, 0), 1.5)
+    for name in ("walk", "jump"):
+        (tmp_path / "raw" / name).mkdir(parents=True)
+        for t in range(6):
+            cv2.imwrite(str(tmp_path / "raw" / name / f"{t}.png"), texture[:, 10 - t:50 - t])
+    prepare_dataset(tmp_path / "raw", tmp_path / "prepared", size=32, lags=(2, 4), test_fraction=0.0,
+                    progress=False)
+    notebook = _run("02_data_and_pokes.ipynb", f'DATA = "{tmp_path / "prepared"}"\nVIDEOS = 8\nSIZE = 32\nSEED = 0',
+                    tmp_path)
+    printed = "".join(out.get("text", "") for cell in notebook.cells for out in cell.get("outputs", []))
+    assert "2 videos" in printed
