@@ -48,6 +48,10 @@ MAX_POKES = 16
 MAX_TEMPERATURE = 2.0
 
 
+MAX_POKE_LENGTH = 4  # in image sides (the app's image and Poker.prepare's crop)
+MAX_REQUEST_BYTES = 1 << 20  # a poke request is a few hundred bytes
+
+
 class PokeRequestError(ValueError):
     """A request the app cannot serve; the message says what was wrong."""
 
@@ -114,6 +118,10 @@ class PokeApp:
         if outside.any():
             raise PokeRequestError(f"poke(s) at {pokes[outside, :2].tolist()} lie outside the {self.size}x{self.size} "
                                    "image")
+        longest = float(np.hypot(pokes[:, 2], pokes[:, 3]).max())
+        if longest > MAX_POKE_LENGTH * self.size:  # 1e30 gave NaN videos, and an OpenCV error when saved
+            raise PokeRequestError(f"a poke of length {longest:.4g} px is longer than {MAX_POKE_LENGTH} times the "
+                                   f"{self.size} px image")
         seed, samples = body.get("seed", 0), body.get("samples", self.samples)
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
             raise PokeRequestError(f"seed must be a whole number in [0, 2**63), got {seed!r}")
@@ -199,6 +207,13 @@ def make_server(app: PokeApp, *, host: str = "127.0.0.1", port: int = 8765) -> T
                 return
             try:
                 length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                length = -1
+            if not 0 <= length <= MAX_REQUEST_BYTES:  # a negative length hung the server, a huge one ate memory
+                self._json(HTTPStatus.BAD_REQUEST, {"error": f"Content-Length must be a whole number of bytes in "
+                                                             f"[0, {MAX_REQUEST_BYTES}]"})
+                return
+            try:
                 body = json.loads(self.rfile.read(length) or b"null")
                 self._json(HTTPStatus.OK, routes[self.path](body))
             except json.JSONDecodeError as error:

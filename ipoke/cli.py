@@ -288,8 +288,12 @@ def _run_info(args: argparse.Namespace) -> int:
 
 
 def _run_index(args: argparse.Namespace) -> int:
-    from ipoke.data.format import write_index
+    from ipoke.data.format import is_dataset, read_index, write_index
 
+    if is_dataset(args.root) and not read_index(args.root).get("complete", True):
+        raise UserError(f"{args.root} is an unfinished run (interrupted); `ipoke data index` would mark it complete "
+                        "with videos missing: run the same `ipoke data synth`/`ipoke data prepare` command again to "
+                        "finish it")
     index = write_index(args.root)
     print(f"{args.root}: index rebuilt with {len(index['videos'])} videos")
     return 0
@@ -511,12 +515,13 @@ def _run_app(args: argparse.Namespace) -> int:
     try:
         poker = Poker.from_checkpoint(args.ckpt, map_location=_device(args.device))
         app = PokeApp(poker, _app_images(poker, args), samples=args.samples, out=args.out)
+    except (ValueError, OSError) as error:  # the model or an image: named by the error itself, not the port
+        raise UserError(str(error)) from error
+    try:
         serve(app, host=args.host, port=args.port)
     except OSError as error:  # the port is taken, the address is not this machine's
         raise UserError(f"cannot serve on {args.host}:{args.port}: {error.strerror or error}; choose another "
-                        "--port (0 picks a free one)") from error
-    except ValueError as error:
-        raise UserError(str(error)) from error
+                        "--port (0 picks a free one) or --host") from error
     return 0
 
 

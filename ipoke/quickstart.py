@@ -283,6 +283,7 @@ def run_quickstart(out: str | Path = "quickstart", *, minutes: float | None = No
                                   n_clips=settings.eval_clips, samples=settings.eval_samples, batch_size=8, seed=42,
                                   n_frames=poker.n_frames, frame_step=poker.frame_step, size=poker.size,
                                   poke_size=poker.poke_size)
+        reports[split]["settings"]["temperature"] = 1.0  # as `ipoke evaluate` records it: the protocol's
         (out / EVALUATION_SPLITS[split][0]).write_text(json.dumps(reports[split], indent=1))
     report = reports["test"]
     samples_dir = out / "samples"

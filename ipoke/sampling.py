@@ -44,6 +44,9 @@ from ipoke.utils import atomic_directory
 MODEL_FILE = "poker.yaml"
 
 
+MAX_POKE_LENGTH = 4  # the longest poke, in sides of the square the model sees
+
+
 class ModelLoadError(ValueError):
     """A model path that exists but holds no loadable ipoke model (damaged export, foreign file)."""
 
@@ -406,6 +409,10 @@ class Poker(nn.Module):
         if outside.any():
             raise ValueError(f"poke(s) {coords[outside, :2].tolist()} lie outside the {width}x{height} image")
         resized, (left, top, side) = self.prepare_image(array)
+        lengths = np.hypot(coords[:, 2], coords[:, 3])
+        if (lengths > MAX_POKE_LENGTH * side).any():  # 1e9 gave NaN videos, or an OpenCV error drawing the arrow
+            raise ValueError(f"poke(s) of length {lengths.max():.4g} px are longer than {MAX_POKE_LENGTH} times the "
+                             f"{side} px square the model sees")
         scale = self.size / side
         mapped = coords.copy()
         mapped[:, 0] = (coords[:, 0] - left) * scale

@@ -120,6 +120,7 @@ def test_poke_returns_one_looping_gif_per_sample_deterministic_for_the_seed(serv
     ({"pokes": [["a", 1, 2, 3]]}, r"list of \[x, y, dx, dy\] rows"),
     ({"pokes": [[64, 10, 1, 1]]}, r"lie outside the 64x64 image"),
     ({"pokes": [[10, 10, float("nan"), 1]]}, "finite"),
+    ({"pokes": [[10, 10, 1e30, 1]]}, "longer than 4 times the 64 px image"),
     ({"pokes": [[10, 10, 1, 1]], "image": 5}, r"image must be an index in \[0, 2\)"),
     ({"pokes": [[10, 10, 1, 1]], "seed": -1}, "seed must be"),
     ({"pokes": [[10, 10, 1, 1]], "samples": 17}, r"samples must be a whole number in \[1, 16\]"),
@@ -173,6 +174,22 @@ def test_the_app_refuses_images_it_cannot_use(poker):
         PokeApp(poker, [np.zeros((64, 64, 3), np.uint8)], samples=0)
 
 
+@pytest.mark.parametrize("length", ["abc", "-1", str(10**15)])
+def test_a_bad_content_length_is_a_clear_400(server, length):
+    # "-1" hung the request until the client gave up, 10**15 was a MemoryError, "abc" a 500.
+    url, _ = server
+    parts = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    try:
+        connection.putrequest("POST", "/api/poke")
+        connection.putheader("Content-Length", length)
+        connection.endheaders()
+        response = connection.getresponse()
+        assert response.status == 400 and "Content-Length" in json.loads(response.read())["error"]
+    finally:
+        connection.close()
+
+
 def test_command_line(tiny_model, tmp_path, monkeypatch, capsys, synthetic_dataset):
     import ipoke.app as app_module
 
@@ -184,6 +201,14 @@ def test_command_line(tiny_model, tmp_path, monkeypatch, capsys, synthetic_datas
     assert "give either --image" in capsys.readouterr().err
     assert main(["app", "--ckpt", str(tiny_model), "--image", str(tmp_path / "none.png")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    # A model or image that cannot be loaded is named as such (it was blamed on the port).
+    assert main(["app", "--ckpt", str(tmp_path / "nowhere"), "--image", str(image)]) == 2
+    error = capsys.readouterr().err
+    assert "nowhere" in error and "--port" not in error
+    not_an_image = tmp_path / "notes.png"
+    not_an_image.write_text("text")
+    assert main(["app", "--ckpt", str(tiny_model), "--image", str(not_an_image)]) == 2
+    assert "--port" not in capsys.readouterr().err
     # A port in use is one clear line.
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

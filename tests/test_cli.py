@@ -53,9 +53,20 @@ def test_data_synth_info_and_index(tmp_path, capsys):
     rows = {line.split()[0]: line.split()[1:] for line in lines[2:]}
     assert rows["train"][0] == "3" and rows["train"][2:] == ["4/4/4", "3", "3", "3", "3", "3"]
     assert rows["test"][0] == "1" and rows["test"][2:] == ["4/4/4", "1", "1", "1", "1", "1"]
+    # An interrupted run is not made "complete" by `ipoke data index` (readers then took it for a whole dataset).
+    import json
+
+    index_file = out / "ipoke_dataset.json"
+    index_file.write_text(json.dumps({**json.loads(index_file.read_text()), "complete": False}))
+    assert main(["data", "index", str(out)]) == 2
+    assert "unfinished run" in capsys.readouterr().err
+    assert json.loads(index_file.read_text())["complete"] is False
 
 
 def test_data_errors_are_clear(tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")  # --out below a file was a NotADirectoryError traceback
+    assert main(["data", "synth", "--out", str(tmp_path / "afile" / "sub"), "--videos", "2", "--workers", "1"]) == 2
+    assert "afile is a file, not a folder" in capsys.readouterr().err
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "file.txt").write_text("x")
     assert main(["data", "synth", "--out", str(tmp_path / "taken"), "--videos", "2", "--size", "32"]) == 2

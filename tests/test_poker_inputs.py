@@ -67,6 +67,8 @@ def test_sample_transfer_and_sensitivity_refuse_what_they_cannot_honour(make_tin
                           "n_directions must be a whole number >= 1"),
         "seed out of range": (lambda: poker.animate(np.zeros((64, 64, 3), np.uint8), [[30, 30, 2, 0]], seed=2**64),
                               r"seed must be a whole number in \[-2\*\*63, 2\*\*64\)"),
+        "a poke far too long": (lambda: poker.prepare(np.zeros((64, 64, 3), np.uint8), [[30, 30, 1e9, 1]]),
+                                r"longer than 4 times the 64 px square"),
         "a seed as generator": (lambda: poker.sample(x0, poke, generator=5),
                                 r"generator must be a torch.Generator.*got int.*Poker.animate\(seed=\)"),
         "a one-frame clip to transfer": (lambda: poker.transfer(torch.zeros(2, 1, 3, 64, 64), poke, x0),

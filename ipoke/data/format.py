@@ -142,6 +142,9 @@ class DatasetWriter:
         self.settings = settings or {}
         if self.root.exists() and not self.root.is_dir():
             raise DatasetFormatError(f"output {self.root} exists and is not a folder")
+        blocking = next((parent for parent in self.root.parents if parent.exists()), None)
+        if blocking is not None and not blocking.is_dir():
+            raise DatasetFormatError(f"output {self.root}: {blocking} is a file, not a folder")
         if self.root.exists() and any(self.root.iterdir()):
             if not is_dataset(self.root) and not (self.root / VIDEOS_DIR).is_dir():
                 raise DatasetFormatError(
@@ -287,8 +290,9 @@ class PreparedDataset:
             if unfinished:
                 raise DatasetFormatError(unfinished)
             raise DatasetFormatError(f"{self.root} is not an ipoke dataset (no {INDEX_FILE}); create one with "
-                                     "`ipoke data synth` or `ipoke data prepare`, or rebuild a lost index with "
-                                     "`ipoke data index DIR`")
+                                     "`ipoke data synth` or `ipoke data prepare` (if this folder lost its index, run "
+                                     "the command that made it again: it keeps the finished videos and writes the "
+                                     "index)")
         self.index = read_index(self.root)
         if self.index.get("format") != FORMAT_NAME or self.index.get("format_version") != FORMAT_VERSION:
             raise DatasetFormatError(f"{self.root}: unsupported format {self.index.get('format')!r} version "
