@@ -315,24 +315,37 @@ function modelPoint(event) {
           (event.clientY - box.top - canvas.clientTop) * info.size / canvas.clientHeight];
 }
 function showImage() {
-  pokes = []; document.getElementById("samples").innerHTML = "";
+  pokes = []; shown = null; document.getElementById("samples").innerHTML = "";
   document.getElementById("which").textContent = `image ${image + 1} of ${info.images}`;
   picture.onload = draw; picture.src = `/api/image/${image}.png`;
 }
+// What is asked for now; a request answers it only if nothing changed while it was out.
+const state = () => ({image, pokes: pokes.map(poke => poke.slice()), seed, temperature: temperature()});
+let shown = null;  // the request whose samples are on screen (what "save" writes)
 async function sample() {
-  if (!pokes.length || busy) return;
-  busy = true; status("sampling...");
+  // One request at a time. A poke, key or image change while one is out is not dropped: when the answer comes
+  // back it is discarded (it no longer matches what is on the canvas) and the latest state is sampled instead.
+  if (busy) return;
+  busy = true;
   try {
-    const result = await call("/api/poke", {image, pokes, seed, temperature: temperature()});
-    const box = document.getElementById("samples"); box.innerHTML = "";
-    for (const gif of result.gifs) {
-      const element = document.createElement("img");
-      element.src = "data:image/gif;base64," + gif; box.appendChild(element);
+    while (pokes.length) {
+      const request = state();
+      status("sampling...");
+      let result = null, failure = null;
+      try { result = await call("/api/poke", request); } catch (error) { failure = error; }
+      if (JSON.stringify(request) !== JSON.stringify(state())) continue;
+      if (failure) { status("error: " + failure.message); break; }
+      const box = document.getElementById("samples"); box.innerHTML = "";
+      for (const gif of result.gifs) {
+        const element = document.createElement("img");
+        element.src = "data:image/gif;base64," + gif; box.appendChild(element);
+      }
+      shown = request;
+      status(`${result.gifs.length} samples for ${request.pokes.length} poke(s), seed ${request.seed}, ` +
+             `temperature ${request.temperature}, ${result.milliseconds} ms`);
+      break;
     }
-    status(`${result.gifs.length} samples for ${pokes.length} poke(s), seed ${seed}, temperature ${temperature()}, ` +
-           `${result.milliseconds} ms`);
-  } catch (error) { status("error: " + error.message); }
-  busy = false;
+  } finally { busy = false; }
 }
 canvas.addEventListener("pointerdown", event => {
   const [x, y] = modelPoint(event); drag = [x, y, 0, 0]; canvas.setPointerCapture(event.pointerId); draw();
@@ -354,10 +367,10 @@ const actions = {
   n: () => { image = (image + 1) % info.images; showImage(); },
   r: () => { seed += 1; sample(); },
   a: () => { const box = document.getElementById("add"); box.checked = !box.checked; },
-  c: () => { pokes = []; document.getElementById("samples").innerHTML = ""; draw(); status("cleared"); },
-  s: async () => {
-    if (!pokes.length) { status("nothing to save yet: poke first"); return; }
-    try { status("saved to " + (await call("/api/save", {image, pokes, seed, temperature: temperature()})).folder); }
+  c: () => { pokes = []; shown = null; document.getElementById("samples").innerHTML = ""; draw(); status("cleared"); },
+  s: async () => {  // the samples on screen, not a newer poke or seed still being sampled
+    if (!shown) { status("nothing to save yet: poke first"); return; }
+    try { status("saved to " + (await call("/api/save", shown)).folder); }
     catch (error) { status("error: " + error.message); }
   },
 };

@@ -50,3 +50,51 @@ def test_a_drag_in_the_browser_pokes_the_model(tiny_model, tmp_path):
         server.server_close()
     record = json.loads((tmp_path / "saved" / "poke_0" / "ipoke_sample.json").read_text())
     np.testing.assert_allclose(record["pokes_in_model_pixels"], [[20, 30, 5, -3]], atol=1e-6)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs a chromium binary")
+def test_keys_pressed_while_sampling_are_not_lost_and_save_writes_what_is_shown(tiny_model, tmp_path):
+    # Pressing r (new samples) while a request was out was dropped: the status then named the new seed over the old
+    # samples, and s saved the new seed's videos, which were never shown.
+    sync_api = pytest.importorskip("playwright.sync_api")
+    images = [np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)]
+    app = PokeApp(Poker.from_checkpoint(tiny_model), images, samples=2, out=tmp_path / "saved")
+    release, seen = threading.Event(), []
+    answer = app.poke
+
+    def slow_poke(body):
+        seen.append(body["seed"])
+        if len(seen) == 1:
+            release.wait(30)  # the first answer waits until both key presses are in
+        return answer(body)
+
+    app.poke = slow_poke
+    server = make_server(app, port=0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    status = "document.getElementById('status').textContent"
+    try:
+        with sync_api.sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{server.server_address[1]}/")
+            page.wait_for_function(f"{status}.startsWith('drag')")
+            box = page.locator("#image").bounding_box()
+            left, top = box["x"] + 1, box["y"] + 1
+            page.mouse.move(left + 80, top + 120)
+            page.mouse.down()
+            page.mouse.move(left + 100, top + 108, steps=4)
+            page.mouse.up()
+            page.wait_for_function(f"{status} == 'sampling...'")
+            page.keyboard.press("r")
+            page.keyboard.press("r")
+            release.set()
+            page.wait_for_function(f"{status}.includes('seed 2')", timeout=60000)
+            page.keyboard.press("s")
+            page.wait_for_function(f"{status}.startsWith('saved')", timeout=60000)
+            browser.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert seen == [0, 2]  # the stale answer was replaced by one request for the latest seed
+    record = json.loads((tmp_path / "saved" / "poke_0" / "ipoke_sample.json").read_text())
+    assert record["seed"] == 2
