@@ -46,6 +46,17 @@ def _spec_differences(saved: Any, built: Any, where: str) -> list[str]:
     return [] if saved == built else [f"{where}: {saved!r} in the checkpoint, {built!r} in the config"]
 
 
+def last_checkpoint(trainer: Any) -> str | None:
+    """The newest ``last.ckpt`` (or ``last-vN.ckpt``) in the folders of the trainer's checkpoint callbacks that name
+    one (every ipoke config does), i.e. what ``--ckpt_path last`` loads; None if there is none."""
+    import re
+
+    found = [os.path.join(callback.dirpath, name) for callback in trainer.checkpoint_callbacks
+             if getattr(callback, "dirpath", None) and os.path.isdir(callback.dirpath)
+             for name in os.listdir(callback.dirpath) if re.fullmatch(r"last(-v?\d+)?\.ckpt", name)]
+    return max(found, key=os.path.getmtime) if found else None
+
+
 def check_checkpoint_networks(ckpt_path: str | os.PathLike, model: Any) -> None:
     """Refuse a ``--ckpt_path`` whose networks are not the ones the config builds, naming what differs.
 
@@ -123,6 +134,8 @@ def run_lightning(argv: Sequence[str]) -> int:
         def after_instantiate_classes(self) -> None:
             super().after_instantiate_classes()
             ckpt_path = self.config[self.subcommand].get("ckpt_path") if self.subcommand else None
+            if ckpt_path == "last":
+                ckpt_path = last_checkpoint(self.trainer)  # the file Lightning will pick, checked the same way
             if ckpt_path and ckpt_path not in SPECIAL_CKPT_PATHS:
                 check_checkpoint_networks(ckpt_path, self.model)
 

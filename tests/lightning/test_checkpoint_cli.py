@@ -57,6 +57,11 @@ def test_ckpt_path_flags_win_and_a_checkpoint_that_does_not_fit_is_named(poke_en
     assert main(["validate", *base, f"--ckpt_path={last}",
                  "--model.init_args.poke_encoder.init_args.embedding_channels=8"]) == 2
     assert "poke_encoder.init_args.embedding_channels: 16 in the checkpoint, 8 in the config" in capsys.readouterr().err
+    # The same with --ckpt_path last, the form the docs give for resuming (it was not checked: a network built
+    # differently trained on, or failed in load_state_dict).
+    assert main(["fit", *base, "--ckpt_path=last", "--trainer.max_epochs=4",
+                 "--model.init_args.poke_encoder.init_args.norm_groups=2"]) == 2
+    assert "poke_encoder.init_args.norm_groups: 4 in the checkpoint, 2 in the config" in capsys.readouterr().err
     image_config = ["--config", str(CONFIGS / "image_encoder" / "tiny.yaml"), base[-1]]
     assert main(["validate", *image_config, f"--ckpt_path={last}"]) == 2
     error = capsys.readouterr().err
