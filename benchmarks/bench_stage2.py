@@ -341,13 +341,12 @@ def main() -> None:
                                  device)
         if "pipeline" not in args.skip:
             stage1 = build_stage1(args, device)
-            for batch in (1, 16):
+            for batch in (1, 16) if device.type == "cuda" else (1,):  # the CPU smoke run: batch 1 once
                 configs = [("fp32", "eager"), ("bf16", "eager")] + [("bf16", m) for m in graph_modes]
                 for precision, mode in configs:
                     if device.type == "cpu" and precision != "fp32":
                         continue
-                    bench_pipeline(model, stage1, arch, precision, mode, batch if device.type == "cuda" else 1, args,
-                                   device)
+                    bench_pipeline(model, stage1, arch, precision, mode, batch, args, device)
             del stage1
         del model
         gc.collect()
