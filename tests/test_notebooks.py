@@ -54,12 +54,16 @@ def test_data_and_pokes_notebook(tmp_path):
 
 
 @pytest.mark.notebook
-@pytest.mark.parametrize("name", ["01_quickstart.ipynb", "03_evaluate.ipynb"])
-def test_model_notebooks(name, tmp_path, tiny_model, synthetic_dataset):
-    notebook = _run(name, f'MODEL = "{tiny_model}"\nDATA = "{synthetic_dataset}"\nN_SAMPLES = 2\nSEED = 0\n'
+@pytest.mark.parametrize("name, samples", [("01_quickstart.ipynb", 2), ("01_quickstart.ipynb", 1),
+                                           ("03_evaluate.ipynb", 2)])
+def test_model_notebooks(name, samples, tmp_path, tiny_model, synthetic_dataset):
+    notebook = _run(name, f'MODEL = "{tiny_model}"\nDATA = "{synthetic_dataset}"\nN_SAMPLES = {samples}\nSEED = 0\n'
                           'N_CLIPS = 4\nSAMPLES = 2', tmp_path)
     images = [out for cell in notebook.cells for out in cell.get("outputs", []) if "image/png" in out.get("data", {})]
     assert images, f"{name} drew no figure"
+    printed = "".join(out.get("text", "") for cell in notebook.cells for out in cell.get("outputs", []))
+    if name.startswith("01"):  # one sample has no spread (it printed nan with a torch warning)
+        assert ("n/a (one sample)" in printed) == (samples == 1) and "nan" not in printed
 
 
 def test_default_paths_point_at_the_repository_roots_quickstart():
