@@ -68,11 +68,18 @@ def check_checkpoint_networks(ckpt_path: str | os.PathLike, model: Any) -> None:
 
     from ipoke.models.base import NETWORKS_KEY, network_specs
 
-    try:  # memory-mapped: only the small network specs are read, not gigabytes of weights
-        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as error:  # noqa: BLE001 - unpickling any file raises ImportError, KeyError, ... too
-        raise UserError(f"--ckpt_path {ckpt_path} is not a readable checkpoint ({type(error).__name__}: "
-                        f"{error})") from error
+    checkpoint = None
+    # Memory-mapped first (only the small network specs are read, not gigabytes of weights), tensors only first; a
+    # checkpoint may also hold other objects (a user's callback state) or be in torch's older, unmappable format.
+    attempts = ((True, True), (False, True), (False, False))
+    for number, (weights_only, mmap) in enumerate(attempts, start=1):
+        try:
+            checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=weights_only, mmap=mmap)
+            break
+        except Exception as error:  # noqa: BLE001 - unpickling any file raises ImportError, KeyError, ... too
+            if number == len(attempts):
+                raise UserError(f"--ckpt_path {ckpt_path} is not a readable checkpoint ({type(error).__name__}: "
+                                f"{error})") from error
     saved = checkpoint.get(NETWORKS_KEY) if isinstance(checkpoint, dict) else None
     if not saved:
         return  # not written by an ipoke module: Lightning's own loading reports what does not fit

@@ -66,3 +66,29 @@ def test_ckpt_path_flags_win_and_a_checkpoint_that_does_not_fit_is_named(poke_en
     assert main(["validate", *image_config, f"--ckpt_path={last}"]) == 2
     error = capsys.readouterr().err
     assert "holds the networks ['poke_encoder'], but this config builds ['discriminator', 'image_encoder']" in error
+
+
+def test_the_network_check_reads_checkpoints_holding_objects_or_in_the_old_format(tmp_path):
+    import argparse
+
+    from ipoke.cli import UserError, check_checkpoint_networks
+    from ipoke.models.base import NETWORKS_KEY, network_specs
+    from ipoke.models.encoders import PokeEncoder
+
+    class Module(torch.nn.Module):
+        def __init__(self, channels: int) -> None:
+            super().__init__()
+            self.poke_encoder = PokeEncoder(spatial_size=64, base_channels=8, max_channels=16,
+                                            embedding_channels=channels, norm_groups=4)
+
+    # A callback's state may be any object (not loadable with weights_only); torch's older format cannot be mapped.
+    for name, zipped in (("objects.ckpt", True), ("old.ckpt", False)):
+        path = tmp_path / name
+        torch.save({NETWORKS_KEY: network_specs(Module(16)), "callbacks": {"mine": argparse.Namespace(steps=3)}},
+                   path, _use_new_zipfile_serialization=zipped)
+        check_checkpoint_networks(path, Module(16))
+        with pytest.raises(UserError, match="embedding_channels: 16 in the checkpoint, 8 in the config"):
+            check_checkpoint_networks(path, Module(8))
+    (tmp_path / "notes.ckpt").write_text("# not a checkpoint")
+    with pytest.raises(UserError, match="is not a readable checkpoint"):
+        check_checkpoint_networks(tmp_path / "notes.ckpt", Module(16))
