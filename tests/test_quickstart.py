@@ -92,6 +92,7 @@ def test_second_run_reuses_finished_stages(quickstart_run, capsys):
     printed = capsys.readouterr().out
     for stage in ("autoencoder", "image_encoder", "poke_encoder", "cinn"):
         assert f"{stage}: reusing" in printed
+    assert "note: the finished stages" not in printed  # the same --minutes: nothing to say
     assert (quickstart_run / "model" / "cinn" / "model.pt").stat().st_mtime_ns == before
 
 
@@ -107,7 +108,7 @@ def test_second_run_says_the_first_runs_training_time_and_budget(quickstart_run,
     assert f"trained on cpu for {seconds / 60:.1f} minutes in all" in report  # not this invocation's wall time
     assert main(["quickstart", "--out", str(quickstart_run), "--minutes", "0.8", "--videos", "30",
                  "--device", "cpu"]) == 0
-    assert "trained with a budget of 0.4 min, not the 0.8 min asked for now" in capsys.readouterr().out
+    assert "trained with a budget of 0.4 min, not the 0.8 min that --minutes gives them now" in capsys.readouterr().out
     assert f"for {seconds / 60:.1f} minutes in all" in (quickstart_run / "report.md").read_text()
 
 
