@@ -688,7 +688,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
     from ipoke.evaluation import evaluate, format_comparisons, format_table
     from ipoke.metrics import MetricUnavailable
-    from ipoke.utils import write_text_atomic
+    from ipoke.utils import file_in_the_way, write_text_atomic
 
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     if not metrics:
@@ -696,8 +696,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.is_dir():
         raise UserError(f"--out {out} is a folder; give a file name such as {out / 'metrics.json'}")
-    blocking = next((parent for parent in out.parents if parent.exists()), None)
-    if blocking is not None and not blocking.is_dir():  # found now, not after the whole evaluation
+    blocking = file_in_the_way(out.parent)  # found now, not after the whole evaluation
+    if blocking is not None:
         raise UserError(f"--out {out}: {blocking} is a file, not a folder; choose another --out")
     device = _device(args.device)
     if args.name is not None and not args.ckpt:

@@ -30,6 +30,8 @@ from typing import Any
 
 import torch
 
+from ipoke.utils import file_in_the_way
+
 #: split -> (metrics file, title). The synthetic test split holds novel species and backgrounds (harder than the
 #: held-out plants of the training species in val; neither split is used for training or model selection).
 EXAMPLE_IMAGE = "example.png"
@@ -260,7 +262,8 @@ def run_quickstart(out: str | Path = "quickstart", *, minutes: float | None = No
         save_pretrained(network.cpu(), target)
         (runs / stage / TRAINING_RECORD).write_text(json.dumps(
             {"seconds": time.time() - stage_started, "budget_seconds": seconds}))
-    _note_other_budgets(runs, budget_seconds)
+    records = _training_records(runs)
+    _note_other_budgets(records, budget_seconds)
 
     model_dir = out / "model"
     if not model_dir.exists():
@@ -293,7 +296,8 @@ def run_quickstart(out: str | Path = "quickstart", *, minutes: float | None = No
                  "--samples", "3", "--out", str(samples_dir), "--seed", "0"]) != 0:
         raise ValueError(f"the sample overviews could not be written to {samples_dir} (the error is above)")
     example_image, example_poke = write_example_image(out / EXAMPLE_IMAGE, data_dir, poker)
-    _write_report(out, reports, _training_seconds(runs), settings, accelerator)
+    seconds = None if records is None else sum(record["seconds"] for record in records.values())
+    _write_report(out, reports, seconds, settings, accelerator)
     for split, (_, title) in EVALUATION_SPLITS.items():
         print(f"{title} ({split} split):")
         print(format_table(reports[split]))
@@ -308,11 +312,9 @@ def run_quickstart(out: str | Path = "quickstart", *, minutes: float | None = No
 def _check_out_folder(out: Path, marker: str) -> None:
     """Refuse an ``--out`` the quickstart may not write into or (``--fresh``) delete: a file or below one, a link,
     the current folder or one above it, or a non-empty folder that is not a quickstart output."""
-    for path in (out, *out.parents):
-        if path.exists():
-            if not path.is_dir():
-                raise ValueError(f"--out {out}: {path} is a file, not a folder; choose another --out")
-            break
+    blocking = file_in_the_way(out)
+    if blocking is not None:
+        raise ValueError(f"--out {out}: {blocking} is a file, not a folder; choose another --out")
     if out.is_symlink():
         raise ValueError(f"--out {out} is a symbolic link; give the folder it points to, or another --out")
     here = Path.cwd().resolve()
@@ -324,24 +326,25 @@ def _check_out_folder(out: Path, marker: str) -> None:
                          "neither writes into nor deletes (--fresh) other folders: choose a new or empty --out")
 
 
-def _training_seconds(runs: Path) -> float | None:
-    """Seconds the four networks trained for, from the record each finished stage leaves (None when a stage has
-    none: trained by an older version)."""
-    records = [runs / stage / TRAINING_RECORD for stage in STAGE_SHARES]
-    if not all(record.is_file() for record in records):
+def _training_records(runs: Path) -> dict[str, dict[str, float]] | None:
+    """Stage -> ``{"seconds", "budget_seconds"}`` as each finished stage recorded it; None when a stage has no record
+    (trained by an older version)."""
+    files = {stage: runs / stage / TRAINING_RECORD for stage in STAGE_SHARES}
+    if not all(file.is_file() for file in files.values()):
         return None
-    return sum(json.loads(record.read_text())["seconds"] for record in records)
+    return {stage: json.loads(file.read_text()) for stage, file in files.items()}
 
 
-def _note_other_budgets(runs: Path, budget_seconds: float) -> None:
+def _note_other_budgets(records: dict[str, dict[str, float]] | None, budget_seconds: float) -> None:
     """Say so when finished stages were trained with another --minutes than this run's (they are reused as they
     are)."""
-    budgets = {stage: json.loads((runs / stage / TRAINING_RECORD).read_text())["budget_seconds"]
-               for stage in STAGE_SHARES if (runs / stage / TRAINING_RECORD).is_file()}
+    if records is None:
+        return
+    budgets = {stage: record["budget_seconds"] for stage, record in records.items()}
     # Compared stage by stage: the shares sum to less than 1 (the rest of the budget is the data, the evaluation and
     # the samples), so the stages' total is not the --minutes asked for.
     asked = {stage: budget_seconds * share for stage, share in STAGE_SHARES.items()}
-    if len(budgets) == len(STAGE_SHARES) and any(abs(budgets[stage] - asked[stage]) > 1.0 for stage in budgets):
+    if any(abs(budgets[stage] - asked[stage]) > 1.0 for stage in budgets):
         _log(f"note: the finished stages were trained with a budget of {sum(budgets.values()) / 60:.1f} min, not the "
              f"{sum(asked.values()) / 60:.1f} min that --minutes gives them now; they are reused as they are (--fresh "
              "retrains them)")

@@ -28,6 +28,14 @@ def umask_mode(mode: int = 0o777) -> int:
     return mode & ~current
 
 
+def file_in_the_way(path: str | os.PathLike) -> Path | None:
+    """The nearest of ``path`` and its parents that exists, if it is not a folder (then nothing can be created at
+    ``path``: ``mkdir`` would fail with ``NotADirectoryError`` or ``FileExistsError``); None otherwise."""
+    path = Path(path)
+    existing = next((candidate for candidate in (path, *path.parents) if candidate.exists()), None)
+    return existing if existing is not None and not existing.is_dir() else None
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to a hidden sibling of ``path`` and rename it over ``path``: readers see the old or the new
     file, never half of one."""

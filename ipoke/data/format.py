@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ipoke.utils import NotFoundError, atomic_directory, write_text_atomic
+from ipoke.utils import NotFoundError, atomic_directory, file_in_the_way, write_text_atomic
 
 FORMAT_NAME = "ipoke-prepared"
 FORMAT_VERSION = 1
@@ -142,8 +142,8 @@ class DatasetWriter:
         self.settings = settings or {}
         if self.root.exists() and not self.root.is_dir():
             raise DatasetFormatError(f"output {self.root} exists and is not a folder")
-        blocking = next((parent for parent in self.root.parents if parent.exists()), None)
-        if blocking is not None and not blocking.is_dir():
+        blocking = file_in_the_way(self.root.parent)
+        if blocking is not None:
             raise DatasetFormatError(f"output {self.root}: {blocking} is a file, not a folder")
         if self.root.exists() and any(self.root.iterdir()):
             if not is_dataset(self.root) and not (self.root / VIDEOS_DIR).is_dir():

@@ -75,7 +75,7 @@ from ipoke.data.video_io import (
     resize_points,
     video_fps,
 )
-from ipoke.utils import ignore_interrupts_in_worker, stop_process_pool, write_text_atomic
+from ipoke.utils import file_in_the_way, ignore_interrupts_in_worker, stop_process_pool, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -705,11 +705,9 @@ def prepare_dataset(videos_dir: str | os.PathLike, out: str | os.PathLike, *, si
         raise PrepareError(f"max_frames {max_frames} leaves too few frames for lags {lags}")
     if flow_resolution == size:
         flow_resolution = None
-    for path in (out, *out.parents):
-        if path.exists():
-            if not path.is_dir():
-                raise PrepareError(f"--out {out}: {path} exists and is not a folder; choose another --out")
-            break
+    blocking = file_in_the_way(out)
+    if blocking is not None:
+        raise PrepareError(f"--out {out}: {blocking} exists and is not a folder; choose another --out")
 
     # Everything that can fail on the input is checked before the output folder is touched.
     layout_options = {"train_list": train_list} if layout == "iper" and train_list is not None else {}
