@@ -37,13 +37,9 @@ class PokeVAEModule(NetworkCheckpointMixin):
     def setup(self, stage: str) -> None:
         check_clips_fit(self, n_frames=self.vae.n_frames, size=self.vae.spatial_size, networks="the cVAE")
 
-    def _losses(self, batch: dict, *, posterior_mean: bool = False) -> dict[str, torch.Tensor]:
+    def _losses(self, batch: dict, *, sample_posterior: bool = True) -> dict[str, torch.Tensor]:
         video = batch["video"]
-        if posterior_mean:
-            posterior = self.vae.encode(video)
-            frames = self.vae.decode(posterior.mean, video[:, 0], batch["poke"], n_frames=video.shape[1] - 1)
-        else:
-            frames, posterior = self.vae(video, batch["poke"])
+        frames, posterior = self.vae(video, batch["poke"], sample_posterior=sample_posterior)
         target = video[:, 1:]
         l1 = l1_loss(frames, target)
         perceptual = self.perceptual_loss(frames, target)
@@ -60,7 +56,7 @@ class PokeVAEModule(NetworkCheckpointMixin):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         # The posterior mean, not a sample: val/loss selects checkpoints and must be the same for a checkpoint
         # however often (and with whatever seed) it is validated, as the autoencoder's and the cINN's.
-        losses = self._losses(batch, posterior_mean=True)
+        losses = self._losses(batch, sample_posterior=False)
         frames, target = losses["frames"], losses["target"]
         metrics = {"val/loss": losses["loss"], "val/l1": losses["l1"], "val/kl": losses["kl"],
                    "val/psnr": psnr(frames, target), "val/ssim": ssim(frames, target)}

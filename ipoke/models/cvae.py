@@ -62,11 +62,13 @@ class PokeConditionedVAE(SavableModule):
         """Frames ``(B, T, 3, S, S)`` from ``z (B, z_dim, 8, 8)``, x0 ``(B, 3, S, S)`` and the poke ``(B, 2, S, S)``."""
         return self.video.decode(z + self.poke_embedding(poke), first_frame, n_frames=n_frames)
 
-    def forward(self, video: torch.Tensor, poke: torch.Tensor, generator: torch.Generator | None = None
-                ) -> tuple[torch.Tensor, DiagonalGaussian]:
-        """Reconstruct ``video[:, 1:]`` from a posterior sample; returns ``(frames, posterior)``."""
+    def forward(self, video: torch.Tensor, poke: torch.Tensor, generator: torch.Generator | None = None, *,
+                sample_posterior: bool = True) -> tuple[torch.Tensor, DiagonalGaussian]:
+        """Reconstruct ``video[:, 1:]`` from a posterior sample (or, with ``sample_posterior=False``, its mean, as
+        :meth:`VideoAutoencoder.forward`); returns ``(frames, posterior)``."""
         posterior = self.encode(video)
-        frames = self.decode(posterior.sample(generator), video[:, 0], poke, n_frames=video.shape[1] - 1)
+        z = posterior.sample(generator) if sample_posterior else posterior.mode()
+        frames = self.decode(z, video[:, 0], poke, n_frames=video.shape[1] - 1)
         return frames, posterior
 
     @torch.no_grad()
