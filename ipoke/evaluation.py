@@ -129,7 +129,7 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu",
 
     from ipoke.models.base import CONFIG_FILE, clip_settings, load_network, networks_of_class
     from ipoke.models.cvae import PokeConditionedVAE
-    from ipoke.sampling import ModelLoadError, Poker
+    from ipoke.sampling import ModelLoadError, Poker, _check_device
 
     path_obj = Path(path)
     vae = None
@@ -149,6 +149,11 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu",
         if names:
             vae = load_network(path_obj, name=names[0], map_location="cpu", checkpoint=checkpoint)
             clips = clip_settings(checkpoint)
+        elif checkpoint is not None:  # an iPOKE checkpoint: build the model from what was read, not read it again
+            _check_device(device)
+            poker = Poker._from_loaded_checkpoint(path_obj, checkpoint, map_location=device).to(device)
+            return LoadedModel(poker_sampler(poker, temperature), poker.size, poker.n_frames, poker.poke_size,
+                               "ipoke", poker.frame_step)
     if vae is not None:
         vae = vae.to(device)
         return LoadedModel(cvae_sampler(vae, temperature), vae.spatial_size, vae.n_frames, clips["poke_size"], "cvae",

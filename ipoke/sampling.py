@@ -227,18 +227,23 @@ class Poker(nn.Module):
             except Exception as error:  # noqa: BLE001 - unpickling any file raises ImportError, KeyError, ... too
                 raise ModelLoadError(f"{path_obj} is not a readable checkpoint ({type(error).__name__}: {error}); "
                                      "pass an exported model folder, a cINN Lightning .ckpt or a zoo name") from error
-            if not isinstance(checkpoint, dict):
-                raise ModelLoadError(f"{path_obj} is not a Lightning checkpoint of an ipoke training module")
-            networks = {}
-            for role, role_class in ROLES.items():
-                names = networks_of_class(checkpoint, role_class)
-                if len(names) != 1:
-                    raise ModelLoadError(f"{path_obj} does not hold exactly one {role_class.__name__} (found {names}); "
-                                     "pass the checkpoint of a trained cINN module (ipoke.lightning.cinn)")
-                networks[role] = load_network(path_obj, name=names[0], map_location=map_location,
-                                              checkpoint=checkpoint)
-            poker = cls(**networks, **clip_settings(checkpoint))
+            poker = cls._from_loaded_checkpoint(path_obj, checkpoint, map_location=map_location)
         return poker.to(map_location)
+
+    @classmethod
+    def _from_loaded_checkpoint(cls, path: Path, checkpoint: Any, *, map_location: str | torch.device) -> Poker:
+        """The model in ``checkpoint``, the contents of the cINN Lightning checkpoint at ``path`` (already read by
+        the caller, so that a file of several hundred MB is not unpickled twice)."""
+        if not isinstance(checkpoint, dict):
+            raise ModelLoadError(f"{path} is not a Lightning checkpoint of an ipoke training module")
+        networks = {}
+        for role, role_class in ROLES.items():
+            names = networks_of_class(checkpoint, role_class)
+            if len(names) != 1:
+                raise ModelLoadError(f"{path} does not hold exactly one {role_class.__name__} (found {names}); "
+                                     "pass the checkpoint of a trained cINN module (ipoke.lightning.cinn)")
+            networks[role] = load_network(path, name=names[0], map_location=map_location, checkpoint=checkpoint)
+        return cls(**networks, **clip_settings(checkpoint))
 
     def export(self, directory: str | os.PathLike) -> Path:
         """Write the four networks and a manifest into ``directory`` atomically; :meth:`from_checkpoint` loads it."""

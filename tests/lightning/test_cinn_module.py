@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from unittest import mock
+
 import lightning as L
 import pytest
 import torch
@@ -104,6 +106,21 @@ def test_fit_validate_checkpoint_and_reload(stage1, tmp_path):
 
     poker = Poker.from_checkpoint(checkpoint)
     torch.testing.assert_close(poker.cinn(z, h)[0], module.flow(z, h)[0], atol=0, rtol=0)
+    # `ipoke evaluate` loads the same model and unpickles the (possibly large) file once.
+    from ipoke.evaluation import load_model
+
+    reads = []
+    real_load = torch.load
+
+    def counting_load(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        reads.append(args[0])
+        return real_load(*args, **kwargs)
+
+    with mock.patch("torch.load", counting_load):
+        loaded = load_model(checkpoint)
+    assert len(reads) == 1 and loaded.kind == "ipoke" and loaded.size == poker.size
+    assert (loaded.n_frames, loaded.poke_size, loaded.frame_step) == (poker.n_frames, poker.poke_size,
+                                                                      poker.frame_step)
 
 
 def test_fast_dev_run(stage1, tmp_path):
