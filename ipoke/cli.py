@@ -154,6 +154,13 @@ def run_lightning(argv: Sequence[str]) -> int:
     except (UserError, DatasetFormatError, MisconfigurationException) as error:  # data problems show at the start
         print(f"ipoke: error: {error}", file=sys.stderr)
         return 2
+    except ValueError as error:
+        # Lightning checks --trainer.val_check_interval against the epoch's length only once fit starts, with a
+        # clear message of its own; anything else stays a traceback (it is a bug to report, not a setting).
+        if not str(error).strip().startswith("`val_check_interval`"):
+            raise
+        print(f"ipoke: error: {str(error).strip()}", file=sys.stderr)
+        return 2
     return 0
 
 

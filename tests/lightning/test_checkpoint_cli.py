@@ -92,3 +92,14 @@ def test_the_network_check_reads_checkpoints_holding_objects_or_in_the_old_forma
     (tmp_path / "notes.ckpt").write_text("# not a checkpoint")
     with pytest.raises(UserError, match="is not a readable checkpoint"):
         check_checkpoint_networks(tmp_path / "notes.ckpt", Module(16))
+
+
+def test_a_validation_interval_longer_than_the_epoch_is_one_line(synthetic_dataset, tmp_path, monkeypatch, capsys):
+    torch.set_num_threads(1)
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", "--config", str(CONFIGS / "poke_encoder" / "tiny.yaml"),
+                 f"--data.init_args.data_dir={synthetic_dataset}", "--trainer.val_check_interval=1000",
+                 "--trainer.max_steps=1"]) == 2
+    error = capsys.readouterr().err
+    assert "\nipoke: error: `val_check_interval` (1000) must be less than or equal to" in error and \
+        "Traceback" not in error
