@@ -39,7 +39,7 @@ from torch.utils.data import Dataset
 
 from ipoke.data.augment import AugmentSettings, augment_clip
 from ipoke.data.format import DatasetFormatError, PreparedDataset
-from ipoke.data.pokes import background_poke, pad_coords, poke_map_from_coords, sample_pokes
+from ipoke.data.pokes import background_poke, pad_coords, poke_from_flow_at, poke_map_from_coords, sample_pokes
 
 
 def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
@@ -66,6 +66,34 @@ def frames_to_tensor(frames: np.ndarray) -> torch.Tensor:
 
 
 POKE_SOURCES = ("flow", "recorded", "keypoints")
+# Smallest model resolution a dataset serves (the networks' latent grid is 8x8).
+MIN_MODEL_SIZE = 8
+
+
+def recorded_pokes_for_clip(recorded: np.ndarray, flow: np.ndarray, mask: np.ndarray | None, *, stored_size: int,
+                            background: bool) -> np.ndarray:
+    """The recorded pokes ``(P, 4)`` of a video (``pokes.npy``, pixels at ``stored_size``) for a clip starting at
+    frame 0, at the clip's size S.
+
+    The positions are where the simulation poked. An object poke's vector is the clip's own flow at that position
+    (:func:`ipoke.data.pokes.poke_from_flow_at`, which also moves a position that misses the object onto it): the
+    stored vector is the displacement over the whole video, too long for a shorter clip (until session 12 it was
+    served for every clip length). A background poke keeps its stored drag, scaled to S: nothing moved.
+
+    Args:
+        recorded: float ``(P, 4)`` ``(x, y, dx, dy)`` pixels at ``stored_size``.
+        flow: ``(2, S, S)`` flow of the clip.
+        mask: Optional ``(S, S)`` object mask of x0.
+        stored_size: Size of the stored frames.
+        background: The video's poke is a background poke.
+
+    Returns:
+        float32 ``(P, 4)``.
+    """
+    scaled = np.asarray(recorded, np.float32) * (flow.shape[-1] / stored_size)
+    if background:
+        return scaled
+    return np.stack([poke_from_flow_at(x, y, flow, mask) for x, y in scaled[:, :2]]).astype(np.float32)
 
 
 def keypoint_pokes(start_points: np.ndarray, end_points: np.ndarray, rng: np.random.Generator, *, n_pokes: int,
@@ -110,7 +138,9 @@ class PokeDataset(Dataset):
         zero_poke_fraction: Probability that a sample becomes a static clip with a background poke.
         augment: Apply :func:`ipoke.data.augment.augment_clip` (training only).
         poke_source: ``"flow"`` simulates pokes from the flow (the papers' protocol, works for every dataset);
-            ``"recorded"`` uses the pokes stored with synthetic videos when the clip starts at frame 0;
+            ``"recorded"`` uses the pokes stored with synthetic videos when the clip starts at frame 0 (their
+            positions; an object poke's vector is the clip's flow there; needs ``augment=False``; other clips get
+            flow pokes);
             ``"keypoints"`` pokes moving keypoints with their own displacement (see the module doc; no augmentation).
         min_keypoint_motion: Smallest displacement in pixels at size S of a joint that ``"keypoints"`` may poke.
         fixed_poke_count: Always use exactly ``n_pokes`` pokes (evaluation uses 1).
@@ -130,15 +160,31 @@ class PokeDataset(Dataset):
         if poke_source not in POKE_SOURCES:
             raise ValueError(f"poke_source must be one of {POKE_SOURCES}, got {poke_source!r}")
         if poke_source == "keypoints" and augment:
-            raise ValueError("keypoint pokes are for evaluation: augment must be False (flips and crops would have "
-                             "to move the keypoints too)")
+            raise ValueError("keypoint pokes are for evaluation: augment must be False (rotations and shifts would "
+                             "have to move the keypoints too)")
+        if poke_source == "recorded" and augment:
+            raise ValueError("recorded pokes sit where the simulation poked the unaugmented first frame: augment must "
+                             "be False with poke_source='recorded' (PokeDataModule(augment=False)), or use "
+                             "poke_source='flow'")
         if max_open_videos < 1:
             raise ValueError(f"max_open_videos must be at least 1, got {max_open_videos}")
+        for name, value in (("n_frames", n_frames), ("frame_step", frame_step), ("n_pokes", n_pokes),
+                            ("poke_size", poke_size)):
+            if isinstance(value, bool) or int(value) != value or value < 1:
+                raise ValueError(f"{name} must be a whole number of at least 1, got {value!r}")
+        if size is not None and (isinstance(size, bool) or int(size) != size or size < MIN_MODEL_SIZE):
+            raise ValueError(f"size must be a whole number of pixels of at least {MIN_MODEL_SIZE} (or None for the "
+                             f"dataset's own size), got {size!r}")
+        if isinstance(seed, bool) or int(seed) != seed or seed < 0:
+            raise ValueError(f"seed must be a whole number >= 0, got {seed!r}")
+        if max_clips is not None and (isinstance(max_clips, bool) or int(max_clips) != max_clips or max_clips < 1):
+            raise ValueError(f"max_clips must be a whole number of at least 1 (or None for all clips), got "
+                             f"{max_clips!r}")
         if not 0 <= zero_poke_fraction < 1:
             raise ValueError(f"zero_poke_fraction must be in [0, 1), got {zero_poke_fraction}")
         self.data = PreparedDataset(root)
         self.split = split
-        self.size = int(size or self.data.size)
+        self.size = int(self.data.size if size is None else size)
         self.n_frames, self.frame_step = int(n_frames), int(frame_step)
         self.lag = self.n_frames * self.frame_step
         if self.lag not in self.data.flow_lags:
@@ -226,7 +272,7 @@ class PokeDataset(Dataset):
                                                self.augment_settings)
             mask = None if masks is None else masks[0]
 
-        recorded = video.pokes if (self.poke_source == "recorded" and start == 0 and not self.augment) else None
+        recorded = video.pokes if (self.poke_source == "recorded" and start == 0) else None
         keypoint_coords = None
         if self.poke_source == "keypoints" and video.keypoints is not None:
             # Pixel centres map as x' = (x + 0.5) * S / S_stored - 0.5 (as cv2.resize places them).
@@ -246,9 +292,8 @@ class PokeDataset(Dataset):
             flow = np.zeros_like(flow)
             is_background = True
         elif recorded is not None and len(recorded):
-            coords = np.asarray(recorded, np.float32).copy()
-            coords *= self.size / stored_size
-            coords = coords[: self.n_pokes]
+            coords = recorded_pokes_for_clip(recorded, flow, mask, stored_size=stored_size,
+                                             background=is_background)[: self.n_pokes]
             poke = poke_map_from_coords(coords, self.size, self.poke_size)
         else:
             poke, coords = sample_pokes(flow, rng, n_pokes=self.n_pokes, poke_size=self.poke_size, mask=mask,

@@ -74,7 +74,9 @@ def _candidates(amplitude: np.ndarray, valid: np.ndarray) -> np.ndarray:
         picked = np.argwhere((amplitude > threshold) & valid)
         if len(picked):
             return picked
-    return np.zeros((0, 2), np.int64)
+    # Every valid pixel moves as much as the mean: uniform motion (e.g. a camera pan), not a static clip. Without
+    # this step such a clip got a background poke with a random vector.
+    return np.argwhere((amplitude >= mean) & (amplitude > 0) & valid)
 
 
 def sample_pokes(flow: np.ndarray, rng: np.random.Generator, *, n_pokes: int = 5, poke_size: int = 5,
@@ -151,6 +153,31 @@ def background_poke(flow: np.ndarray, rng: np.random.Generator, *, poke_size: in
         vector = np.array([np.cos(angle), np.sin(angle)], np.float32) * magnitude
     coords = np.array([[col + 0.5, row + 0.5, vector[0], vector[1]]], np.float32)
     return poke_map_from_coords(coords, size, poke_size), coords
+
+
+def poke_from_flow_at(x: float, y: float, flow: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """The poke ``(x, y, dx, dy)`` at position ``(x, y)`` (pixel ``i`` covers ``[i, i + 1)``) carrying the flow there.
+
+    When ``mask`` has object pixels and the pixel at ``(x, y)`` is not one of them, the poke moves to the centre of
+    the nearest object pixel first: a position recorded at another resolution (the synthetic generator places its
+    pokes on a 64 px raster) can fall beside a stem one or two pixels wide, where the flow is zero.
+
+    Args:
+        x, y: Position in pixels at size S.
+        flow: ``(2, S, S)`` flow of the clip.
+        mask: Optional ``(S, S)`` object mask of x0.
+
+    Returns:
+        float32 ``(4,)``.
+    """
+    size = flow.shape[-1]
+    col, row = min(max(int(np.floor(x)), 0), size - 1), min(max(int(np.floor(y)), 0), size - 1)
+    if mask is not None and mask.any() and not mask[row, col]:
+        rows, cols = np.nonzero(mask)
+        nearest = int(np.argmin((rows - row) ** 2 + (cols - col) ** 2))
+        row, col = int(rows[nearest]), int(cols[nearest])
+        x, y = col + 0.5, row + 0.5
+    return np.array([x, y, flow[0, row, col], flow[1, row, col]], np.float32)
 
 
 def pad_coords(coords: np.ndarray, n_max: int) -> tuple[np.ndarray, int]:

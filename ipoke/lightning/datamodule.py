@@ -31,7 +31,7 @@ class PokeDataModule(L.LightningDataModule):
             as many draws per epoch as clips), so that every object (plant, actor: the videos' ``object_id``) is seen
             equally often however many or long its videos are. The original does this for Poking Plants.
         poke_source: ``"flow"`` (simulate from flow, the papers' protocol) or ``"recorded"`` (synthetic data's
-            stored pokes where possible).
+            stored pokes where possible; needs ``augment=False``).
         train_split, val_split, test_split: Split names.
         eval_n_pokes: Pokes per validation/test clip (the papers' test protocol uses exactly 1).
         max_val_clips: Bound on validation clips (evenly spaced); ``None`` = all.
@@ -45,6 +45,12 @@ class PokeDataModule(L.LightningDataModule):
                  test_split: str = "test", eval_n_pokes: int = 1, max_val_clips: int | None = 1000,
                  seed: int = 0) -> None:
         super().__init__()
+        if poke_source == "recorded" and augment:
+            # Checked here, not only when the training set is built at fit time: the default augment=True would
+            # otherwise fail minutes into a run (and until session 12 it silently served flow pokes instead).
+            raise ValueError("poke_source='recorded' needs augment=False (recorded pokes sit where the simulation "
+                             "poked the unaugmented first frame); set data.init_args.augment: false, or use "
+                             "poke_source='flow'")
         self.save_hyperparameters()
         self.train_set: PokeDataset | None = None
         self.val_set: PokeDataset | None = None

@@ -42,14 +42,48 @@ def test_deterministic_mode_repeats_and_seed_changes(synthetic_dataset):
     assert not torch.equal(a[0]["video"], b[0]["video"])
 
 
-def test_recorded_pokes_are_rescaled_with_the_frames(synthetic_dataset):
+def test_recorded_pokes_keep_their_position_and_carry_the_clips_motion(synthetic_dataset):
     full = PokeDataset(synthetic_dataset, split="train", poke_source="recorded", zero_poke_fraction=0.0)
-    half = PokeDataset(synthetic_dataset, split="train", size=32, poke_source="recorded", zero_poke_fraction=0.0)
     index = next(i for i, (vid, _) in enumerate(full.clips) if not full.data.video(vid).meta["background_poke"])
-    big, small = full[index], half[index]
+    stored = np.asarray(full.data.video(full.clips[index][0]).pokes)[0]
+    big = full[index]
+    # The clip spans the whole video: the stored poke (up to the float16 of the stored flow).
+    np.testing.assert_allclose(big["poke_coords"][0].numpy(), stored, rtol=0, atol=2e-3)
+    # A shorter clip moves less: its poke carries its own flow at the same place (the stored vector, the
+    # displacement over the whole video, was served for every clip length).
+    short = PokeDataset(synthetic_dataset, split="train", n_frames=4, poke_source="recorded",
+                        zero_poke_fraction=0.0)[index]
+    x, y, dx, dy = short["poke_coords"][0].tolist()
+    assert (x, y) == pytest.approx(stored[:2].tolist())
+    assert (dx, dy) == pytest.approx(short["flow"][:, int(y), int(x)].tolist())
+    assert np.hypot(dx, dy) > 0 and (dx, dy) != pytest.approx(stored[2:].tolist(), abs=1e-3)
+    # At half the size the position halves (it may move onto the nearest object pixel) and the vector is the
+    # resized flow there.
+    half = PokeDataset(synthetic_dataset, split="train", size=32, poke_source="recorded", zero_poke_fraction=0.0)
+    small = half[index]
     assert small["video"].shape == (11, 3, 32, 32)
-    np.testing.assert_allclose(small["poke_coords"][0].numpy(), big["poke_coords"][0].numpy() / 2, rtol=1e-5)
-    assert torch.allclose(small["flow"].abs().max(), big["flow"].abs().max() / 2, rtol=0.35)
+    x, y, dx, dy = small["poke_coords"][0].tolist()
+    assert abs(x - stored[0] / 2) <= 1.5 and abs(y - stored[1] / 2) <= 1.5
+    assert bool(small["mask"][int(y), int(x)])
+    assert (dx, dy) == pytest.approx(small["flow"][:, int(y), int(x)].tolist())
+    # Recorded pokes sit on the unaugmented frame: augmentation with them is refused, not silently replaced.
+    with pytest.raises(ValueError, match="augment=False"):
+        PokeDataset(synthetic_dataset, poke_source="recorded", augment=True)
+    with pytest.raises(ValueError, match="augment: false"):
+        PokeDataModule(data_dir=synthetic_dataset, poke_source="recorded")
+    module = PokeDataModule(data_dir=synthetic_dataset, poke_source="recorded", augment=False, num_workers=0,
+                            batch_size=2, zero_poke_fraction=0.0)
+    module.setup("fit")
+    assert module.train_set.poke_source == "recorded" and not module.train_set.augment
+
+
+def test_dataset_arguments_are_checked_when_it_is_built(synthetic_dataset):
+    for name, value in [("poke_size", 0), ("poke_size", -3), ("n_pokes", 0), ("n_frames", 0), ("frame_step", 0),
+                        ("size", 0), ("size", -8), ("size", 4), ("seed", -1), ("max_clips", 0), ("max_clips", -1),
+                        ("poke_size", 2.5)]:
+        with pytest.raises(ValueError, match=f"{name} must be"):
+            PokeDataset(synthetic_dataset, **{name: value})
+    assert len(PokeDataset(synthetic_dataset, max_clips=1)) == 1
 
 
 def test_resize_flow_rescales_vectors():

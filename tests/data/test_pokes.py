@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ipoke.data.pokes import background_poke, pad_coords, poke_map_from_coords, sample_pokes
+from ipoke.data.pokes import (
+    background_poke,
+    pad_coords,
+    poke_from_flow_at,
+    poke_map_from_coords,
+    sample_pokes,
+)
 
 
 def _blob_flow(size=32, centre=(20, 12), vector=(3.0, -2.0)):
@@ -71,6 +77,26 @@ def test_background_poke_sits_still_and_carries_real_motion():
         x, y, dx, dy = coords[0]
         assert flow[:, int(y), int(x)].tolist() == [0.0, 0.0]
         assert (dx, dy) == (3.0, -2.0)
+
+
+def test_uniform_motion_is_poked_with_its_own_vector():
+    # A clip whose flow is the same everywhere (a pan) moves: it got a background poke with a random vector.
+    flow = np.zeros((2, 32, 32), np.float32)
+    flow[0] = 3.0
+    for seed in range(5):
+        _, coords = sample_pokes(flow, np.random.default_rng(seed), n_pokes=3)
+        assert len(coords) >= 1
+        np.testing.assert_array_equal(coords[:, 2:], np.tile([3.0, 0.0], (len(coords), 1)))
+
+
+def test_poke_from_flow_at_moves_onto_the_nearest_object_pixel():
+    flow = np.zeros((2, 8, 8), np.float32)
+    mask = np.zeros((8, 8), bool)
+    mask[2:6, 5] = True
+    flow[:, 2:6, 5] = np.array([1.0, -2.0])[:, None]
+    np.testing.assert_array_equal(poke_from_flow_at(3.2, 4.7, flow, mask), [5.5, 4.5, 1.0, -2.0])
+    np.testing.assert_allclose(poke_from_flow_at(5.2, 2.9, flow, mask), [5.2, 2.9, 1.0, -2.0])  # on it: kept
+    np.testing.assert_allclose(poke_from_flow_at(3.2, 4.7, flow), [3.2, 4.7, 0.0, 0.0])  # no mask: as given
 
 
 def test_bad_inputs():
