@@ -140,6 +140,13 @@ def run_lightning(argv: Sequence[str]) -> int:
 
         def after_instantiate_classes(self) -> None:
             super().after_instantiate_classes()
+            start_method = getattr(getattr(getattr(self, "trainer", None), "strategy", None), "_start_method", None)
+            if start_method in ("spawn", "forkserver"):
+                # These start methods pickle the module, which PyTorch refuses for spectral-norm parametrizations
+                # (every stage has them) with a RuntimeError that names neither the strategy nor the fix.
+                raise UserError(f"this trainer strategy starts its processes with {start_method!r} (ddp_spawn), "
+                                "which pickles the model, and ipoke's networks (spectral norm) cannot be pickled: use "
+                                "--trainer.strategy ddp (the default with several devices)")
             ckpt_path = self.config[self.subcommand].get("ckpt_path") if self.subcommand else None
             if ckpt_path == "last":
                 ckpt_path = last_checkpoint(self.trainer)  # the file Lightning will pick, checked the same way

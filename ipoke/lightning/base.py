@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import inspect
+import os
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
 
-from ipoke.models.base import NETWORKS_KEY, network_specs
+from ipoke.models.base import NETWORKS_KEY, instantiate, network_specs
 
 
 class TrainingSetupError(MisconfigurationException, ValueError):
@@ -26,6 +29,36 @@ class NetworkCheckpointMixin(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[NETWORKS_KEY] = network_specs(self)
+
+    @classmethod
+    def _networks_to_rebuild(cls, hyper_parameters: dict[str, Any]) -> set[str]:
+        """Constructor arguments that :meth:`load_from_checkpoint` rebuilds from the checkpoint's network specs:
+        the networks, which are arguments but not hyperparameters."""
+        return set(inspect.signature(cls.__init__).parameters) - set(hyper_parameters)
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, map_location: Any = None, hparams_file: Any = None,
+                             strict: bool | None = None, **kwargs: Any) -> Any:
+        """Lightning's ``load_from_checkpoint``, which also rebuilds the networks passed to the constructor.
+
+        The networks are constructor arguments that ``save_hyperparameters`` leaves out (they are modules, not
+        settings), so Lightning alone could not call the constructor (``missing 1 required positional argument:
+        'autoencoder'``) or built a default network instead of the trained one. The checkpoint carries their specs
+        (:func:`~ipoke.models.base.network_specs`); networks given in ``kwargs`` win. To load one network without
+        its training module, use ``<NetworkClass>.from_checkpoint(path)``.
+        """
+        if isinstance(checkpoint_path, (str, os.PathLike)):
+            try:  # memory-mapped: the specs are read without loading every tensor a second time
+                checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False, mmap=True)
+            except RuntimeError:  # a checkpoint in the legacy (non-zip) format cannot be memory-mapped
+                checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+            specs = (checkpoint.get(NETWORKS_KEY) or {}) if isinstance(checkpoint, dict) else {}
+            wanted = cls._networks_to_rebuild(checkpoint.get("hyper_parameters") or {}) if specs else set()
+            for name in wanted & set(specs) - set(kwargs):
+                kwargs[name] = instantiate(specs[name])
+            del checkpoint
+        return super().load_from_checkpoint(checkpoint_path, map_location=map_location, hparams_file=hparams_file,
+                                            strict=strict, **kwargs)
 
 
 def detect_unused_parameters_under_ddp(module: L.LightningModule) -> None:

@@ -97,6 +97,12 @@ class PokeINNModule(NetworkCheckpointMixin):
         self.automatic_optimization = not cuda_graph
         self._graphed_step: GraphedNLLStep | None = None
 
+    @classmethod
+    def _networks_to_rebuild(cls, hyper_parameters: dict[str, Any]) -> set[str]:
+        # The flow was either passed (rebuilt from its spec) or built from flow_args (built again the same way); the
+        # stage-1 networks come from their checkpoint paths, with the weights then replaced by the checkpoint's.
+        return set() if hyper_parameters.get("flow_args") else {"flow"}
+
     def setup(self, stage: str) -> None:
         check_clips_fit(self, n_frames=self.autoencoder.n_frames, size=self.autoencoder.spatial_size,
                         networks="the stage-1 networks")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import lightning as L
@@ -90,9 +91,13 @@ class PokeDataModule(L.LightningDataModule):
     def _loader(self, dataset: PokeDataset, *, shuffle: bool, sampler: WeightedRandomSampler | None = None
                 ) -> DataLoader:
         workers = self.hparams.num_workers
+        # Training drops the last partial batch, unless that would drop every batch: under DDP each process sees
+        # only its share of the clips (rounded up, as the distributed sampler pads), and until session 12 a set
+        # larger than one batch but smaller than world_size batches trained nothing at all.
+        world_size = getattr(self.trainer, "world_size", 1) if self.trainer is not None else 1
+        share = math.ceil(len(dataset) / max(int(world_size), 1))
         return DataLoader(dataset, batch_size=self.hparams.batch_size, shuffle=shuffle and sampler is None,
-                          sampler=sampler, num_workers=workers,
-                          drop_last=shuffle and len(dataset) >= self.hparams.batch_size,
+                          sampler=sampler, num_workers=workers, drop_last=shuffle and share >= self.hparams.batch_size,
                           persistent_workers=workers > 0, pin_memory=False)
 
     def train_dataloader(self) -> DataLoader:

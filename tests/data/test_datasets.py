@@ -275,3 +275,17 @@ def test_keypoints_of_an_older_synthetic_dataset_are_read_in_todays_convention(s
             np.testing.assert_allclose(b["poke_coords"][0, 2:].numpy(), a["poke_coords"][0, 2:].numpy(), atol=1e-5)
             compared += 1
     assert compared >= len(today) // 2
+
+
+def test_training_keeps_a_partial_batch_when_each_process_has_less_than_one(synthetic_dataset):
+    from types import SimpleNamespace
+
+    module = PokeDataModule(data_dir=synthetic_dataset, batch_size=12, num_workers=0)  # 18 training clips
+    module.setup("fit")
+    assert module.train_dataloader().drop_last and len(module.train_dataloader()) == 1
+    # Two processes get 9 clips each: dropping the partial batch trained nothing on either.
+    module.trainer = SimpleNamespace(world_size=2)
+    assert not module.train_dataloader().drop_last
+    module.trainer = SimpleNamespace(world_size=1)
+    assert module.train_dataloader().drop_last
+    assert not module.val_dataloader().drop_last

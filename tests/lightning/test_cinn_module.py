@@ -106,6 +106,11 @@ def test_fit_validate_checkpoint_and_reload(stage1, tmp_path):
 
     poker = Poker.from_checkpoint(checkpoint)
     torch.testing.assert_close(poker.cinn(z, h)[0], module.flow(z, h)[0], atol=0, rtol=0)
+    # Lightning's loader rebuilds the flow that was passed to the constructor (it used to build a default flow from
+    # flow_args=None, which failed or, worse, had another architecture).
+    reloaded = PokeINNModule.load_from_checkpoint(checkpoint).eval()
+    assert reloaded.flow.config == module.flow.config and reloaded.hparams.warmup_steps == 2
+    torch.testing.assert_close(reloaded.flow(z, h)[0], module.flow(z, h)[0], atol=0, rtol=0)
     # `ipoke evaluate` loads the same model and unpickles the (possibly large) file once.
     from ipoke.evaluation import load_model
 
@@ -130,6 +135,10 @@ def test_fast_dev_run(stage1, tmp_path):
                         enable_model_summary=False, default_root_dir=tmp_path)
     trainer.fit(module, train_dataloaders=loader(1), val_dataloaders=loader(1, seed=1))
     assert module.flow.actnorm_initialized
+    # Built from flow_args, it is built again from them by Lightning's loader.
+    trainer.save_checkpoint(tmp_path / "coupling.ckpt")
+    reloaded = PokeINNModule.load_from_checkpoint(tmp_path / "coupling.ckpt")
+    assert reloaded.flow.config == module.flow.config and reloaded.flow.config["architecture"] == "coupling"
 
 
 def test_sample_video_is_deterministic_per_generator(stage1):
