@@ -52,7 +52,8 @@ class VideoLoggingCallback(L.Callback):
 
     The module returns ``{name: (N, T, C, H, W) in [-1, 1]}``. Clips of one name are tiled side by side and sent to
     every configured logger: GIF files ``<log_dir>/videos/<split>_<name>_<step>.gif`` (always written; with W&B, whose
-    log folder is shared by its runs, ``<save_dir>/videos/<W&B run id>/``; ``<step>`` counts training batches and
+    log folder is shared by its runs, ``<log_dir>/videos/<W&B run id>/``; ``<log_dir>`` is the first logger's
+    folder, the W&B ``save_dir`` when it is the only logger; ``<step>`` counts training batches and
     goes on after a resume), the same
     files as ``wandb.Video`` for W&B (offline mode works; no ``moviepy`` needed), and for TensorBoard ``add_video``
     when ``moviepy.editor`` can be imported, otherwise the frames side by side as one image.

@@ -241,7 +241,7 @@ class PokeINNModule(NetworkCheckpointMixin):
         logs["val/loss"] = terms["nll"]
         self.log_dict(for_evaluated_split(self, logs), prog_bar=False, batch_size=batch_size, sync_dist=True)
         self.log_dict(for_evaluated_split(self, {"val/nll_bar": terms["nll"]}), prog_bar=True, logger=False,
-                      batch_size=batch_size)
+                      batch_size=batch_size, sync_dist=True)
         if batch_idx < self.hparams.val_sample_batches:
             target = video[:, 1:]
             generator = torch.Generator().manual_seed(batch_idx)  # the same residuals at every validation
