@@ -173,7 +173,7 @@ class VideoAutoencoder(SavableModule):
         z_dim: Latent channels (32 or 64 in the paper).
         latent_size: Latent height and width (8 in the paper).
         encoder_channels: Stem and stage widths of the 3D-ResNet; default ``[64, 128] + [256] * (k - 1)`` with
-            ``k = log2(S / latent_size) - 1`` (``[64,128,256,256]`` at 64 px, ``[64,128,256,256,256]`` at 128 px).
+            ``k = log2(S / latent_size)`` (``[64,128,256,256]`` at 64 px, ``[64,128,256,256,256]`` at 128 px).
         decoder_channels: Width at the latent resolution, then after each upsampling; default
             ``[256,256,128,64]`` at 64 px, ``[256,256,256,128,64]`` at 128 px.
         spade_hidden_channels: Width of SPADE's embedding of ``x0``.
@@ -241,8 +241,10 @@ class VideoAutoencoder(SavableModule):
         Returns:
             Diagonal Gaussian with mean and logvar ``(B, z_dim, 8, 8)``.
         """
-        if video.ndim != 5 or video.shape[2] != 3:
-            raise ValueError(f"video must be (B, T+1, 3, S, S), got {tuple(video.shape)}")
+        size = self.spatial_size
+        if video.ndim != 5 or video.shape[2] != 3 or video.shape[3:] != (size, size):
+            raise ValueError(f"video must be (B, T+1, 3, {size}, {size}) for this {size} px autoencoder, got "
+                             f"{tuple(video.shape)}")
         mean, logvar = self.encoder(video.transpose(1, 2))
         return DiagonalGaussian(mean, logvar)
 
@@ -257,10 +259,17 @@ class VideoAutoencoder(SavableModule):
         Returns:
             ``(B, T, 3, S, S)`` in [-1, 1].
         """
-        if z.shape[1:] != self.latent_shape:
+        if z.ndim != 4 or z.shape[1:] != self.latent_shape:
             raise ValueError(f"z must be (B, {', '.join(map(str, self.latent_shape))}), got {tuple(z.shape)}")
+        batch, size = z.shape[0], self.spatial_size
+        # Each clip's frames are modulated by its own x0: a batch of x0 that merely divides B * T was accepted and
+        # silently gave clips another clip's first frame.
+        if first_frame.shape != (batch, 3, size, size):
+            raise ValueError(f"first_frame must be (B, 3, {size}, {size}) with the B = {batch} of z, got "
+                             f"{tuple(first_frame.shape)}")
         n_frames = self.n_frames if n_frames is None else n_frames
-        batch = z.shape[0]
+        if isinstance(n_frames, bool) or int(n_frames) != n_frames or n_frames < 1:
+            raise ValueError(f"n_frames must be a whole number of at least 1, got {n_frames!r}")
         hidden = [z] * len(self.gru.cells)
         gru_input = self.gru_input.expand(batch, -1, -1, -1).to(z.dtype)
         states = []
@@ -285,6 +294,8 @@ class VideoAutoencoder(SavableModule):
         Returns:
             :class:`AutoencoderOutput` with ``sample`` ``(B, T, 3, S, S)`` (reconstructions of ``video[:, 1:]``).
         """
+        if video.ndim == 5 and video.shape[1] < 2:
+            raise ValueError(f"video must hold x0 and at least one more frame, got {tuple(video.shape)}")
         posterior = self.encode(video)
         z = posterior.sample(generator) if sample_posterior else posterior.mode()
         return AutoencoderOutput(self.decode(z, video[:, 0], n_frames=video.shape[1] - 1), posterior)

@@ -27,20 +27,24 @@ class PokeConditionedVAE(SavableModule):
         z_dim: Latent channels.
         latent_size: Latent side (8).
         poke_channels: Width of the poke embedding network.
-        **autoencoder_args: Further :class:`~ipoke.models.autoencoder.VideoAutoencoder` arguments (widths, ...).
+        encoder_channels, decoder_channels, spade_hidden_channels, gru_layers, norm_groups, encoder_blocks_per_stage,
+        spectral_norm, output, decoder_size: As :class:`~ipoke.models.autoencoder.VideoAutoencoder`, so that the
+            baseline can be built like the autoencoder it is compared with (e.g. the CPU quickstart's
+            ``output: warp``, ``decoder_size: 32``).
     """
 
     def __init__(self, *, spatial_size: int = 64, n_frames: int = 10, z_dim: int = 32, latent_size: int = 8,
                  poke_channels: int = 32, encoder_channels: list[int] | None = None,
                  decoder_channels: list[int] | None = None, spade_hidden_channels: int = 128, gru_layers: int = 4,
-                 norm_groups: int = 16, encoder_blocks_per_stage: int = 2, output: str = "image") -> None:
+                 norm_groups: int = 16, encoder_blocks_per_stage: int = 2, spectral_norm: bool = True,
+                 output: str = "image", decoder_size: int | None = None) -> None:
         super().__init__()
         self.video = VideoAutoencoder(spatial_size=spatial_size, n_frames=n_frames, z_dim=z_dim,
                                       latent_size=latent_size, encoder_channels=encoder_channels,
                                       decoder_channels=decoder_channels, spade_hidden_channels=spade_hidden_channels,
                                       gru_layers=gru_layers, norm_groups=norm_groups,
-                                      encoder_blocks_per_stage=encoder_blocks_per_stage,
-                                      output=output)
+                                      encoder_blocks_per_stage=encoder_blocks_per_stage, spectral_norm=spectral_norm,
+                                      output=output, decoder_size=decoder_size)
         halvings = (spatial_size // latent_size).bit_length() - 1
         layers: list[nn.Module] = [nn.Conv2d(2, poke_channels, 3, 1, 1), nn.ELU()]
         for _ in range(halvings):

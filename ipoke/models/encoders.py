@@ -42,6 +42,8 @@ class ConvEncoder2d(nn.Module):
     def __init__(self, in_channels: int, n_stages: int, base_channels: int = 32, max_channels: int = 64,
                  embedding_channels: int = 64, norm_groups: int = 16, spectral_norm: bool = True) -> None:
         super().__init__()
+        if base_channels > max_channels:  # the stem's width would not be the first stage's
+            raise ValueError(f"base_channels ({base_channels}) must be at most max_channels ({max_channels})")
         self.stem = nn.Sequential(
             maybe_spectral_norm(nn.Conv2d(in_channels, base_channels, 3, 2, 1), spectral_norm),
             group_norm(base_channels, norm_groups), activation("elu"))

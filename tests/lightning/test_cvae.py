@@ -42,6 +42,19 @@ def test_shapes_and_seeded_prior_samples():
         vae.sample(video[:, 0], poke, temperature=-1.0)
 
 
+def test_built_like_the_quickstart_autoencoder():
+    # The docstring promised every autoencoder argument; spectral_norm and decoder_size were refused.
+    vae = PokeConditionedVAE(spatial_size=32, n_frames=3, z_dim=4, poke_channels=4, encoder_channels=[8, 8, 8],
+                             decoder_channels=[8, 8], spade_hidden_channels=8, gru_layers=1, norm_groups=4,
+                             encoder_blocks_per_stage=1, spectral_norm=False, output="warp", decoder_size=16).eval()
+    assert vae.video.config["decoder_size"] == 16 and vae.video.config["output"] == "warp"
+    assert not any("parametrizations" in name for name, _ in vae.named_parameters())
+    video, poke = torch.rand(2, 4, 3, 32, 32) * 2 - 1, torch.randn(2, 2, 32, 32)
+    with torch.no_grad():
+        frames, _ = vae(video, poke, sample_posterior=False)
+    assert frames.shape == (2, 3, 3, 32, 32) and frames.abs().max() <= 1
+
+
 def test_loss_drops_when_overfitting_one_batch():
     torch.manual_seed(0)
     module = PokeVAEModule(vae=_tiny(), learning_rate=3e-3, perceptual="none")

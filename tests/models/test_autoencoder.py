@@ -48,6 +48,25 @@ def test_wrong_channel_list_is_rejected():
         VideoAutoencoder(spatial_size=64, encoder_channels=[8, 8, 8])
 
 
+def test_inputs_that_do_not_fit_are_refused():
+    model = tiny_autoencoder(64).eval()
+    z = torch.randn(2, 8, 8, 8)
+    # Three first frames for two latents: the frame decoder's broadcast accepted any batch dividing B * T and gave
+    # clip 1 the first frames of clips 1 and 2.
+    for x0 in (torch.zeros(3, 3, 64, 64), torch.zeros(1, 3, 64, 64), torch.zeros(2, 3, 32, 32)):
+        with pytest.raises(ValueError, match=r"first_frame must be \(B, 3, 64, 64\) with the B = 2 of z"):
+            model.decode(z, x0)
+    for n_frames in (0, -1, 1.5):
+        with pytest.raises(ValueError, match="n_frames must be a whole number of at least 1"):
+            model.decode(z, torch.zeros(2, 3, 64, 64), n_frames=n_frames)
+    # A 32 px clip gave a 4x4 latent that failed later, far from its cause.
+    with pytest.raises(ValueError, match=r"video must be \(B, T\+1, 3, 64, 64\) for this 64 px autoencoder"):
+        model.encode(random_video(1, 4, 32))
+    with pytest.raises(ValueError, match="x0 and at least one more frame"):
+        model(random_video(1, 1, 64))
+    assert model.decode(z, torch.zeros(2, 3, 64, 64), n_frames=2).shape == (2, 2, 3, 64, 64)
+
+
 def test_posterior_sampling_uses_generator_and_mode_is_deterministic():
     model = tiny_autoencoder().eval()
     video = random_video(1, 4, 64)

@@ -44,6 +44,10 @@ def test_reference_sizes(spatial_size, encoder_millions, decoder_millions):
 def test_poke_encoder_rejects_images():
     with pytest.raises(ValueError, match=r"poke must be \(B, 2, 64, 64\)"):
         PokeEncoder(spatial_size=64).encode(torch.zeros(1, 3, 64, 64))
+    # A stem wider than the cap built, then failed in the first conv with a channel-count error.
+    for cls in (ImageEncoder, PokeEncoder):
+        with pytest.raises(ValueError, match=r"base_channels \(64\) must be at most max_channels \(32\)"):
+            cls(spatial_size=64, base_channels=64, max_channels=32)
 
 
 @pytest.mark.parametrize("cls", [ImageEncoder, PokeEncoder])

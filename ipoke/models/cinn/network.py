@@ -12,7 +12,7 @@ from ipoke.models.base import SavableModule
 from ipoke.models.cinn.blocks import ActNorm
 from ipoke.models.cinn.coupling import build_coupling_flow
 from ipoke.models.cinn.macow import RELEASED_FACTOR, RELEASED_NUM_STEPS, MaCowMultiScale
-from ipoke.models.noise import Generators, standard_normal
+from ipoke.models.noise import Generators, check_temperature, standard_normal
 
 ARCHITECTURES = ("macow", "coupling")
 HALF_DTYPES = (torch.float16, torch.bfloat16)
@@ -155,12 +155,13 @@ class ConditionalINN(SavableModule):
             condition: ``(B, condition_channels, S, S)``.
             generator: Makes the draw reproducible; ``r`` is drawn on the generator's device (so a CPU generator
                 gives the same ``z`` whichever device the network is on). A sequence of generators splits the
-                batch into equal consecutive groups, one per generator (:func:`ipoke.utils.standard_normal`).
+                batch into equal consecutive groups, one per generator (:func:`ipoke.models.noise.standard_normal`).
             temperature: Standard deviation of ``r``.
 
         Returns:
             ``z``, ``(B, z_dim, S, S)`` in the condition's dtype if it is float64, else float32.
         """
+        check_temperature(temperature)
         dtype = torch.float64 if condition.dtype == torch.float64 else torch.float32
         r = standard_normal((condition.shape[0], *self.latent_shape), generator, device=condition.device, dtype=dtype)
         return self.inverse(r * temperature, condition.to(dtype))

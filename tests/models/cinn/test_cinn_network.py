@@ -109,6 +109,9 @@ def test_sampling_is_deterministic_per_generator(model):
     torch.testing.assert_close(model(a, h)[0], r, atol=1e-5, rtol=0)
     zero_temperature = model.sample(h, temperature=0.0)
     torch.testing.assert_close(zero_temperature, model.inverse(torch.zeros_like(r), h), atol=1e-10, rtol=0)
+    for temperature in (-1.0, float("nan"), float("inf")):  # NaN gave an all-NaN z, -1 a mirrored draw
+        with pytest.raises(ValueError, match="temperature"):
+            model.sample(h, temperature=temperature)
 
 
 @pytest.mark.parametrize("architecture", ["macow", "coupling"])
