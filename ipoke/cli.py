@@ -347,11 +347,16 @@ def _poke_arg(text: str) -> tuple[float, float, float, float]:
     return values  # type: ignore[return-value]
 
 
-def _rate_arg(text: str) -> float:
-    """A finite number > 0 (argparse type)."""
+# GIF frame delays are whole hundredths of a second from 2 (viewers show anything shorter at 10) to 65535.
+MIN_FPS, MAX_FPS = 0.01, 50.0
+
+
+def _fps_arg(text: str) -> float:
+    """Frames per second a GIF can hold (argparse type)."""
     value = _number(text)
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    if not (math.isfinite(value) and MIN_FPS <= value <= MAX_FPS):
+        raise argparse.ArgumentTypeError(f"expected frames per second from {MIN_FPS} to {MAX_FPS:g} (what a GIF's "
+                                         f"frame delays can hold), got {text!r}")
     return value
 
 
@@ -413,7 +418,8 @@ def _add_sample_command(subparsers: argparse._SubParsersAction) -> None:
     sample.add_argument("--out", required=True,
                         help="output folder: new, empty, or the output of an earlier `ipoke sample` (replaced as a "
                              "whole; any other folder is refused)")
-    sample.add_argument("--fps", type=_rate_arg, default=5.0, help="frames per second of the written videos")
+    sample.add_argument("--fps", type=_fps_arg, default=5.0,
+                        help=f"frames per second of the written videos ({MIN_FPS} to {MAX_FPS:g}; default 5)")
     sample.add_argument("--scale", type=_positive_int, default=4,
                         help="integer upscaling of the written videos (default 4)")
     sample.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
@@ -442,6 +448,9 @@ def _run_sample(args: argparse.Namespace) -> int:
     if args.mode == "transfer" and args.samples is not None:
         print("ipoke: note: --mode transfer writes one video per clip (the transfer is deterministic); --samples is "
               "ignored", file=sys.stderr)
+    if args.mode == "sensitivity" and args.samples is not None:
+        print("ipoke: note: --mode sensitivity draws one residual for all its pokes (one video per direction and "
+              "magnitude); --samples is ignored", file=sys.stderr)
     if args.mode == "transfer" and args.temperature != 1.0:
         raise UserError("--temperature is for the poke and sensitivity modes: a transfer decodes the residual "
                         "of a real clip, nothing is drawn")
@@ -461,6 +470,12 @@ def _run_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sensitivity_magnitudes(dx: float, dy: float) -> tuple[float, float] | None:
+    """Half and full length of a poke, in the pixels it is given in; None (4 and 8 model pixels) for a zero poke."""
+    length = math.hypot(dx, dy)
+    return (length / 2, length) if length > 0 else None
+
+
 def _write_samples(poker, args: argparse.Namespace, out, generator) -> int:  # noqa: ANN001
     """Write every output of ``ipoke sample`` into ``out``; returns the number of overviews."""
     from ipoke.visualize import write_sample_outputs
@@ -468,10 +483,8 @@ def _write_samples(poker, args: argparse.Namespace, out, generator) -> int:  # n
     if args.image is not None:
         if args.mode == "sensitivity":
             x, y, dx, dy = args.poke[0]
-            length = math.hypot(dx, dy)
-            magnitudes = (length / 2, length) if length > 0 else None  # default: 4 and 8 model pixels
-            videos, pokes = poker.control_sensitivity(args.image, x, y, magnitudes=magnitudes, seed=args.seed,
-                                                      temperature=args.temperature)
+            videos, pokes = poker.control_sensitivity(args.image, x, y, magnitudes=_sensitivity_magnitudes(dx, dy),
+                                                      seed=args.seed, temperature=args.temperature)
             _, _, mapped = poker.prepare(args.image, pokes)
             write_sample_outputs(out, 0, videos[0, 0], mapped, videos, fps=args.fps, scale=args.scale)
         else:
@@ -498,9 +511,11 @@ def _write_samples(poker, args: argparse.Namespace, out, generator) -> int:  # n
         elif args.mode == "sensitivity":
             from ipoke.sampling import to_uint8
 
-            x, y = pokes[0][:2]
-            videos, sensitivity_pokes = poker.control_sensitivity(to_uint8(item["video"][0]), x, y, seed=args.seed,
-                                                                  temperature=args.temperature)
+            # The clip's own poke sets the magnitudes, as --poke does (4 and 8 model pixels were used whatever it was).
+            x, y, dx, dy = (float(value) for value in pokes[0])
+            videos, sensitivity_pokes = poker.control_sensitivity(
+                to_uint8(item["video"][0]), x, y, magnitudes=_sensitivity_magnitudes(dx, dy), seed=args.seed,
+                temperature=args.temperature)
             write_sample_outputs(out, index, item["video"][0], sensitivity_pokes, videos, fps=args.fps,
                                  scale=args.scale)
         else:

@@ -117,6 +117,22 @@ def _check_device(device: str | torch.device) -> None:
         raise ValueError(f"map_location {device!r} is not a device; use 'cpu' or 'cuda' ('cuda:1', ...)") from error
     if parsed.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"map_location {device!r}: no CUDA GPU is available here; use 'cpu'")
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise ValueError(f"map_location {device!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
+                         "numbered from 0")
+    if parsed.type == "cpu" and parsed.index not in (None, 0):
+        raise ValueError(f"map_location {device!r}: the CPU has no index; use 'cpu'")
+    if parsed.type not in ("cpu", "cuda"):
+        # mps, xpu, ...: usable only if this PyTorch build and machine have them (the weights' loader would fail
+        # with "Storage device not recognized", read as a damaged model); meta holds no weights at all.
+        try:
+            if parsed.type == "meta":
+                raise RuntimeError("meta tensors hold no values")
+            torch.empty(0, device=parsed)
+        except Exception as error:  # noqa: BLE001 - backends fail with NotImplementedError, AssertionError, ...
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise ValueError(f"map_location {device!r}: that device is not available here ({reason}); use 'cpu' "
+                             "or 'cuda'") from None
 
 
 def poke_rows(pokes: Sequence[Sequence[float]] | Sequence[float] | np.ndarray) -> np.ndarray:
@@ -195,12 +211,21 @@ class Poker(nn.Module):
         has (a ``ValueError`` says so otherwise, rather than blaming the model)."""
         _check_device(map_location)
         path_obj = Path(path)
-        if not path_obj.exists():
+        # A folder that is not a model does not hide a registered name: zoo names such as synthetic_64 are common
+        # folder names too (the folder won, and its error never mentioned the zoo).
+        not_a_model = path_obj.is_dir() and not (path_obj / MODEL_FILE).exists()
+        if not path_obj.exists() or not_a_model:
             from ipoke import zoo
 
-            if zoo.is_registered(str(path)):
+            try:
+                registered = zoo.is_registered(str(path))
+            except zoo.ZooError:  # a damaged registry: it matters only when the path itself is nothing
+                if not path_obj.exists():
+                    raise
+                registered = False
+            if registered:
                 path_obj = zoo.resolve(str(path))
-            else:
+            elif not path_obj.exists():
                 raise FileNotFoundError(f"{path} is neither a model folder, a checkpoint file nor a registered model "
                                         f"name (registered: {', '.join(zoo.names()) or 'none'})")
         if path_obj.is_dir():
@@ -351,9 +376,11 @@ class Poker(nn.Module):
         """
         self._check_inputs(source_video=source_video, source_poke=source_poke, target_first_frame=target_first_frame,
                            **({} if target_poke is None else {"target_poke": target_poke}))
-        if source_video.shape[1] < 2:
-            raise ValueError(f"source_video must have x0 and at least one more frame, got {source_video.shape[1]} "
-                             "frame(s)")
+        if source_video.shape[1] != self.n_frames + 1:
+            # The cINN models latents of clips of this length: the encoder reads any length, but the residual of
+            # another length's latent means nothing to the flow.
+            raise ValueError(f"source_video must have {self.n_frames + 1} frames (x0 and the {self.n_frames} this "
+                             f"model generates), got {source_video.shape[1]}")
         device, dtype = self.device, self.dtype
         source_video, source_poke = source_video.to(device, dtype), source_poke.to(device, dtype)
         target_first_frame = target_first_frame.to(device, dtype)
@@ -482,13 +509,14 @@ class Poker(nn.Module):
         angles = np.linspace(0, 2 * np.pi, n_directions, endpoint=False)
         pokes = np.array([[x, y, m * np.cos(a), m * np.sin(a)] for m in magnitudes for a in angles], np.float32)
         first = [self.prepare(image, [poke]) for poke in pokes]
-        x0 = torch.cat([item[0] for item in first])
-        maps = torch.cat([item[1] for item in first])
-        h = self.condition(x0.to(self.device), maps.to(self.device))
+        # Cast to the model's dtype like sample() (a float64 Poker failed here with a dtype mismatch).
+        x0 = torch.cat([item[0] for item in first]).to(self.device, self.dtype)
+        maps = torch.cat([item[1] for item in first]).to(self.device, self.dtype)
         generator = None if seed is None else torch.Generator().manual_seed(_seed(seed))
         residual = torch.randn((1, *self.cinn.latent_shape), generator=generator)
         residual = residual * temperature
         with torch.no_grad():
+            h = self.condition(x0, maps)
             z = self.cinn.inverse(residual.expand(len(pokes), -1, -1, -1).to(h), h)
-            frames = self.autoencoder.decode(z, x0.to(self.device))
+            frames = self.autoencoder.decode(z, x0)
         return torch.cat([x0.to(frames.device).unsqueeze(1), frames], dim=1), pokes

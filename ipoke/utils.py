@@ -40,9 +40,18 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to a hidden sibling of ``path`` and rename it over ``path``: readers see the old or the new
     file, never half of one."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    # A name of its own per writer: with one fixed name, two processes writing the same file at once overwrote and
+    # renamed away each other's temporary file.
+    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(handle, "w") as file:
+            file.write(text)
+        tmp.chmod(umask_mode(0o666))  # mkstemp makes it private (0600)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 @contextmanager
@@ -59,6 +68,10 @@ def atomic_directory(target: str | os.PathLike, *, marker: str) -> Iterator[Path
             :class:`FileExistsError` before anything is written, so a mistyped output path never deletes user files.
     """
     target = Path(target).resolve()
+    blocker = file_in_the_way(target)
+    if blocker is not None and blocker != target:
+        raise FileExistsError(f"{blocker} is a file, so the folder {target} cannot be created inside it; choose "
+                              "another output folder")
     if target.exists():
         if not target.is_dir():
             raise FileExistsError(f"{target} exists and is a file; choose another output folder")

@@ -15,6 +15,8 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +35,27 @@ class ZooError(ValueError):
 def registry_file() -> Path:
     """Where the registry lives (``$IPOKE_HOME/models.yaml`` or ``~/.cache/ipoke/models.yaml``)."""
     home = os.environ.get(ENV_HOME)
-    return Path(home) / "models.yaml" if home else Path.home() / ".cache" / "ipoke" / "models.yaml"
+    # expanduser: a quoted IPOKE_HOME='~/models' made a registry under ./~ in every working folder.
+    return Path(home).expanduser() / "models.yaml" if home else Path.home() / ".cache" / "ipoke" / "models.yaml"
+
+
+@contextmanager
+def _locked() -> Iterator[None]:
+    """Hold an exclusive lock on the registry while it is read, changed and written: without it, models registered
+    at the same time (parallel `ipoke export --name` runs of a sweep) silently lost each other's entries."""
+    path = registry_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.lock"), "a") as handle:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows: no advisory locks; concurrent writers are not supported
+            yield
+            return
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _load() -> dict[str, dict[str, Any]]:
@@ -44,9 +66,11 @@ def _load() -> dict[str, dict[str, Any]]:
         entries = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
         raise ZooError(f"the model registry {path} is not valid YAML ({error}); fix or delete it") from error
-    if not isinstance(entries, dict) or not all(isinstance(entry, dict) and "path" in entry
+    if not isinstance(entries, dict) or not all(isinstance(entry, dict) and isinstance(entry.get("path"), str)
+                                                and isinstance(entry.get("sha256"), str)
                                                 for entry in entries.values()):
-        raise ZooError(f"the model registry {path} is not a mapping of names to models; fix or delete it")
+        raise ZooError(f"the model registry {path} is not a mapping of names to models (each with a path and a "
+                       "sha256; `ipoke zoo register` writes them); fix or delete it")
     return entries
 
 
@@ -97,14 +121,22 @@ def register(name: str, folder: str | os.PathLike, *, overwrite: bool = False) -
     folder = Path(folder).resolve()
     if not (folder / MODEL_FILE).exists():
         raise FileNotFoundError(f"{folder} is not an exported model (no {MODEL_FILE}); make one with `ipoke export`")
-    entries = _load()
-    if name in entries and not overwrite:
-        raise ZooError(f"model name {name!r} is taken (by {entries[name]['path']}); pass overwrite=True "
-                         "(--overwrite) to replace it")
-    manifest = yaml.safe_load((folder / MODEL_FILE).read_text())
-    entries[name] = {"path": str(folder), "sha256": folder_checksum(folder), "size": manifest.get("size"),
-                     "n_frames": manifest.get("n_frames")}
-    _save(entries)
+    try:
+        manifest = yaml.safe_load((folder / MODEL_FILE).read_text())
+    except yaml.YAMLError as error:
+        manifest = error
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("networks"), dict):
+        raise ZooError(f"{folder / MODEL_FILE} is not the manifest of an exported model (it names no networks); "
+                       "export the model again with `ipoke export`")
+    checksum = folder_checksum(folder)  # outside the lock: it reads every weight
+    with _locked():
+        entries = _load()
+        if name in entries and not overwrite:
+            raise ZooError(f"model name {name!r} is taken (by {entries[name]['path']}); pass overwrite=True "
+                           "(--overwrite) to replace it")
+        entries[name] = {"path": str(folder), "sha256": checksum, "size": manifest.get("size"),
+                         "n_frames": manifest.get("n_frames")}
+        _save(entries)
     return entries[name]
 
 
@@ -115,10 +147,11 @@ def _entry(entries: dict[str, dict[str, Any]], name: str) -> dict[str, Any]:
 
 
 def unregister(name: str) -> None:
-    entries = _load()
-    _entry(entries, name)
-    del entries[name]
-    _save(entries)
+    with _locked():
+        entries = _load()
+        _entry(entries, name)
+        del entries[name]
+        _save(entries)
 
 
 def _check(entry: dict[str, Any]) -> tuple[str, str | None]:

@@ -72,7 +72,9 @@ def test_sample_transfer_and_sensitivity_refuse_what_they_cannot_honour(make_tin
         "a seed as generator": (lambda: poker.sample(x0, poke, generator=5),
                                 r"generator must be a torch.Generator.*got int.*Poker.animate\(seed=\)"),
         "a one-frame clip to transfer": (lambda: poker.transfer(torch.zeros(2, 1, 3, 64, 64), poke, x0),
-                                         "x0 and at least one more frame"),
+                                         "source_video must have 3 frames"),
+        "a longer clip to transfer": (lambda: poker.transfer(torch.zeros(2, 5, 3, 64, 64), poke, x0),
+                                      r"source_video must have 3 frames \(x0 and the 2 this model generates\), got 5"),
     }
     for call, message in refused.values():
         with pytest.raises(ValueError, match=message):
@@ -88,6 +90,11 @@ def test_sample_transfer_and_sensitivity_refuse_what_they_cannot_honour(make_tin
     assert double.dtype == torch.float32 and torch.equal(single, double)
     assert torch.equal(poker.transfer(torch.zeros(2, 3, 3, 64, 64).double(), poke, x0),
                        poker.transfer(torch.zeros(2, 3, 3, 64, 64), poke, x0))
+    # A float64 Poker takes float32 inputs everywhere (control_sensitivity failed with a dtype mismatch).
+    double_poker = make_tiny_poker(n_frames=2).double()
+    videos, pokes = double_poker.control_sensitivity(np.zeros((64, 64, 3), np.uint8), 30, 30, n_directions=2, seed=1)
+    assert videos.dtype == torch.float64 and videos.shape == (4, 3, 3, 64, 64) and pokes.shape == (4, 4)
+    assert torch.isfinite(videos).all()
     # seed=None in control_sensitivity is a fresh residual (it was refused with a message offering None).
     image = np.zeros((64, 64, 3), np.uint8)
     videos, pokes = poker.control_sensitivity(image, 30, 30, n_directions=2, magnitudes=[4.0], seed=None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -639,3 +640,91 @@ def test_sample_command_sensitivity_mode_from_an_image_and_from_data(exported, t
                  "--scale", "1", "--out", str(out_data)]) == 0
     assert sorted(p.name for p in out_data.glob("overview_*.png")) == ["overview_0.png", "overview_1.png"]
     assert len(list(out_data.glob("sample_1_*.mp4"))) == 16
+
+
+def _register_many(home: str, folder: str, prefix: str, count: int) -> None:
+    os.environ["IPOKE_HOME"] = home
+    for index in range(count):
+        zoo.register(f"{prefix}{index}", folder)
+
+
+def test_zoo_keeps_every_model_registered_at_the_same_time(exported, tmp_path, monkeypatch):
+    # Unlocked read-modify-write and one shared temporary file name: 15 of 60 names survived four processes.
+    import multiprocessing
+
+    home = str(tmp_path / "home")
+    monkeypatch.setenv("IPOKE_HOME", home)
+    folder = str(Poker.from_checkpoint(exported).export(tmp_path / "model"))
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_register_many, args=(home, folder, f"p{worker}_", 6)) for worker in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+    assert [worker.exitcode for worker in workers] == [0, 0, 0, 0]
+    assert len(zoo.names()) == 24
+    assert sorted(path.name for path in (tmp_path / "home").iterdir()) == [".models.yaml.lock", "models.yaml"]
+
+
+def test_zoo_names_home_folders_and_hand_written_entries(exported, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    monkeypatch.setenv("IPOKE_HOME", "~/models")  # quoted in a shell: was a folder named ~ in the working folder
+    assert zoo.registry_file() == tmp_path / "user" / "models" / "models.yaml"
+    folder = Poker.from_checkpoint(exported).export(tmp_path / "model")
+    zoo.register("synthetic_64", folder)
+    # A folder of the registered name in the working folder does not hide the model (unless it is a model itself).
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "synthetic_64").mkdir()
+    assert Poker.from_checkpoint("synthetic_64").size == 64
+    # A manifest that is not one is refused in one line (was an AttributeError traceback).
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for text in ("", "- a\n", "networks: [\n"):
+        (broken / "poker.yaml").write_text(text)
+        assert main(["zoo", "register", "broken", str(broken)]) == 2
+        assert "is not the manifest of an exported model" in capsys.readouterr().err
+    # A hand-written entry without a checksum: the registry is named as the problem (was KeyError: 'sha256').
+    zoo.registry_file().write_text(f"mine:\n  path: {folder}\n")
+    assert main(["zoo", "list"]) == 2
+    assert "each with a path and a sha256" in capsys.readouterr().err
+
+
+def test_devices_this_machine_lacks_are_not_blamed_on_the_model(exported):
+    for device, message in (("cpu:1", "the CPU has no index"), ("meta", "not available here"),
+                            ("mps", "not available here"), ("xpu", "not available here")):
+        if device in ("mps", "xpu") and getattr(getattr(torch, device, None), "is_available", lambda: False)():
+            continue
+        with pytest.raises(ValueError, match=rf"map_location '{device}': .*{message}"):
+            Poker.from_checkpoint(exported, map_location=device)
+
+
+def test_outputs_inside_a_file_are_refused_in_words(exported, tmp_path, capsys):
+    a_file = tmp_path / "image.png"
+    a_file.write_bytes(b"x")
+    assert main(["export", "--ckpt", str(exported), "--out", str(a_file / "out")]) == 2
+    assert f"{a_file} is a file, so the folder {a_file / 'out'} cannot be created inside it" in capsys.readouterr().err
+
+
+def test_sensitivity_from_data_uses_each_clips_poke_length(exported, tmp_path, synthetic_dataset, monkeypatch, capsys):
+    from ipoke import cli
+
+    seen = []
+    real = Poker.control_sensitivity
+
+    def spy(self, image, x, y, **kwargs):  # noqa: ANN001, ANN202
+        seen.append(kwargs.get("magnitudes"))
+        return real(self, image, x, y, **kwargs)
+
+    monkeypatch.setattr(Poker, "control_sensitivity", spy)
+    assert cli.main(["sample", "--ckpt", str(exported), "--data", synthetic_dataset, "--n", "2", "--mode",
+                     "sensitivity", "--samples", "3", "--out", str(tmp_path / "s")]) == 0
+    assert "--samples is ignored" in capsys.readouterr().err
+    clips = Poker.from_checkpoint(exported).evaluation_clips(synthetic_dataset, split="test", seed=0, max_clips=2)
+    assert len(seen) == 2
+    for magnitudes, index in zip(seen, range(2)):
+        length = float(np.hypot(*clips[index]["poke_coords"][0, 2:4].numpy()))
+        assert magnitudes == pytest.approx((length / 2, length))
+    with pytest.raises(SystemExit) as exit_info:  # argparse: a GIF cannot hold 200 fps (its delay became 0)
+        main(["sample", "--ckpt", str(exported), "--data", synthetic_dataset, "--fps", "200", "--out",
+              str(tmp_path / "f")])
+    assert exit_info.value.code == 2 and "expected frames per second from 0.01 to 50" in capsys.readouterr().err
