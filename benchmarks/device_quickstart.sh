@@ -5,7 +5,8 @@
 #   bash benchmarks/device_quickstart.sh MINUTES [extra quickstart arguments]
 # (SKIP_INSTALL=1 to use the packages already importable, e.g. for a dry run on CPU with `--device cpu --videos 60`.)
 # A 40-video smoke run first, so a broken GPU path fails in a minute instead of after the training (SMOKE=0 skips it,
-# DIAGNOSE=0 skips the diagnostics at the end: for the last few minutes of a device budget).
+# DIAGNOSE=0 skips the diagnostics at the end: for the last few minutes of a device budget; DIAGNOSE_TIMEOUT sets
+# their limit in seconds, default 60). Exits non-zero when the quickstart or the diagnostics fail.
 set -euo pipefail
 minutes=${1:-5}
 shift || true
@@ -23,16 +24,30 @@ if [ "${SMOKE:-1}" != 0 ]; then
   echo "smoke run ok in $(( $(date +%s) - start )) s"
 fi
 start=$(date +%s)
+# The filter's `|| true` (grep finds nothing to print) is inside the braces, so a failing quickstart still fails the
+# pipeline (pipefail) and is reported here, instead of an earlier run's files in /tmp/qs being packed as its results.
+rc=0
 python3 -m ipoke.cli quickstart --out /tmp/qs --minutes "$minutes" --fresh "$@" 2>&1 | tee "$out/quickstart.log" \
-  | grep -v -E "it/s|s/it|clip/s|Warning|warn\(" || true
+  | { grep -v -E "it/s|s/it|clip/s|Warning|warn\(" || true; } || rc=$?
 echo "quickstart wall time $(( $(date +%s) - start )) s"
+if [ "$rc" != 0 ]; then
+  echo "quickstart FAILED (exit $rc); its whole log is $out/quickstart.log" >&2
+  exit "$rc"
+fi
 tar czf "$out/model.tgz" -C /tmp/qs model quickstart_settings.json
 split -b 15m "$out/model.tgz" "$out/model.tgz.part-" && rm "$out/model.tgz"
 tar czf "$out/report.tgz" -C /tmp/qs report.md metrics.json metrics_val.json samples runs/autoencoder/logs runs/image_encoder/logs \
   runs/poke_encoder/logs runs/cinn/logs
 [ "${DIAGNOSE:-1}" = 0 ] && { ls -la "$out"; exit 0; }
 start=$(date +%s)
-timeout 60 python3 benchmarks/diagnose_model.py --model /tmp/qs/model --data /tmp/qs/data --clips 64 --samples 3 \
-  --out "$out/diagnose.json" 2>&1 | grep -v -E "it/s|s/it|clip/s|Warning|warn\(" || true
+rc=0
+timeout "${DIAGNOSE_TIMEOUT:-60}" python3 benchmarks/diagnose_model.py --model /tmp/qs/model --data /tmp/qs/data \
+  --clips 64 --samples 3 --out "$out/diagnose.json" 2>&1 | { grep -v -E "it/s|s/it|clip/s|Warning|warn\(" || true; } \
+  || rc=$?
 echo "diagnostics $(( $(date +%s) - start )) s"
 ls -la "$out"
+if [ "$rc" != 0 ]; then
+  # 124: the timeout (DIAGNOSE_TIMEOUT seconds, default 60); the quickstart's results above are packed all the same.
+  echo "diagnostics FAILED (exit $rc$([ "$rc" = 124 ] && echo ": timed out after ${DIAGNOSE_TIMEOUT:-60} s"))" >&2
+  exit "$rc"
+fi
