@@ -55,9 +55,9 @@ class ImageEncoderModule(NetworkCheckpointMixin):
 
     Reconstruction loss ``(l1_weight * |x - x̂| + perceptual_weight * P) / exp(s) + s`` with a learned scalar
     log-variance ``s`` (as the reference; ``learned_variance=False`` drops it), plus an optional PatchGAN hinge loss
-    with VQGAN's adaptive weight after ``gan_start_step`` batches. Adam and ``ReduceLROnPlateau(0.5)`` on
-    ``val/loss`` for every network (the reference attached the discriminator's scheduler to the generator's
-    optimiser).
+    with VQGAN's adaptive weight after ``gan_start_step`` batches (or from epoch ``gan_start_epoch``). Adam and
+    ``ReduceLROnPlateau(0.5)`` on ``val/loss`` for every network (the reference attached the discriminator's
+    scheduler to the generator's optimiser).
 
     Args:
         image_encoder: The network to train.
@@ -70,7 +70,10 @@ class ImageEncoderModule(NetworkCheckpointMixin):
         perceptual_weights_path: Weights file for ``vgg19`` (default: the caches).
         learned_variance: Learn the scalar log-variance ``s``.
         gan_weight: Multiplier of the adaptive GAN weight.
-        gan_start_step: Training batches before the GAN starts (reference: 2 epochs).
+        gan_start_step: Training batches before the GAN starts.
+        gan_start_epoch: Start the GAN with this epoch instead (counted from 0; the reference's ``pretrain: 2``),
+            whatever an epoch's length: a fixed batch count suits one dataset size only (4000 batches, 2 reference
+            epochs, were never reached in 20 epochs of the synthetic dataset). Overrides ``gan_start_step``.
         r1_weight: R1 penalty weight on real images.
         lr_patience: ``ReduceLROnPlateau`` patience in validation runs.
         compile: ``torch.compile`` the networks (GPU).
@@ -80,7 +83,8 @@ class ImageEncoderModule(NetworkCheckpointMixin):
                  learning_rate: float = 2e-4, betas: tuple[float, float] = (0.5, 0.9), l1_weight: float = 1.0,
                  perceptual: str = "ssim", perceptual_weight: float = 1.0, perceptual_weights_path: str | None = None,
                  learned_variance: bool = True, gan_weight: float = 1.0, gan_start_step: int = 4000,
-                 r1_weight: float = 1.0, lr_patience: int = 0, compile: bool = False) -> None:
+                 gan_start_epoch: int | None = None, r1_weight: float = 1.0, lr_patience: int = 0,
+                 compile: bool = False) -> None:
         super().__init__()
         if perceptual == "i3d":
             raise ValueError('the image encoder works on single images; choose perceptual "vgg19", "ssim" or "none"')
@@ -129,7 +133,9 @@ class ImageEncoderModule(NetworkCheckpointMixin):
         hp = self.hparams
         image = _pick_frames(batch["video"])
         optimizers = self._optimizers()
-        gan = self.discriminator is not None and self.train_batches >= hp.gan_start_step
+        started = (self.current_epoch >= hp.gan_start_epoch if hp.get("gan_start_epoch") is not None
+                   else self.train_batches >= hp.gan_start_step)
+        gan = self.discriminator is not None and started
 
         if self.discriminator is not None:
             self.discriminator.requires_grad_(False)

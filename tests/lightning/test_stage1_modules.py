@@ -191,6 +191,19 @@ def test_image_encoder_module_fast_dev_run(tmp_path, use_gan):
     assert torch.isfinite(fit.callback_metrics["val/psnr"])
 
 
+def test_image_encoder_gan_starts_with_the_epoch_given(tmp_path):
+    # The configs start the GAN with epoch 2 (the reference's pretrain: 2 epochs): 4000 batches, the fixed count they
+    # gave before, was never reached on the synthetic dataset.
+    encoder = ImageEncoder(spatial_size=SIZE, base_channels=8, max_channels=16, embedding_channels=16, norm_groups=4)
+    discriminator = PatchDiscriminator2d(base_channels=8, n_layers=2, norm="group")
+    module = ImageEncoderModule(encoder, discriminator, gan_start_step=10**9, gan_start_epoch=1)
+    d_before = snapshot(discriminator)
+    trainer(tmp_path, max_epochs=1, limit_val_batches=0).fit(module, loader())
+    assert module.train_batches == 2 and not changed(d_before, discriminator)
+    trainer(tmp_path, max_epochs=2, limit_val_batches=0).fit(module, loader(), ckpt_path=None)
+    assert changed(d_before, discriminator)
+
+
 def test_poke_encoder_module_regresses_flow_from_poke(tmp_path):
     encoder = PokeEncoder(spatial_size=SIZE, base_channels=8, max_channels=16, embedding_channels=16, norm_groups=4)
     module = PokeEncoderModule(encoder)
