@@ -50,6 +50,7 @@ import cv2
 import numpy as np
 
 from ipoke.data.flow import (
+    DIS_PAD_FACTOR,
     DIS_PRESETS,
     FLOW_METHODS,
     RAFT_WEIGHT_FILES,
@@ -610,6 +611,9 @@ def _check_resume(out: Path, settings: dict[str, Any]) -> None:
     if marker.is_file():
         previous = json.loads(marker.read_text())
         previous = {key: previous.get(key, ARRAY_SETTING_DEFAULTS.get(key)) for key in ARRAY_SETTINGS}
+        if previous.get("flow_method") == "dis" and isinstance(previous.get("flow_options"), dict):
+            # Written before DIS padded its frames (session 12): that flow was estimated unpadded.
+            previous["flow_options"] = {"pad_factor": 1, **previous["flow_options"]}
         different = {key: (previous[key], settings[key]) for key in ARRAY_SETTINGS if previous[key] != settings[key]}
         if different:
             details = ", ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in different.items())
@@ -655,7 +659,7 @@ def prepare_dataset(videos_dir: str | os.PathLike, out: str | os.PathLike, *, si
         unlisted: What to do with videos a split file does not name (see :func:`assign_splits`).
         exclude: Glob patterns of video ids or relative paths to leave out.
         max_frames: Use at most this many frames per video.
-        flow_options: Estimator options (``preset`` for DIS; ``raft_model``, ``weights``, ``device``,
+        flow_options: Estimator options (``preset``, ``pad_factor`` for DIS; ``raft_model``, ``weights``, ``device``,
             ``iterations`` for RAFT).
         train_list: iPER layout only: ``train.txt`` when it is not in ``videos_dir``.
         keypoints_dir: Optional folder of keypoints from a pose estimator, one file per video (every video needs
@@ -683,6 +687,8 @@ def prepare_dataset(videos_dir: str | os.PathLike, out: str | os.PathLike, *, si
     out = Path(out)
     lags = sorted({int(lag) for lag in lags})
     flow_options = dict(flow_options or {})
+    if flow_method == "dis":  # recorded in full, so that a resume compares like with like
+        flow_options = {"preset": "medium", "pad_factor": DIS_PAD_FACTOR, **flow_options}
     checks = [
         (size >= MIN_SIZE, f"size must be at least {MIN_SIZE} (optical flow needs frames of that side), got {size}"),
         (bool(lags) and min(lags) >= 1, f"lags must be positive integers, got {lags}"),
@@ -943,6 +949,10 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     parser.add_argument("--workers", type=int, default=1, help="parallel processes, one video each (default 1)")
     parser.add_argument("--dis-preset", choices=sorted(DIS_PRESETS), default="medium",
                         help="DIS speed/quality preset (default medium)")
+    parser.add_argument("--dis-pad", type=int, default=DIS_PAD_FACTOR, metavar="F",
+                        help="DIS estimates flow on frames padded to F times their side, a power of two: 4 (default) "
+                             "finds motion up to about 40%% of the frame, 1 (no padding, F^2 times faster) only up to "
+                             "about 10%%; see docs/real_data.md")
     parser.add_argument("--raft-model", choices=sorted(RAFT_WEIGHT_FILES), default="raft_small",
                         help="RAFT variant (default raft_small)")
     parser.add_argument("--raft-weights", default=None, metavar="FILE",
@@ -972,7 +982,7 @@ def run_prepare(args: argparse.Namespace) -> int:
         flow_options = {"raft_model": args.raft_model, "weights": args.raft_weights, "device": args.device,
                         "iterations": args.raft_iterations}
     elif args.flow_method == "dis":
-        flow_options = {"preset": args.dis_preset}
+        flow_options = {"preset": args.dis_preset, "pad_factor": args.dis_pad}
     else:
         flow_options = {}
     try:

@@ -40,6 +40,29 @@ def test_classical_flow_recovers_a_known_shift(method):
     assert np.abs(zero).mean() < 0.02  # identical frames: (almost) no motion
 
 
+def test_dis_finds_an_object_moving_a_third_of_the_frame_and_keeps_pans():
+    # Unpadded, DIS's automatic pyramid finds motion up to about a tenth of the frame: a square moving 12 or 20 px in
+    # a 64 px frame came out near zero or reversed, so poke vectors of real clips pointed against the motion.
+    rng = np.random.default_rng(1)
+    background = cv2.GaussianBlur((rng.random((64, 64, 3)) * 255).astype(np.uint8), (0, 0), 1.5)
+    square = cv2.GaussianBlur((rng.random((20, 20, 3)) * 255).astype(np.uint8), (0, 0), 1.0) // 2 + 128
+    for shift in (4, 12, 20):
+        frame_a, frame_b = background.copy(), background.copy()
+        frame_a[20:40, 10:30] = square
+        frame_b[20:40, 10 + shift:30 + shift] = square
+        inside = (slice(None), slice(25, 35), slice(15, 25))
+        flow = make_flow_estimator("dis")(frame_a, frame_b)
+        np.testing.assert_allclose(flow[inside].mean(axis=(1, 2)), [shift, 0], atol=0.5)
+        assert np.abs(flow[:, 45:60, 40:60]).mean() < 0.1  # the background stays still
+        unpadded = make_flow_estimator("dis", pad_factor=1)(frame_a, frame_b)
+        assert (abs(unpadded[inside].mean(axis=(1, 2))[0] - shift) > 3) == (shift > 4)
+    # A pan of the whole frame (the repeated border of the padded frames does not move) is still found.
+    frame_a, frame_b, reference = textured_pair(6, 0, size=32)
+    assert endpoint_error(make_flow_estimator("dis")(frame_a, frame_b), reference, border=6) < 0.3
+    with pytest.raises(ValueError, match="pad_factor must be a power of two"):
+        make_flow_estimator("dis", pad_factor=3)
+
+
 def test_estimate_pairs_matches_single_calls_and_bad_input_is_rejected():
     frame_a, frame_b, _ = textured_pair(1, 1)
     estimator = make_flow_estimator("dis", preset="fast")

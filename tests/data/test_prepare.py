@@ -185,6 +185,15 @@ def test_resume_skips_finished_redoes_interrupted_and_relabels(raw, tmp_path, mo
 
     with pytest.raises(PrepareError, match="other settings.*size: 32 -> 16"):
         prepare_dataset(root, out, size=16, lags=LAGS, progress=False)
+    # A dataset prepared before DIS padded its frames records no pad_factor: it resumes with --dis-pad 1 only.
+    settings = json.loads((out / SETTINGS_FILE).read_text())
+    assert settings["flow_options"] == {"pad_factor": 4, "preset": "medium"}
+    del settings["flow_options"]["pad_factor"]
+    (out / SETTINGS_FILE).write_text(json.dumps(settings))
+    with pytest.raises(PrepareError, match="other settings.*'pad_factor': 1.*'pad_factor': 4"):
+        prepare_dataset(root, out, size=32, lags=LAGS, split_file=split_file, progress=False)
+    assert prepare_dataset(root, out, size=32, lags=LAGS, split_file=split_file, progress=False,
+                           flow_options={"pad_factor": 1}).written == []
 
 
 def test_workers_give_the_same_dataset(raw, tmp_path):
