@@ -351,6 +351,13 @@ def evaluate(samplers: dict[str, Sampler], data_dir: str | os.PathLike, *, split
     if "keypoints" in metrics and "keypoints" not in unavailable:
         n_keypoint_clips = _keypoint_pass(samplers, dataset, accumulators, per_clip, samples=samples,
                                           batch_size=batch_size, seed=seed, progress=progress)
+        if n_keypoint_clips == 0:  # known only now: keypoints exist, but no joint of these clips moves enough
+            unavailable["keypoints"] = (
+                f"no clip of split {split!r} has a joint inside the frame that moves at least "
+                f"{dataset.min_keypoint_motion:g} px (at {dataset.size} px) from x0 to the last frame, so no "
+                "keypoint poke could be made")
+            if strict and set(metrics) == {"keypoints"}:
+                raise MetricUnavailable(f"keypoints: {unavailable['keypoints']}")
 
     results: dict[str, dict[str, float | int]] = {}
     for name in samplers:

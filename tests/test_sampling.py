@@ -474,6 +474,17 @@ def test_keypoint_accuracy_scores_where_the_poked_joint_ends(synthetic_dataset, 
     with pytest.raises(MetricUnavailable, match="targeted keypoint accuracy needs keypoints"):
         evaluate({"true": true_clip}, bare, metrics=("keypoints",), samples=1, strict=True, **options)
 
+    # Keypoints that never move: known only after the pass, and no longer an `n/a` with exit status 0.
+    still = tmp_path / "still"
+    shutil.copytree(synthetic_dataset, still)
+    for keypoint_file in (still / "videos").glob("*/keypoints.npy"):
+        keypoints = np.load(keypoint_file)
+        np.save(keypoint_file, np.repeat(keypoints[:1], len(keypoints), axis=0))
+    report = evaluate({"true": true_clip}, still, metrics=("keypoints", "ssim"), samples=1, **options)
+    assert "no clip of split 'train' has a joint inside the frame that moves" in report["unavailable"]["keypoints"]
+    with pytest.raises(MetricUnavailable, match="keypoints: no clip of split 'train'"):
+        evaluate({"true": true_clip}, still, metrics=("keypoints",), samples=1, strict=True, **options)
+
 
 def test_evaluation_does_not_depend_on_the_batch_size(synthetic_dataset, make_tiny_poker):
     """Every clip draws its samples from its own seeded generator: batch 2 and batch 3 give the same numbers."""

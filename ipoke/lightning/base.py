@@ -20,6 +20,22 @@ class TrainingSetupError(MisconfigurationException, ValueError):
     ``ipoke`` command prints it as one line, like Lightning's own refusals of a configuration."""
 
 
+def _read_checkpoint(path: str | os.PathLike) -> Any:
+    """A Lightning checkpoint, memory-mapped where it can be (its specs are read without loading every tensor)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except RuntimeError:  # a checkpoint in the legacy (non-zip) format cannot be memory-mapped
+        return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _checkpoint_specs(path: Any) -> dict[str, dict[str, Any]]:
+    """The network specs a checkpoint file carries (``{}`` for a file-like object or a checkpoint without them)."""
+    if not isinstance(path, (str, os.PathLike)):
+        return {}
+    checkpoint = _read_checkpoint(path)
+    return dict(checkpoint.get(NETWORKS_KEY) or {}) if isinstance(checkpoint, dict) else {}
+
+
 class NetworkCheckpointMixin(L.LightningModule):
     """Writes the build spec of every :class:`~ipoke.models.base.SavableModule` attribute into checkpoints.
 
@@ -48,10 +64,7 @@ class NetworkCheckpointMixin(L.LightningModule):
         its training module, use ``<NetworkClass>.from_checkpoint(path)``.
         """
         if isinstance(checkpoint_path, (str, os.PathLike)):
-            try:  # memory-mapped: the specs are read without loading every tensor a second time
-                checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False, mmap=True)
-            except RuntimeError:  # a checkpoint in the legacy (non-zip) format cannot be memory-mapped
-                checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+            checkpoint = _read_checkpoint(checkpoint_path)
             specs = (checkpoint.get(NETWORKS_KEY) or {}) if isinstance(checkpoint, dict) else {}
             wanted = cls._networks_to_rebuild(checkpoint.get("hyper_parameters") or {}) if specs else set()
             for name in wanted & set(specs) - set(kwargs):

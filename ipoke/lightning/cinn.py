@@ -5,16 +5,19 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch import nn
 
 from ipoke.lightning.base import (
     NetworkCheckpointMixin,
     TrainingSetupError,
+    _checkpoint_specs,
     check_clips_fit,
     for_evaluated_split,
 )
 from ipoke.losses.flow import bits_per_dim, gaussian_nll, reference_nll
 from ipoke.losses.reconstruction import l1_loss, psnr, ssim
 from ipoke.models.autoencoder import VideoAutoencoder
+from ipoke.models.base import instantiate
 from ipoke.models.cinn.condition import stage2_condition
 from ipoke.models.cinn.graphed import GraphedNLLStep
 from ipoke.models.cinn.network import ConditionalINN, broadcast_actnorm
@@ -39,6 +42,11 @@ def _check_flow_args(flow_args: dict[str, Any]) -> None:
         plain = {int: (int,), float: (int, float), bool: (bool,), str: (str,)}.get(hint)
         if plain and (not isinstance(value, plain) or (hint is not bool and isinstance(value, bool))):
             raise ValueError(f"model.init_args.flow_args.{key} must be {hint.__name__}, got {value!r}")
+
+
+# The frozen stage-1 networks PokeINNModule.load_from_checkpoint has built, for the constructor it calls (only
+# within that call).
+_PRELOADED_STAGE1: dict[str, nn.Module] = {}
 
 
 class PokeINNModule(NetworkCheckpointMixin):
@@ -79,9 +87,12 @@ class PokeINNModule(NetworkCheckpointMixin):
                  cuda_graph: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["flow"])
-        self.autoencoder = VideoAutoencoder.from_checkpoint(autoencoder_checkpoint)
-        self.image_encoder = ImageEncoder.from_checkpoint(image_encoder_checkpoint)
-        self.poke_encoder = PokeEncoder.from_checkpoint(poke_encoder_checkpoint)
+        # load_from_checkpoint builds the frozen networks from the specs its checkpoint carries (their weights then
+        # come from its state dict), so that it works wherever the stage-1 files are.
+        preloaded = _PRELOADED_STAGE1
+        self.autoencoder = preloaded.get("autoencoder") or VideoAutoencoder.from_checkpoint(autoencoder_checkpoint)
+        self.image_encoder = preloaded.get("image_encoder") or ImageEncoder.from_checkpoint(image_encoder_checkpoint)
+        self.poke_encoder = preloaded.get("poke_encoder") or PokeEncoder.from_checkpoint(poke_encoder_checkpoint)
         for name in FROZEN:
             getattr(self, name).requires_grad_(False).eval()
         if flow is None:
@@ -96,6 +107,20 @@ class PokeINNModule(NetworkCheckpointMixin):
         self._check_compatible(self._condition_channels(flow.static_reference))
         self.automatic_optimization = not cuda_graph
         self._graphed_step: GraphedNLLStep | None = None
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, map_location: Any = None, hparams_file: Any = None,
+                             strict: bool | None = None, **kwargs: Any) -> Any:
+        """As the other stages' (the flow rebuilt from its spec), and the frozen stage-1 networks are built from the
+        specs the checkpoint carries instead of read from the stage-1 paths it was trained with: those are often
+        relative to the training folder (``runs/autoencoder/...``), and failed from anywhere else."""
+        specs = _checkpoint_specs(checkpoint_path)
+        _PRELOADED_STAGE1.update({name: instantiate(specs[name]) for name in FROZEN if name in specs})
+        try:
+            return super().load_from_checkpoint(checkpoint_path, map_location=map_location,
+                                                hparams_file=hparams_file, strict=strict, **kwargs)
+        finally:
+            _PRELOADED_STAGE1.clear()
 
     @classmethod
     def _networks_to_rebuild(cls, hyper_parameters: dict[str, Any]) -> set[str]:

@@ -111,6 +111,21 @@ def test_fit_validate_checkpoint_and_reload(stage1, tmp_path):
     reloaded = PokeINNModule.load_from_checkpoint(checkpoint).eval()
     assert reloaded.flow.config == module.flow.config and reloaded.hparams.warmup_steps == 2
     torch.testing.assert_close(reloaded.flow(z, h)[0], module.flow(z, h)[0], atol=0, rtol=0)
+    # The stage-1 paths it was trained with are often relative to the training folder: the frozen networks come
+    # from the checkpoint's own specs and weights, so it loads from anywhere (it failed with "checkpoint
+    # runs/autoencoder/... does not exist").
+    moved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    for key in ("autoencoder_checkpoint", "image_encoder_checkpoint", "poke_encoder_checkpoint"):
+        moved["hyper_parameters"][key] = f"runs/nowhere/{key}.ckpt"
+    torch.save(moved, tmp_path / "moved.ckpt")
+    elsewhere = PokeINNModule.load_from_checkpoint(tmp_path / "moved.ckpt").eval()
+    torch.testing.assert_close(elsewhere.flow(z, h)[0], module.flow(z, h)[0], atol=0, rtol=0)
+    for name in ("autoencoder", "image_encoder", "poke_encoder"):
+        for key, value in getattr(module, name).state_dict().items():
+            assert torch.equal(getattr(elsewhere, name).state_dict()[key], value), (name, key)
+    from ipoke.lightning import cinn as cinn_module
+
+    assert cinn_module._PRELOADED_STAGE1 == {}
     # `ipoke evaluate` loads the same model and unpickles the (possibly large) file once.
     from ipoke.evaluation import load_model
 
