@@ -359,8 +359,10 @@ def read_split_file(path: str | os.PathLike) -> dict[str, str]:
         PrepareError: If the file is missing, a line has no split, or a name is listed twice with different splits.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():  # exists(), not is_file(): a pipe (`--split-file <(grep ...)`) is read as well
         raise PrepareError(f"split file {path} does not exist")
+    if path.is_dir():
+        raise PrepareError(f"split file {path} is a folder; give a text file of '<name> <split>' lines")
     entries: dict[str, str] = {}
     lines: dict[str, int] = {}
     for number, line in enumerate(path.read_text().splitlines(), start=1):

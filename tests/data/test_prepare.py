@@ -676,3 +676,22 @@ def test_summary_note_names_the_layouts_test_videos(tmp_path):
         write_frame_folder(tmp_path / "raw" / "train" / name, panning_clip(6))
     result = prepare_dataset(tmp_path / "raw", tmp_path / "out", size=32, lags=LAGS, layout="taichi", progress=False)
     assert "taichi layout puts in test the videos under test/" in result.summary()
+
+
+def test_split_file_may_be_a_pipe_but_not_a_folder(tmp_path):
+    # `--split-file <(grep ...)` gives a /dev/fd path that is not a regular file: it was called missing.
+    import os
+
+    from ipoke.data.prepare import read_split_file
+
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"walk train\n# a comment\npan test\n")
+    os.close(write_end)
+    try:
+        assert read_split_file(f"/dev/fd/{read_end}") == {"walk": "train", "pan": "test"}
+    finally:
+        os.close(read_end)
+    with pytest.raises(PrepareError, match="is a folder"):
+        read_split_file(tmp_path)
+    with pytest.raises(PrepareError, match="does not exist"):
+        read_split_file(tmp_path / "nope.txt")
