@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -168,7 +170,29 @@ def run_lightning(argv: Sequence[str]) -> int:
             raise
         print(f"ipoke: error: {str(error).strip()}", file=sys.stderr)
         return 2
+    except SystemExit as error:
+        # Lightning ends a run stopped by SIGTERM (SLURM, docker stop, kill) with SIGTERMException, a SystemExit
+        # without a code: the shell saw status 0, as if training had finished, and `ipoke fit a && ipoke fit b`
+        # went on. Ctrl-C during training it ends with sys.exit(1) while handling the KeyboardInterrupt.
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        hint = f"; {RESUME_HINT}" if argv[:1] == ["fit"] else ""
+        if isinstance(error, SIGTERMException):
+            print(f"ipoke: terminated (SIGTERM){hint}", file=sys.stderr)
+            return 143
+        if isinstance(error.__context__, KeyboardInterrupt):
+            print(f"ipoke: interrupted{hint}", file=sys.stderr)
+            return 130
+        raise
+    except KeyboardInterrupt:  # Ctrl-C before or after Lightning's own handling (start-up, checkpoint loading)
+        hint = f"; {RESUME_HINT}" if argv[:1] == ["fit"] else ""
+        print(f"ipoke: interrupted{hint}", file=sys.stderr)
+        return 130
     return 0
+
+
+RESUME_HINT = ("the run's checkpoints/last.ckpt holds the state of its last finished epoch: resume with the same "
+               "command and --ckpt_path last")
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -841,17 +865,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from ipoke.data.format import DatasetFormatError
-    from ipoke.utils import NotFoundError
+    from ipoke.utils import NotFoundError, Terminated, terminate_as_interrupt
 
+    previous_handler = signal.getsignal(signal.SIGTERM)
+    terminate_as_interrupt()  # SIGTERM takes the Ctrl-C path: pool workers are stopped, nothing half-written stays
     try:
         return int(args.handler(args) or 0)
     except (UserError, DatasetFormatError, FileNotFoundError, NotFoundError) as error:
         print(f"ipoke: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # Ctrl-C: one line instead of a traceback (from every worker process)
+    except KeyboardInterrupt as error:  # Ctrl-C: one line instead of a traceback (from every worker process)
         hint = getattr(args, "on_interrupt", None)
-        print(f"ipoke: interrupted{'; ' + hint if hint else ''}", file=sys.stderr)
-        return 130
+        what = "terminated (SIGTERM)" if isinstance(error, Terminated) else "interrupted"
+        print(f"ipoke: {what}{'; ' + hint if hint else ''}", file=sys.stderr)
+        return 143 if isinstance(error, Terminated) else 130
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, previous_handler)
 
 
 if __name__ == "__main__":

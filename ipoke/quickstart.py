@@ -253,12 +253,26 @@ def run_quickstart(out: str | Path = "quickstart", *, minutes: float | None = No
         stage_started = time.time()
         try:
             trainer.fit(module, datamodule=_datamodule(data_dir, settings, num_workers, stage))
-        except SystemExit:
-            # Lightning answers Ctrl-C during fit with sys.exit(1): make it the interrupt it was, so that the
-            # command says what is kept and how to resume (exit code 130).
+        except SystemExit as error:
+            # Lightning answers Ctrl-C during fit with sys.exit(1), and SIGTERM with SIGTERMException: make them the
+            # interrupt they were, so that the command says what is kept and how to resume (exit code 130 or 143).
+            from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+            from ipoke.utils import Terminated
+
+            if isinstance(error, SIGTERMException):
+                raise Terminated from None
             if trainer.interrupted:
                 raise KeyboardInterrupt from None
             raise
+        except RuntimeError as error:
+            # SIGTERM to the whole process group (`timeout -s TERM`, `kill -- -PGID`) reaches the data loader's
+            # worker first, and the loader reports its death before Lightning sees the signal.
+            if "is killed by signal: Terminated" not in str(error):
+                raise
+            from ipoke.utils import Terminated
+
+            raise Terminated from None
         save_pretrained(network.cpu(), target)
         (runs / stage / TRAINING_RECORD).write_text(json.dumps(
             {"seconds": time.time() - stage_started, "budget_seconds": seconds}))
@@ -292,8 +306,13 @@ def run_quickstart(out: str | Path = "quickstart", *, minutes: float | None = No
     samples_dir = out / "samples"
     from ipoke.cli import main as cli_main
 
-    if cli_main(["sample", "--ckpt", str(model_dir), "--data", str(data_dir), "--split", "test", "--n", "4",
-                 "--samples", "3", "--out", str(samples_dir), "--seed", "0"]) != 0:
+    status = cli_main(["sample", "--ckpt", str(model_dir), "--data", str(data_dir), "--split", "test", "--n", "4",
+                       "--samples", "3", "--out", str(samples_dir), "--seed", "0"])
+    if status in (130, 143):  # the inner command caught a Ctrl-C or SIGTERM (and said so): the whole run stops
+        from ipoke.utils import Terminated
+
+        raise Terminated if status == 143 else KeyboardInterrupt
+    if status != 0:
         raise ValueError(f"the sample overviews could not be written to {samples_dir} (the error is above)")
     example_image, example_poke = write_example_image(out / EXAMPLE_IMAGE, data_dir, poker)
     seconds = None if records is None else sum(record["seconds"] for record in records.values())

@@ -99,6 +99,28 @@ def ignore_interrupts_in_worker() -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The main process turns SIGTERM into Terminated (see terminate_as_interrupt); a forked worker inherits that
+    # handler, but must simply end when the main process (or anyone) terminates it.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, SLURM, ``docker stop``) raised in the main process, so that the Ctrl-C clean-up runs: pool
+    workers are stopped (they used to outlive a terminated ``ipoke data synth --workers 2`` and keep writing)."""
+
+
+def terminate_as_interrupt() -> None:
+    """From now on SIGTERM raises :class:`Terminated` in the main thread (a no-op elsewhere)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum, frame):  # noqa: ANN001, ANN202, ARG001
+        raise Terminated
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 def stop_process_pool(executor) -> None:  # noqa: ANN001 - concurrent.futures.ProcessPoolExecutor

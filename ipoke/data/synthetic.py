@@ -662,11 +662,14 @@ def generate_dataset(out: str | os.PathLike, settings: SyntheticSettings, *, wor
     """
     from tqdm.auto import tqdm
 
-    from ipoke.data.format import DatasetFormatError, DatasetWriter, is_dataset, read_index
+    from ipoke.data.format import PREPARE_SETTINGS_FILE, DatasetFormatError, DatasetWriter, is_dataset, read_index
 
     root = Path(out)
     recorded = {**settings.__dict__, "generator_version": GENERATOR_VERSION}
     # Checked before the writer touches the folder (it would first complain about size/flow_lags only).
+    if (root / PREPARE_SETTINGS_FILE).exists():  # finished or not: synthetic videos would join real ones
+        raise DatasetFormatError(f"{root} is a run of `ipoke data prepare` (it has {PREPARE_SETTINGS_FILE}); use "
+                                 "another --out folder")
     if is_dataset(root):
         index = read_index(root)
         if index.get("source") != "synthetic":

@@ -325,3 +325,54 @@ def test_ctrl_c_during_synth_ends_the_pool_and_says_how_to_resume(tmp_path, monk
     monkeypatch.undo()
     assert main(command) == 0
     assert len(PreparedDataset(out)) == 40
+
+
+def test_synth_refuses_an_unfinished_prepare_run(tmp_path):
+    # It wrote synthetic videos beside the real ones and marked the mixture complete (lags 1..10 for clips that
+    # store 5 and 10): loading failed with an IndexError, and the prepare could not be resumed.
+    from ipoke.data.format import PREPARE_SETTINGS_FILE, DatasetFormatError
+
+    unfinished = tmp_path / "out"
+    (unfinished / "videos").mkdir(parents=True)
+    (unfinished / PREPARE_SETTINGS_FILE).write_text("{}")
+    with pytest.raises(DatasetFormatError, match="is a run of `ipoke data prepare`"):
+        generate_dataset(unfinished, SyntheticSettings(videos=4, frames=3, size=32), progress=False)
+    assert sorted(path.name for path in unfinished.iterdir()) == [PREPARE_SETTINGS_FILE, "videos"]
+
+
+def test_sigterm_stops_the_pool_workers_too(tmp_path):
+    # SIGTERM (kill, SLURM, docker stop) to the main process of a parallel run left its pool workers alive, writing
+    # into the folder and then idling forever; it now takes the Ctrl-C path: workers stopped, exit status 143.
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "data"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ipoke.cli", "data", "synth", "--out", str(out), "--videos", "400", "--size", "32",
+         "--frames", "3", "--workers", "2"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not any((out / "videos").glob("train_*")) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert process.poll() is None, "the run ended before it could be terminated; give it more videos"
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+        assert process.returncode == 143 and "ipoke: terminated (SIGTERM)" in stderr
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # the workers are in the run's process group: none may remain
+            try:
+                os.killpg(process.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError("pool workers outlived the terminated run")
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

@@ -114,3 +114,30 @@ def test_ddp_spawn_is_refused_in_one_line(synthetic_dataset, tmp_path, monkeypat
     error = capsys.readouterr().err
     assert "starts its processes with 'spawn' (ddp_spawn)" in error and "--trainer.strategy ddp" in error
     assert not (tmp_path / "runs" / "poke_encoder" / "tiny" / "checkpoints").exists()
+
+
+def test_a_terminated_or_interrupted_fit_does_not_exit_0(synthetic_dataset, tmp_path, monkeypatch, capsys):
+    # Lightning ends a SIGTERM'd run with SIGTERMException, a SystemExit without a code (status 0: `ipoke fit a &&
+    # ipoke fit b` went on with a half-trained stage), and Ctrl-C with sys.exit(1) while handling it.
+    import sys
+
+    import lightning as L
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    def terminated(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise SIGTERMException
+
+    def interrupted(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            sys.exit(1)
+
+    monkeypatch.chdir(tmp_path)
+    command = ["fit", "--config", str(CONFIGS / "poke_encoder" / "tiny.yaml"),
+               f"--data.init_args.data_dir={synthetic_dataset}"]
+    for fit, status, line in ((terminated, 143, "ipoke: terminated (SIGTERM); the run's checkpoints/last.ckpt"),
+                              (interrupted, 130, "ipoke: interrupted; the run's checkpoints/last.ckpt")):
+        monkeypatch.setattr(L.Trainer, "fit", fit)
+        assert main(command) == status
+        assert line in capsys.readouterr().err
