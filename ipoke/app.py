@@ -237,7 +237,11 @@ def make_server(app: PokeApp, *, host: str = "127.0.0.1", port: int = 8765) -> T
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
             pass  # no line per request on the terminal
 
-    return ThreadingHTTPServer((host, port), Handler)
+    server = ThreadingHTTPServer((host, port), Handler)
+    # Request threads are not daemons, so that server_close() (on Ctrl-C or SIGTERM) waits for a save in progress:
+    # as daemons they were killed with the interpreter mid-save, leaving a half-written hidden folder in --out.
+    server.daemon_threads = False
+    return server
 
 
 def serve(app: PokeApp, *, host: str = "127.0.0.1", port: int = 8765) -> None:
@@ -251,9 +255,10 @@ def serve(app: PokeApp, *, host: str = "127.0.0.1", port: int = 8765) -> None:
     try:
         server.serve_forever()
     except KeyboardInterrupt:
-        print("ipoke app: stopped")
+        print("ipoke app: stopping (a save in progress is finished first)", flush=True)
     finally:
-        server.server_close()
+        server.server_close()  # joins the request threads (block_on_close)
+    print("ipoke app: stopped")
 
 
 # The page: one canvas for the start frame and the pokes, the samples as looping GIFs. Pointer events give the

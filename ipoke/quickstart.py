@@ -260,7 +260,9 @@ def run_quickstart(out: str | Path = "quickstart", *, minutes: float | None = No
 
             from ipoke.utils import Terminated
 
-            if isinstance(error, SIGTERMException):
+            # With the command's own SIGTERM handler chained after Lightning's, the signal arrives as Terminated (a
+            # KeyboardInterrupt), which Lightning also ends with sys.exit(1).
+            if isinstance(error, SIGTERMException) or isinstance(error.__context__, Terminated):
                 raise Terminated from None
             if trainer.interrupted:
                 raise KeyboardInterrupt from None

@@ -152,6 +152,37 @@ def test_save_writes_the_samples_like_ipoke_sample(server):
     assert request(url + "/api/save", {"pokes": []})[0] == 400 and not (app.out / "poke_2").exists()
 
 
+def test_closing_the_server_waits_for_a_save_in_progress(poker, images, tmp_path, monkeypatch):
+    # Request threads were daemons: Ctrl-C or SIGTERM during a save killed it with the interpreter and left a
+    # half-written hidden folder in --out. server_close() now waits for it.
+    app = PokeApp(poker, images, samples=2, out=tmp_path / "saved")
+    started, release = threading.Event(), threading.Event()
+    real_save = PokeApp.save
+
+    def slow_save(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        started.set()
+        assert release.wait(30)
+        return real_save(self, *args, **kwargs)
+
+    monkeypatch.setattr(PokeApp, "save", slow_save)
+    httpd = make_server(app, port=0)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    client = threading.Thread(target=request, args=(url + "/api/save", {"image": 0, "pokes": [[20, 30, 5, -3]]}))
+    client.start()
+    assert started.wait(30)
+    httpd.shutdown()
+    closer = threading.Thread(target=httpd.server_close)
+    closer.start()
+    closer.join(0.5)
+    assert closer.is_alive()  # blocked on the save, which cannot finish before it is released
+    release.set()
+    closer.join(60)
+    client.join(60)
+    assert not closer.is_alive() and (app.out / "poke_0" / "ipoke_sample.json").is_file()
+    assert not any(path.name.startswith(".") for path in app.out.iterdir())
+
+
 def test_a_failure_while_sampling_is_reported_and_the_server_keeps_serving(server, monkeypatch):
     url, app = server
 

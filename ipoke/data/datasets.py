@@ -319,7 +319,9 @@ def evaluation_clips(root: str | os.PathLike, *, split: str, size: int | None = 
                      frame_step: int = 1, poke_size: int = 5, seed: int = 42, max_clips: int | None = None,
                      poke_source: str = "flow") -> PokeDataset:
     """The clips of the evaluation protocol: a fixed order, exactly one seeded poke each, no augmentation and no
-    static clips (``ipoke evaluate``, ``ipoke sample --data``, the quickstart's example image, the diagnostics).
+    clips made static on purpose (``zero_poke_fraction`` 0; the data's own background-poke videos, where nothing
+    moves, are kept and flagged ``background_poke``) (``ipoke evaluate``, ``ipoke sample --data``, the quickstart's
+    example image, the diagnostics).
 
     Args:
         root: Prepared dataset folder.

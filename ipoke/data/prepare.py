@@ -615,7 +615,8 @@ def _check_resume(out: Path, settings: dict[str, Any]) -> None:
         previous = {key: previous.get(key, ARRAY_SETTING_DEFAULTS.get(key)) for key in ARRAY_SETTINGS}
         if previous.get("flow_method") == "dis" and isinstance(previous.get("flow_options"), dict):
             # Written before DIS padded its frames (session 12): that flow was estimated unpadded.
-            previous["flow_options"] = {"pad_factor": 1, **previous["flow_options"]}
+            # (Python calls without flow_options recorded {}: the preset was the default, medium.)
+            previous["flow_options"] = {"preset": "medium", "pad_factor": 1, **previous["flow_options"]}
         different = {key: (previous[key], settings[key]) for key in ARRAY_SETTINGS if previous[key] != settings[key]}
         if different:
             details = ", ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in different.items())

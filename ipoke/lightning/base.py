@@ -21,7 +21,12 @@ class TrainingSetupError(MisconfigurationException, ValueError):
 
 
 def _read_checkpoint(path: str | os.PathLike) -> Any:
-    """A Lightning checkpoint, memory-mapped where it can be (its specs are read without loading every tensor)."""
+    """A Lightning checkpoint from a file (memory-mapped where it can be: its specs are read without loading every
+    tensor) or a URL / fsspec path (``s3://``, ``https://``, ...: read with Lightning's own loader)."""
+    if not os.path.isfile(path):
+        from lightning.fabric.utilities.cloud_io import _load
+
+        return _load(path, map_location="cpu", weights_only=False)
     try:
         return torch.load(path, map_location="cpu", weights_only=False, mmap=True)
     except RuntimeError:  # a checkpoint in the legacy (non-zip) format cannot be memory-mapped
@@ -29,7 +34,8 @@ def _read_checkpoint(path: str | os.PathLike) -> Any:
 
 
 def _checkpoint_specs(path: Any) -> dict[str, dict[str, Any]]:
-    """The network specs a checkpoint file carries (``{}`` for a file-like object or a checkpoint without them)."""
+    """The network specs a checkpoint carries (``{}`` for a file-like object, which Lightning alone reads, or a
+    checkpoint without them)."""
     if not isinstance(path, (str, os.PathLike)):
         return {}
     checkpoint = _read_checkpoint(path)

@@ -194,6 +194,10 @@ def test_resume_skips_finished_redoes_interrupted_and_relabels(raw, tmp_path, mo
         prepare_dataset(root, out, size=32, lags=LAGS, split_file=split_file, progress=False)
     assert prepare_dataset(root, out, size=32, lags=LAGS, split_file=split_file, progress=False,
                            flow_options={"pad_factor": 1}).written == []
+    settings["flow_options"] = {}  # what a Python call without flow_options recorded before session 12
+    (out / SETTINGS_FILE).write_text(json.dumps(settings))
+    assert prepare_dataset(root, out, size=32, lags=LAGS, split_file=split_file, progress=False,
+                           flow_options={"pad_factor": 1}).written == []
 
 
 def test_workers_give_the_same_dataset(raw, tmp_path):

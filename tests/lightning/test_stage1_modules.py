@@ -162,6 +162,9 @@ def test_lightning_checkpoint_round_trip(tmp_path):
     # A network passed explicitly wins over the stored spec (and must fit the weights).
     other = tiny_autoencoder()
     assert VideoAutoencoderModule.load_from_checkpoint(path, autoencoder=other).autoencoder is other
+    # A URL or fsspec path (Lightning reads those itself) still loads, networks included.
+    from_url = VideoAutoencoderModule.load_from_checkpoint(f"file://{path}")
+    assert from_url.autoencoder.config == module.autoencoder.config
 
 
 def test_resume_restores_batch_counter(tmp_path):
