@@ -154,6 +154,26 @@ def test_ctrl_c_in_a_training_stage_is_an_interrupt(tmp_path, monkeypatch, capsy
     assert main(["quickstart", "--out", str(tmp_path / "qs"), "--videos", "6", "--device", "cpu"]) == 130
     assert "finished stages are kept; run the same command again" in capsys.readouterr().err
 
+    # SIGTERM arrives as the command's Terminated (chained after Lightning's handler), which Lightning also ends
+    # with sys.exit(1); and a group SIGTERM kills the data loader's worker first. Both are 143, not 130 or 1.
+    from ipoke.utils import Terminated
+
+    class TerminatedInFit(Interrupted):
+        def fit(self, *args, **kwargs):
+            try:
+                raise Terminated
+            except Terminated:
+                raise SystemExit(1) from None
+
+    class WorkerKilled(Interrupted):
+        def fit(self, *args, **kwargs):
+            raise RuntimeError("DataLoader worker (pid 123) is killed by signal: Terminated. ")
+
+    for trainer in (TerminatedInFit, WorkerKilled):
+        monkeypatch.setattr(quickstart, "_trainer", lambda trainer=trainer, **kwargs: trainer())
+        assert main(["quickstart", "--out", str(tmp_path / "qs"), "--videos", "6", "--device", "cpu"]) == 143
+        assert "ipoke: terminated (SIGTERM); finished stages are kept" in capsys.readouterr().err
+
 
 def test_autoencoder_stage_takes_the_perceptual_term(tmp_path):
     # check_autoencoder.py --perceptual compares the terms on the quickstart's autoencoder: the choice must reach the
