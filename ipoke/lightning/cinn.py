@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import torch
@@ -45,8 +46,14 @@ def _check_flow_args(flow_args: dict[str, Any]) -> None:
 
 
 # The frozen stage-1 networks PokeINNModule.load_from_checkpoint has built, for the constructor it calls (only
-# within that call).
-_PRELOADED_STAGE1: dict[str, nn.Module] = {}
+# within that call; per thread, so that two threads loading different checkpoints do not swap networks).
+_LOADING = threading.local()
+
+
+def _preloaded_stage1() -> dict[str, nn.Module]:
+    if not hasattr(_LOADING, "networks"):
+        _LOADING.networks = {}
+    return _LOADING.networks
 
 
 class PokeINNModule(NetworkCheckpointMixin):
@@ -89,7 +96,7 @@ class PokeINNModule(NetworkCheckpointMixin):
         self.save_hyperparameters(ignore=["flow"])
         # load_from_checkpoint builds the frozen networks from the specs its checkpoint carries (their weights then
         # come from its state dict), so that it works wherever the stage-1 files are.
-        preloaded = _PRELOADED_STAGE1
+        preloaded = _preloaded_stage1()
         self.autoencoder = preloaded.get("autoencoder") or VideoAutoencoder.from_checkpoint(autoencoder_checkpoint)
         self.image_encoder = preloaded.get("image_encoder") or ImageEncoder.from_checkpoint(image_encoder_checkpoint)
         self.poke_encoder = preloaded.get("poke_encoder") or PokeEncoder.from_checkpoint(poke_encoder_checkpoint)
@@ -115,12 +122,12 @@ class PokeINNModule(NetworkCheckpointMixin):
         specs the checkpoint carries instead of read from the stage-1 paths it was trained with: those are often
         relative to the training folder (``runs/autoencoder/...``), and failed from anywhere else."""
         specs = _checkpoint_specs(checkpoint_path)
-        _PRELOADED_STAGE1.update({name: instantiate(specs[name]) for name in FROZEN if name in specs})
+        _preloaded_stage1().update({name: instantiate(specs[name]) for name in FROZEN if name in specs})
         try:
             return super().load_from_checkpoint(checkpoint_path, map_location=map_location,
                                                 hparams_file=hparams_file, strict=strict, **kwargs)
         finally:
-            _PRELOADED_STAGE1.clear()
+            _preloaded_stage1().clear()
 
     @classmethod
     def _networks_to_rebuild(cls, hyper_parameters: dict[str, Any]) -> set[str]:

@@ -125,7 +125,7 @@ def test_fit_validate_checkpoint_and_reload(stage1, tmp_path):
             assert torch.equal(getattr(elsewhere, name).state_dict()[key], value), (name, key)
     from ipoke.lightning import cinn as cinn_module
 
-    assert cinn_module._PRELOADED_STAGE1 == {}
+    assert cinn_module._preloaded_stage1() == {}
     # `ipoke evaluate` loads the same model and unpickles the (possibly large) file once.
     from ipoke.evaluation import load_model
 
