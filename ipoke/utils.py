@@ -54,6 +54,26 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         raise
 
 
+def _remove_orphaned_temporaries(target: Path) -> None:
+    """Delete the temporary siblings of ``target`` (``.<name>.pid<N>.*.tmp``) whose writing process no longer runs on
+    this machine: a killed ``ipoke sample``/``export`` left them behind for good (Ctrl-C and SIGTERM clean up)."""
+    import re
+
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.pid(\d+)\..*\.tmp")
+    if not target.parent.is_dir():
+        return
+    for sibling in target.parent.iterdir():
+        match = pattern.fullmatch(sibling.name)
+        if match is None or not sibling.is_dir() or sibling.is_symlink():
+            continue
+        try:
+            os.kill(int(match.group(1)), 0)
+        except ProcessLookupError:
+            shutil.rmtree(sibling, ignore_errors=True)
+        except (PermissionError, OverflowError, OSError):
+            pass  # a process of another user (alive), or not a pid we can ask about: keep it
+
+
 @contextmanager
 def atomic_directory(target: str | os.PathLike, *, marker: str) -> Iterator[Path]:
     """Build a folder under a temporary name and move it to ``target`` only if the block succeeds.
@@ -81,7 +101,10 @@ def atomic_directory(target: str | os.PathLike, *, marker: str) -> Iterator[Path
         if Path.cwd().resolve().is_relative_to(target):
             raise FileExistsError(f"{target} is the current folder or holds it; write somewhere else")
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    _remove_orphaned_temporaries(target)
+    # The writer's process id is in the name, so that a later run can tell an orphan (its writer was killed with
+    # SIGKILL, or the machine went down) from the folder of a writer still at work.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.pid{os.getpid()}.", suffix=".tmp", dir=target.parent))
     tmp.chmod(umask_mode(0o777))  # mkdtemp makes it private (0700)
     try:
         yield tmp

@@ -22,3 +22,23 @@ def test_atomic_directory_gets_the_mode_of_a_plain_mkdir(tmp_path, umask):
         os.umask(previous)
     assert (tmp_path / "out" / "m.txt").read_text() == "x"
     assert (tmp_path / "out").stat().st_mode & 0o777 == (tmp_path / "plain").stat().st_mode & 0o777 == 0o777 & ~umask
+
+
+def test_atomic_directory_removes_the_temporaries_of_killed_writers_only(tmp_path):
+    # A writer killed with SIGKILL left `.out.<random>.tmp` beside its output for good.
+    import subprocess
+    import sys
+
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                              check=True)
+    dead_pid = int(finished.stdout)  # that process has ended
+    orphan = tmp_path / f".out.pid{dead_pid}.abc123.tmp"
+    alive = tmp_path / f".out.pid{os.getpid()}.def456.tmp"  # a writer still at work (this process)
+    other = tmp_path / f".other.pid{dead_pid}.ghi789.tmp"  # another output's temporary
+    for folder in (orphan, alive, other):
+        (folder / "half").mkdir(parents=True)
+    with atomic_directory(tmp_path / "out", marker="done.txt") as tmp:
+        (tmp / "done.txt").write_text("ok")
+        assert f".out.pid{os.getpid()}." in tmp.name
+    assert (tmp_path / "out" / "done.txt").read_text() == "ok"
+    assert not orphan.exists() and alive.exists() and other.exists()
