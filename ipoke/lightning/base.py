@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import inspect
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import lightning as L
@@ -33,15 +35,6 @@ def _read_checkpoint(path: str | os.PathLike) -> Any:
         return torch.load(path, map_location="cpu", weights_only=False)
 
 
-def _checkpoint_specs(path: Any) -> dict[str, dict[str, Any]]:
-    """The network specs a checkpoint carries (``{}`` for a file-like object, which Lightning alone reads, or a
-    checkpoint without them)."""
-    if not isinstance(path, (str, os.PathLike)):
-        return {}
-    checkpoint = _read_checkpoint(path)
-    return dict(checkpoint.get(NETWORKS_KEY) or {}) if isinstance(checkpoint, dict) else {}
-
-
 class NetworkCheckpointMixin(L.LightningModule):
     """Writes the build spec of every :class:`~ipoke.models.base.SavableModule` attribute into checkpoints.
 
@@ -69,15 +62,25 @@ class NetworkCheckpointMixin(L.LightningModule):
         (:func:`~ipoke.models.base.network_specs`); networks given in ``kwargs`` win. To load one network without
         its training module, use ``<NetworkClass>.from_checkpoint(path)``.
         """
-        if isinstance(checkpoint_path, (str, os.PathLike)):
+        specs: dict[str, Any] = {}
+        if isinstance(checkpoint_path, (str, os.PathLike)):  # a file-like object: Lightning alone reads it
             checkpoint = _read_checkpoint(checkpoint_path)
             specs = (checkpoint.get(NETWORKS_KEY) or {}) if isinstance(checkpoint, dict) else {}
             wanted = cls._networks_to_rebuild(checkpoint.get("hyper_parameters") or {}) if specs else set()
             for name in wanted & set(specs) - set(kwargs):
                 kwargs[name] = instantiate(specs[name])
             del checkpoint
-        return super().load_from_checkpoint(checkpoint_path, map_location=map_location, hparams_file=hparams_file,
-                                            strict=strict, **kwargs)
+        with cls._building_from(specs):
+            return super().load_from_checkpoint(checkpoint_path, map_location=map_location,
+                                                hparams_file=hparams_file, strict=strict, **kwargs)
+
+    @classmethod
+    @contextmanager
+    def _building_from(cls, specs: dict[str, Any]) -> Iterator[None]:
+        """Context of the constructor call in :meth:`load_from_checkpoint`, given the checkpoint's network specs: a
+        stage whose constructor builds networks from other arguments (the cINN's stage-1 paths) builds them from the
+        specs here instead. Nothing by default."""
+        yield
 
 
 def detect_unused_parameters_under_ddp(module: L.LightningModule) -> None:

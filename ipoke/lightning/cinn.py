@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -11,7 +13,6 @@ from torch import nn
 from ipoke.lightning.base import (
     NetworkCheckpointMixin,
     TrainingSetupError,
-    _checkpoint_specs,
     check_clips_fit,
     for_evaluated_split,
 )
@@ -116,23 +117,21 @@ class PokeINNModule(NetworkCheckpointMixin):
         self._graphed_step: GraphedNLLStep | None = None
 
     @classmethod
-    def load_from_checkpoint(cls, checkpoint_path: Any, map_location: Any = None, hparams_file: Any = None,
-                             strict: bool | None = None, **kwargs: Any) -> Any:
-        """As the other stages' (the flow rebuilt from its spec), and the frozen stage-1 networks are built from the
-        specs the checkpoint carries instead of read from the stage-1 paths it was trained with: those are often
-        relative to the training folder (``runs/autoencoder/...``), and failed from anywhere else."""
-        specs = _checkpoint_specs(checkpoint_path)
+    @contextmanager
+    def _building_from(cls, specs: dict[str, Any]) -> Iterator[None]:
+        # In load_from_checkpoint the frozen stage-1 networks are built from the specs the checkpoint carries (their
+        # weights then come from its state dict) instead of read from the stage-1 paths it was trained with: those
+        # are often relative to the training folder (runs/autoencoder/...), and failed from anywhere else.
         _preloaded_stage1().update({name: instantiate(specs[name]) for name in FROZEN if name in specs})
         try:
-            return super().load_from_checkpoint(checkpoint_path, map_location=map_location,
-                                                hparams_file=hparams_file, strict=strict, **kwargs)
+            yield
         finally:
             _preloaded_stage1().clear()
 
     @classmethod
     def _networks_to_rebuild(cls, hyper_parameters: dict[str, Any]) -> set[str]:
         # The flow was either passed (rebuilt from its spec) or built from flow_args (built again the same way); the
-        # stage-1 networks come from their checkpoint paths, with the weights then replaced by the checkpoint's.
+        # stage-1 networks are not constructor arguments (see _building_from).
         return set() if hyper_parameters.get("flow_args") else {"flow"}
 
     def setup(self, stage: str) -> None:
