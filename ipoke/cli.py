@@ -118,6 +118,7 @@ def run_lightning(argv: Sequence[str]) -> int:
     from lightning.pytorch.cli import LightningCLI
 
     from ipoke.data.format import DatasetFormatError
+    from ipoke.utils import Terminated, interrupt_behind
 
     class CLI(LightningCLI):
         def _parse_ckpt_path(self) -> None:
@@ -157,6 +158,7 @@ def run_lightning(argv: Sequence[str]) -> int:
 
     # From the console script LightningCLI reads sys.argv itself (passing it again only earns a warning).
     args = None if list(argv) == sys.argv[1:] else list(argv)
+    hint = f"; {RESUME_HINT}" if list(argv[:1]) == ["fit"] else ""  # for a run that was stopped
     try:
         CLI(L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
             args=args, save_config_kwargs={"overwrite": True}, parser_kwargs={"prog": "ipoke"})
@@ -171,21 +173,13 @@ def run_lightning(argv: Sequence[str]) -> int:
         print(f"ipoke: error: {str(error).strip()}", file=sys.stderr)
         return 2
     except SystemExit as error:
-        # Lightning ends a run stopped by SIGTERM (SLURM, docker stop, kill) with SIGTERMException, a SystemExit
-        # without a code: the shell saw status 0, as if training had finished, and `ipoke fit a && ipoke fit b`
-        # went on. Ctrl-C during training it ends with sys.exit(1) while handling the KeyboardInterrupt.
-        from lightning.pytorch.utilities.exceptions import SIGTERMException
-
-        hint = f"; {RESUME_HINT}" if argv[:1] == ["fit"] else ""
-        if isinstance(error, SIGTERMException):
-            print(f"ipoke: terminated (SIGTERM){hint}", file=sys.stderr)
-            return 143
-        if isinstance(error.__context__, KeyboardInterrupt):
-            print(f"ipoke: interrupted{hint}", file=sys.stderr)
-            return 130
-        raise
+        interrupt = interrupt_behind(error)  # SIGTERM and Ctrl-C inside Lightning (SIGTERM exited 0)
+        if interrupt is None:
+            raise
+        terminated = isinstance(interrupt, Terminated)
+        print(f"ipoke: {'terminated (SIGTERM)' if terminated else 'interrupted'}{hint}", file=sys.stderr)
+        return 143 if terminated else 130
     except KeyboardInterrupt:  # Ctrl-C before or after Lightning's own handling (start-up, checkpoint loading)
-        hint = f"; {RESUME_HINT}" if argv[:1] == ["fit"] else ""
         print(f"ipoke: interrupted{hint}", file=sys.stderr)
         return 130
     return 0

@@ -254,19 +254,14 @@ def run_quickstart(out: str | Path = "quickstart", *, minutes: float | None = No
         try:
             trainer.fit(module, datamodule=_datamodule(data_dir, settings, num_workers, stage))
         except SystemExit as error:
-            # Lightning answers Ctrl-C during fit with sys.exit(1), and SIGTERM with SIGTERMException: make them the
-            # interrupt they were, so that the command says what is kept and how to resume (exit code 130 or 143).
-            from lightning.pytorch.utilities.exceptions import SIGTERMException
+            # Lightning answers Ctrl-C and SIGTERM during fit with an exit: make it the interrupt it was, so that the
+            # command says what is kept and how to resume (exit code 130 or 143).
+            from ipoke.utils import interrupt_behind
 
-            from ipoke.utils import Terminated
-
-            # With the command's own SIGTERM handler chained after Lightning's, the signal arrives as Terminated (a
-            # KeyboardInterrupt), which Lightning also ends with sys.exit(1).
-            if isinstance(error, SIGTERMException) or isinstance(error.__context__, Terminated):
-                raise Terminated from None
-            if trainer.interrupted:
-                raise KeyboardInterrupt from None
-            raise
+            interrupt = interrupt_behind(error) or (KeyboardInterrupt() if trainer.interrupted else None)
+            if interrupt is None:
+                raise
+            raise interrupt from None
         except RuntimeError as error:
             # SIGTERM to the whole process group (`timeout -s TERM`, `kill -- -PGID`) reaches the data loader's
             # worker first, and the loader reports its death before Lightning sees the signal.

@@ -132,6 +132,23 @@ class Terminated(KeyboardInterrupt):
     workers are stopped (they used to outlive a terminated ``ipoke data synth --workers 2`` and keep writing)."""
 
 
+def interrupt_behind(error: SystemExit) -> KeyboardInterrupt | None:
+    """The interrupt that ended a Lightning run with ``error``, or None when it was a plain exit.
+
+    Lightning ends a run stopped by SIGTERM with ``SIGTERMException`` (a ``SystemExit`` without a code: the shell saw
+    status 0), and one stopped by Ctrl-C (or by :class:`Terminated`, raised by the handler of
+    :func:`terminate_as_interrupt`, which Lightning chains after its own) with ``sys.exit(1)`` while handling it.
+    Returns :class:`Terminated` for SIGTERM, ``KeyboardInterrupt`` for Ctrl-C.
+    """
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    if isinstance(error, SIGTERMException) or isinstance(error.__context__, Terminated):
+        return Terminated()
+    if isinstance(error.__context__, KeyboardInterrupt):
+        return KeyboardInterrupt()
+    return None
+
+
 def terminate_as_interrupt() -> None:
     """From now on SIGTERM raises :class:`Terminated` in the main thread (a no-op elsewhere)."""
     import signal
