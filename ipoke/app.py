@@ -42,13 +42,13 @@ import torch
 from ipoke.data.datasets import frames_to_tensor
 from ipoke.data.layouts import SAMPLE_RECORD
 from ipoke.data.pokes import poke_map_from_coords
+from ipoke.sampling import MAX_POKE_LENGTH  # in sides of the model's square, the app's image
 
 MAX_SAMPLES = 16
 MAX_POKES = 16
 MAX_TEMPERATURE = 2.0
 
 
-MAX_POKE_LENGTH = 4  # in image sides (the app's image and Poker.prepare's crop)
 MAX_REQUEST_BYTES = 1 << 20  # a poke request is a few hundred bytes
 
 

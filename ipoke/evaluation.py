@@ -132,7 +132,7 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu",
     from ipoke.sampling import ModelLoadError, Poker, _check_device
 
     path_obj = Path(path)
-    vae = None
+    vae = poker = None
     clips = clip_settings({})  # a save_pretrained folder records no data settings: the data module's defaults
     if path_obj.is_dir() and (path_obj / CONFIG_FILE).exists():
         try:
@@ -152,13 +152,12 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu",
         elif checkpoint is not None:  # an iPOKE checkpoint: build the model from what was read, not read it again
             _check_device(device)
             poker = Poker._from_loaded_checkpoint(path_obj, checkpoint, map_location=device).to(device)
-            return LoadedModel(poker_sampler(poker, temperature), poker.size, poker.n_frames, poker.poke_size,
-                               "ipoke", poker.frame_step)
     if vae is not None:
         vae = vae.to(device)
         return LoadedModel(cvae_sampler(vae, temperature), vae.spatial_size, vae.n_frames, clips["poke_size"], "cvae",
                            clips["frame_step"])
-    poker = Poker.from_checkpoint(path, map_location=device)
+    if poker is None:
+        poker = Poker.from_checkpoint(path, map_location=device)
     return LoadedModel(poker_sampler(poker, temperature), poker.size, poker.n_frames, poker.poke_size, "ipoke",
                        poker.frame_step)
 

@@ -123,8 +123,8 @@ def register(name: str, folder: str | os.PathLike, *, overwrite: bool = False) -
         raise FileNotFoundError(f"{folder} is not an exported model (no {MODEL_FILE}); make one with `ipoke export`")
     try:
         manifest = yaml.safe_load((folder / MODEL_FILE).read_text())
-    except yaml.YAMLError as error:
-        manifest = error
+    except yaml.YAMLError:
+        manifest = None  # refused below, like any manifest that is not a mapping naming the networks
     if not isinstance(manifest, dict) or not isinstance(manifest.get("networks"), dict):
         raise ZooError(f"{folder / MODEL_FILE} is not the manifest of an exported model (it names no networks); "
                        "export the model again with `ipoke export`")
