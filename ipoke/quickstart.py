@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from ipoke.utils import file_in_the_way
+from ipoke.utils import file_in_the_way, is_whole_number
 
 #: split -> (metrics file, title). The synthetic test split holds novel species and backgrounds (harder than the
 #: held-out plants of the training species in val; neither split is used for training or model selection).
@@ -203,7 +203,7 @@ def run_quickstart(out: str | Path = "quickstart", *, minutes: float | None = No
     # Everything is checked before anything is written or deleted.
     if minutes is not None and not (math.isfinite(minutes) and 0 < minutes <= MAX_MINUTES):
         raise ValueError(f"--minutes must be a number of minutes in (0, {MAX_MINUTES}], got {minutes}")
-    if videos is not None and (isinstance(videos, bool) or int(videos) != videos or videos < MIN_VIDEOS):
+    if videos is not None and not is_whole_number(videos, MIN_VIDEOS):
         raise ValueError(f"--videos must be a whole number >= {MIN_VIDEOS} (the train, val and test splits each need "
                          f"a video), got {videos}")
     if device == "cuda" and not torch.cuda.is_available():

@@ -8,6 +8,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 
 class NotFoundError(KeyError):
@@ -26,6 +27,12 @@ def umask_mode(mode: int = 0o777) -> int:
     current = os.umask(0)
     os.umask(current)
     return mode & ~current
+
+
+def is_whole_number(value: Any, minimum: int) -> bool:
+    """Whether ``value`` is a whole number (an int, or a float, numpy or 0-d tensor value equal to one; not a bool)
+    of at least ``minimum``."""
+    return not isinstance(value, bool) and int(value) == value and value >= minimum
 
 
 def file_in_the_way(path: str | os.PathLike) -> Path | None:

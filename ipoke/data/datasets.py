@@ -40,6 +40,7 @@ from torch.utils.data import Dataset
 from ipoke.data.augment import AugmentSettings, augment_clip
 from ipoke.data.format import DatasetFormatError, PreparedDataset
 from ipoke.data.pokes import background_poke, pad_coords, poke_from_flow_at, poke_map_from_coords, sample_pokes
+from ipoke.utils import is_whole_number
 
 
 def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
@@ -170,14 +171,14 @@ class PokeDataset(Dataset):
             raise ValueError(f"max_open_videos must be at least 1, got {max_open_videos}")
         for name, value in (("n_frames", n_frames), ("frame_step", frame_step), ("n_pokes", n_pokes),
                             ("poke_size", poke_size)):
-            if isinstance(value, bool) or int(value) != value or value < 1:
+            if not is_whole_number(value, 1):
                 raise ValueError(f"{name} must be a whole number of at least 1, got {value!r}")
-        if size is not None and (isinstance(size, bool) or int(size) != size or size < MIN_MODEL_SIZE):
+        if size is not None and not is_whole_number(size, MIN_MODEL_SIZE):
             raise ValueError(f"size must be a whole number of pixels of at least {MIN_MODEL_SIZE} (or None for the "
                              f"dataset's own size), got {size!r}")
-        if isinstance(seed, bool) or int(seed) != seed or seed < 0:
+        if not is_whole_number(seed, 0):
             raise ValueError(f"seed must be a whole number >= 0, got {seed!r}")
-        if max_clips is not None and (isinstance(max_clips, bool) or int(max_clips) != max_clips or max_clips < 1):
+        if max_clips is not None and not is_whole_number(max_clips, 1):
             raise ValueError(f"max_clips must be a whole number of at least 1 (or None for all clips), got "
                              f"{max_clips!r}")
         if not 0 <= zero_poke_fraction < 1:

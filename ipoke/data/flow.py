@@ -26,6 +26,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ipoke.utils import is_whole_number
+
 FLOW_METHODS = ("dis", "farneback", "raft")
 DIS_PRESETS = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST, "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
                "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}
@@ -88,8 +90,7 @@ class DISFlow(FlowEstimator):
     def __init__(self, *, preset: str = "medium", pad_factor: int = DIS_PAD_FACTOR) -> None:
         if preset not in DIS_PRESETS:
             raise ValueError(f"DIS preset must be one of {sorted(DIS_PRESETS)}, got {preset!r}")
-        if isinstance(pad_factor, bool) or int(pad_factor) != pad_factor or pad_factor < 1 or \
-                int(pad_factor) & (int(pad_factor) - 1):
+        if not is_whole_number(pad_factor, 1) or int(pad_factor) & (int(pad_factor) - 1):
             raise ValueError(f"pad_factor must be a power of two >= 1, got {pad_factor!r}")
         self.preset, self.pad_factor = preset, int(pad_factor)
         self._dis = cv2.DISOpticalFlow_create(DIS_PRESETS[preset])

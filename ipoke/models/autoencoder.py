@@ -17,6 +17,7 @@ from torch import nn
 from ipoke.models.base import SavableModule
 from ipoke.models.distributions import DiagonalGaussian
 from ipoke.models.layers import SPADE, ConvGRU, ResBlock2d, ResBlock3d, group_norm
+from ipoke.utils import is_whole_number
 
 
 @dataclass
@@ -268,7 +269,7 @@ class VideoAutoencoder(SavableModule):
             raise ValueError(f"first_frame must be (B, 3, {size}, {size}) with the B = {batch} of z, got "
                              f"{tuple(first_frame.shape)}")
         n_frames = self.n_frames if n_frames is None else n_frames
-        if isinstance(n_frames, bool) or int(n_frames) != n_frames or n_frames < 1:
+        if not is_whole_number(n_frames, 1):
             raise ValueError(f"n_frames must be a whole number of at least 1, got {n_frames!r}")
         hidden = [z] * len(self.gru.cells)
         gru_input = self.gru_input.expand(batch, -1, -1, -1).to(z.dtype)
