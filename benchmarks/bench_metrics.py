@@ -89,9 +89,7 @@ def main() -> None:
     try:
         metric = FrechetVideoDistance(device=device)
         rows.append(("fvd features (I3D)", "K400, 224x224", timed(lambda: metric.update(fake=fake), device)))
-    except MetricUnavailable as error:
-        print(f"fvd skipped: {error}")
-    except ValueError as error:  # e.g. clips shorter than the 9 frames the I3D logits head needs
+    except (MetricUnavailable, ValueError) as error:  # no weights, or clips shorter than the 9 frames I3D needs
         print(f"fvd skipped: {error}")
 
     print(f"\n{args.n_clips} clips x {args.frames} frames x {args.size}x{args.size} on {device} "
