@@ -730,10 +730,9 @@ def _add_evaluate_command(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    import json
     from pathlib import Path
 
-    from ipoke.evaluation import evaluate, format_comparisons, format_table
+    from ipoke.evaluation import evaluate, format_comparisons, format_table, report_to_json
     from ipoke.metrics import MetricUnavailable
     from ipoke.utils import file_in_the_way, write_text_atomic
 
@@ -786,7 +785,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     if comparisons:
         print(comparisons)
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out, json.dumps(report, indent=1))
+    write_text_atomic(out, report_to_json(report))
     print(f"wrote {out}")
     return 0
 

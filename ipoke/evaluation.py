@@ -21,6 +21,7 @@ Baselines on the same clips: ``copy_x0`` (a static video) and, on synthetic data
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -498,6 +499,25 @@ def clip_count_text(comparison: dict[str, Any]) -> str:
     """``"60 clips"``, or ``"40 clips of 5 videos"`` when clips share videos."""
     clips, videos = comparison["n_clips"], comparison["n_videos"]
     return f"{clips} clips" if videos == clips else f"{clips} clips of {videos} videos"
+
+
+def report_to_json(report: dict[str, Any]) -> str:
+    """The report as standard JSON text: a value that does not apply (NaN) is written as ``null``.
+
+    Python's ``json`` would write a bare ``NaN`` (a poke angle of a static video, a mean over no applicable clip),
+    which ``jq``, JavaScript and most other JSON readers refuse. ``json.loads`` gives ``None`` back for it, which
+    :func:`paired_difference` and the tables read as "not applicable" again. Infinities are written as ``null`` too.
+    """
+    def finite(value: Any) -> Any:
+        if isinstance(value, float):
+            return value if math.isfinite(value) else None
+        if isinstance(value, dict):
+            return {key: finite(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [finite(item) for item in value]
+        return value
+
+    return json.dumps(finite(report), indent=1, allow_nan=False)
 
 
 def _metric_keys(results: dict[str, dict[str, Any]]) -> list[str]:

@@ -194,7 +194,7 @@ def run_quickstart(out: str | Path = "quickstart", *, minutes: float | None = No
     from ipoke.data.format import DatasetFormatError
     from ipoke.data.layouts import QUICKSTART_SETTINGS_FILE
     from ipoke.data.synthetic import SyntheticSettings, generate_dataset
-    from ipoke.evaluation import evaluate, format_table, poker_sampler
+    from ipoke.evaluation import evaluate, format_table, poker_sampler, report_to_json
     from ipoke.models.base import load_network, save_pretrained
     from ipoke.sampling import Poker
 
@@ -298,7 +298,7 @@ def run_quickstart(out: str | Path = "quickstart", *, minutes: float | None = No
                                   n_frames=poker.n_frames, frame_step=poker.frame_step, size=poker.size,
                                   poke_size=poker.poke_size)
         reports[split]["settings"]["temperature"] = 1.0  # as `ipoke evaluate` records it: the protocol's
-        (out / EVALUATION_SPLITS[split][0]).write_text(json.dumps(reports[split], indent=1))
+        (out / EVALUATION_SPLITS[split][0]).write_text(report_to_json(reports[split]))
     report = reports["test"]
     samples_dir = out / "samples"
     from ipoke.cli import main as cli_main

@@ -12,6 +12,7 @@ import torch
 
 from ipoke import zoo
 from ipoke.cli import main
+from ipoke.evaluation import compare_with_baseline
 from ipoke.metrics import MetricUnavailable
 from ipoke.sampling import Poker
 
@@ -126,6 +127,13 @@ def test_evaluate_command_reports_model_and_baselines(exported, tmp_path, synthe
     per_clip_mean = sum(report["per_clip"]["tiny"]["control/object_epe"]) / 3
     assert per_clip_mean == pytest.approx(results["tiny"]["control/object_epe"])
     assert "tiny vs copy_x0, control/object_epe:" in capsys.readouterr().out
+    # Standard JSON (jq, JavaScript): a static video's poke angle does not apply and is null, not a bare NaN.
+    json.loads(out.read_text(), parse_constant=lambda name: pytest.fail(f"non-standard JSON constant {name}"))
+    assert results["copy_x0"]["control/poke_angle_deg"] is None
+    assert results["tiny"]["control/poke_angle_deg"] >= 0.0
+    # The report read back still gives the paired comparison printed above (null reads as not applicable).
+    object_epe = compare_with_baseline(report, "tiny")["control/object_epe"]
+    assert object_epe["n_clips"] == 3 and object_epe["model"] == results["tiny"]["control/object_epe"]
     # --temperature 0 scores the most likely video: every sample of a clip is the same, and the JSON says so.
     mode_out = tmp_path / "mode.json"
     assert main(["evaluate", "--ckpt", str(exported), "--data", synthetic_dataset, "--metrics", "diversity,control",
