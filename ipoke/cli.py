@@ -59,6 +59,43 @@ def last_checkpoint(trainer: Any) -> str | None:
     return max(found, key=os.path.getmtime) if found else None
 
 
+def best_checkpoint(trainer: Any) -> str:
+    """The file ``--ckpt_path best`` means: the best top-k checkpoint of the config's monitored ``ModelCheckpoint``.
+
+    Lightning knows "best" only inside the process that trained (``ModelCheckpoint.best_model_path``); in a new
+    process it has no path and fails. The newest checkpoint in that callback's folder carries the callback's state,
+    whose ``best_model_path`` is the file (its score decided it); that file is returned.
+
+    Raises:
+        UserError: no monitored checkpoint callback, no checkpoint in its folder, or the best file is gone.
+    """
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from ipoke.lightning.callbacks import LastCheckpoint
+
+    monitored = [callback for callback in trainer.checkpoint_callbacks
+                 if isinstance(callback, ModelCheckpoint) and not isinstance(callback, LastCheckpoint)
+                 and callback.monitor and callback.dirpath]
+    if not monitored:
+        raise UserError("--ckpt_path best needs a ModelCheckpoint with a `monitor` in the config's callbacks; give a "
+                        "checkpoint file instead")
+    callback = monitored[0]
+    files = ([os.path.join(callback.dirpath, name) for name in os.listdir(callback.dirpath) if name.endswith(".ckpt")]
+             if os.path.isdir(callback.dirpath) else [])
+    if not files:
+        raise UserError(f"--ckpt_path best: no checkpoint in {callback.dirpath} (the config's checkpoint folder); "
+                        "train first with `ipoke fit --config ...`, or give a checkpoint file")
+    newest = max(files, key=os.path.getmtime)
+    import torch
+
+    state = torch.load(newest, map_location="cpu", weights_only=True, mmap=True).get("callbacks", {})
+    best = (state.get(callback.state_key) or {}).get("best_model_path")
+    if not best or not os.path.isfile(best):
+        raise UserError(f"--ckpt_path best: {newest} names no best checkpoint that still exists "
+                        f"({best or 'none recorded'}); give one of the files in {callback.dirpath}")
+    return best
+
+
 def check_checkpoint_networks(ckpt_path: str | os.PathLike, model: Any) -> None:
     """Refuse a ``--ckpt_path`` whose networks are not the ones the config builds, naming what differs.
 
@@ -153,6 +190,17 @@ def run_lightning(argv: Sequence[str]) -> int:
             ckpt_path = self.config[self.subcommand].get("ckpt_path") if self.subcommand else None
             if ckpt_path == "last":
                 ckpt_path = last_checkpoint(self.trainer)  # the file Lightning will pick, checked the same way
+                if ckpt_path is None and self.subcommand != "fit":
+                    # Lightning only warns and then validates/tests the untrained networks (exit 0). A first fit
+                    # with --ckpt_path last (the resume command used from the start) may well find none.
+                    folders = sorted({callback.dirpath for callback in self.trainer.checkpoint_callbacks
+                                      if getattr(callback, "dirpath", None)})
+                    raise UserError(f"--ckpt_path last: no last.ckpt in {', '.join(folders) or 'the config'}; "
+                                    f"{self.subcommand} would score untrained networks. Run it in the folder "
+                                    "where `ipoke fit` ran (the configs' paths are relative), or give the file")
+            elif ckpt_path == "best":
+                ckpt_path = best_checkpoint(self.trainer)
+                self.config_init[self.subcommand]["ckpt_path"] = ckpt_path  # what the subcommand gets
             if ckpt_path and ckpt_path not in SPECIAL_CKPT_PATHS:
                 check_checkpoint_networks(ckpt_path, self.model)
 

@@ -48,7 +48,7 @@ def _tensorboard_video_available() -> bool:
 
 
 class VideoLoggingCallback(L.Callback):
-    """Logs ``pl_module.log_videos(batch)`` every ``every_n_steps`` training batches (and once per validation).
+    """Logs ``pl_module.log_videos(batch)`` every ``every_n_steps`` training batches (and once per validation/test).
 
     The module returns ``{name: (N, T, C, H, W) in [-1, 1]}``. Clips of one name are tiled side by side and sent to
     every configured logger: GIF files ``<log_dir>/videos/<split>_<name>_<step>.gif`` (always written; with W&B, whose
@@ -61,13 +61,24 @@ class VideoLoggingCallback(L.Callback):
     Args:
         every_n_steps: Training batches between two logs; 0 disables training-time logging.
         max_videos: Clips per name.
-        fps: Frames per second of the written videos.
-        log_validation: Also log the first validation batch of each validation run.
+        fps: Frames per second of the written videos, in (0, 50].
+        log_validation: Also log the first batch of each validation run and of ``ipoke test``.
     """
 
     def __init__(self, every_n_steps: int = 500, max_videos: int = 4, fps: int = 4,
                  log_validation: bool = True) -> None:
         super().__init__()
+        # Checked here, when the config is built: a bad value used to stop training with a traceback at the first
+        # log (after `every_n_steps` batches, before any checkpoint).
+        from ipoke.utils import is_whole_number
+
+        if not is_whole_number(every_n_steps, minimum=0):
+            raise ValueError(f"every_n_steps must be a whole number >= 0 (0: no training-time videos), "
+                             f"got {every_n_steps!r}")
+        if not is_whole_number(max_videos, minimum=1):
+            raise ValueError(f"max_videos must be a whole number >= 1, got {max_videos!r}")
+        if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not 0 < fps <= 50:
+            raise ValueError(f"fps must be a number in (0, 50] (frames per second of the GIFs), got {fps!r}")
         self.every_n_steps, self.max_videos, self.fps = every_n_steps, max_videos, fps
         self.log_validation = log_validation
         self.batches_seen = 0
@@ -97,6 +108,11 @@ class VideoLoggingCallback(L.Callback):
         if self.log_validation and batch_idx == 0 and not trainer.sanity_checking:
             self._log(trainer, pl_module, batch, "val")
 
+    def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                          batch_idx: int, dataloader_idx: int = 0) -> None:
+        if self.log_validation and batch_idx == 0:  # `ipoke test` shows the test split's reconstructions too
+            self._log(trainer, pl_module, batch, "test")
+
     @rank_zero_only
     def _log(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, split: str) -> None:
         if not hasattr(pl_module, "log_videos"):
@@ -120,8 +136,11 @@ class VideoLoggingCallback(L.Callback):
                     # wandb.Video encodes raw frames with moviepy, which plain `pip install wandb` lacks (it raised
                     # in the middle of training); from a GIF file it needs nothing. The file stays in <log_dir>/videos.
                     written = written or self._write_file(trainer, key, frames, step)
+                    # On the scalars' step axis: Lightning logs them at the count of batches that stepped, while
+                    # trainer.global_step counts optimizer steps (three per batch for the video autoencoder's GAN
+                    # step), which put the videos far past the end of the loss curves.
                     logger.experiment.log({key: wandb.Video(str(written), format="gif"),
-                                           "trainer/global_step": trainer.global_step})
+                                           "trainer/global_step": trainer.fit_loop.epoch_loop._batches_that_stepped})
                 elif isinstance(logger, TensorBoardLogger):
                     # torch's add_video needs moviepy.editor (moviepy < 2) and otherwise only prints a line and logs
                     # nothing, so check first: without it, log the frames side by side as one image.

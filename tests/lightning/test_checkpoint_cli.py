@@ -68,6 +68,32 @@ def test_ckpt_path_flags_win_and_a_checkpoint_that_does_not_fit_is_named(poke_en
     assert "holds the networks ['poke_encoder'], but this config builds ['discriminator', 'image_encoder']" in error
 
 
+def test_ckpt_path_best_and_last_name_a_file_or_are_refused(poke_encoder_run, capsys, monkeypatch):
+    from ipoke import cli
+
+    base, folder = poke_encoder_run
+    checked = []
+    check = cli.check_checkpoint_networks
+    monkeypatch.setattr(cli, "check_checkpoint_networks",
+                        lambda path, model: (checked.append(path), check(path, model)))
+    # `best` is Lightning's only inside the process that trained (a new one raised "not configured to save the best
+    # model"): it is the monitored callback's best file, recorded in the newest checkpoint.
+    assert main(["validate", *base, "--ckpt_path=best"]) == 0
+    assert [Path(path).name for path in checked] == ["epoch=1-step=8.ckpt"]
+    # In a folder without the run (the configs' paths are relative), `last` validated the untrained networks, exit 0.
+    elsewhere = folder.parents[3] / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    capsys.readouterr()
+    missing = elsewhere / "runs" / "poke_encoder" / "tiny" / "checkpoints"
+    for command in ("validate", "test"):
+        assert main([command, *base, "--ckpt_path=last"]) == 2
+        assert f"--ckpt_path last: no last.ckpt in {missing}; {command} would score" in capsys.readouterr().err
+    assert main(["validate", *base, "--ckpt_path=best"]) == 2
+    assert f"--ckpt_path best: no checkpoint in {missing}" in capsys.readouterr().err
+    assert len(checked) == 1 and not (elsewhere / "runs" / "poke_encoder" / "tiny" / "logs").exists()
+
+
 def test_the_network_check_reads_checkpoints_holding_objects_or_in_the_old_format(tmp_path):
     import argparse
 

@@ -274,6 +274,20 @@ def test_video_logging_callback_writes_gifs_for_csv_logger(tmp_path):
                                                              "train_reconstructions_0000003.gif"]
 
 
+def test_video_logging_callback_logs_the_test_split_and_checks_its_arguments(tmp_path):
+    # `ipoke test` logged no videos, although the CLI points users to it for a stage's reconstructions.
+    callback = VideoLoggingCallback(every_n_steps=0, max_videos=1)
+    trainer(tmp_path, callbacks=[callback]).test(VideoAutoencoderModule(tiny_autoencoder(), perceptual="none"),
+                                                 loader())
+    assert sorted(path.name for path in callback.written) == ["test_inputs_0000000.gif",
+                                                              "test_reconstructions_0000000.gif"]
+    # Bad values stopped training with a traceback at the first log (ZeroDivisionError for fps 0), not at start.
+    for bad, message in (({"fps": 0}, "fps must be"), ({"max_videos": 0}, "max_videos must be"),
+                         ({"every_n_steps": -1}, "every_n_steps must be"), ({"every_n_steps": 2.5}, "every_n_steps")):
+        with pytest.raises(ValueError, match=message):
+            VideoLoggingCallback(**bad)
+
+
 def test_video_logging_callback_logs_to_wandb_offline_without_moviepy(tmp_path, monkeypatch):
     # W&B in offline mode needs no account and no network; plain `pip install wandb` has no moviepy, with which
     # wandb.Video would encode raw frames (it raised mid-training): the callback hands it a GIF file instead.
@@ -284,16 +298,24 @@ def test_video_logging_callback_logs_to_wandb_offline_without_moviepy(tmp_path, 
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "config"))
     monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "cache"))
-    module = VideoAutoencoderModule(tiny_autoencoder(), perceptual="none")
+    import wandb
+
+    # The GAN module takes three optimizer steps per batch: trainer.global_step runs 3x ahead of the scalars' step.
+    module = tiny_gan_module(perceptual="none")
     callback = VideoLoggingCallback(every_n_steps=1, max_videos=2, log_validation=False)
     logger = WandbLogger(project="ipoke-test", save_dir=str(tmp_path), offline=True)
+    logged, log = [], wandb.sdk.wandb_run.Run.log
+    monkeypatch.setattr(wandb.sdk.wandb_run.Run, "log",
+                        lambda run, data, *args, **kwargs: (logged.append(dict(data)), log(run, data, *args, **kwargs)))
     try:
-        trainer(tmp_path, logger=logger, max_epochs=1, limit_train_batches=2, limit_val_batches=0,
+        trainer(tmp_path, logger=logger, max_epochs=1, limit_train_batches=2, limit_val_batches=0, log_every_n_steps=1,
                 callbacks=[callback]).fit(module, loader())
     finally:
-        import wandb
-
         wandb.finish()
+    # Videos sit on the scalars' step axis (they were plotted at the optimizer step count, past the loss curves).
+    scalar_steps = [entry["trainer/global_step"] for entry in logged if "train/loss" in entry]
+    video_steps = [entry["trainer/global_step"] for entry in logged if "train/inputs" in entry]
+    assert scalar_steps == video_steps == [0, 1]
     assert len(callback.written) == 4  # inputs and reconstructions at steps 1 and 2, kept beside the run
     assert {path.parent.name for path in callback.written} == {logger.version}  # one folder per W&B run
     media = sorted((tmp_path / "wandb").glob("offline-run-*/files/media/videos/train/*.gif"))
