@@ -671,6 +671,7 @@ def _run_export(args: argparse.Namespace) -> int:
     try:
         if args.name:
             zoo.check_name(args.name)  # before exporting, so that a bad name leaves no folder behind
+            zoo.check_registry_writable()  # likewise an IPOKE_HOME that is a file or read-only
         if args.name and zoo.is_registered(args.name) and not args.overwrite:
             raise UserError(f"model name {args.name!r} is taken (by {zoo.entries()[args.name]['path']}); pass "
                             "--overwrite to point it at the new export")
@@ -782,17 +783,17 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
     from ipoke.evaluation import evaluate, format_comparisons, format_table, report_to_json
     from ipoke.metrics import MetricUnavailable
-    from ipoke.utils import file_in_the_way, write_text_atomic
+    from ipoke.utils import unwritable_reason, write_text_atomic
 
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     if not metrics:
         raise UserError(f"--metrics names no metric; choose from {', '.join(ALL_METRICS)}")
     out = Path(args.out)
-    if out.is_dir():
-        raise UserError(f"--out {out} is a folder; give a file name such as {out / 'metrics.json'}")
-    blocking = file_in_the_way(out.parent)  # found now, not after the whole evaluation
-    if blocking is not None:
-        raise UserError(f"--out {out}: {blocking} is a file, not a folder; choose another --out")
+    if out.is_dir() or args.out.endswith(("/", os.sep)):  # Path drops the slash: `results/run1/` wrote a file run1
+        raise UserError(f"--out {args.out} is a folder; give a file name such as {out / 'metrics.json'}")
+    reason = unwritable_reason(out)  # found now, not after the whole evaluation
+    if reason is not None:
+        raise UserError(f"--out {out} cannot be written: {reason}; choose another --out")
     device = _device(args.device)
     if args.name is not None and not args.ckpt:
         raise UserError("--name names the model of --ckpt; give --ckpt too")
@@ -895,6 +896,25 @@ EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_app_command]
 
 
+def file_system_error(error: OSError) -> str | None:
+    """One line for an error of the file system (permission, full disk, read-only, name too long, a file where a
+    folder should be), or None for any other ``OSError``, which stays a traceback."""
+    import errno
+
+    kinds = (PermissionError, FileExistsError, NotADirectoryError, IsADirectoryError)
+    codes = {errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.ENAMETOOLONG, errno.EEXIST,
+             errno.ENOTDIR, errno.EISDIR}
+    if error.errno is None:
+        return str(error) if isinstance(error, kinds) else None  # ipoke's own messages
+    if error.errno not in codes:
+        return None
+    where = f": {error.filename}" if error.filename else ""
+    hint = {errno.ENOSPC: "; free some space (or choose another --out) and run the command again",
+            errno.EDQUOT: "; free some space (or choose another --out) and run the command again",
+            errno.ENAMETOOLONG: "; choose a shorter output name"}.get(error.errno, "")
+    return f"{error.strerror}{where}{hint}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ipoke`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -914,6 +934,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(args) or 0)
     except (UserError, DatasetFormatError, FileNotFoundError, NotFoundError) as error:
         print(f"ipoke: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        message = file_system_error(error)
+        if message is None:
+            raise
+        print(f"ipoke: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as error:  # Ctrl-C: one line instead of a traceback (from every worker process)
         hint = getattr(args, "on_interrupt", None)

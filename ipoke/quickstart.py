@@ -376,12 +376,13 @@ def write_example_image(path: Path, data_dir: Path, poker: Any, *, side: int = 2
     import cv2
     import numpy as np
 
+    from ipoke.data.video_io import write_image_file
+
     clips = poker.evaluation_clips(data_dir, split="test", seed=42)
     # The first clip whose poke is on the object: a background poke (nothing moves) would be a poor showcase.
     clip = next((clips[i] for i in range(len(clips)) if not bool(clips[i]["background_poke"])), clips[0])
     frame = ((clip["video"][0].permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
-    cv2.imwrite(str(path), cv2.cvtColor(cv2.resize(frame, (side, side), interpolation=cv2.INTER_CUBIC),
-                                        cv2.COLOR_RGB2BGR))
+    write_image_file(path, cv2.resize(frame, (side, side), interpolation=cv2.INTER_CUBIC))
     scale = side / poker.size
     x, y, dx, dy = clip["poke_coords"][0].tolist()
     # The served poke already sits at a model pixel's centre (i + 0.5); Poker.prepare maps image pixel p to model

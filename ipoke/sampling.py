@@ -65,10 +65,15 @@ def load_image(image: str | os.PathLike | np.ndarray | torch.Tensor) -> np.ndarr
     out: convert it with ``x * 2 - 1``).
     """
     if isinstance(image, (str, os.PathLike)):
-        bgr = cv2.imread(str(image), cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise FileNotFoundError(f"cannot read image {image}: missing or not an image file")
-        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        from ipoke.data.video_io import decode_image_file
+
+        try:
+            rgb = decode_image_file(image)
+        except OSError as error:  # missing, a folder, unreadable
+            raise FileNotFoundError(f"cannot read image {image}: {error.strerror or error}") from error
+        if rgb is None:
+            raise FileNotFoundError(f"cannot read image {image}: not an image file, or a damaged one")
+        return rgb
     kind = "tensor" if isinstance(image, torch.Tensor) else "array"
     if isinstance(image, torch.Tensor):
         tensor = image.detach().cpu()

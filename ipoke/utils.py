@@ -43,13 +43,39 @@ def file_in_the_way(path: str | os.PathLike) -> Path | None:
     return existing if existing is not None and not existing.is_dir() else None
 
 
+def unwritable_reason(path: str | os.PathLike) -> str | None:
+    """Why a file or folder cannot be created at ``path`` (checked before long work, not after it), or None.
+
+    The nearest existing ancestor must be a folder this process may write into; an existing ``path`` must itself be
+    writable (it is replaced). Root passes these checks, as it passes the writes.
+    """
+    path = Path(path).absolute()
+    blocker = file_in_the_way(path.parent)
+    if blocker is not None:
+        return f"{blocker} is a file, so nothing can be created inside it"
+    existing = next(candidate for candidate in (path.parent, *path.parents) if candidate.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"the folder {existing} is not writable"
+    if path.exists() and not os.access(path, os.W_OK):
+        return f"{path} exists and is not writable"
+    return None
+
+
+def _temporary_stem(name: str) -> str:
+    """``name`` cut to at most 100 bytes, for a temporary sibling's name: ``.<name>.pid<N>.<random>.tmp`` of a legal
+    name of 230 to 255 bytes was longer than the file system allows."""
+    while len(name.encode("utf-8", "surrogateescape")) > 100:
+        name = name[:-1]
+    return name
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to a hidden sibling of ``path`` and rename it over ``path``: readers see the old or the new
     file, never half of one."""
     path = Path(path)
     # A name of its own per writer: with one fixed name, two processes writing the same file at once overwrote and
     # renamed away each other's temporary file.
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    handle, tmp_name = tempfile.mkstemp(prefix=f".{_temporary_stem(path.name)}.", suffix=".tmp", dir=path.parent)
     tmp = Path(tmp_name)
     try:
         with os.fdopen(handle, "w") as file:
@@ -66,7 +92,7 @@ def _remove_orphaned_temporaries(target: Path) -> None:
     this machine: a killed ``ipoke sample``/``export`` left them behind for good (Ctrl-C and SIGTERM clean up)."""
     import re
 
-    pattern = re.compile(rf"\.{re.escape(target.name)}\.pid(\d+)\..*\.tmp")
+    pattern = re.compile(rf"\.{re.escape(_temporary_stem(target.name))}\.pid(\d+)\..*\.tmp")
     if not target.parent.is_dir():
         return
     for sibling in target.parent.iterdir():
@@ -107,11 +133,20 @@ def atomic_directory(target: str | os.PathLike, *, marker: str) -> Iterator[Path
                                   "output folder or empty this one: it is never deleted")
         if Path.cwd().resolve().is_relative_to(target):
             raise FileExistsError(f"{target} is the current folder or holds it; write somewhere else")
+        # Checked now: replacing it comes after the work (a read-only earlier output failed only then).
+        locked = next((folder for folder, _, _ in os.walk(target) if not os.access(folder, os.W_OK | os.X_OK)), None)
+        if locked is not None:
+            raise PermissionError(f"{target} cannot be replaced: the folder {locked} in it is not writable; choose "
+                                  "another output folder or make it writable")
+    reason = unwritable_reason(target)
+    if reason is not None:
+        raise PermissionError(f"cannot write {target}: {reason}; choose another output folder")
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove_orphaned_temporaries(target)
     # The writer's process id is in the name, so that a later run can tell an orphan (its writer was killed with
     # SIGKILL, or the machine went down) from the folder of a writer still at work.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.pid{os.getpid()}.", suffix=".tmp", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{_temporary_stem(target.name)}.pid{os.getpid()}.", suffix=".tmp",
+                                dir=target.parent))
     tmp.chmod(umask_mode(0o777))  # mkdtemp makes it private (0700)
     try:
         yield tmp

@@ -94,7 +94,7 @@ def write_sample_outputs(out: Path, index: int, first_frame: torch.Tensor, pokes
         reference: ``(T+1, 3, S, S)`` in [-1, 1], a clip shown in the overview after x0 in a green border (the real
             clip of a dataset sample, or the clip whose motion a transfer replays); not written on its own.
     """
-    from ipoke.data.video_io import write_gif, write_video
+    from ipoke.data.video_io import write_gif, write_image_file, write_video
     from ipoke.sampling import to_uint8
 
     frames = to_uint8(videos)  # (K, T+1, S, S, 3)
@@ -104,4 +104,4 @@ def write_sample_outputs(out: Path, index: int, first_frame: torch.Tensor, pokes
     overview = overview_frames(to_uint8(first_frame), pokes, frames, factor=scale,
                                reference=None if reference is None else to_uint8(reference))
     write_gif(out / f"overview_{index}.gif", overview, fps=fps)
-    cv2.imwrite(str(out / f"overview_{index}.png"), cv2.cvtColor(overview[-1], cv2.COLOR_RGB2BGR))
+    write_image_file(out / f"overview_{index}.png", overview[-1])

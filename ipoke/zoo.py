@@ -39,10 +39,22 @@ def registry_file() -> Path:
     return Path(home).expanduser() / "models.yaml" if home else Path.home() / ".cache" / "ipoke" / "models.yaml"
 
 
+def check_registry_writable() -> None:
+    """Raise :class:`ZooError` when the registry cannot be written (``IPOKE_HOME`` is a file, or read-only), so that
+    ``ipoke export --name`` finds out before it exports rather than after."""
+    from ipoke.utils import unwritable_reason
+
+    path = registry_file()
+    reason = unwritable_reason(path) or unwritable_reason(path.with_name(f".{path.name}.lock"))
+    if reason is not None:
+        raise ZooError(f"the model registry {path} cannot be written: {reason}; set {ENV_HOME} to a writable folder")
+
+
 @contextmanager
 def _locked() -> Iterator[None]:
     """Hold an exclusive lock on the registry while it is read, changed and written: without it, models registered
     at the same time (parallel `ipoke export --name` runs of a sweep) silently lost each other's entries."""
+    check_registry_writable()
     path = registry_file()
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_name(f".{path.name}.lock"), "a") as handle:

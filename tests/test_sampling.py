@@ -382,7 +382,11 @@ def test_evaluate_command_checks_its_arguments_before_working(exported, tmp_path
     blocker = tmp_path / "blocker.png"
     blocker.write_bytes(b"x")
     assert main([*base, "--metrics", "ssim", "--out", str(blocker / "m.json")]) == 2
-    assert "blocker.png is a file, not a folder" in capsys.readouterr().err
+    assert "blocker.png is a file, so nothing can be created inside it" in capsys.readouterr().err
+    # `--out results/run1/` wrote a file named run1 (Path drops the slash).
+    assert main([*base, "--metrics", "ssim", "--out", str(tmp_path / "run1") + "/"]) == 2
+    assert "run1/ is a folder; give a file name such as" in capsys.readouterr().err
+    assert not (tmp_path / "run1").exists()
     assert main(["evaluate", "--data", synthetic_dataset, "--metrics", "ssim", "--device", "foo",
                  "--out", str(tmp_path / "b.json")]) == 2
     assert "--device 'foo' is not a device" in capsys.readouterr().err
@@ -550,6 +554,17 @@ def test_export_checks_the_zoo_name_before_writing(exported, tmp_path, monkeypat
     assert main(["export", "--ckpt", str(exported), "--out", str(out), "--name", "bad name"]) == 2
     assert "invalid model name" in capsys.readouterr().err
     assert not out.exists() and zoo.names() == []
+    # A registry that cannot be written was found after the export (an unregistered folder stayed, and the error
+    # was "[Errno 17] File exists" without naming the registry).
+    a_file = tmp_path / "afile"
+    a_file.write_text("x")
+    monkeypatch.setenv("IPOKE_HOME", str(a_file))
+    for command in (["export", "--ckpt", str(exported), "--out", str(out), "--name", "good"],
+                    ["zoo", "register", "good", str(exported)]):
+        assert main(command) == 2
+        assert (f"the model registry {a_file / 'models.yaml'} cannot be written: {a_file} is a file, so nothing can "
+                "be created inside it; set IPOKE_HOME to a writable folder") in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_sample_and_evaluate_name_a_checkpoint_they_cannot_load(tmp_path, make_tiny_poker, capsys):

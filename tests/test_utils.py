@@ -42,3 +42,49 @@ def test_atomic_directory_removes_the_temporaries_of_killed_writers_only(tmp_pat
         assert f".out.pid{os.getpid()}." in tmp.name
     assert (tmp_path / "out" / "done.txt").read_text() == "ok"
     assert not orphan.exists() and alive.exists() and other.exists()
+
+
+def test_atomic_directory_refuses_an_output_it_could_not_replace_before_the_work(tmp_path, monkeypatch):
+    # A read-only earlier output failed only when it was replaced, after all the sampling, with a traceback.
+    earlier = tmp_path / "out"
+    (earlier / "sub").mkdir(parents=True)
+    (earlier / "m.txt").write_text("old")
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: real_access(path, mode) and str(path) != str(earlier / "sub"))
+    work = []
+    with pytest.raises(PermissionError, match=r"out cannot be replaced: the folder .*sub in it is not writable"):
+        with atomic_directory(earlier, marker="m.txt"):
+            work.append("done")
+    assert work == [] and (earlier / "m.txt").read_text() == "old"
+    monkeypatch.setattr(os, "access", lambda path, mode: real_access(path, mode) and str(path) != str(tmp_path))
+    with pytest.raises(PermissionError, match=r"cannot write .*new/deeper: the folder .* is not writable"):
+        with atomic_directory(tmp_path / "new" / "deeper", marker="m.txt"):
+            work.append("done")
+    assert work == [] and not (tmp_path / "new").exists()
+
+
+def test_a_long_output_name_gets_a_temporary_name_the_file_system_takes(tmp_path):
+    # `.<name>.pid<N>.<random>.tmp` of a legal 240-byte name went over the 255-byte limit (OSError mid-run).
+    from ipoke.utils import write_text_atomic
+
+    name = "日" * 80  # 240 bytes in UTF-8
+    with atomic_directory(tmp_path / name, marker="m.txt") as folder:
+        (folder / "m.txt").write_text("x")
+    write_text_atomic(tmp_path / name / "long.json", "{}")
+    write_text_atomic(tmp_path / (name + ".json"), "{}")
+    assert (tmp_path / name / "m.txt").read_text() == "x" and (tmp_path / (name + ".json")).read_text() == "{}"
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted([name, name + ".json"])
+
+
+def test_file_system_errors_are_one_line_and_others_stay_tracebacks():
+    import errno
+
+    from ipoke.cli import file_system_error
+
+    full = OSError(errno.ENOSPC, "No space left on device", "/data/out/video.npy")
+    assert file_system_error(full) == ("No space left on device: /data/out/video.npy; free some space (or choose "
+                                       "another --out) and run the command again")
+    assert file_system_error(PermissionError(errno.EACCES, "Permission denied", "/ro")) == "Permission denied: /ro"
+    assert file_system_error(PermissionError("cannot write /x: the folder / is not writable")).startswith("cannot")
+    assert file_system_error(OSError(errno.ECONNRESET, "Connection reset")) is None
+    assert file_system_error(OSError("131072 requested and 16320 written")) is None

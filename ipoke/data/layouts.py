@@ -96,11 +96,21 @@ class VideoSource:
 
 
 def sanitize_id(name: str) -> str:
-    """Make a string a valid video id: characters other than letters, digits and ``_-.`` become ``_``; an id that
-    does not start with a letter or digit gets a ``v`` in front (TaiChi names can start with ``-``)."""
-    cleaned = re.sub(r"[^A-Za-z0-9_.\-]", "_", name.strip())
-    if not cleaned or not cleaned[0].isalnum():
+    """Make a string a valid video id: characters other than ASCII letters, digits and ``_-.`` become ``_``; an id
+    that does not start with a letter or digit gets a ``v`` in front (TaiChi names can start with ``-``).
+
+    A name with non-ASCII characters (``café``, ``日本``) also gets ``-`` and 8 hex digits of its hash (of the
+    NFC-normalised name): they all became ``_``, so ``日本.mp4`` and ``中国.mp4`` (both ``v__``) collided.
+    """
+    import hashlib
+    import unicodedata
+
+    name = unicodedata.normalize("NFC", name.strip())
+    cleaned = re.sub(r"[^A-Za-z0-9_.\-]", "_", name)
+    if not cleaned or not (cleaned[0].isascii() and cleaned[0].isalnum()):
         cleaned = "v" + cleaned
+    if not name.isascii():
+        cleaned += "-" + hashlib.sha1(name.encode("utf-8", "surrogateescape")).hexdigest()[:8]
     return cleaned
 
 

@@ -66,11 +66,39 @@ def is_frame_folder(path: str | os.PathLike) -> bool:
     return path.is_dir() and any(is_image_file(p) for p in path.iterdir())
 
 
+def _ffmpeg_path(path: str | os.PathLike) -> str:
+    """``path`` for FFmpeg: absolute, so that a name with a colon (``cam1:take2.mp4``, ``12:00:01.mp4``) is not read
+    as a protocol (``Protocol not found``, reported as a damaged video)."""
+    return os.path.abspath(path)
+
+
+def decode_image_file(path: str | os.PathLike) -> np.ndarray | None:
+    """An image file as uint8 RGB ``(H, W, 3)`` (grey, 16-bit and RGBA files converted, EXIF orientation applied), or
+    None when OpenCV cannot decode it. ``OSError`` when it cannot be read.
+
+    The bytes are read by Python and decoded by ``cv2.imdecode``: ``cv2.imread`` crashed the whole process
+    (segmentation fault, a Jupyter kernel included) on a name that is not valid UTF-8, such as ``im\\xe9.png`` from an
+    old Windows zip.
+    """
+    data = np.fromfile(os.fsencode(path) if isinstance(path, str) else path, dtype=np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    return None if image is None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def write_image_file(path: str | os.PathLike, rgb: np.ndarray) -> None:
+    """Write uint8 RGB ``(H, W, 3)`` in the format of ``path``'s suffix (``cv2.imencode``; see
+    :func:`decode_image_file` for why not ``cv2.imwrite``)."""
+    ok, encoded = cv2.imencode(Path(path).suffix, cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ValueError(f"OpenCV cannot write the image format of {path}")
+    Path(path).write_bytes(encoded.tobytes())
+
+
 def _read_image(path: Path) -> np.ndarray:
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    image = decode_image_file(path)
     if image is None:
         raise VideoReadError(f"cannot read image {path}: not an image OpenCV can decode, or the file is damaged")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return image
 
 
 def _iter_video_file(path: Path) -> Iterator[np.ndarray]:
@@ -80,7 +108,7 @@ def _iter_video_file(path: Path) -> Iterator[np.ndarray]:
     import av  # imported here so that code which only handles frame folders does not need PyAV
 
     try:
-        container = av.open(str(path))
+        container = av.open(_ffmpeg_path(path))
     except (av.FFmpegError, OSError, UnicodeDecodeError) as error:
         raise VideoReadError(f"cannot open video {path}: {error} (the file is damaged or not a video)") from error
     with container:
@@ -183,7 +211,7 @@ def video_fps(path: str | os.PathLike) -> float | None:
     import av
 
     try:
-        with av.open(str(path)) as container:
+        with av.open(_ffmpeg_path(path)) as container:
             rate = container.streams.video[0].average_rate if container.streams.video else None
     except av.FFmpegError as error:
         raise VideoReadError(f"cannot open video {path}: {error}") from error
@@ -345,7 +373,7 @@ def write_video(path: str | os.PathLike, frames: Any, *, fps: float = 10.0, code
         frames = np.pad(frames, ((0, 0), (0, frames.shape[1] % 2), (0, frames.shape[2] % 2), (0, 0)), mode="edge")
     path.parent.mkdir(parents=True, exist_ok=True)
     rate = Fraction(fps).limit_denominator(1001)
-    with av.open(str(path), mode="w") as container:
+    with av.open(_ffmpeg_path(path), mode="w") as container:
         stream = container.add_stream(codec, rate=rate)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = pixel_format

@@ -5,6 +5,7 @@ Layouts look only at paths, so most trees here hold empty placeholder video file
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +61,10 @@ def test_plain_errors_for_empty_folder_missing_folder_and_id_collisions(tmp_path
 def test_sanitize_id_makes_valid_ids():
     assert sanitize_id("-4oGk3HnQ0A#000123#000456") == "v-4oGk3HnQ0A_000123_000456"
     assert sanitize_id("Directions 1.54138969") == "Directions_1.54138969"
+    # Names that differ only in non-ASCII characters became the same id (日本 and 中国: 'v__').
+    ids = {sanitize_id(name) for name in ("日本", "中国", "café", "cafè", "caf_")}
+    assert len(ids) == 5 and all(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", i) for i in ids)
+    assert sanitize_id("cafe\u0301") == sanitize_id("café") and sanitize_id("café").startswith("caf_-")  # NFD, NFC
 
 
 def test_plants_object_ids_and_bad_names(tmp_path):

@@ -155,6 +155,27 @@ def test_read_errors_name_the_file(tmp_path):
         read_frames(empty)
 
 
+def test_names_that_are_not_utf8_or_hold_a_colon_are_read_and_written(tmp_path, noise_clip, monkeypatch):
+    import os
+
+    from ipoke.data.video_io import decode_image_file, write_image_file
+
+    # cv2.imread/imwrite crashed the process (segmentation fault) on a name that is not valid UTF-8.
+    latin = os.fsdecode(b"fr\xe9mes")
+    folder = tmp_path / latin
+    folder.mkdir()
+    for index, frame in enumerate(noise_clip):
+        write_image_file(folder / os.fsdecode(b"im\xe9_%d.png" % index), frame)
+    np.testing.assert_array_equal(read_frames(folder), noise_clip)
+    np.testing.assert_array_equal(decode_image_file(str(folder / os.fsdecode(b"im\xe9_0.png"))), noise_clip[0])
+    assert decode_image_file(write_video(tmp_path / "clip.mkv", noise_clip)) is None  # not an image: None
+    # FFmpeg read `cam1:take2.mp4` given without a folder as the protocol `cam1` ("damaged or not a video").
+    monkeypatch.chdir(tmp_path)
+    write_video("cam1:take2.mkv", noise_clip, codec="ffv1")
+    np.testing.assert_array_equal(read_frames("cam1:take2.mkv"), noise_clip)
+    assert video_fps("cam1:take2.mkv") is not None
+
+
 def test_frame_folder_with_mixed_frame_sizes_is_refused(tmp_path):
     folder = tmp_path / "clip"
     folder.mkdir()
