@@ -124,8 +124,29 @@ def _iter_video_file(path: Path) -> Iterator[np.ndarray]:
                 index += 1
         except av.FFmpegError as error:
             raise VideoReadError(f"video {path} is damaged: decoding failed after {index} frames ({error})") from error
+        # Reached only when every frame was read. FFmpeg hides a cut-off end (an interrupted copy or download): the
+        # frames stop early, and the last one of an AVI can be half garbage. The container says how many to expect.
+        expected = _announced_frames(container, stream)
+        if index and expected is not None and index < 0.9 * expected - 1:
+            raise VideoReadError(f"video {path} is damaged: its container announces {expected} frames but only "
+                                 f"{index} decode (the file is probably cut short; copy or re-encode it again)")
     if index == 0:
         raise VideoReadError(f"video {path} has no decodable frames")
+
+
+def _announced_frames(container: Any, stream: Any) -> int | None:
+    """The frame count a video's container announces: its frame count (mp4, avi), else its duration times the frame
+    rate when no other stream can make the file longer (mkv, webm hold no count); None when it says nothing."""
+    if stream.frames:
+        return int(stream.frames)
+    rate = stream.average_rate
+    if not rate:
+        return None
+    if stream.duration and stream.time_base:
+        return round(float(stream.duration * stream.time_base * rate))
+    if container.duration and len(container.streams) == 1:  # an audio track may run longer than the video
+        return round(container.duration / 1_000_000 * float(rate))
+    return None
 
 
 def _same_size_frames(source: Path, frames: Iterator[tuple[str, np.ndarray]]) -> Iterator[np.ndarray]:

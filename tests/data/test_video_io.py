@@ -176,6 +176,21 @@ def test_names_that_are_not_utf8_or_hold_a_colon_are_read_and_written(tmp_path, 
     assert video_fps("cam1:take2.mkv") is not None
 
 
+@pytest.mark.parametrize("name", ["clip.avi", "clip.mkv", "clip.mp4"])
+def test_a_video_cut_short_is_refused_not_read_short(tmp_path, name):
+    # FFmpeg stops early without an error on a truncated file (and an AVI's last frame came half garbage); the
+    # container's frame count (avi, mp4) or duration (mkv) says how many frames there should be.
+    frames = np.random.default_rng(0).integers(0, 256, (30, 32, 40, 3), dtype=np.uint8)
+    path = write_video(tmp_path / name, frames, fps=10)
+    assert len(read_frames(path)) == 30
+    whole = path.read_bytes()
+    cut = tmp_path / f"cut_{name}"
+    cut.write_bytes(whole[: int(len(whole) * 0.6)])
+    with pytest.raises(VideoReadError, match=rf"cut_{name}.* damaged"):  # mp4 without faststart: no index
+        read_frames(cut)
+    assert len(read_frames(path, max_frames=5)) == 5  # stopping early on purpose is no damage
+
+
 def test_frame_folder_with_mixed_frame_sizes_is_refused(tmp_path):
     folder = tmp_path / "clip"
     folder.mkdir()
