@@ -880,6 +880,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ipoke", description="Poke a still image, get plausible diverse videos of how the object moves.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
+    from ipoke import __version__
+
+    parser.add_argument("--version", action="version", version=f"ipoke {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, text in LIGHTNING_COMMANDS.items():
         subparsers.add_parser(name, help=text, add_help=False)

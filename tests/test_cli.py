@@ -18,6 +18,20 @@ def test_help_lists_subcommands(capsys):
     assert "predict" not in text
 
 
+def test_version_and_python_dash_m(capsys):
+    import subprocess
+    import sys
+
+    import ipoke
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out == f"ipoke {ipoke.__version__}\n"
+    # `python -m ipoke` is the command where the scripts folder is not on PATH.
+    done = subprocess.run([sys.executable, "-m", "ipoke", "--version"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout == f"ipoke {ipoke.__version__}\n"
+
+
 def test_predict_points_to_the_commands_that_write_videos(capsys):
     # Lightning's predict loop would run and throw every prediction away (no module has a predict step).
     assert main(["predict", "--config", "configs/autoencoder/tiny.yaml"]) == 2
