@@ -117,35 +117,44 @@ def _iter_video_file(path: Path) -> Iterator[np.ndarray]:
         stream = container.streams.video[0]
         # Frame-level threading decodes several frames in parallel; it returns the same frames in the same order.
         stream.thread_type = "AUTO"
-        index = 0
+        index, first_pts, last_pts = 0, None, None
         try:
             for frame in container.decode(stream):
                 yield frame.to_ndarray(format="rgb24")
                 index += 1
+                if frame.pts is not None:
+                    first_pts = frame.pts if first_pts is None else min(first_pts, frame.pts)
+                    last_pts = frame.pts if last_pts is None else max(last_pts, frame.pts)
         except av.FFmpegError as error:
             raise VideoReadError(f"video {path} is damaged: decoding failed after {index} frames ({error})") from error
         # Reached only when every frame was read. FFmpeg hides a cut-off end (an interrupted copy or download): the
-        # frames stop early, and the last one of an AVI can be half garbage. The container says how many to expect.
-        expected = _announced_frames(container, stream)
-        if index and expected is not None and index < 0.9 * expected - 1:
-            raise VideoReadError(f"video {path} is damaged: its container announces {expected} frames but only "
-                                 f"{index} decode (the file is probably cut short; copy or re-encode it again)")
+        # frames stop early, and the last one of an AVI can be half garbage. The container says where the video ends;
+        # timestamps, not frame counts, are compared (variable frame rates, an mp4 edit list keeping part of its
+        # samples, an AVI's empty chunks for dropped frames all have fewer frames than rate x duration).
+        announced = _announced_seconds(container, stream)
+        rate = stream.average_rate or stream.guessed_rate
+        if announced is not None and last_pts is not None and rate and stream.time_base:
+            interval = 1.0 / float(rate)
+            decoded = float((last_pts - first_pts) * stream.time_base) + interval
+            if decoded < 0.9 * announced - 2 * interval:
+                raise VideoReadError(f"video {path} is damaged: its container announces {announced:.2f} s but the "
+                                     f"frames stop after {decoded:.2f} s ({index} frames; the file is probably cut "
+                                     "short: copy or re-encode it again)")
     if index == 0:
         raise VideoReadError(f"video {path} has no decodable frames")
 
 
-def _announced_frames(container: Any, stream: Any) -> int | None:
-    """The frame count a video's container announces: its frame count (mp4, avi), else its duration times the frame
-    rate when no other stream can make the file longer (mkv, webm hold no count); None when it says nothing."""
-    if stream.frames:
-        return int(stream.frames)
-    rate = stream.average_rate
-    if not rate:
-        return None
+def _announced_seconds(container: Any, stream: Any) -> float | None:
+    """How long a video's container says it is, in seconds: an AVI's frame count from its header over the frame rate
+    (its index, and so its duration, is cut off with the file), else the stream's duration, else the file's when no
+    other stream (audio) can make it longer; None when it says nothing."""
+    rate = stream.average_rate or stream.guessed_rate
+    if "avi" in container.format.name and stream.frames and rate:
+        return stream.frames / float(rate)
     if stream.duration and stream.time_base:
-        return round(float(stream.duration * stream.time_base * rate))
-    if container.duration and len(container.streams) == 1:  # an audio track may run longer than the video
-        return round(container.duration / 1_000_000 * float(rate))
+        return float(stream.duration * stream.time_base)
+    if container.duration and len(container.streams) == 1:
+        return container.duration / 1_000_000
     return None
 
 

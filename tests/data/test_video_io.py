@@ -191,6 +191,69 @@ def test_a_video_cut_short_is_refused_not_read_short(tmp_path, name):
     assert len(read_frames(path, max_frames=5)) == 5  # stopping early on purpose is no damage
 
 
+def test_valid_videos_with_fewer_frames_than_rate_times_duration_are_read_whole(tmp_path):
+    # A check by frame counts refused these (regression of the cut-short check): a variable frame rate, an mp4 cut by
+    # stream copy (its edit list keeps 20 of 100 stored frames) and an AVI with empty chunks for dropped frames.
+    from fractions import Fraction
+
+    import av
+
+    def frame(i):
+        return av.VideoFrame.from_ndarray(np.full((32, 32, 3), 2 * i % 256, np.uint8), format="rgb24")
+
+    vfr = tmp_path / "pause.mkv"  # 30 frames at 25 fps, 10 s of nothing, 5 more frames; nominal rate 25
+    with av.open(str(vfr), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width = stream.height = 32
+        stream.pix_fmt = "yuv420p"
+        stream.time_base = stream.codec_context.time_base = Fraction(1, 1000)
+        for i, pts in enumerate([i * 40 for i in range(30)] + [11200 + i * 40 for i in range(5)]):
+            picture = frame(i)
+            picture.pts, picture.time_base = pts, Fraction(1, 1000)
+            container.mux(stream.encode(picture))
+        container.mux(stream.encode())
+    assert len(read_frames(vfr)) == 35
+    source = tmp_path / "source.mp4"  # one keyframe every 100 frames
+    with av.open(str(source), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width = stream.height = 32
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"g": "100", "keyint_min": "100", "sc_threshold": "0", "bf": "0"}
+        for i in range(120):
+            picture = frame(i)
+            picture.pts = i
+            container.mux(stream.encode(picture))
+        container.mux(stream.encode())
+    cut = tmp_path / "cut.mp4"  # `ffmpeg -ss 3.2 -t 0.8 -c copy`: packets from the keyframe before, frame 80 at t = 0
+    with av.open(str(source)) as reader, av.open(str(cut), "w") as writer:
+        original = reader.streams.video[0]
+        copy = writer.add_stream_from_template(original)
+        ticks = int(1 / (original.time_base * 25))
+        for packet in reader.demux(original):
+            if packet.dts is None or packet.pts >= 100 * ticks:
+                continue
+            packet.pts, packet.dts, packet.stream = packet.pts - 80 * ticks, packet.dts - 80 * ticks, copy
+            writer.mux(packet)
+    assert len(read_frames(cut)) == 20
+    dropped = tmp_path / "dropped.avi"  # every third frame an empty chunk, as capture tools write dropped frames
+    with av.open(str(dropped), "w") as container:
+        stream = container.add_stream("mjpeg", rate=25)
+        stream.width = stream.height = 32
+        stream.pix_fmt = "yuvj420p"
+        for i in range(40):
+            if i % 3 == 2:
+                empty = av.Packet(b"")
+                empty.pts = empty.dts = i
+                empty.stream = stream
+                container.mux(empty)
+                continue
+            picture = frame(i)
+            picture.pts = i
+            container.mux(stream.encode(picture))
+        container.mux(stream.encode())
+    assert len(read_frames(dropped)) == 27
+
+
 def test_frame_folder_with_mixed_frame_sizes_is_refused(tmp_path):
     folder = tmp_path / "clip"
     folder.mkdir()
