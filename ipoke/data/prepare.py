@@ -401,6 +401,28 @@ def keypoint_file_candidates(source: VideoSource, keypoints_dir: str | os.PathLi
     return list(dict.fromkeys(candidates))
 
 
+def _keep_finished_ids(sources: list[VideoSource], out: Path) -> list[VideoSource]:
+    """``sources``, each with the id under which ``out`` already holds it (its ``meta.json`` names the same source
+    file), so that a resumed run never prepares a video a second time under another id.
+
+    Ids can change between versions: names with non-ASCII characters, once all ``_`` (and colliding), got a hash. A
+    run resumed across that change prepared those videos again, the copy possibly in the other split.
+    """
+    import dataclasses
+
+    finished: dict[str, str] = {}
+    for meta_file in (out / VIDEOS_DIR).glob("*/meta.json") if (out / VIDEOS_DIR).is_dir() else ():
+        try:
+            source_file = json.loads(meta_file.read_text()).get("source_file")
+        except (OSError, ValueError, AttributeError):
+            continue  # a damaged entry is reported where the folder is checked
+        if isinstance(source_file, str):
+            finished[source_file] = meta_file.parent.name
+    return [dataclasses.replace(source, video_id=finished[source.relative_path])
+            if finished.get(source.relative_path, source.video_id) != source.video_id else source
+            for source in sources]
+
+
 def find_keypoint_files(sources: Sequence[VideoSource], keypoints_dir: str | os.PathLike, *,
                         all_sources: Sequence[VideoSource] | None = None) -> dict[str, Path]:
     """The keypoint file of every video, with their shapes checked (see :func:`keypoint_file_candidates` for the
@@ -720,7 +742,7 @@ def prepare_dataset(videos_dir: str | os.PathLike, out: str | os.PathLike, *, si
 
     # Everything that can fail on the input is checked before the output folder is touched.
     layout_options = {"train_list": train_list} if layout == "iper" and train_list is not None else {}
-    sources = discover_videos(videos_dir, layout, **layout_options)
+    sources = _keep_finished_ids(discover_videos(videos_dir, layout, **layout_options), out)
     discovered = list(sources)
     patterns = list(exclude)
     sources = [source for source in sources

@@ -655,6 +655,30 @@ def test_a_resume_with_another_layout_updates_the_videos_metadata(tmp_path):
     assert all("plant" not in meta and meta["object_id"] is None for meta in third.index["videos"])
 
 
+def test_a_resume_keeps_the_ids_an_earlier_version_gave(tmp_path, monkeypatch):
+    # Names with non-ASCII characters got new ids (a hash added); a run resumed across that change prepared those
+    # videos again under the new id, the copy possibly in the other split.
+    import re
+
+    import ipoke.data.layouts as layouts
+
+    root = tmp_path / "raw"
+    for seed, name in enumerate(("café", "日本", "plain1")):
+        write_frame_folder(root / name, panning_clip(6, seed=seed))
+    out = tmp_path / "out"
+    new_sanitize = layouts.sanitize_id
+    monkeypatch.setattr(layouts, "sanitize_id", lambda name: re.sub(r"[^A-Za-z0-9_.\-]", "_", name.strip())
+                        if name.strip()[:1].isascii() else "v" + re.sub(r"[^A-Za-z0-9_.\-]", "_", name.strip()))
+    first = prepare_dataset(root, out, size=32, lags=LAGS, test_fraction=0.34, progress=False)
+    assert sorted(first.written) == ["caf_", "plain1", "v__"]
+    monkeypatch.setattr(layouts, "sanitize_id", new_sanitize)
+    write_frame_folder(root / "plain2", panning_clip(6, seed=5))
+    second = prepare_dataset(root, out, size=32, lags=LAGS, test_fraction=0.34, progress=False)
+    assert second.written == ["plain2"] and sorted(second.skipped) == ["caf_", "plain1", "v__"]
+    assert sorted(meta["id"] for meta in second.index["videos"]) == ["caf_", "plain1", "plain2", "v__"]
+    assert new_sanitize("café") != "caf_"  # a fresh run gives the new ids
+
+
 def test_split_file_names_must_name_one_video_each(tmp_path):
     videos = [VideoSource(video_id=f"{folder}__door_01", path=Path(folder), relative_path=f"{folder}/door_01.mp4")
               for folder in ("kitchen", "garden")]
