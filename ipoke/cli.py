@@ -63,37 +63,45 @@ def best_checkpoint(trainer: Any) -> str:
     """The file ``--ckpt_path best`` means: the best top-k checkpoint of the config's monitored ``ModelCheckpoint``.
 
     Lightning knows "best" only inside the process that trained (``ModelCheckpoint.best_model_path``); in a new
-    process it has no path and fails. The newest checkpoint in that callback's folder carries the callback's state,
-    whose ``best_model_path`` is the file (its score decided it); that file is returned.
+    process it has no path and fails. Each top-k file records its own score (the callback's state in it), so the
+    files in the callback's folder are compared by those scores: the choice survives copying or moving the run
+    folder, which changes modification times and the absolute paths Lightning stored.
 
     Raises:
-        UserError: no monitored checkpoint callback, no checkpoint in its folder, or the best file is gone.
+        UserError: no monitored checkpoint callback with a folder, or no top-k checkpoint in its folder.
     """
+    import re
+
+    import torch
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from ipoke.lightning.callbacks import LastCheckpoint
 
     monitored = [callback for callback in trainer.checkpoint_callbacks
                  if isinstance(callback, ModelCheckpoint) and not isinstance(callback, LastCheckpoint)
-                 and callback.monitor and callback.dirpath]
+                 and callback.monitor]
     if not monitored:
         raise UserError("--ckpt_path best needs a ModelCheckpoint with a `monitor` in the config's callbacks; give a "
                         "checkpoint file instead")
     callback = monitored[0]
-    files = ([os.path.join(callback.dirpath, name) for name in os.listdir(callback.dirpath) if name.endswith(".ckpt")]
-             if os.path.isdir(callback.dirpath) else [])
-    if not files:
-        raise UserError(f"--ckpt_path best: no checkpoint in {callback.dirpath} (the config's checkpoint folder); "
+    if not callback.dirpath:
+        raise UserError("--ckpt_path best needs the monitored ModelCheckpoint's `dirpath` in the config (every ipoke "
+                        "config sets one); give a checkpoint file instead")
+    folder = callback.dirpath
+    names = sorted(name for name in os.listdir(folder) if name.endswith(".ckpt")
+                   and not re.fullmatch(r"last(-v?\d+)?\.ckpt", name)) if os.path.isdir(folder) else []
+    scored = []
+    for name in names:
+        state = torch.load(os.path.join(folder, name), map_location="cpu", weights_only=True, mmap=True)
+        own = (state.get("callbacks", {}).get(callback.state_key) or {})
+        scores = {os.path.basename(str(path)): score for path, score in (own.get("best_k_models") or {}).items()}
+        if name in scores and scores[name] is not None:  # a top-k file of this callback, with its score
+            scored.append((float(scores[name]), name))
+    if not scored:
+        raise UserError(f"--ckpt_path best: no top-k checkpoint of the monitored {callback.monitor!r} in {folder}; "
                         "train first with `ipoke fit --config ...`, or give a checkpoint file")
-    newest = max(files, key=os.path.getmtime)
-    import torch
-
-    state = torch.load(newest, map_location="cpu", weights_only=True, mmap=True).get("callbacks", {})
-    best = (state.get(callback.state_key) or {}).get("best_model_path")
-    if not best or not os.path.isfile(best):
-        raise UserError(f"--ckpt_path best: {newest} names no best checkpoint that still exists "
-                        f"({best or 'none recorded'}); give one of the files in {callback.dirpath}")
-    return best
+    pick = min if callback.mode == "min" else max
+    return os.path.join(folder, pick(scored)[1])
 
 
 def check_checkpoint_networks(ckpt_path: str | os.PathLike, model: Any) -> None:
@@ -190,12 +198,12 @@ def run_lightning(argv: Sequence[str]) -> int:
             ckpt_path = self.config[self.subcommand].get("ckpt_path") if self.subcommand else None
             if ckpt_path == "last":
                 ckpt_path = last_checkpoint(self.trainer)  # the file Lightning will pick, checked the same way
-                if ckpt_path is None and self.subcommand != "fit":
+                folders = [getattr(callback, "dirpath", None) for callback in self.trainer.checkpoint_callbacks]
+                if ckpt_path is None and self.subcommand != "fit" and folders and all(folders):
                     # Lightning only warns and then validates/tests the untrained networks (exit 0). A first fit
                     # with --ckpt_path last (the resume command used from the start) may well find none.
-                    folders = sorted({callback.dirpath for callback in self.trainer.checkpoint_callbacks
-                                      if getattr(callback, "dirpath", None)})
-                    raise UserError(f"--ckpt_path last: no last.ckpt in {', '.join(folders) or 'the config'}; "
+                    # (A callback without a `dirpath` gets its folder from Lightning later, which then finds it.)
+                    raise UserError(f"--ckpt_path last: no last.ckpt in {', '.join(sorted(set(folders)))}; "
                                     f"{self.subcommand} would score untrained networks. Run it in the folder "
                                     "where `ipoke fit` ran (the configs' paths are relative), or give the file")
             elif ckpt_path == "best":

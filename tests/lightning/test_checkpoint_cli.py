@@ -80,6 +80,25 @@ def test_ckpt_path_best_and_last_name_a_file_or_are_refused(poke_encoder_run, ca
     # model"): it is the monitored callback's best file, recorded in the newest checkpoint.
     assert main(["validate", *base, "--ckpt_path=best"]) == 0
     assert [Path(path).name for path in checked] == ["epoch=1-step=8.ckpt"]
+    # Chosen by the scores the top-k files record, not by modification time or the absolute paths Lightning stored:
+    # a run folder copied elsewhere loads its own files. A newer top-k file with a worse score is not the best one.
+    import shutil
+
+    copied = folder.parents[3] / "copied"
+    shutil.copytree(folder.parents[2], copied / "runs")
+    checkpoint = torch.load(folder / "epoch=1-step=8.ckpt", map_location="cpu", weights_only=False)
+    (key, state), = ((key, state) for key, state in checkpoint["callbacks"].items() if "val/loss" in key)
+    for score, name in ((state["current_score"] + 1, "epoch=9-step=99.ckpt"), (state["current_score"] - 1, "z.ckpt")):
+        state["best_k_models"] = {f"/elsewhere/{name}": score}
+        torch.save(checkpoint, copied / "runs" / "poke_encoder" / "tiny" / "checkpoints" / name)
+    monkeypatch.chdir(copied)
+    checked.clear()
+    assert main(["validate", *base, "--ckpt_path=best"]) == 0
+    assert checked == [str(copied / "runs" / "poke_encoder" / "tiny" / "checkpoints" / "z.ckpt")]
+    (copied / "runs" / "poke_encoder" / "tiny" / "checkpoints" / "z.ckpt").unlink()
+    checked.clear()
+    assert main(["validate", *base, "--ckpt_path=best"]) == 0
+    assert checked == [str(copied / "runs" / "poke_encoder" / "tiny" / "checkpoints" / "epoch=1-step=8.ckpt")]
     # In a folder without the run (the configs' paths are relative), `last` validated the untrained networks, exit 0.
     elsewhere = folder.parents[3] / "elsewhere"
     elsewhere.mkdir()
@@ -90,8 +109,23 @@ def test_ckpt_path_best_and_last_name_a_file_or_are_refused(poke_encoder_run, ca
         assert main([command, *base, "--ckpt_path=last"]) == 2
         assert f"--ckpt_path last: no last.ckpt in {missing}; {command} would score" in capsys.readouterr().err
     assert main(["validate", *base, "--ckpt_path=best"]) == 2
-    assert f"--ckpt_path best: no checkpoint in {missing}" in capsys.readouterr().err
+    assert f"--ckpt_path best: no top-k checkpoint of the monitored 'val/loss' in {missing}" in capsys.readouterr().err
     assert len(checked) == 1 and not (elsewhere / "runs" / "poke_encoder" / "tiny" / "logs").exists()
+
+
+def test_last_of_a_checkpoint_callback_without_a_folder_is_left_to_lightning(synthetic_dataset, tmp_path,
+                                                                             monkeypatch):
+    # A user's config whose ModelCheckpoint has no `dirpath` (Lightning picks the folder when the run starts): the
+    # refusal of a missing last.ckpt refused the file Lightning would have found.
+    torch.set_num_threads(1)
+    monkeypatch.chdir(tmp_path)
+    base = ["--config", str(CONFIGS / "poke_encoder" / "tiny.yaml"), f"--data.init_args.data_dir={synthetic_dataset}",
+            "--trainer.logger=false", "--trainer.default_root_dir=runs/nodir",
+            '--trainer.callbacks=[{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", '
+            '"init_args": {"monitor": "val/loss", "save_last": true}}]']
+    assert main(["fit", *base, "--trainer.max_epochs=1"]) == 0
+    assert (tmp_path / "runs" / "nodir" / "checkpoints" / "last.ckpt").is_file()
+    assert main(["validate", *base, "--ckpt_path=last"]) == 0
 
 
 def test_the_network_check_reads_checkpoints_holding_objects_or_in_the_old_format(tmp_path):
