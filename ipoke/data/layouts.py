@@ -149,6 +149,7 @@ def find_media(root: str | os.PathLike) -> list[Path]:
     found: list[Path] = []
     outputs: list[str] = []
     unread: list[str] = []
+    stray: list[str] = []
     # Symbolic links to folders are followed (a raw tree assembled from links is common); each real folder is read
     # once, so a link that points back up the tree cannot loop.
     visited = {os.path.realpath(root)}
@@ -166,8 +167,14 @@ def find_media(root: str | os.PathLike) -> list[Path]:
             else:
                 outputs.append(f"{(folder_path / name).relative_to(root).as_posix()}/ ({marker})")
         subfolders[:] = kept
-        # A folder that holds images is a video (its frames), the raw folder itself included.
-        if any(is_image_file(folder_path / name) for name in files):
+        # A folder that holds images is a video (its frames), the raw folder itself included; unless it is one lone
+        # image beside videos or sub-folders (a preview or thumbnail; a single frame is no video): a stray
+        # preview.jpg made the whole folder one "video", and the layout's error named only the folder.
+        images = [name for name in files if not name.startswith(".") and is_image_file(folder_path / name)]
+        beside_videos = any(Path(name).suffix.lower() in VIDEO_EXTENSIONS for name in files)
+        if len(images) == 1 and (beside_videos or kept):
+            stray += [(folder_path / name).relative_to(root).as_posix() for name in images]
+        elif images:
             found.append(folder_path)
         for name in files:
             if name.startswith("."):
@@ -180,6 +187,10 @@ def find_media(root: str | os.PathLike) -> list[Path]:
     if outputs:
         logger.warning("skipped %d folders in %s that ipoke wrote (not raw videos): %s", len(outputs), root,
                        ", ".join(outputs[:5]) + (", ..." if len(outputs) > 5 else ""))
+    if stray:
+        logger.warning("%d lone images in %s lie beside videos or video folders and were not read as one-frame "
+                       "videos (previews?), e.g. %s", len(stray), root,
+                       ", ".join(stray[:3]))
     if unread:
         logger.warning("%d files in %s are neither videos (%s) nor images and were not read, e.g. %s; convert them "
                        "(e.g. ffmpeg -i IN -c:v libx264 OUT.mp4) if they are videos", len(unread), root,
@@ -242,8 +253,10 @@ def _iper(root: Path, *, train_list: str | os.PathLike | None = None) -> list[Vi
         relative = _relative(root, path)
         # iPER ships videos as 001_1_1.mp4 and frame folders as 001/1/1/; both name the same video.
         name = _normalise_iper_name(relative)
-        if _IPER_NAME.match(name) is None:
-            name = _normalise_iper_name(path.name)
+        if _IPER_NAME.match(name) is None:  # nested deeper, e.g. iPER_256_image_release/001/1/1/ or iPER_video/...
+            name = next((candidate for candidate in (_normalise_iper_name("/".join(Path(relative).parts[-3:])),
+                                                     _normalise_iper_name(path.name))
+                         if _IPER_NAME.match(candidate)), name)
         match = _IPER_NAME.match(name)
         if match is None:
             unmatched.append(relative)

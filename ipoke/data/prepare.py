@@ -741,6 +741,9 @@ def prepare_dataset(videos_dir: str | os.PathLike, out: str | os.PathLike, *, si
         raise PrepareError(f"--out {out}: {blocking} exists and is not a folder; choose another --out")
 
     # Everything that can fail on the input is checked before the output folder is touched.
+    if train_list is not None and layout != "iper":  # it was ignored: a random split instead of the official one
+        raise PrepareError(f"--train-list is iPER's official split and needs --layout iper (the layout is "
+                           f"{layout!r}); for other data give the split with --split-file")
     layout_options = {"train_list": train_list} if layout == "iper" and train_list is not None else {}
     sources = _keep_finished_ids(discover_videos(videos_dir, layout, **layout_options), out)
     discovered = list(sources)

@@ -44,6 +44,21 @@ def test_plain_finds_videos_and_frame_folders_recursively(tmp_path):
     assert by_id(sources)["sub__a"].relative_path == "sub/a.MKV"
 
 
+def test_a_lone_preview_image_beside_videos_is_no_video(tmp_path, caplog):
+    # A stray preview.jpg made its folder a one-frame "video": the plants layout refused it as misnamed ('plants').
+    import cv2
+
+    touch(tmp_path, "plants/VID_0_0.mp4", "plants/VID_0_1.mp4")
+    frame_folder(tmp_path, "taichi/train/abc.mp4", n_frames=3)
+    for preview in ("plants/preview.jpg", "taichi/train/sample.png"):
+        cv2.imwrite(str(tmp_path / preview), np.zeros((4, 4, 3), np.uint8))
+    with caplog.at_level("WARNING"):
+        assert sorted(by_id(discover_videos(tmp_path / "plants", "plants"))) == ["VID_0_0", "VID_0_1"]
+        assert [s.video_id for s in discover_videos(tmp_path / "taichi", "taichi")] == ["abc"]
+    warnings = "\n".join(record.getMessage() for record in caplog.records)
+    assert "preview.jpg" in warnings and "train/sample.png" in warnings
+
+
 def test_plain_errors_for_empty_folder_missing_folder_and_id_collisions(tmp_path):
     (tmp_path / "empty").mkdir()
     touch(tmp_path / "empty", "notes.txt")
@@ -92,6 +107,13 @@ def test_iper_train_list_in_raw_folder_both_name_forms(tmp_path):
     elsewhere.parent.mkdir()
     elsewhere.write_text("002/3/2\n")
     assert by_id(discover_videos(tmp_path, "iper", train_list=elsewhere))["002_3_2"].split == "train"
+    # The image release one folder further down (as unpacked from its archive) was refused as misnamed.
+    nested = tmp_path.parent / "nested"
+    frame_folder(nested, "iPER_256_image_release/001/1/1")
+    frame_folder(nested, "iPER_256_image_release/001/1/2")
+    (nested / "train.txt").write_text("001/1/1\n")
+    assert {vid: s.split for vid, s in by_id(discover_videos(nested, "iper")).items()} == {"001_1_1": "train",
+                                                                                           "001_1_2": "test"}
 
 
 def test_iper_errors(tmp_path):

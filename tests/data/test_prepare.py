@@ -679,6 +679,15 @@ def test_a_resume_keeps_the_ids_an_earlier_version_gave(tmp_path, monkeypatch):
     assert new_sanitize("café") != "caf_"  # a fresh run gives the new ids
 
 
+def test_train_list_without_the_iper_layout_is_refused(raw, tmp_path):
+    # It was ignored: a random split instead of the official one, without a word.
+    root, _ = raw
+    (tmp_path / "train.txt").write_text("walk\n")
+    with pytest.raises(PrepareError, match="--train-list is iPER's official split and needs --layout iper"):
+        prepare_dataset(root, tmp_path / "out", size=32, lags=LAGS, train_list=tmp_path / "train.txt", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
 def test_split_file_names_must_name_one_video_each(tmp_path):
     videos = [VideoSource(video_id=f"{folder}__door_01", path=Path(folder), relative_path=f"{folder}/door_01.mp4")
               for folder in ("kitchen", "garden")]
