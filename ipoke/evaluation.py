@@ -133,6 +133,7 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu",
     from ipoke.sampling import ModelLoadError, Poker, _check_device
 
     path_obj = Path(path)
+    _check_device(device)  # for a cVAE too (its .to(device) raised torch's driver error)
     vae = poker = None
     clips = clip_settings({})  # a save_pretrained folder records no data settings: the data module's defaults
     if path_obj.is_dir() and (path_obj / CONFIG_FILE).exists():
@@ -151,7 +152,6 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu",
             vae = load_network(path_obj, name=names[0], map_location="cpu", checkpoint=checkpoint)
             clips = clip_settings(checkpoint)
         elif checkpoint is not None:  # an iPOKE checkpoint: build the model from what was read, not read it again
-            _check_device(device)
             poker = Poker._from_loaded_checkpoint(path_obj, checkpoint, map_location=device).to(device)
     if vae is not None:
         vae = vae.to(device)

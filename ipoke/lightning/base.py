@@ -119,12 +119,31 @@ def for_evaluated_split(module: L.LightningModule, metrics: dict[str, Any]) -> d
     return {(f"test/{key[4:]}" if key.startswith("val/") else key): value for key, value in metrics.items()}
 
 
+def recorded_clip_settings(path: str | os.PathLike) -> dict[str, int]:
+    """``{"frame_step", "poke_size"}`` of the clips a stage-1 Lightning checkpoint was trained on, as its data module
+    recorded them; empty for a ``save_pretrained`` folder or a checkpoint without them (nothing to check against)."""
+    from ipoke.models.base import clip_settings
+
+    if not os.path.isfile(path):
+        return {}
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception:  # noqa: BLE001 - unreadable here: the network loader has already said why, or will
+        return {}
+    if not isinstance(checkpoint, dict) or not checkpoint.get("datamodule_hyper_parameters"):
+        return {}
+    return clip_settings(checkpoint)
+
+
 def check_clips_fit(module: L.LightningModule, *, n_frames: int | None = None, size: int | None = None,
+                    frame_step: int | None = None, poke_size: int | None = None,
                     networks: str = "the networks") -> None:
     """Refuse data whose clips the networks were not built for, before the first batch.
 
     A mismatch otherwise crashed deep in a loss, or trained silently on clips the autoencoder was not built for (and
-    the checkpoint then claimed a clip length it never saw). Call from ``setup``: the data module is set up first.
+    the checkpoint then claimed a clip length it never saw). ``frame_step`` and ``poke_size`` are those of the clips
+    the networks were trained on, where known (:func:`recorded_clip_settings`). Call from ``setup``: the data module
+    is set up first.
 
     Raises:
         DatasetFormatError: Naming both values and the config keys to change (printed as one line by ``ipoke``).
@@ -142,5 +161,11 @@ def check_clips_fit(module: L.LightningModule, *, n_frames: int | None = None, s
                         f"{n_frames} in {networks}")
     if size is not None and getattr(dataset, "size", size) != size:
         problems.append(f"{dataset.size} px frames in the data (data.init_args.size) against {size} px in {networks}")
+    if frame_step is not None and getattr(dataset, "frame_step", frame_step) != frame_step:
+        problems.append(f"frame_step {dataset.frame_step} in the data (data.init_args.frame_step) against "
+                        f"{frame_step} in the clips {networks} were trained on")
+    if poke_size is not None and getattr(dataset, "poke_size", poke_size) != poke_size:
+        problems.append(f"poke_size {dataset.poke_size} in the data (data.init_args.poke_size) against {poke_size} "
+                        f"in the clips {networks} were trained on")
     if problems:
         raise DatasetFormatError("; ".join(problems) + ": make the data's settings and the networks' the same")

@@ -15,6 +15,7 @@ from ipoke.lightning.base import (
     TrainingSetupError,
     check_clips_fit,
     for_evaluated_split,
+    recorded_clip_settings,
 )
 from ipoke.losses.flow import bits_per_dim, gaussian_nll, reference_nll
 from ipoke.losses.reconstruction import l1_loss, psnr, ssim
@@ -135,7 +136,12 @@ class PokeINNModule(NetworkCheckpointMixin):
         return set() if hyper_parameters.get("flow_args") else {"flow"}
 
     def setup(self, stage: str) -> None:
+        # frame_step and poke_size as the stage-1 checkpoints recorded them: training on other clips went through
+        # silently, and the exported model then sampled clips its autoencoder had not been trained on.
+        autoencoder_clips = recorded_clip_settings(self.hparams.autoencoder_checkpoint)
+        poke_encoder_clips = recorded_clip_settings(self.hparams.poke_encoder_checkpoint)
         check_clips_fit(self, n_frames=self.autoencoder.n_frames, size=self.autoencoder.spatial_size,
+                        frame_step=autoencoder_clips.get("frame_step"), poke_size=poke_encoder_clips.get("poke_size"),
                         networks="the stage-1 networks")
         if self.hparams.cuda_graph and self.trainer.world_size > 1:
             raise TrainingSetupError(

@@ -16,6 +16,7 @@ from ipoke.models.autoencoder import VideoAutoencoder
 from ipoke.models.base import SavableModule
 from ipoke.models.distributions import DiagonalGaussian
 from ipoke.models.noise import Generators, check_temperature, standard_normal
+from ipoke.utils import is_whole_number
 
 
 class PokeConditionedVAE(SavableModule):
@@ -82,6 +83,8 @@ class PokeConditionedVAE(SavableModule):
         """``(B, K, T+1, 3, S, S)`` videos with ``z ~ N(0, temperature^2 I)`` (1: the prior), x0 first (as
         :class:`~ipoke.sampling.Poker`; a sequence of ``B`` generators draws each pair's samples from its own)."""
         check_temperature(temperature, of="prior samples")
+        if not is_whole_number(n_samples, minimum=1):  # as Poker.sample (0 and -1 raised deep inside torch)
+            raise ValueError(f"n_samples must be a whole number >= 1, got {n_samples!r}")
         batch = first_frame.shape[0]
         x0 = first_frame.repeat_interleave(n_samples, dim=0)
         poke = poke.repeat_interleave(n_samples, dim=0)

@@ -291,3 +291,28 @@ def test_resuming_with_more_epochs_keeps_training_and_validation_is_deterministi
                        default_root_dir=tmp_path).validate(resumed_module, loader(1, seed=1), verbose=False)[0]
              for _ in range(2)]
     assert again[0] == again[1]
+
+
+def test_stage2_data_must_cut_clips_as_stage1_was_trained_on(tmp_path):
+    # frame_step and poke_size other than stage 1's trained silently; the exported model then sampled clips 2 frames
+    # apart with 9 px pokes for an autoencoder trained on neighbouring frames and a poke encoder trained on 5 px.
+    from types import SimpleNamespace
+
+    from ipoke.data.format import DatasetFormatError
+    from ipoke.lightning.base import check_clips_fit, recorded_clip_settings
+
+    stage1_checkpoint = tmp_path / "autoencoder.ckpt"
+    torch.save({"state_dict": {}, "datamodule_hyper_parameters": {"frame_step": 1, "poke_size": 5}}, stage1_checkpoint)
+    torch.save({"state_dict": {}}, tmp_path / "old.ckpt")
+    assert recorded_clip_settings(stage1_checkpoint) == {"frame_step": 1, "poke_size": 5}
+    assert recorded_clip_settings(tmp_path / "old.ckpt") == {} == recorded_clip_settings(tmp_path)  # nothing known
+
+    def module(frame_step, poke_size):
+        data = SimpleNamespace(n_frames=4, size=64, frame_step=frame_step, poke_size=poke_size)
+        return SimpleNamespace(_trainer=SimpleNamespace(datamodule=SimpleNamespace(train_set=data)))
+
+    check_clips_fit(module(1, 5), n_frames=4, size=64, frame_step=1, poke_size=5)
+    check_clips_fit(module(2, 9), n_frames=4, size=64)  # not recorded: not checked
+    with pytest.raises(DatasetFormatError, match=r"frame_step 2 in the data \(data.init_args.frame_step\) against 1 "
+                                                 r"in the clips the stage-1 networks were trained on; poke_size 9"):
+        check_clips_fit(module(2, 9), n_frames=4, size=64, frame_step=1, poke_size=5, networks="the stage-1 networks")

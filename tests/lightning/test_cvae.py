@@ -40,6 +40,9 @@ def test_shapes_and_seeded_prior_samples():
     assert not torch.allclose(half[:, 0], a[:, 0]) and not torch.allclose(half[:, 0], mode[:, 0])
     with pytest.raises(ValueError, match="temperature"):
         vae.sample(video[:, 0], poke, temperature=-1.0)
+    for bad in (0, -1, 1.5):  # as Poker.sample (IndexError / RuntimeError from inside torch before)
+        with pytest.raises(ValueError, match="n_samples must be a whole number >= 1"):
+            vae.sample(video[:, 0], poke, n_samples=bad)
 
 
 def test_built_like_the_quickstart_autoencoder():
@@ -101,3 +104,8 @@ def test_fit_tiny_config_then_evaluate(tmp_path, synthetic_dataset, monkeypatch)
                  "--n-clips", "2", "--samples", "2", "--no-baselines", "--out", str(out)]) == 0
     row = json.loads(out.read_text())["results"]["last"]
     assert 0 < row["ssim"] <= 1 and row["diversity/mse"] > 0 and row["n_clips"] == 2
+    if not torch.cuda.is_available():  # torch's "Found no NVIDIA driver" for a cVAE; a cINN said it in one line
+        from ipoke.evaluation import load_model
+
+        with pytest.raises(ValueError, match="no CUDA GPU is available here"):
+            load_model(checkpoint, device="cuda")
