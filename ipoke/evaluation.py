@@ -1,6 +1,6 @@
 """``ipoke evaluate``: sample from a model with the papers' protocol and compute every available metric.
 
-Protocol (``shared/reference/ipoke.md`` section 5): clips of the chosen split in a fixed order, exactly one
+Protocol (the papers' evaluation; see ``docs/metrics.md``): clips of the chosen split in a fixed order, exactly one
 simulated poke per clip (deterministic, seeded), ``samples`` videos per clip drawn with a fixed seed.
 
 * ``ssim``, ``psnr``, ``lpips``: mean over all samples and all generated frames (x0 excluded) against the ground

@@ -38,7 +38,7 @@ from ipoke.models.base import (
 from ipoke.models.cinn.condition import stage2_condition
 from ipoke.models.cinn.network import ConditionalINN
 from ipoke.models.encoders import ImageEncoder, PokeEncoder
-from ipoke.models.noise import Generators, check_temperature
+from ipoke.models.noise import Generators, check_generators, check_temperature
 from ipoke.utils import atomic_directory
 
 MODEL_FILE = "poker.yaml"
@@ -323,13 +323,7 @@ class Poker(nn.Module):
                                      or n_frames < 1):
             raise ValueError(f"n_frames must be a whole number >= 1 (or None: as trained), got {n_frames!r}")
         batch = first_frame.shape[0]
-        if generator is not None and not isinstance(generator, torch.Generator):
-            if not isinstance(generator, Sequence) or not all(isinstance(g, torch.Generator) for g in generator):
-                raise ValueError(f"generator must be a torch.Generator, a sequence of them (one per (x0, poke) "
-                                 f"pair) or None, got {type(generator).__name__} (for a seed: Poker.animate(seed=))")
-            if len(generator) != batch:
-                raise ValueError(f"give one generator, or one per (x0, poke) pair: {len(generator)} generators for "
-                                 f"{batch} pairs")
+        check_generators(generator, batch, seed_hint=" (for a seed: Poker.animate(seed=))")
         device, dtype = self.device, self.dtype
         first_frame, poke = first_frame.to(device, dtype), poke.to(device, dtype)
         h = self.condition(first_frame, poke).repeat_interleave(n_samples, dim=0)

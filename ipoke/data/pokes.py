@@ -2,8 +2,7 @@
 
 A poke is a drag at pixel ``(x, y)`` by ``(dx, dy)`` pixels. Networks see it as a *poke map* ``(2, S, S)``: a
 ``poke_size x poke_size`` square centred on the pixel, filled with ``(dx, dy)``, zero elsewhere. At training and test
-time pokes are simulated from the flow of the clip (x0 -> last frame), following the reference protocol
-(``shared/reference/ipoke.md`` section 4.3):
+time pokes are simulated from the flow of the clip (x0 -> last frame), following the original iPOKE code's protocol:
 
 1. amplitude ``A = |flow|`` inside the valid region ``[poke_size, S - poke_size)^2``, min-max normalised; zeroed
    outside the foreground mask when one exists;

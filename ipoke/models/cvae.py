@@ -15,7 +15,7 @@ from torch import nn
 from ipoke.models.autoencoder import VideoAutoencoder
 from ipoke.models.base import SavableModule
 from ipoke.models.distributions import DiagonalGaussian
-from ipoke.models.noise import Generators, check_temperature, standard_normal
+from ipoke.models.noise import Generators, check_generators, check_temperature, standard_normal
 from ipoke.utils import is_whole_number
 
 
@@ -86,6 +86,12 @@ class PokeConditionedVAE(SavableModule):
         if not is_whole_number(n_samples, minimum=1):  # as Poker.sample (0 and -1 raised deep inside torch)
             raise ValueError(f"n_samples must be a whole number >= 1, got {n_samples!r}")
         batch = first_frame.shape[0]
+        size = self.spatial_size
+        for name, tensor, channels in (("first_frame", first_frame, 3), ("poke", poke, 2)):
+            if tensor.ndim != 4 or tensor.shape[0] != batch or tuple(tensor.shape[1:]) != (channels, size, size):
+                raise ValueError(f"{name} must be (B, {channels}, S, S) with B = {batch} pairs and S = {size} (the "
+                                 f"model's size), got {tuple(tensor.shape)}")
+        check_generators(generator, batch)
         x0 = first_frame.repeat_interleave(n_samples, dim=0)
         poke = poke.repeat_interleave(n_samples, dim=0)
         z = standard_normal((x0.shape[0], *self.latent_shape), generator, device=x0.device).to(x0) * temperature

@@ -33,6 +33,20 @@ def standard_normal(shape: Sequence[int], generator: Generators, *, device: torc
     return noise if device is None else noise.to(device)
 
 
+def check_generators(generator: Generators, batch: int, *, seed_hint: str = "") -> None:
+    """Refuse a ``generator`` argument of a sampler that is not None, one ``torch.Generator`` or one per pair of a
+    batch of ``batch`` (x0, poke) pairs: a list of another length silently shared generators between pairs, so a
+    pair's draw depended on which pairs shared its batch."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return
+    if not isinstance(generator, Sequence) or not all(isinstance(g, torch.Generator) for g in generator):
+        raise ValueError(f"generator must be a torch.Generator, a sequence of them (one per (x0, poke) pair) or None, "
+                         f"got {type(generator).__name__}{seed_hint}")
+    if len(generator) != batch:
+        raise ValueError(f"give one generator, or one per (x0, poke) pair: {len(generator)} generators for {batch} "
+                         "pairs")
+
+
 def check_temperature(temperature: float, *, of: str = "residuals") -> None:
     """Refuse a sampling temperature (the standard deviation of the drawn noise) that is negative or not finite.
 

@@ -40,6 +40,14 @@ def test_shapes_and_seeded_prior_samples():
     assert not torch.allclose(half[:, 0], a[:, 0]) and not torch.allclose(half[:, 0], mode[:, 0])
     with pytest.raises(ValueError, match="temperature"):
         vae.sample(video[:, 0], poke, temperature=-1.0)
+    # As Poker.sample: a generator list of another length shared generators between pairs without a word; frames of
+    # another size failed deep inside torch.
+    with pytest.raises(ValueError, match="give one generator, or one per"):
+        vae.sample(video[:, 0], poke, generator=[torch.Generator()] * (video.shape[0] + 1))
+    with pytest.raises(ValueError, match="generator must be a torch.Generator"):
+        vae.sample(video[:, 0], poke, generator=5)
+    with pytest.raises(ValueError, match="first_frame must be"):
+        vae.sample(video[:, 0, :, :8, :8], poke)
     for bad in (0, -1, 1.5):  # as Poker.sample (IndexError / RuntimeError from inside torch before)
         with pytest.raises(ValueError, match="n_samples must be a whole number >= 1"):
             vae.sample(video[:, 0], poke, n_samples=bad)
