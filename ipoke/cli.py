@@ -686,7 +686,12 @@ def _run_export(args: argparse.Namespace) -> int:
         folder = Poker.from_checkpoint(args.ckpt).export(args.out)
         print(f"exported {args.ckpt} to {folder}")
         if args.name:
-            zoo.register(args.name, folder, overwrite=True)
+            # --overwrite as given, checked under the registry's lock: parallel exports of one name all said
+            # "registered" when the check above was the only one (the last one won).
+            try:
+                zoo.register(args.name, folder, overwrite=args.overwrite)
+            except ValueError as error:
+                raise UserError(f"{error} (the model was exported to {folder} but not registered)") from error
             print(f"registered as {args.name!r} in {zoo.registry_file()}")
     except (FileExistsError, ValueError) as error:
         raise UserError(str(error)) from error

@@ -191,6 +191,13 @@ def resimulation_sampler(dataset: PokeDataset) -> Sampler | None:
             generators = [generators] * len(batch["video_id"])
         for video_id, start, generator in zip(batch["video_id"], batch["start"].tolist(), generators):
             scene = dataset.data.scene(video_id)
+            if scene is None:  # a damaged synthetic dataset: resimulate failed on None with a TypeError
+                from ipoke.data.format import DatasetFormatError
+
+                raise DatasetFormatError(f"video {video_id} of {dataset.data.root} has no scene.json, which the "
+                                         "re-simulated baseline needs: the dataset is damaged; delete that video's "
+                                         "folder and run the same `ipoke data synth` again, which writes what is "
+                                         "missing")
             per_clip = []
             for _ in range(n_samples):
                 seed = int(torch.randint(0, 2**31, (1,), generator=generator))

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from ipoke.utils import file_in_the_way, is_whole_number
+from ipoke.utils import file_in_the_way, is_whole_number, writes_exclusively
 
 #: split -> (metrics file, title). The synthetic test split holds novel species and backgrounds (harder than the
 #: held-out plants of the training species in val; neither split is used for training or model selection).
@@ -176,6 +176,7 @@ def _build_stage(stage: str, settings: QuickstartSettings, runs: Path, *, percep
     raise ValueError(stage)
 
 
+@writes_exclusively("out", "ipoke quickstart")
 def run_quickstart(out: str | Path = "quickstart", *, minutes: float | None = None, fresh: bool = False,
                    device: str | None = None, videos: int | None = None) -> dict[str, Any]:
     """Run every stage (see the module docstring) and return the evaluation report of the novel species (test split;

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -158,6 +158,63 @@ def atomic_directory(target: str | os.PathLike, *, marker: str) -> Iterator[Path
         raise
 
 
+@contextmanager
+def exclusive_output(target: str | os.PathLike, what: str) -> Iterator[None]:
+    """Hold ``target`` (an output folder) for this process: a second process asking for it meanwhile fails at once.
+
+    Two runs writing one folder (two quickstarts, two ``ipoke data synth``) deleted each other's temporary files,
+    failed with messages about missing files, or, worst, left a model whose cINN was trained for the other run's
+    autoencoder. The lock is ``flock`` on a hidden sibling file ``.<name>.lock`` (kept: deleting lock files races);
+    the system releases it when the process ends, ``kill -9`` included. Without ``fcntl`` (Windows), or where the
+    sibling cannot be created (the parent does not exist yet, or is read-only: the writes fail then anyway),
+    nothing is locked.
+
+    Raises:
+        FileExistsError: Another process holds ``target``; the message says so (one line from the ``ipoke`` command).
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    target = Path(target).absolute()
+    try:
+        handle = os.open(target.parent / f".{_temporary_stem(target.name)}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError:
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FileExistsError(f"another {what} is writing {target} right now; wait for it to finish, or choose "
+                                  "another output folder") from None
+        yield
+    finally:
+        os.close(handle)
+
+
+def writes_exclusively(argument: str, what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorate a function that writes the output folder named by its parameter ``argument``: it runs only while
+    holding that folder (:func:`exclusive_output`)."""
+    import functools
+    import inspect
+
+    def decorate(function: Callable[..., Any]) -> Callable[..., Any]:
+        signature = inspect.signature(function)
+
+        @functools.wraps(function)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            with exclusive_output(bound.arguments[argument], what):
+                return function(*args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
 def ignore_interrupts_in_worker() -> None:
     """Initializer of pool workers: Ctrl-C reaches the whole process group, but only the main process handles it (by
     ending the workers with :func:`stop_process_pool`); a worker would otherwise print its own traceback."""
@@ -167,6 +224,24 @@ def ignore_interrupts_in_worker() -> None:
     # The main process turns SIGTERM into Terminated (see terminate_as_interrupt); a forked worker inherits that
     # handler, but must simply end when the main process (or anyone) terminates it.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _end_with_parent()
+
+
+def _end_with_parent() -> None:
+    """Ask Linux to SIGTERM this process when its parent dies: after a ``kill -9`` of ``ipoke data synth/prepare``
+    the pool workers kept writing into the output, then hung forever on their pipe. A no-op elsewhere."""
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover - no libc symbol: workers are then only ended by the pool
+        pass
 
 
 class Terminated(KeyboardInterrupt):

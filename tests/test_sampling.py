@@ -367,6 +367,14 @@ def test_evaluate_command_checks_its_arguments_before_working(exported, tmp_path
     report = evaluation.evaluate({}, synthetic_dataset, metrics=("diversity", "ssim"), n_clips=2, samples=1,
                                  progress=False)
     assert "--samples 2" in report["unavailable"]["diversity"]
+    # A synthetic dataset without a video's scene.json: one line (a TypeError deep in the re-simulation before).
+    damaged = tmp_path / "damaged"
+    shutil.copytree(synthetic_dataset, damaged)
+    for scene in (damaged / "videos").glob("*/scene.json"):
+        scene.unlink()
+    assert main(["evaluate", "--data", str(damaged), "--metrics", "ssim", "--n-clips", "1", "--samples", "1",
+                 "--out", str(tmp_path / "x.json")]) == 2
+    assert "has no scene.json, which the re-simulated baseline needs" in capsys.readouterr().err
     # The baselines alone take the clip settings of the model they are compared with (10 frames, step 1 always).
     assert main(["evaluate", "--data", synthetic_dataset, "--metrics", "ssim", "--n-clips", "2", "--samples", "1",
                  "--n-frames", "5", "--frame-step", "2", "--out", str(tmp_path / "s.json")]) == 0
@@ -562,6 +570,14 @@ def test_export_checks_the_zoo_name_before_writing(exported, tmp_path, monkeypat
     assert main(["export", "--ckpt", str(exported), "--out", str(out), "--name", "bad name"]) == 2
     assert "invalid model name" in capsys.readouterr().err
     assert not out.exists() and zoo.names() == []
+    # Parallel exports of one name: another process registers it between the early check and the registration.
+    assert main(["export", "--ckpt", str(exported), "--out", str(tmp_path / "first"), "--name", "sweep"]) == 0
+    with monkeypatch.context() as patch:
+        patch.setattr(zoo, "is_registered", lambda name: False)  # as seen before the other process registered
+        assert main(["export", "--ckpt", str(exported), "--out", str(out), "--name", "sweep"]) == 2
+    assert "is taken" in (error := capsys.readouterr().err) and "exported to" in error and "not registered" in error
+    assert zoo.entries()["sweep"]["path"].endswith("first")
+    shutil.rmtree(out)
     # A registry that cannot be written was found after the export (an unregistered folder stayed, and the error
     # was "[Errno 17] File exists" without naming the registry).
     a_file = tmp_path / "afile"

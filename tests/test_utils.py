@@ -88,3 +88,18 @@ def test_file_system_errors_are_one_line_and_others_stay_tracebacks():
     assert file_system_error(PermissionError("cannot write /x: the folder / is not writable")).startswith("cannot")
     assert file_system_error(OSError(errno.ECONNRESET, "Connection reset")) is None
     assert file_system_error(OSError("131072 requested and 16320 written")) is None
+
+
+def test_a_second_writer_of_one_output_folder_is_refused_at_once(tmp_path, capsys):
+    # Two `ipoke data synth` (or quickstarts) into one folder deleted each other's temporary files, or left a model
+    # mixed from both runs; the second is now refused while the first holds the folder, and may go on after it.
+    from ipoke.cli import main
+    from ipoke.utils import exclusive_output
+
+    out = tmp_path / "syn"
+    command = ["data", "synth", "--out", str(out), "--videos", "2", "--frames", "4", "--size", "32", "--workers", "1"]
+    with exclusive_output(out, "test run"):
+        assert main(command) == 2
+        assert f"another ipoke data synth is writing {out} right now" in capsys.readouterr().err
+        assert not out.exists()
+    assert main(command) == 0 and (out / "ipoke_dataset.json").is_file()

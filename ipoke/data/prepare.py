@@ -76,7 +76,13 @@ from ipoke.data.video_io import (
     resize_points,
     video_fps,
 )
-from ipoke.utils import file_in_the_way, ignore_interrupts_in_worker, stop_process_pool, write_text_atomic
+from ipoke.utils import (
+    file_in_the_way,
+    ignore_interrupts_in_worker,
+    stop_process_pool,
+    write_text_atomic,
+    writes_exclusively,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -652,6 +658,7 @@ def _check_resume(out: Path, settings: dict[str, Any]) -> None:
                            "run of `ipoke data prepare`; choose a new or empty --out folder")
 
 
+@writes_exclusively("out", "ipoke data prepare")
 def prepare_dataset(videos_dir: str | os.PathLike, out: str | os.PathLike, *, size: int = 256,
                     flow_method: str = "dis", lags: Sequence[int] = (10, 20), flow_stride: int = 1,
                     frame_step: int = 1, masks: str = "none", split_file: str | os.PathLike | None = None,

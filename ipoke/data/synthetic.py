@@ -34,7 +34,7 @@ import numpy as np
 import pymunk
 
 from ipoke.data.pokes import poke_from_flow_at
-from ipoke.utils import ignore_interrupts_in_worker, stop_process_pool
+from ipoke.utils import ignore_interrupts_in_worker, stop_process_pool, writes_exclusively
 
 logger = logging.getLogger(__name__)
 
@@ -647,6 +647,7 @@ def _worker(args: tuple[SyntheticSettings, str, str, int, Any]) -> str:
     return video_id
 
 
+@writes_exclusively("out", "ipoke data synth")
 def generate_dataset(out: str | os.PathLike, settings: SyntheticSettings, *, workers: int = 1,
                      progress: bool = True) -> Path:
     """Write a synthetic dataset in the prepared format; resumable and deterministic for a seed.

@@ -340,9 +340,11 @@ def test_synth_refuses_an_unfinished_prepare_run(tmp_path):
     assert sorted(path.name for path in unfinished.iterdir()) == [PREPARE_SETTINGS_FILE, "videos"]
 
 
-def test_sigterm_stops_the_pool_workers_too(tmp_path):
+@pytest.mark.parametrize("kill", ["SIGTERM", "SIGKILL"])
+def test_sigterm_stops_the_pool_workers_too(tmp_path, kill):
     # SIGTERM (kill, SLURM, docker stop) to the main process of a parallel run left its pool workers alive, writing
-    # into the folder and then idling forever; it now takes the Ctrl-C path: workers stopped, exit status 143.
+    # into the folder and then idling forever; it now takes the Ctrl-C path: workers stopped, exit status 143. After
+    # SIGKILL (kill -9, the OOM killer), which the main process cannot handle, the workers end with it (Linux).
     import os
     import signal
     import subprocess
@@ -359,9 +361,12 @@ def test_sigterm_stops_the_pool_workers_too(tmp_path):
         while not any((out / "videos").glob("train_*")) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert process.poll() is None, "the run ended before it could be terminated; give it more videos"
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(getattr(signal, kill))
         _, stderr = process.communicate(timeout=60)
-        assert process.returncode == 143 and "ipoke: terminated (SIGTERM)" in stderr
+        if kill == "SIGTERM":
+            assert process.returncode == 143 and "ipoke: terminated (SIGTERM)" in stderr
+        else:
+            assert process.returncode == -signal.SIGKILL
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:  # the workers are in the run's process group: none may remain
             try:
