@@ -165,15 +165,27 @@ class PokeApp:
         index, pokes, seed, samples, temperature = self.parse(body)
         videos = self.animate(index, pokes, seed=seed, samples=samples, temperature=temperature)
         with self._lock:  # two saves must not pick the same folder
+            # The number is claimed by creating its folder (exclusive across processes: a second app sharing --out
+            # takes the next one; with a check for existence both picked poke_N, and one save replaced the other).
+            self.out.mkdir(parents=True, exist_ok=True)
             number = 0
-            while (self.out / f"poke_{number}").exists():
-                number += 1
-            target = self.out / f"poke_{number}"
-            with atomic_directory(target, marker=SAMPLE_RECORD) as folder:
-                write_sample_outputs(folder, 0, videos[0, 0], pokes, videos, fps=self.fps, scale=self.scale)
-                record = {"written_by": "ipoke app", "image": index, "seed": seed, "samples": samples,
-                          "temperature": temperature, "size": self.size, "pokes_in_model_pixels": pokes.tolist()}
-                (folder / SAMPLE_RECORD).write_text(json.dumps(record, indent=1))
+            while True:
+                target = self.out / f"poke_{number}"
+                try:
+                    target.mkdir()
+                    break
+                except FileExistsError:
+                    number += 1
+            try:
+                with atomic_directory(target, marker=SAMPLE_RECORD) as folder:  # replaces the empty claimed folder
+                    write_sample_outputs(folder, 0, videos[0, 0], pokes, videos, fps=self.fps, scale=self.scale)
+                    record = {"written_by": "ipoke app", "image": index, "seed": seed, "samples": samples,
+                              "temperature": temperature, "size": self.size, "pokes_in_model_pixels": pokes.tolist()}
+                    (folder / SAMPLE_RECORD).write_text(json.dumps(record, indent=1))
+            except BaseException:
+                if target.is_dir() and not any(target.iterdir()):
+                    target.rmdir()  # give the number back: nothing half-written stays
+                raise
         return {"folder": str(target.resolve())}
 
     def _image_index(self, index: Any) -> int:

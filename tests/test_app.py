@@ -152,6 +152,28 @@ def test_save_writes_the_samples_like_ipoke_sample(server):
     assert request(url + "/api/save", {"pokes": []})[0] == 400 and not (app.out / "poke_2").exists()
 
 
+def test_two_apps_sharing_one_out_folder_save_to_different_folders(poker, images, tmp_path, monkeypatch):
+    # Each app's lock covers its own process only: both picked poke_0, and one save replaced the other's.
+    import ipoke.visualize as visualize
+
+    first, second = (PokeApp(poker, images, samples=1, out=tmp_path / "shared") for _ in range(2))
+    real_write = visualize.write_sample_outputs
+    inner = {}
+
+    def write_while_the_other_app_saves(folder, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if not inner:  # the first app is writing poke_0 when the second app's save comes in
+            inner["folder"] = None
+            inner["folder"] = second.save({"image": 0, "pokes": [[10, 10, 2, 0]], "seed": 2})["folder"]
+        return real_write(folder, *args, **kwargs)
+
+    monkeypatch.setattr(visualize, "write_sample_outputs", write_while_the_other_app_saves)
+    outer = first.save({"image": 0, "pokes": [[10, 10, 2, 0]], "seed": 1})["folder"]
+    assert {outer, inner["folder"]} == {str((tmp_path / "shared" / name).resolve()) for name in ("poke_0", "poke_1")}
+    seeds = {json.loads((tmp_path / "shared" / name / "ipoke_sample.json").read_text())["seed"]
+             for name in ("poke_0", "poke_1")}
+    assert seeds == {1, 2}
+
+
 def test_closing_the_server_waits_for_a_save_in_progress(poker, images, tmp_path, monkeypatch):
     # Request threads were daemons: Ctrl-C or SIGTERM during a save killed it with the interpreter and left a
     # half-written hidden folder in --out. server_close() now waits for it.
