@@ -48,14 +48,19 @@ def _spec_differences(saved: Any, built: Any, where: str) -> list[str]:
     return [] if saved == built else [f"{where}: {saved!r} in the checkpoint, {built!r} in the config"]
 
 
+def _is_last_checkpoint_name(name: str) -> bool:
+    """``last.ckpt`` or Lightning's versioned ``last-vN.ckpt``."""
+    import re
+
+    return re.fullmatch(r"last(-v?\d+)?\.ckpt", name) is not None
+
+
 def last_checkpoint(trainer: Any) -> str | None:
     """The newest ``last.ckpt`` (or ``last-vN.ckpt``) in the folders of the trainer's checkpoint callbacks that name
     one (every ipoke config does), i.e. what ``--ckpt_path last`` loads; None if there is none."""
-    import re
-
     found = [os.path.join(callback.dirpath, name) for callback in trainer.checkpoint_callbacks
              if getattr(callback, "dirpath", None) and os.path.isdir(callback.dirpath)
-             for name in os.listdir(callback.dirpath) if re.fullmatch(r"last(-v?\d+)?\.ckpt", name)]
+             for name in os.listdir(callback.dirpath) if _is_last_checkpoint_name(name)]
     return max(found, key=os.path.getmtime) if found else None
 
 
@@ -70,8 +75,6 @@ def best_checkpoint(trainer: Any) -> str:
     Raises:
         UserError: no monitored checkpoint callback with a folder, or no top-k checkpoint in its folder.
     """
-    import re
-
     import torch
     from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -89,7 +92,7 @@ def best_checkpoint(trainer: Any) -> str:
                         "config sets one); give a checkpoint file instead")
     folder = callback.dirpath
     names = sorted(name for name in os.listdir(folder) if name.endswith(".ckpt")
-                   and not re.fullmatch(r"last(-v?\d+)?\.ckpt", name)) if os.path.isdir(folder) else []
+                   and not _is_last_checkpoint_name(name)) if os.path.isdir(folder) else []
     scored = []
     for name in names:
         state = torch.load(os.path.join(folder, name), map_location="cpu", weights_only=True, mmap=True)
@@ -936,9 +939,9 @@ def file_system_error(error: OSError) -> str | None:
     if error.errno not in codes:
         return None
     where = f": {error.filename}" if error.filename else ""
-    hint = {errno.ENOSPC: "; free some space (or choose another --out) and run the command again",
-            errno.EDQUOT: "; free some space (or choose another --out) and run the command again",
-            errno.ENAMETOOLONG: "; choose a shorter output name"}.get(error.errno, "")
+    full = "; free some space (or choose another --out) and run the command again"
+    hint = {errno.ENOSPC: full, errno.EDQUOT: full, errno.ENAMETOOLONG: "; choose a shorter output name"}.get(
+        error.errno, "")
     return f"{error.strerror}{where}{hint}"
 
 

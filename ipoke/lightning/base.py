@@ -127,7 +127,7 @@ def recorded_clip_settings(path: str | os.PathLike) -> dict[str, int]:
     if not os.path.isfile(path):
         return {}
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        checkpoint = _read_checkpoint(path)
     except Exception:  # noqa: BLE001 - unreadable here: the network loader has already said why, or will
         return {}
     if not isinstance(checkpoint, dict) or not checkpoint.get("datamodule_hyper_parameters"):
