@@ -1,9 +1,9 @@
 """Latency of a trained model answering a poke, as the interactive app serves it.
 
-Times one ``POST /api/poke`` of ``ipoke app`` without the HTTP layer: ``PokeApp.animate`` (building the poke map,
-``Poker.sample``, copying the videos to the CPU) and, on top, the GIF encoding that the page plays. Median and 90th
-percentile over ``--repeats`` requests after ``--warmup`` ones, each request with a new seed; CUDA is synchronised
-inside the timed region (the videos are copied to the CPU there).
+Times one ``POST /api/poke`` of ``ipoke app`` without the HTTP layer (``PokeApp.poke``): the sampling the app reports
+(building the poke map, ``Poker.sample``, copying the videos to the CPU, which synchronises CUDA) and the whole answer
+with the GIFs the page plays. Median and 90th percentile over ``--repeats`` requests after ``--warmup`` ones, each
+request with a new seed.
 
     python benchmarks/bench_poker.py --model quickstart/model                   # CUDA when there is one
     python benchmarks/bench_poker.py --model quickstart/model --device cpu --samples 1 3
@@ -34,21 +34,17 @@ def _percentile(values: list[float], fraction: float) -> float:
 
 
 def measure(app, *, samples: int, repeats: int, warmup: int) -> dict[str, float]:  # noqa: ANN001
-    """Milliseconds per request for ``samples`` videos: sampling alone and sampling + GIFs (median and p90)."""
-    from ipoke.data.video_io import gif_bytes
-
+    """Milliseconds per ``/api/poke`` request for ``samples`` videos: sampling alone (the figure the app reports) and
+    the whole answer with its GIFs (median and p90)."""
     size = app.size
-    pokes = np.array([[size / 2, size / 2, size / 8, 0.0]], np.float32)
     sampling, total = [], []
     for request in range(warmup + repeats):
+        body = {"image": 0, "pokes": [[size / 2, size / 2, size / 8, 0.0]], "seed": request, "samples": samples}
         start = time.perf_counter()
-        videos = app.animate(0, pokes, seed=request, samples=samples)  # ends with .cpu(): synchronised
-        sampled = time.perf_counter()
-        for video in videos:
-            gif_bytes(video, fps=app.fps)
+        answer = app.poke(body)  # sampling ends with .cpu(): synchronised
         done = time.perf_counter()
         if request >= warmup:
-            sampling.append((sampled - start) * 1000)
+            sampling.append(answer["milliseconds"])
             total.append((done - start) * 1000)
     return {"samples": samples, "sample_ms": statistics.median(sampling), "sample_p90_ms": _percentile(sampling, 0.9),
             "with_gifs_ms": statistics.median(total), "with_gifs_p90_ms": _percentile(total, 0.9)}

@@ -7,6 +7,9 @@
 # A 40-video smoke run first, so a broken GPU path fails in a minute instead of after the training (SMOKE=0 skips it,
 # DIAGNOSE=0 skips the diagnostics at the end: for the last few minutes of a device budget; DIAGNOSE_TIMEOUT sets
 # their limit in seconds, default 60). Exits non-zero when the quickstart or the diagnostics fail.
+# QS_TIMEOUT=SECONDS interrupts the quickstart (SIGINT: it stops cleanly) after that long and packs what exists: set it
+# about a minute under the device call's timeout_s, so that a run whose evaluation is slower than planned still brings
+# back its trained model (session 14's run was killed in the evaluation and brought back nothing but its log).
 set -euo pipefail
 minutes=${1:-5}
 shift || true
@@ -27,17 +30,27 @@ start=$(date +%s)
 # The filter's `|| true` (grep finds nothing to print) is inside the braces, so a failing quickstart still fails the
 # pipeline (pipefail) and is reported here, instead of an earlier run's files in /tmp/qs being packed as its results.
 rc=0
-python3 -m ipoke.cli quickstart --out /tmp/qs --minutes "$minutes" --fresh "$@" 2>&1 | tee "$out/quickstart.log" \
-  | { grep -v -E "it/s|s/it|clip/s|Warning|warn\(" || true; } || rc=$?
+limit=()
+[ "${QS_TIMEOUT:-0}" = 0 ] || limit=(timeout -s INT -k 30 "$QS_TIMEOUT")
+"${limit[@]}" python3 -m ipoke.cli quickstart --out /tmp/qs --minutes "$minutes" --fresh "$@" 2>&1 \
+  | tee "$out/quickstart.log" | { grep -v -E "it/s|s/it|clip/s|video/s|batch/s|Warning|warn\(" || true; } || rc=$?
 echo "quickstart wall time $(( $(date +%s) - start )) s"
+# Pack whatever exists, also after a failure or QS_TIMEOUT: the exported model can be evaluated elsewhere.
+if [ -d /tmp/qs/model ]; then
+  tar czf "$out/model.tgz" -C /tmp/qs model quickstart_settings.json
+  split -b 15m "$out/model.tgz" "$out/model.tgz.part-" && rm "$out/model.tgz"
+fi
+report=()
+for path in report.md metrics.json metrics_val.json samples runs/autoencoder/logs runs/image_encoder/logs \
+  runs/poke_encoder/logs runs/cinn/logs; do
+  [ -e "/tmp/qs/$path" ] && report+=("$path")
+done
+[ "${#report[@]}" = 0 ] || tar czf "$out/report.tgz" -C /tmp/qs "${report[@]}"
 if [ "$rc" != 0 ]; then
-  echo "quickstart FAILED (exit $rc); its whole log is $out/quickstart.log" >&2
+  echo "quickstart FAILED or was stopped by QS_TIMEOUT (exit $rc); packed: $(ls "$out" | tr '\n' ' ')" >&2
+  echo "its whole log is $out/quickstart.log" >&2
   exit "$rc"
 fi
-tar czf "$out/model.tgz" -C /tmp/qs model quickstart_settings.json
-split -b 15m "$out/model.tgz" "$out/model.tgz.part-" && rm "$out/model.tgz"
-tar czf "$out/report.tgz" -C /tmp/qs report.md metrics.json metrics_val.json samples runs/autoencoder/logs runs/image_encoder/logs \
-  runs/poke_encoder/logs runs/cinn/logs
 [ "${DIAGNOSE:-1}" = 0 ] && { ls -la "$out"; exit 0; }
 start=$(date +%s)
 rc=0

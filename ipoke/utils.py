@@ -35,6 +35,16 @@ def is_whole_number(value: Any, minimum: int) -> bool:
     return not isinstance(value, bool) and int(value) == value and value >= minimum
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the platform has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def cpu_threads(limit: int = 8) -> int:
+    """Threads for CPU-side work that releases the GIL (OpenCV, pymunk): the available cores, at most ``limit``."""
+    return max(1, min(limit, available_cores()))
+
+
 def file_in_the_way(path: str | os.PathLike) -> Path | None:
     """The nearest of ``path`` and its parents that exists, if it is not a folder (then nothing can be created at
     ``path``: ``mkdir`` would fail with ``NotADirectoryError`` or ``FileExistsError``); None otherwise."""

@@ -223,6 +223,30 @@ def test_resimulated_baseline_follows_the_frame_step(synthetic_dataset):
     assert (videos[:, 0, 1:] - batch["video"][:, 1:]).abs().mean() < 0.05
 
 
+def test_resimulated_baseline_is_the_same_with_any_number_of_threads(synthetic_dataset, monkeypatch):
+    import ipoke.evaluation as evaluation
+    from ipoke.data.datasets import PokeDataset
+    from ipoke.data.synthetic import resimulate
+
+    dataset = PokeDataset(synthetic_dataset, split="test", n_frames=10, n_pokes=1, augment=False, deterministic=True,
+                          max_clips=3)
+    batch = torch.utils.data.default_collate([dataset[i] for i in range(3)])
+    runs = {}
+    for threads in (1, 4):
+        monkeypatch.setattr("ipoke.utils.cpu_threads", lambda limit=8, threads=threads: threads)
+        generators = evaluation.clip_generators(7, 0, 3)
+        runs[threads] = evaluation.resimulation_sampler(dataset)(batch, 3, generators)
+    assert torch.equal(runs[1], runs[4]) and runs[1].shape == (3, 3, 11, 3, 64, 64)
+    # Clip c, sample k is the physics sample of the k-th seed drawn from clip c's own generator.
+    generator = evaluation.clip_generators(7, 0, 3)[2]
+    seeds = [int(torch.randint(0, 2**31, (1,), generator=generator)) for _ in range(3)]
+    video_id, start = batch["video_id"][2], int(batch["start"][2])
+    frames = resimulate(dataset.data.scene(video_id), size=dataset.data.size, physics_seed=seeds[1])["frames"]
+    expected = torch.from_numpy(frames[start:start + 11]).permute(0, 3, 1, 2).float() / 127.5 - 1
+    torch.testing.assert_close(runs[4][2, 1], expected)
+    assert not torch.equal(runs[4][2, 0], runs[4][2, 1])  # the samples differ
+
+
 def test_static_reference_model_round_trips_through_export_and_transfer(tmp_path, make_tiny_poker):
     poker = make_tiny_poker(static_reference=True)
     again = Poker.from_checkpoint(poker.export(tmp_path / "static"))
@@ -786,3 +810,14 @@ def test_sensitivity_from_data_uses_each_clips_poke_length(exported, tmp_path, s
         main(["sample", "--ckpt", str(exported), "--data", synthetic_dataset, "--fps", "200", "--out",
               str(tmp_path / "f")])
     assert exit_info.value.code == 2 and "expected frames per second from 0.01 to 50" in capsys.readouterr().err
+
+
+def test_evaluation_accumulator_takes_tensors_of_any_device_and_grad_state():
+    from ipoke.evaluation import _Accumulator
+
+    # Frame metrics come back as tensors on the metric device; numpy cannot read a CUDA tensor (or one that requires
+    # grad), which broke every evaluation on a GPU once SSIM moved there. A grad-requiring tensor takes the same path.
+    accumulator = _Accumulator()
+    accumulator.add("ssim", torch.tensor([0.5, 1.0, float("nan")], requires_grad=True))
+    accumulator.add("ssim", np.array([0.0]))
+    assert accumulator.means() == {"ssim": pytest.approx(0.5)}

@@ -437,13 +437,20 @@ def _write_mp4_with_opencv(path: Path, frames: np.ndarray, *, fps: float) -> Pat
     return path
 
 
-def gif_bytes(frames: Any, *, fps: float = 10.0, loop: int = 0) -> bytes:
-    """An animated GIF of a clip, in memory (arguments as :func:`write_gif`)."""
+def gif_bytes(frames: Any, *, fps: float = 10.0, loop: int = 0, fast: bool = False) -> bytes:
+    """An animated GIF of a clip, in memory (arguments as :func:`write_gif`).
+
+    ``fast=True`` builds each frame's palette with Pillow's fast octree instead of its default median cut: about 9x
+    faster (9 ms instead of 80 ms for an 11-frame 64 px clip) with a mean colour error of about 1.4 grey levels
+    instead of 0.25 (synthetic clips). For previews shown at once (``ipoke app``); files keep the median cut.
+    """
     import io
 
     from PIL import Image
 
     images = [Image.fromarray(frame) for frame in to_uint8_frames(frames)]
+    if fast:
+        images = [image.quantize(256, method=Image.Quantize.FASTOCTREE) for image in images]
     buffer = io.BytesIO()
     images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=max(1, round(1000 / fps)),
                    loop=loop, optimize=False, disposal=1)

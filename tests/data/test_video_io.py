@@ -99,6 +99,24 @@ def test_gif_round_trip_keeps_length_and_approximate_colours(tmp_path):
     np.testing.assert_array_equal(read_frames(path).shape, frames.shape)
 
 
+def test_fast_gif_palette_keeps_frames_and_colours_close(tmp_path):
+    from ipoke.data.video_io import gif_bytes
+
+    ramp = np.linspace(0, 255, 48)
+    frames = np.stack([np.stack(np.broadcast_arrays(ramp[None, :], ramp[:, None], np.full((48, 48), 40.0 * t)), -1)
+                       for t in range(6)]).round().astype(np.uint8)  # 48x48 colour gradients: many colours
+    fast, default = gif_bytes(frames, fps=5, fast=True), gif_bytes(frames, fps=5)
+    assert fast != default
+    errors = {}
+    for name, data in (("fast", fast), ("default", default)):
+        path = tmp_path / f"{name}.gif"
+        path.write_bytes(data)
+        back = read_gif(path)
+        assert back.shape == frames.shape
+        errors[name] = np.abs(back.astype(int) - frames.astype(int)).mean()
+    assert errors["fast"] < 4 and errors["default"] < 4
+
+
 def test_gif_frames_held_longer_are_repeated_at_a_constant_rate(tmp_path):
     # A poke video as GIF writers store it: the still start (5 identical frames) merged into one frame shown 5 times
     # as long. Read at a constant rate, frame index means time again, and the rate is the shortest delay's.

@@ -200,3 +200,20 @@ def test_annotations_that_do_not_fit_the_videos_are_refused():
     np.testing.assert_array_equal(
         control_errors(array, flow[:2], masks[:2], poke[:2], np.zeros(2, bool))[CONTROL_OBJECT_EPE],
         control_errors(array.copy(), flow[:2], masks[:2], poke[:2], np.zeros(2, bool))[CONTROL_OBJECT_EPE])
+
+
+def test_estimate_flow_is_the_same_in_threads_and_finds_a_translation(monkeypatch):
+    from ipoke.metrics.control import estimate_flow
+
+    first = torch.stack([texture(seed, 12) for seed in range(5)])
+    last = torch.roll(first, shifts=(2, 3), dims=(2, 3))  # every frame moves dy = 2, dx = 3 (wrapping at the border)
+    flows = {}
+    for threads in (1, 3):
+        monkeypatch.setattr("ipoke.utils.cpu_threads", lambda limit=8, threads=threads: threads)
+        flows[threads] = estimate_flow(first, last)
+    assert flows[1].shape == (5, 2, SIZE, SIZE) and np.array_equal(flows[1], flows[3])
+    interior = flows[1][:, :, 16:48, 16:48]
+    assert np.abs(interior[:, 0] - 3).mean() < 0.2 and np.abs(interior[:, 1] - 2).mean() < 0.2
+    assert estimate_flow(first[:0], last[:0]).shape == (0, 2, SIZE, SIZE)
+    with pytest.raises(ValueError, match="same number"):
+        estimate_flow(first, last[:2])

@@ -60,3 +60,36 @@ def test_ssim_matches_skimage_gaussian_reference():
 def test_rejects_frames_smaller_than_the_window():
     with pytest.raises(ValueError, match="11x11"):
         ssim_per_frame(torch.zeros(1, 1, 3, 8, 8), torch.zeros(1, 1, 3, 8, 8))
+
+
+def test_ssim_value_range_zero_one_matches_skimage_and_differs_from_the_ipoke_convention():
+    # SSIM is not shift-invariant: the [0, 1] convention is its own number, and both must match scikit-image.
+    target = smooth_video(batch=1, frames=2, size=24, seed=4)[..., :20]  # non-square frames (24 x 20)
+    prediction = (target + 0.2 * torch.randn(target.shape, generator=torch.Generator().manual_seed(5))).clamp(-1, 1)
+    zero_one = ssim_per_frame(prediction, target, value_range=(0, 1))
+    minus_one_one = ssim_per_frame(prediction, target)
+    for frame in range(2):
+        p, t = (v[0, frame].numpy().astype(np.float64) for v in (prediction, target))
+        for ours, (lo, hi) in ((zero_one, (0.0, 1.0)), (minus_one_one, (-1.0, 1.0))):
+            scale, offset = (hi - lo) / 2, (hi + lo) / 2
+            reference = structural_similarity(p * scale + offset, t * scale + offset, gaussian_weights=True,
+                                              sigma=1.5, use_sample_covariance=False, data_range=hi - lo,
+                                              channel_axis=0)
+            assert float(ours[0, frame]) == pytest.approx(reference, abs=1e-6)
+    assert (zero_one > minus_one_one + 0.01).all()
+    with pytest.raises(ValueError, match="value_range"):
+        ssim_per_frame(prediction, target, value_range=(1, 0))
+
+
+def test_ssim_in_chunks_equals_frame_by_frame(monkeypatch):
+    import ipoke.metrics.image_quality as image_quality
+
+    target = smooth_video(batch=1, frames=7, size=16, seed=6)
+    prediction = (target + 0.1 * torch.randn(target.shape, generator=torch.Generator().manual_seed(7))).clamp(-1, 1)
+    whole = ssim_per_frame(prediction, target)
+    monkeypatch.setattr(image_quality, "_SSIM_CHUNK_FRAMES", 3)  # 7 frames: chunks of 3, 3 and 1
+    chunked = ssim_per_frame(prediction, target)
+    one_by_one = torch.stack([ssim_per_frame(prediction[:, i], target[:, i]) for i in range(7)], dim=1)
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-7)
+    torch.testing.assert_close(one_by_one, whole, rtol=0, atol=1e-7)
+    assert ssim_per_frame(prediction[:0], target[:0]).shape == (0, 7)
