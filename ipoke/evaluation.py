@@ -177,27 +177,37 @@ def copy_first_frame_sampler(batch: dict[str, Any], n_samples: int,
     return video[:, :1].expand(-1, video.shape[1], -1, -1, -1).unsqueeze(1).expand(-1, n_samples, -1, -1, -1, -1)
 
 
-def resimulation_sampler(dataset: PokeDataset) -> Sampler | None:
-    """Baseline on synthetic data: each sample re-simulates the clip's scene and poke with other physics."""
+def _resimulated_clip(scene: dict[str, Any], data_size: int, physics_seed: int, start: int, n_frames: int, step: int,
+                      size: int) -> np.ndarray:
+    """One re-simulated clip, uint8 ``(n_frames + 1, size, size, 3)`` (runs in a worker process)."""
     from ipoke.data.synthetic import resimulate
 
-    if dataset.data.index.get("source") != "synthetic":
-        return None
-    step = dataset.frame_step
+    frames = resimulate(scene, size=data_size, physics_seed=physics_seed, frames_only=True)["frames"]
+    return resize_frames(frames[start:start + n_frames * step + 1:step], size)
 
-    def simulate(scene: dict[str, Any], start: int, physics_seed: int) -> torch.Tensor:
-        frames = resimulate(scene, size=dataset.data.size, physics_seed=physics_seed)["frames"]
-        frames = frames[start:start + dataset.n_frames * step + 1:step]
-        return frames_to_tensor(resize_frames(frames, dataset.size))
 
-    def sample(batch: dict[str, Any], n_samples: int, generators: Sequence[torch.Generator]) -> torch.Tensor:
-        from concurrent.futures import ThreadPoolExecutor
+class ResimulationSampler:
+    """Baseline on synthetic data: each sample re-simulates the clip's scene and poke with other physics (a
+    :data:`Sampler`).
 
+    The simulations run in worker processes when there are cores for them (:func:`ipoke.utils.cpu_threads`): the
+    drawing is Python-bound, so threads did not help, and one simulation at a time was most of an evaluation on a
+    GPU machine. The physics seeds are drawn in the calling process first, so the videos do not depend on the
+    workers. :meth:`close` (or ``with``) ends the workers; :func:`evaluate` does it.
+    """
+
+    def __init__(self, dataset: PokeDataset) -> None:
+        self.dataset = dataset
+        self._pool = None
+
+    def __call__(self, batch: dict[str, Any], n_samples: int,
+                 generators: Sequence[torch.Generator] | torch.Generator) -> torch.Tensor:
         from ipoke.utils import cpu_threads
 
+        dataset = self.dataset
         if isinstance(generators, torch.Generator):  # one generator for the whole batch, drawn clip after clip
             generators = [generators] * len(batch["video_id"])
-        jobs = []  # the seeds are drawn in order first, so the videos do not depend on the threads
+        jobs = []
         for video_id, start, generator in zip(batch["video_id"], batch["start"].tolist(), generators):
             scene = dataset.data.scene(video_id)
             if scene is None:  # a damaged synthetic dataset: resimulate failed on None with a TypeError
@@ -207,15 +217,41 @@ def resimulation_sampler(dataset: PokeDataset) -> Sampler | None:
                                          "re-simulated baseline needs: the dataset is damaged; delete that video's "
                                          "folder and run the same `ipoke data synth` again, which writes what is "
                                          "missing")
-            jobs += [(scene, start, int(torch.randint(0, 2**31, (1,), generator=generator)))
-                     for _ in range(n_samples)]
-        # The physics (pymunk) and the drawing (OpenCV) release the GIL: threads simulate in parallel (on a GPU
-        # machine this baseline was a third of an evaluation when run one simulation at a time).
-        with ThreadPoolExecutor(max_workers=max(1, min(len(jobs), cpu_threads()))) as pool:
-            videos = list(pool.map(lambda job: simulate(*job), jobs))
-        return torch.stack(videos).unflatten(0, (len(batch["video_id"]), n_samples))
+            jobs += [(scene, dataset.data.size, int(torch.randint(0, 2**31, (1,), generator=generator)), start,
+                      dataset.n_frames, dataset.frame_step, dataset.size) for _ in range(n_samples)]
+        workers = cpu_threads()
+        if workers > 1 and len(jobs) > 1:
+            if self._pool is None:
+                from concurrent.futures import ProcessPoolExecutor
 
-    return sample
+                import ipoke.data.synthetic  # noqa: F401 - imported before the fork, not by each worker
+                from ipoke.utils import ignore_interrupts_in_worker
+
+                self._pool = ProcessPoolExecutor(max_workers=workers, initializer=ignore_interrupts_in_worker)
+            clips = list(self._pool.map(_resimulated_clip, *zip(*jobs)))
+        else:
+            clips = [_resimulated_clip(*job) for job in jobs]
+        return torch.stack([frames_to_tensor(clip) for clip in clips]).unflatten(0, (len(batch["video_id"]),
+                                                                                     n_samples))
+
+    def close(self) -> None:
+        """End the worker processes (a later call starts new ones)."""
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
+
+    def __enter__(self) -> ResimulationSampler:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def resimulation_sampler(dataset: PokeDataset) -> ResimulationSampler | None:
+    """The re-simulated ground truth of a synthetic dataset (:class:`ResimulationSampler`), or None for other data."""
+    if dataset.data.index.get("source") != "synthetic":
+        return None
+    return ResimulationSampler(dataset)
 
 
 @dataclass
@@ -266,8 +302,6 @@ def evaluate(samplers: dict[str, Sampler], data_dir: str | os.PathLike, *, split
         [value per clip, averaged over its samples (NaN where it does not apply)]}}`` and ``"per_clip_videos"``
         (the video of each clip) for paired comparisons (:func:`compare_with_baseline`).
     """
-    from tqdm.auto import tqdm
-
     unknown = set(metrics) - set(ALL_METRICS)
     if unknown:
         raise ValueError(f"unknown metrics {sorted(unknown)}; choose from {', '.join(ALL_METRICS)}")
@@ -283,6 +317,24 @@ def evaluate(samplers: dict[str, Sampler], data_dir: str | os.PathLike, *, split
         resim = resimulation_sampler(dataset)
         if resim is not None:
             samplers["ground_truth_resimulated"] = resim
+    try:
+        return _evaluate(samplers, dataset, split=split, metrics=metrics, samples=samples, batch_size=batch_size,
+                         seed=seed, n_frames=n_frames, frame_step=frame_step, poke_size=poke_size, device=device,
+                         fvd_weights=fvd_weights, lpips_backbone=lpips_backbone, strict=strict, progress=progress,
+                         data_dir=data_dir)
+    finally:
+        for sampler in samplers.values():
+            if isinstance(sampler, ResimulationSampler):
+                sampler.close()
+
+
+def _evaluate(samplers: dict[str, Sampler], dataset: PokeDataset, *, split: str, metrics: Sequence[str], samples: int,
+              batch_size: int, seed: int, n_frames: int, frame_step: int, poke_size: int,
+              device: str | torch.device | None, fvd_weights: str | None, lpips_backbone: str | None, strict: bool,
+              progress: bool, data_dir: str | os.PathLike) -> dict[str, Any]:
+    """:func:`evaluate` once its clips and samplers are set up."""
+    from tqdm.auto import tqdm
+
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)

@@ -216,14 +216,15 @@ def test_resimulated_baseline_follows_the_frame_step(synthetic_dataset):
     dataset = PokeDataset(synthetic_dataset, split="test", n_frames=5, frame_step=2, n_pokes=1, augment=False,
                           deterministic=True, max_clips=2)
     batch = torch.utils.data.default_collate([dataset[0], dataset[1]])
-    videos = resimulation_sampler(dataset)(batch, 2, torch.Generator().manual_seed(0))
+    with resimulation_sampler(dataset) as sampler:
+        videos = sampler(batch, 2, torch.Generator().manual_seed(0))
     assert videos.shape == (2, 2, 6, 3, 64, 64)
     torch.testing.assert_close(videos[:, :, 0], batch["video"][:, None, 0].expand(-1, 2, -1, -1, -1))
     # Frames 1..5 are stored frames 2, 4, .., 10 of another physics sample: close to the strided clip.
     assert (videos[:, 0, 1:] - batch["video"][:, 1:]).abs().mean() < 0.05
 
 
-def test_resimulated_baseline_is_the_same_with_any_number_of_threads(synthetic_dataset, monkeypatch):
+def test_resimulated_baseline_is_the_same_with_any_number_of_workers(synthetic_dataset, monkeypatch):
     import ipoke.evaluation as evaluation
     from ipoke.data.datasets import PokeDataset
     from ipoke.data.synthetic import resimulate
@@ -235,7 +236,8 @@ def test_resimulated_baseline_is_the_same_with_any_number_of_threads(synthetic_d
     for threads in (1, 4):
         monkeypatch.setattr("ipoke.utils.cpu_threads", lambda limit=8, threads=threads: threads)
         generators = evaluation.clip_generators(7, 0, 3)
-        runs[threads] = evaluation.resimulation_sampler(dataset)(batch, 3, generators)
+        with evaluation.resimulation_sampler(dataset) as sampler:
+            runs[threads] = sampler(batch, 3, generators)
     assert torch.equal(runs[1], runs[4]) and runs[1].shape == (3, 3, 11, 3, 64, 64)
     # Clip c, sample k is the physics sample of the k-th seed drawn from clip c's own generator.
     generator = evaluation.clip_generators(7, 0, 3)[2]
@@ -821,3 +823,15 @@ def test_evaluation_accumulator_takes_tensors_of_any_device_and_grad_state():
     accumulator.add("ssim", torch.tensor([0.5, 1.0, float("nan")], requires_grad=True))
     accumulator.add("ssim", np.array([0.0]))
     assert accumulator.means() == {"ssim": pytest.approx(0.5)}
+
+
+def test_evaluate_ends_the_resimulation_workers(synthetic_dataset, monkeypatch):
+    import multiprocessing
+
+    from ipoke.evaluation import copy_first_frame_sampler, evaluate
+
+    monkeypatch.setattr("ipoke.utils.cpu_threads", lambda limit=8: 2)  # worker processes even on a 1-core machine
+    report = evaluate({"still": copy_first_frame_sampler}, synthetic_dataset, metrics=("psnr",), n_clips=2, samples=2,
+                      batch_size=2, progress=False)
+    assert report["results"]["ground_truth_resimulated"]["psnr"] > report["results"]["still"]["psnr"]
+    assert multiprocessing.active_children() == []

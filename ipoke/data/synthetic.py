@@ -415,7 +415,7 @@ def _build_space(scene: dict[str, Any], rng: np.random.Generator, *, perturb: bo
 
 def simulate(scene: dict[str, Any], poke: Poke, *, n_frames: int, size: int, physics_seed: int,
              stochastic: bool = True, impulse_scale: float = 760.0, frame_dt: float = 1 / 24,
-             substeps: int = 8) -> dict[str, np.ndarray]:
+             substeps: int = 8, frames_only: bool = False) -> dict[str, np.ndarray]:
     """Simulate ``n_frames`` future frames after a poke and render them with exact ground truth.
 
     Args:
@@ -433,12 +433,14 @@ def simulate(scene: dict[str, Any], poke: Poke, *, n_frames: int, size: int, phy
             ends up moving against the impulse in a quarter of the clips.
         frame_dt: Simulated seconds between frames.
         substeps: Physics steps per frame.
+        frames_only: Render the frames alone (no masks, flow or keypoints: about a third of the time), e.g. for the
+            re-simulated baseline of an evaluation. The frames are the same.
 
     Returns:
         ``frames`` uint8 ``(T+1, S, S, 3)``, ``flow`` float32 ``(T, 2, S, S)`` from frame 0 to frames 1..T in pixels at
         size S, ``masks`` uint8 ``(T+1, S, S)`` part ids, ``keypoints`` float32 ``(T+1, K, 2)`` joint positions in
         pixels at size S with pixel centres at integers (as prepared real keypoints), ``poses`` float64
-        ``(T+1, n_bodies, 3)`` world (x, y, angle).
+        ``(T+1, n_bodies, 3)`` world (x, y, angle); ``frames`` and ``poses`` alone with ``frames_only``.
     """
     rng = np.random.default_rng(physics_seed)
     bodies_spec = scene["bodies"]
@@ -467,6 +469,8 @@ def simulate(scene: dict[str, Any], poke: Poke, *, n_frames: int, size: int, phy
 
     background = render_background(scene["background"], size)
     frames = np.stack([render_frame(bodies_spec, poses[t], background) for t in range(n_frames + 1)])
+    if frames_only:
+        return {"frames": frames, "poses": poses}
     masks = np.stack([render_ids(bodies_spec, poses[t], size) for t in range(n_frames + 1)])
     flow = _exact_flow(masks[0], poses, size)
     keypoints = _keypoints(bodies_spec, poses, size)
@@ -629,12 +633,13 @@ def make_video(settings: SyntheticSettings, split: str, index: int) -> dict[str,
     }
 
 
-def resimulate(scene_record: dict[str, Any], *, size: int, physics_seed: int,
-               stochastic: bool = True) -> dict[str, np.ndarray]:
-    """Another physics sample of a stored video (same first frame and poke, different future)."""
+def resimulate(scene_record: dict[str, Any], *, size: int, physics_seed: int, stochastic: bool = True,
+               frames_only: bool = False) -> dict[str, np.ndarray]:
+    """Another physics sample of a stored video (same first frame and poke, different future); arguments as
+    :func:`simulate`."""
     poke = Poke(**scene_record["poke"])
     return simulate(scene_record, poke, n_frames=scene_record["frames"], size=size, physics_seed=physics_seed,
-                    stochastic=stochastic)
+                    stochastic=stochastic, frames_only=frames_only)
 
 
 def _worker(args: tuple[SyntheticSettings, str, str, int, Any]) -> str:
