@@ -225,9 +225,9 @@ class ResimulationSampler:
                 from concurrent.futures import ProcessPoolExecutor
 
                 import ipoke.data.synthetic  # noqa: F401 - imported before the fork, not by each worker
-                from ipoke.utils import single_threaded_worker
+                from ipoke.utils import ignore_interrupts_in_worker
 
-                self._pool = ProcessPoolExecutor(max_workers=workers, initializer=single_threaded_worker)
+                self._pool = ProcessPoolExecutor(max_workers=workers, initializer=ignore_interrupts_in_worker)
             clips = list(self._pool.map(_resimulated_clip, *zip(*jobs)))
         else:
             clips = [_resimulated_clip(*job) for job in jobs]

@@ -237,20 +237,6 @@ def ignore_interrupts_in_worker() -> None:
     _end_with_parent()
 
 
-def single_threaded_worker() -> None:
-    """Initializer of CPU-bound pool workers (simulation, drawing): :func:`ignore_interrupts_in_worker`, and one
-    OpenCV and one torch thread per worker. The pool already uses the cores; a worker inherits thread pools sized to
-    all of them (16 workers x 16 threads on a 16-core GPU machine), as PyTorch's own DataLoader workers avoid."""
-    import sys
-
-    import cv2
-
-    ignore_interrupts_in_worker()
-    cv2.setNumThreads(1)
-    if "torch" in sys.modules:  # inherited from the parent; not imported for this (seconds per spawned worker)
-        sys.modules["torch"].set_num_threads(1)
-
-
 def _end_with_parent() -> None:
     """Ask Linux to SIGTERM this process when its parent dies: after a ``kill -9`` of ``ipoke data synth/prepare``
     the pool workers kept writing into the output, then hung forever on their pipe. A no-op elsewhere."""

@@ -103,19 +103,3 @@ def test_a_second_writer_of_one_output_folder_is_refused_at_once(tmp_path, capsy
         assert f"another ipoke data synth is writing {out} right now" in capsys.readouterr().err
         assert not out.exists()
     assert main(command) == 0 and (out / "ipoke_dataset.json").is_file()
-
-
-def test_single_threaded_worker_limits_opencv_and_torch_threads_in_the_pool():
-    from concurrent.futures import ProcessPoolExecutor
-
-    from ipoke.utils import single_threaded_worker
-
-    with ProcessPoolExecutor(1, initializer=single_threaded_worker) as pool:
-        assert pool.submit(_thread_counts).result() == (1, 1)
-
-
-def _thread_counts():
-    import cv2
-    import torch
-
-    return cv2.getNumThreads(), torch.get_num_threads()

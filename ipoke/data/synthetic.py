@@ -34,7 +34,7 @@ import numpy as np
 import pymunk
 
 from ipoke.data.pokes import poke_from_flow_at
-from ipoke.utils import single_threaded_worker, stop_process_pool, writes_exclusively
+from ipoke.utils import ignore_interrupts_in_worker, stop_process_pool, writes_exclusively
 
 logger = logging.getLogger(__name__)
 
@@ -704,7 +704,7 @@ def generate_dataset(out: str | os.PathLike, settings: SyntheticSettings, *, wor
     writer.write_index(complete=False)
     try:
         if workers > 1 and len(todo) > 1:
-            with ProcessPoolExecutor(max_workers=workers, initializer=single_threaded_worker) as pool:
+            with ProcessPoolExecutor(max_workers=workers, initializer=ignore_interrupts_in_worker) as pool:
                 try:
                     for _ in pool.map(_worker, todo, chunksize=8):
                         bar.update()
