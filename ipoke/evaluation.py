@@ -227,6 +227,8 @@ class ResimulationSampler:
                 import ipoke.data.synthetic  # noqa: F401 - imported before the fork, not by each worker
                 from ipoke.utils import ignore_interrupts_in_worker
 
+                # No cv2.setNumThreads(1) in the workers: after the parent has used OpenCV's thread pool (DIS of
+                # the control metrics), that call blocks forever in a forked child.
                 self._pool = ProcessPoolExecutor(max_workers=workers, initializer=ignore_interrupts_in_worker)
             clips = list(self._pool.map(_resimulated_clip, *zip(*jobs)))
         else:
@@ -447,8 +449,8 @@ def _evaluate(samplers: dict[str, Sampler], dataset: PokeDataset, *, split: str,
     settings = {"data_dir": str(data_dir), "split": split, "metrics": list(metrics), "n_clips": len(dataset),
                 "samples": samples, "seed": seed, "n_frames": n_frames, "frame_step": frame_step,
                 "size": dataset.size, "poke_size": poke_size, "n_pokes_per_clip": 1,
-                "ssim_psnr_data_range": "frames in [-1, 1], data range 2 (SSIM in this convention is lower "
-                                        "than in the [0, 1] one; see docs/metrics.md)"}
+                "ssim_psnr_data_range": "frames in [-1, 1], data range 2 (SSIM in this convention differs from the "
+                                        "[0, 1] one; see docs/metrics.md)"}
     if n_keypoint_clips is not None:
         settings["n_keypoint_clips"] = n_keypoint_clips
     report = {"settings": settings, "results": results, "unavailable": unavailable}

@@ -825,13 +825,16 @@ def test_evaluation_accumulator_takes_tensors_of_any_device_and_grad_state():
     assert accumulator.means() == {"ssim": pytest.approx(0.5)}
 
 
+@pytest.mark.timeout(120)
 def test_evaluate_ends_the_resimulation_workers(synthetic_dataset, monkeypatch):
     import multiprocessing
 
     from ipoke.evaluation import copy_first_frame_sampler, evaluate
 
     monkeypatch.setattr("ipoke.utils.cpu_threads", lambda limit=8: 2)  # worker processes even on a 1-core machine
-    report = evaluate({"still": copy_first_frame_sampler}, synthetic_dataset, metrics=("psnr",), n_clips=2, samples=2,
-                      batch_size=2, progress=False)
+    # control runs OpenCV's DIS in this process before the pool forks: a worker that then called cv2.setNumThreads
+    # deadlocked (an earlier version's initializer did), so this test also guards against that hang.
+    report = evaluate({"still": copy_first_frame_sampler}, synthetic_dataset, metrics=("psnr", "control"), n_clips=2,
+                      samples=2, batch_size=2, progress=False)
     assert report["results"]["ground_truth_resimulated"]["psnr"] > report["results"]["still"]["psnr"]
     assert multiprocessing.active_children() == []

@@ -5,8 +5,9 @@ numbers of the [0, 1] convention with range 1 (or [0, 255] with 255): it depends
 range. SSIM is different: its luminance term compares the local means relative to zero, so shifting the values
 changes it. By default it is computed as iPOKE's evaluation computed it, on the [-1, 1] frames with data range 2
 (``value_range=(-1, 1)``); the [0, 1] convention of the interactive image-to-video predecessor, of scikit-image on
-uint8 or [0, 1] images and of most image libraries (``value_range=(0, 1)``) gives higher values on the same frames
-(0.986 instead of 0.899 for a noisy frame in ``tests/metrics/test_image_quality.py``). Compare SSIM only across
+uint8 or [0, 1] images and of most image libraries (``value_range=(0, 1)``) gives other values on the same frames
+(0.986 instead of 0.899 for a noisy mid-grey frame in ``tests/metrics/test_image_quality.py``; 0.58 instead of 0.98
+for a dark one, whose means sit far from mid-grey). Compare SSIM only across
 numbers of one convention. SSIM follows Wang et al. 2004 with the reference settings: 11x11 Gaussian window with
 sigma 1.5, K1 = 0.01, K2 = 0.03, population (biased) local statistics, the map averaged over the valid region (no
 padding) and over channels. This matches ``skimage.metrics.structural_similarity(..., gaussian_weights=True,
@@ -68,8 +69,9 @@ def _valid_blur_matrix(length: int, window: torch.Tensor) -> torch.Tensor:
         1, columns, window.expand(outputs, taps))
 
 
-# Frames per SSIM chunk: bounds the float64 temporaries (about 12 frame-sized arrays) to ~300 MB at 128 px.
-_SSIM_CHUNK_FRAMES = 256
+# Frames per SSIM chunk: bounds the float64 temporaries to about 0.5 GB for 3 x 128 x 128 frames (chunks of 256
+# peaked at 0.94 GB).
+_SSIM_CHUNK_FRAMES = 128
 
 
 def ssim_per_frame(prediction: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray, *,
@@ -81,7 +83,7 @@ def ssim_per_frame(prediction: torch.Tensor | np.ndarray, target: torch.Tensor |
         prediction: ``(..., C, H, W)`` with H, W >= ``kernel_size``; float in [-1, 1] or uint8.
         target: Same shape and convention.
         value_range: ``(lo, hi)`` the frames are mapped to (linearly from [-1, 1]) before SSIM: ``(-1, 1)``, the
-            default, is iPOKE's convention; ``(0, 1)`` the common image convention, which gives higher values (see
+            default, is iPOKE's convention; ``(0, 1)`` the common image convention, which gives other values (see
             the module doc).
         data_range: Peak-to-peak range in ``value_range`` units (default ``hi - lo``).
         kernel_size: Gaussian window size.
