@@ -104,14 +104,14 @@ def _trainer(*, root: Path, seconds: float, accelerator: str, val_batches: int =
 
 def _worker_counts(use_gpu: bool) -> tuple[int, int]:
     """``(data generation workers, data loader workers)`` for this machine's cores."""
-    from ipoke.utils import available_cores
+    from ipoke.utils import available_cores, cpu_threads
 
     cores = available_cores()
     # On CPU the training itself needs the cores. On a GPU the loaders are the limit: in session 14's H100 run (16
     # cores, 6 loaders) the image and poke encoders, tiny 2D networks, ran at 19-21 batches of 32 per second, the
     # ~100 augmented clips/s per loader that benchmarks/bench_data.py measures; the autoencoder ran 12.4 and the
     # cINN 11.4. Up to 12 loaders, leaving two cores for the training process (the gain is not measured yet).
-    return max(1, min(8, cores)), (max(1, min(12, cores - 2)) if use_gpu else 1)
+    return cpu_threads(8), (max(1, min(12, cores - 2)) if use_gpu else 1)
 
 
 def _datamodule(data_dir: Path, settings: QuickstartSettings, num_workers: int, stage: str):

@@ -41,7 +41,8 @@ def available_cores() -> int:
 
 
 def cpu_threads(limit: int = 8) -> int:
-    """Threads for CPU-side work that releases the GIL (OpenCV, pymunk): the available cores, at most ``limit``."""
+    """Parallel workers for CPU-side work (threads where it releases the GIL, as OpenCV's DIS; processes where it does
+    not, as the simulations): the available cores, at most ``limit``."""
     return max(1, min(limit, available_cores()))
 
 
