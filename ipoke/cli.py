@@ -297,6 +297,8 @@ def _probability(text: str) -> float:
 
 
 def _add_data_commands(subparsers: argparse._SubParsersAction) -> None:
+    from ipoke.utils import available_cores
+
     data = subparsers.add_parser("data", help="make, prepare and inspect datasets",
                                  description="Make, prepare and inspect datasets in ipoke's prepared format "
                                              "(docs/data_format.md).")
@@ -318,8 +320,9 @@ def _add_data_commands(subparsers: argparse._SubParsersAction) -> None:
                        help="frame side in pixels, at least 16, e.g. 64 or 128 (default 64)")
     synth.add_argument("--seed", type=int, default=0,
                        help="random seed >= 0; the same seed gives the same dataset")
-    synth.add_argument("--workers", type=_positive_int, default=os.cpu_count() or 1,
-                       help="parallel processes (default: all CPU cores); the result does not depend on it")
+    synth.add_argument("--workers", type=_positive_int, default=available_cores(),
+                       help="parallel processes (default: the CPU cores this process may use); the result does not "
+                            "depend on it")
     synth.add_argument("--val-fraction", type=_fraction_below_one, default=0.05,
                        help="fraction in [0, 1) of videos in the 'val' split (same distribution as train; default "
                             "0.05)")

@@ -160,3 +160,13 @@ def test_data_prepare_takes_a_single_video_file(tmp_path, capsys):
                  "--lags", "2", "--no-progress"]) == 0
     assert "1 videos (train 1)" in capsys.readouterr().out
     assert PreparedDataset(tmp_path / "out").ids() == ["square"]
+
+
+def test_data_synth_workers_default_to_the_cores_this_process_may_use(monkeypatch):
+    # In a container limited to a few cores, os.cpu_count() reports the whole host; the default must not.
+    import ipoke.utils
+    from ipoke.cli import build_parser
+
+    monkeypatch.setattr(ipoke.utils, "available_cores", lambda: 3)
+    args = build_parser().parse_args(["data", "synth", "--out", "unused"])
+    assert args.workers == 3

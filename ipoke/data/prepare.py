@@ -77,6 +77,7 @@ from ipoke.data.video_io import (
     video_fps,
 )
 from ipoke.utils import (
+    available_cores,
     file_in_the_way,
     ignore_interrupts_in_worker,
     stop_process_pool,
@@ -871,7 +872,7 @@ def _prepare_sources(writer: DatasetWriter, sources: list[VideoSource], splits: 
             # spawn: safe with CUDA (RAFT) and with OpenCV's/torch's thread pools, unlike fork. A process pool
             # executor (unlike multiprocessing.Pool) fails with BrokenProcessPool instead of hanging when a worker
             # dies.
-            threads = max(1, (os.cpu_count() or 1) // workers)
+            threads = max(1, available_cores() // workers)  # cores this process may use (affinity)
             executor = ProcessPoolExecutor(min(workers, len(tasks)), mp_context=multiprocessing.get_context("spawn"),
                                            initializer=_init_worker, initargs=(writer, options, threads, True))
             futures = [executor.submit(_prepare_one, task) for task in tasks]
