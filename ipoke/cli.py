@@ -513,7 +513,7 @@ def _run_sample(args: argparse.Namespace) -> int:
 
     from ipoke.data.layouts import SAMPLE_RECORD  # the settings of an `ipoke sample` run, beside its outputs
     from ipoke.sampling import Poker
-    from ipoke.utils import atomic_directory
+    from ipoke.utils import atomic_directory, exclusive_output
 
     if (args.image is None) == (args.data is None):
         raise UserError("give either --image (with --poke) or --data")
@@ -539,7 +539,8 @@ def _run_sample(args: argparse.Namespace) -> int:
         raise UserError("--mode sensitivity pokes one location in many directions: give a single --poke")
     device = _device(args.device)
     try:
-        with atomic_directory(args.out, marker=SAMPLE_RECORD) as out:
+        # Held for the whole run: two runs into one --out used to delete each other's files while replacing it.
+        with exclusive_output(args.out, "ipoke sample"), atomic_directory(args.out, marker=SAMPLE_RECORD) as out:
             poker = Poker.from_checkpoint(args.ckpt, map_location=device)
             count = _write_samples(poker, args, out, torch.Generator().manual_seed(args.seed))
             settings = {key: value for key, value in vars(args).items() if key != "handler"}

@@ -39,7 +39,7 @@ from ipoke.models.cinn.condition import stage2_condition
 from ipoke.models.cinn.network import ConditionalINN
 from ipoke.models.encoders import ImageEncoder, PokeEncoder
 from ipoke.models.noise import Generators, check_generators, check_temperature
-from ipoke.utils import atomic_directory
+from ipoke.utils import atomic_directory, exclusive_output
 
 MODEL_FILE = "poker.yaml"
 
@@ -276,9 +276,14 @@ class Poker(nn.Module):
         return cls(**networks, **clip_settings(checkpoint))
 
     def export(self, directory: str | os.PathLike) -> Path:
-        """Write the four networks and a manifest into ``directory`` atomically; :meth:`from_checkpoint` loads it."""
+        """Write the four networks and a manifest into ``directory`` atomically; :meth:`from_checkpoint` loads it.
+
+        Raises:
+            FileExistsError: ``directory`` is a folder of another kind, or another process is exporting into it right
+                now (two exports into one folder used to delete each other's files halfway).
+        """
         directory = Path(directory)
-        with atomic_directory(directory, marker=MODEL_FILE) as tmp:
+        with exclusive_output(directory, "model export"), atomic_directory(directory, marker=MODEL_FILE) as tmp:
             for role in ROLES:
                 network: SavableModule = getattr(self, role)
                 save_pretrained(network, tmp / role)

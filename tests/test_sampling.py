@@ -838,3 +838,28 @@ def test_evaluate_ends_the_resimulation_workers(synthetic_dataset, monkeypatch):
                       samples=2, batch_size=2, progress=False)
     assert report["results"]["ground_truth_resimulated"]["psnr"] > report["results"]["still"]["psnr"]
     assert multiprocessing.active_children() == []
+
+
+def test_a_second_export_or_sample_into_one_folder_is_refused_while_the_first_writes(exported, tmp_path, capsys,
+                                                                                       synthetic_dataset):
+    # Parallel runs into one --out used to delete each other's files while replacing it ("Directory not empty",
+    # missing files); the folder is now held for the whole run, as for quickstart and data synth.
+    from ipoke.utils import exclusive_output
+
+    out, samples = tmp_path / "model", tmp_path / "samples"
+    assert main(["export", "--ckpt", str(exported), "--out", str(out)]) == 0
+    before = sorted(str(path.relative_to(out)) for path in out.rglob("*"))
+    with exclusive_output(out, "test run"):
+        assert main(["export", "--ckpt", str(exported), "--out", str(out)]) == 2
+        assert f"another model export is writing {out.resolve()} right now" in capsys.readouterr().err
+        with pytest.raises(FileExistsError, match="another model export"):
+            Poker.from_checkpoint(exported).export(out)
+    assert sorted(str(path.relative_to(out)) for path in out.rglob("*")) == before
+    sample = ["sample", "--ckpt", str(out), "--data", synthetic_dataset, "--n", "1", "--samples", "1", "--out",
+              str(samples), "--scale", "1"]
+    with exclusive_output(samples, "test run"):
+        assert main(sample) == 2
+        assert f"another ipoke sample is writing {samples.resolve()} right now" in capsys.readouterr().err
+        assert not samples.exists()
+    assert main(sample) == 0 and (samples / "overview_0.png").is_file()
+    assert not [path.name for path in tmp_path.iterdir() if path.name.endswith(".tmp")]
