@@ -50,6 +50,7 @@ import cv2
 import numpy as np
 
 from ipoke.data.flow import (
+    DIS_CHAIN_HOP,
     DIS_PAD_FACTOR,
     DIS_PRESETS,
     FLOW_METHODS,
@@ -264,7 +265,7 @@ def prepare_video_arrays(source: str | os.PathLike, *, estimator: FlowEstimator,
         start = index - max_lag
         # Flow is computed once the furthest lag's frame has arrived, so every stored start has all lags.
         if start >= 0 and start % flow_stride == 0:
-            pairs = estimator.estimate_pairs([window[0]] * len(lags), [window[lag] for lag in lags])
+            pairs = estimator.estimate_lags(window, lags)
             if flow_side != size:
                 pairs = np.stack([resize_flow(pair, size) for pair in pairs])
             flows.append(pairs.astype(np.float16))
@@ -643,9 +644,11 @@ def _check_resume(out: Path, settings: dict[str, Any]) -> None:
         previous = json.loads(marker.read_text())
         previous = {key: previous.get(key, ARRAY_SETTING_DEFAULTS.get(key)) for key in ARRAY_SETTINGS}
         if previous.get("flow_method") == "dis" and isinstance(previous.get("flow_options"), dict):
-            # Written before DIS padded its frames (session 12): that flow was estimated unpadded.
-            # (Python calls without flow_options recorded {}: the preset was the default, medium.)
-            previous["flow_options"] = {"preset": "medium", "pad_factor": 1, **previous["flow_options"]}
+            # Written before DIS padded its frames (session 12): that flow was estimated unpadded; before it chained
+            # the flows of the frames in between (session 15): not chained. (Python calls without flow_options
+            # recorded {}: the preset was the default, medium.)
+            previous["flow_options"] = {"preset": "medium", "pad_factor": 1, "chain_hop": 0,
+                                        **previous["flow_options"]}
         different = {key: (previous[key], settings[key]) for key in ARRAY_SETTINGS if previous[key] != settings[key]}
         if different:
             details = ", ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in different.items())
@@ -721,7 +724,7 @@ def prepare_dataset(videos_dir: str | os.PathLike, out: str | os.PathLike, *, si
     lags = sorted({int(lag) for lag in lags})
     flow_options = dict(flow_options or {})
     if flow_method == "dis":  # recorded in full, so that a resume compares like with like
-        flow_options = {"preset": "medium", "pad_factor": DIS_PAD_FACTOR, **flow_options}
+        flow_options = {"preset": "medium", "pad_factor": DIS_PAD_FACTOR, "chain_hop": DIS_CHAIN_HOP, **flow_options}
     checks = [
         (size >= MIN_SIZE, f"size must be at least {MIN_SIZE} (optical flow needs frames of that side), got {size}"),
         (bool(lags) and min(lags) >= 1, f"lags must be positive integers, got {lags}"),
@@ -989,6 +992,11 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
                         help="DIS estimates flow on frames padded to F times their side, a power of two: 4 (default) "
                              "finds motion up to about 40%% of the frame, 1 (no padding, F^2 times faster) only up to "
                              "about 10%%; see docs/real_data.md")
+    parser.add_argument("--dis-chain", type=int, default=DIS_CHAIN_HOP, metavar="H",
+                        help="DIS also follows the motion through the frames in between, in hops of H frames "
+                             f"(default {DIS_CHAIN_HOP}), and keeps per pixel whichever estimate fits best: it finds "
+                             "large motion of textured objects that the direct estimate loses; 0 turns it off (about "
+                             "25%% faster); see docs/real_data.md")
     parser.add_argument("--raft-model", choices=sorted(RAFT_WEIGHT_FILES), default="raft_small",
                         help="RAFT variant (default raft_small)")
     parser.add_argument("--raft-weights", default=None, metavar="FILE",
@@ -1018,7 +1026,7 @@ def run_prepare(args: argparse.Namespace) -> int:
         flow_options = {"raft_model": args.raft_model, "weights": args.raft_weights, "device": args.device,
                         "iterations": args.raft_iterations}
     elif args.flow_method == "dis":
-        flow_options = {"preset": args.dis_preset, "pad_factor": args.dis_pad}
+        flow_options = {"preset": args.dis_preset, "pad_factor": args.dis_pad, "chain_hop": args.dis_chain}
     else:
         flow_options = {}
     try:

@@ -109,13 +109,13 @@ def test_flow_resolution_rescales_vectors_to_size(tmp_path, monkeypatch):
 
     def recording_estimator(method, **options):
         estimator = real_make_flow_estimator(method, **options)
-        original = estimator.estimate_pairs
+        original = estimator.estimate_lags
 
-        def estimate_pairs(frames_a, frames_b):
-            seen_shapes.update(frame.shape for frame in frames_a)
-            return original(frames_a, frames_b)
+        def estimate_lags(frames, lags):
+            seen_shapes.update(frame.shape for frame in frames)
+            return original(frames, lags)
 
-        estimator.estimate_pairs = estimate_pairs
+        estimator.estimate_lags = estimate_lags
         return estimator
 
     monkeypatch.setattr(prepare_module, "make_flow_estimator", recording_estimator)
@@ -185,19 +185,27 @@ def test_resume_skips_finished_redoes_interrupted_and_relabels(raw, tmp_path, mo
 
     with pytest.raises(PrepareError, match="other settings.*size: 32 -> 16"):
         prepare_dataset(root, out, size=16, lags=LAGS, progress=False)
-    # A dataset prepared before DIS padded its frames records no pad_factor: it resumes with --dis-pad 1 only.
+    # A dataset prepared before DIS chained the frames in between (session 15) records no chain_hop: it resumes
+    # with --dis-chain 0 only; one prepared before DIS padded its frames (session 12) records no pad_factor either.
     settings = json.loads((out / SETTINGS_FILE).read_text())
-    assert settings["flow_options"] == {"pad_factor": 4, "preset": "medium"}
+    assert settings["flow_options"] == {"pad_factor": 4, "preset": "medium", "chain_hop": 5}
+    del settings["flow_options"]["chain_hop"]
+    (out / SETTINGS_FILE).write_text(json.dumps(settings))
+    with pytest.raises(PrepareError, match="other settings.*'chain_hop': 0.*'chain_hop': 5"):
+        prepare_dataset(root, out, size=32, lags=LAGS, split_file=split_file, progress=False)
+    assert prepare_dataset(root, out, size=32, lags=LAGS, split_file=split_file, progress=False,
+                           flow_options={"chain_hop": 0}).written == []
     del settings["flow_options"]["pad_factor"]
     (out / SETTINGS_FILE).write_text(json.dumps(settings))
     with pytest.raises(PrepareError, match="other settings.*'pad_factor': 1.*'pad_factor': 4"):
-        prepare_dataset(root, out, size=32, lags=LAGS, split_file=split_file, progress=False)
+        prepare_dataset(root, out, size=32, lags=LAGS, split_file=split_file, progress=False,
+                        flow_options={"chain_hop": 0})
     assert prepare_dataset(root, out, size=32, lags=LAGS, split_file=split_file, progress=False,
-                           flow_options={"pad_factor": 1}).written == []
+                           flow_options={"pad_factor": 1, "chain_hop": 0}).written == []
     settings["flow_options"] = {}  # what a Python call without flow_options recorded before session 12
     (out / SETTINGS_FILE).write_text(json.dumps(settings))
     assert prepare_dataset(root, out, size=32, lags=LAGS, split_file=split_file, progress=False,
-                           flow_options={"pad_factor": 1}).written == []
+                           flow_options={"pad_factor": 1, "chain_hop": 0}).written == []
 
 
 def test_workers_give_the_same_dataset(raw, tmp_path):
