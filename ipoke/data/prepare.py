@@ -802,7 +802,7 @@ def prepare_dataset(videos_dir: str | os.PathLike, out: str | os.PathLike, *, si
         (out / SETTINGS_FILE).write_text(json.dumps(settings, indent=1))
         return _prepare_sources(writer, sources, splits, keypoint_files, settings, flow_options, estimator,
                                 workers=workers, on_error=on_error, progress=progress)
-    except Exception as error:
+    except BaseException as error:  # Ctrl-C and SIGTERM too: a new folder with no finished video refused the re-run
         if fresh and _remove_unfinished(out, created_out=created_out):
             if isinstance(error, PrepareError) and error.args[0].endswith(STOPPED_NOTE):
                 raise PrepareError(error.args[0][:-len(STOPPED_NOTE)] + f"\n(stopped; nothing was written to {out}; "
@@ -1045,8 +1045,12 @@ def run_prepare(args: argparse.Namespace) -> int:
         print(f"ipoke: error: {type(error).__name__}: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"ipoke: interrupted; the videos finished so far stay in {args.out} (the index is written only at the "
-              "end, so it is not a dataset yet); run the same command again to resume", file=sys.stderr)
+        if not (Path(args.out) / SETTINGS_FILE).is_file():  # no video was finished: what the run made is removed
+            print(f"ipoke: interrupted before any video was finished; nothing was kept in {args.out}",
+                  file=sys.stderr)
+        else:
+            print(f"ipoke: interrupted; the videos finished so far stay in {args.out} (the index is written only at "
+                  "the end, so it is not a dataset yet); run the same command again to resume", file=sys.stderr)
         return 130
     print(result.summary())
     return 1 if result.failed else 0

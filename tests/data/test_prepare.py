@@ -419,6 +419,32 @@ def test_a_stopped_or_interrupted_run_says_to_rerun_it(raw, tmp_path, capsys, mo
     assert len(result.skipped) == 3 and len(PreparedDataset(out)) == 3
 
 
+def test_an_interrupt_before_any_video_is_finished_leaves_nothing(raw, tmp_path, capsys, monkeypatch):
+    # Ctrl-C or SIGTERM during the first video left a new folder holding only the settings marker, which refused
+    # the corrected command ("prepared with other settings") although nothing had been prepared.
+    import ipoke.data.prepare as prepare_module
+    from ipoke.utils import Terminated
+
+    root, _ = raw
+    real_prepare_sources = prepare_module._prepare_sources
+    for stop, out in ((KeyboardInterrupt, tmp_path / "new"), (Terminated, tmp_path / "empty")):
+        if out.name == "empty":
+            out.mkdir()
+
+        def interrupted(writer, *args, stop=stop, **kwargs):
+            assert (writer.root / SETTINGS_FILE).is_file()  # the marker exists while the run works
+            raise stop
+
+        monkeypatch.setattr(prepare_module, "_prepare_sources", interrupted)
+        args = add_prepare_arguments(argparse.ArgumentParser()).parse_args(
+            ["--videos", str(root), "--out", str(out), "--size", "32", "--lags", "2,4", "--no-progress"])
+        assert run_prepare(args) == 130
+        assert f"interrupted before any video was finished; nothing was kept in {out}" in capsys.readouterr().err
+        assert (out.exists() and not any(out.iterdir())) if out.name == "empty" else not out.exists()
+        monkeypatch.setattr(prepare_module, "_prepare_sources", real_prepare_sources)
+        assert len(prepare_dataset(root, out, size=16, lags=LAGS, progress=False).written) == 3  # other settings
+
+
 def test_outputs_of_ipoke_inside_the_videos_folder_are_not_read_as_videos(raw, tmp_path, caplog):
     """An `ipoke sample --out`, a prepared dataset or an unfinished prepare output written inside --videos was read
     as raw videos by the next prepare (its gifs, mp4s and overview pngs); folders holding ipoke's marker files are
