@@ -525,14 +525,23 @@ def assign_splits(sources: Sequence[VideoSource], *, split_file: str | os.PathLi
         used: dict[str, list[str]] = {}
         missing = []
         for source in sources:
-            name = next((name for name in _names_of(source) if name in entries), None)
-            if name is None:
+            # Every line that names this video (by id, path, path without extension or file name) counts: a video
+            # listed as "door_04.mp4 test" and "door_04 train" went to train silently, and the other line was
+            # reported "not found".
+            names = list(dict.fromkeys(name for name in _names_of(source) if name in entries))
+            if not names:
                 if unlisted == "error":
                     missing.append(source.relative_path)
                 splits[source.video_id] = None if unlisted in ("skip", "error") else unlisted
-            else:
+                continue
+            listed = {entries[name] for name in names}
+            if len(listed) > 1:
+                raise PrepareError(f"split file {split_file} lists the video {source.relative_path!r} more than once "
+                                   "with different splits (" + ", ".join(f"{name!r}: {entries[name]!r}"
+                                                                        for name in names) + "); list each video once")
+            for name in names:
                 used.setdefault(name, []).append(source.relative_path)
-                splits[source.video_id] = entries[name]
+            splits[source.video_id] = entries[names[0]]
         ambiguous = {name: paths for name, paths in used.items() if len(paths) > 1}
         if ambiguous:
             name, paths = next(iter(ambiguous.items()))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 
 import cv2
@@ -722,7 +723,7 @@ def test_train_list_without_the_iper_layout_is_refused(raw, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_split_file_names_must_name_one_video_each(tmp_path):
+def test_split_file_names_must_name_one_video_each(tmp_path, caplog):
     videos = [VideoSource(video_id=f"{folder}__door_01", path=Path(folder), relative_path=f"{folder}/door_01.mp4")
               for folder in ("kitchen", "garden")]
     split_file = tmp_path / "splits.txt"
@@ -740,6 +741,17 @@ def test_split_file_names_must_name_one_video_each(tmp_path):
     with pytest.raises(PrepareError, match="splits.txt:3: 'kitchen/door_01' is in 'train' here but in 'test' on "
                                            "line 1"):
         assign_splits(videos, split_file=split_file)
+    # One video under two of its names: an error when the splits differ (it went silently to the first name's
+    # split, and the other line was reported "not found"), fine when they agree.
+    split_file.write_text("kitchen/door_01.mp4 test\nkitchen__door_01 train\ngarden/door_01 train\n")
+    with pytest.raises(PrepareError, match=r"lists the video 'kitchen/door_01.mp4' more than once with different "
+                                           r"splits \('kitchen__door_01': 'train', 'kitchen/door_01.mp4': 'test'\)"):
+        assign_splits(videos, split_file=split_file)
+    split_file.write_text("kitchen/door_01.mp4 test\nkitchen__door_01 test\ngarden/door_01 train\n")
+    with caplog.at_level(logging.WARNING, logger="ipoke.data.prepare"):
+        assert assign_splits(videos, split_file=split_file) == {"kitchen__door_01": "test",
+                                                                "garden__door_01": "train"}
+    assert "not found" not in caplog.text
 
 
 def test_summary_note_names_the_layouts_test_videos(tmp_path):
