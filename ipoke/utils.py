@@ -10,6 +10,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+# Free space below which a failed write is taken for a full disk (see save_torch).
+FULL_DISK_BYTES = 1 << 20
+
 
 class NotFoundError(KeyError):
     """A named entry (video, flow, network) that is not there; prints its message without KeyError's quotes."""
@@ -78,6 +81,33 @@ def _temporary_stem(name: str) -> str:
     while len(name.encode("utf-8", "surrogateescape")) > 100:
         name = name[:-1]
     return name
+
+
+def save_torch(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save(obj, path)``, with a failed write raised as the :class:`OSError` it is.
+
+    PyTorch reports a write that fails (a full disk above all) as ``RuntimeError: [enforce fail at
+    inline_container.cc:...] unexpected pos ...``, which reached users as a traceback; here it is ``OSError(ENOSPC)``
+    when the file system is (nearly) full, ``OSError(EIO)`` with PyTorch's message otherwise. The partial file is
+    left to the caller (they write into temporary files).
+    """
+    import errno
+
+    import torch
+
+    try:
+        torch.save(obj, path)
+    except RuntimeError as error:
+        # PyTorch's messages for a failed write of the archive (its own wording, so a match on its words).
+        if not any(words in str(error).lower() for words in ("unexpected pos", "failed writing", "write failed")):
+            raise
+        try:
+            full = shutil.disk_usage(Path(path).parent).free < FULL_DISK_BYTES
+        except OSError:
+            full = False
+        if full:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from error
+        raise OSError(errno.EIO, f"writing failed ({error})", str(path)) from error
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

