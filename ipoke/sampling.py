@@ -203,7 +203,9 @@ class Poker(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        """The networks' floating-point type; float inputs of any precision are cast to it."""
+        """The networks' floating-point type, float32 or float64 (float inputs of any precision are cast to it).
+        Half-precision networks cannot sample (the cINN's inverse runs in float32); use ``torch.autocast`` for bf16
+        speed."""
         return next(self.parameters()).dtype
 
     # ------------------------------------------------------------------------------------------------------------
@@ -345,6 +347,12 @@ class Poker(nn.Module):
         ``source_video`` ``(B, T + 1, 3, S, S)``; all float (of any precision: the callers cast them to the
         networks' type), with one ``B``.
         """
+        if self.dtype not in (torch.float32, torch.float64):
+            # The cINN draws and inverts in float32 (its inverse exponentiates scales); half-precision weights
+            # failed deep inside a coupling ("Input type (float) and bias type (c10::Half) should be the same").
+            raise ValueError(f"this Poker's networks are {self.dtype}; sampling needs float32 (or float64) weights. "
+                             "For bf16 speed keep them in float32 and sample inside torch.autocast(device_type, "
+                             "dtype=torch.bfloat16)")
         size = self.size
         for name, tensor in tensors.items():
             if name == "source_video":

@@ -588,6 +588,14 @@ def test_api_refuses_pokes_sample_counts_generators_and_devices_it_cannot_honour
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA GPU"):
             Poker.from_checkpoint(exported, map_location="cuda")
+    # Half-precision networks failed deep inside a coupling ("Input type (float) and bias type (c10::Half)").
+    for dtype in (torch.float16, torch.bfloat16):
+        half = Poker.from_checkpoint(exported).to(dtype)
+        with pytest.raises(ValueError, match=f"networks are {dtype}; sampling needs float32.*torch.autocast"):
+            half.animate(image, [(32, 32, 3, 1)], n_samples=1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # what the message advises works
+        videos = poker.animate(image, [(32, 32, 3, 1)], n_samples=1)
+    assert torch.isfinite(torch.as_tensor(np.asarray(videos, dtype=np.float32))).all()
 
 
 def test_export_checks_the_zoo_name_before_writing(exported, tmp_path, monkeypatch, capsys):
