@@ -93,10 +93,16 @@ def _save(entries: dict[str, dict[str, Any]]) -> None:
 
 
 def folder_checksum(folder: str | os.PathLike) -> str:
-    """SHA-256 over the relative paths and contents of every file in a folder (order independent of the OS)."""
+    """SHA-256 over the relative paths and contents of every file in a folder (order independent of the OS).
+
+    Hidden files and folders (a name starting with ``.``: Finder's ``.DS_Store``, an editor's swap file) are left
+    out: opening a model's folder made it "changed on disk" and unloadable by name. A model never holds any, so
+    checksums registered before are unchanged.
+    """
     folder = Path(folder)
     digest = hashlib.sha256()
-    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+    for file in sorted(p for p in folder.rglob("*") if p.is_file()
+                       and not any(part.startswith(".") for part in p.relative_to(folder).parts)):
         digest.update(str(file.relative_to(folder)).encode())
         with open(file, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):

@@ -76,6 +76,11 @@ def test_zoo_register_resolve_and_tamper(exported, tmp_path, monkeypatch):
     assert Poker.from_checkpoint("tiny_64").size == 64
     with pytest.raises(ValueError, match="taken"):
         zoo.register("tiny_64", folder)
+    # Opening the folder (Finder's .DS_Store, an editor's swap file) is not a change of the model.
+    registered = zoo.entries()["tiny_64"]["sha256"]
+    (folder / ".DS_Store").write_bytes(b"finder")
+    (folder / "cinn" / ".model.pt.swp").write_bytes(b"vim")
+    assert zoo.folder_checksum(folder) == registered and zoo.resolve("tiny_64") == folder.resolve()
     (folder / "cinn" / "model.pt").write_bytes(b"tampered")
     with pytest.raises(ValueError, match="changed on disk"):
         zoo.resolve("tiny_64")
