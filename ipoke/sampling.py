@@ -14,6 +14,7 @@ square and resized to the model's resolution, and the pokes are mapped the same 
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -218,9 +219,11 @@ class Poker(nn.Module):
         has (a ``ValueError`` says so otherwise, rather than blaming the model)."""
         _check_device(map_location)
         path_obj = Path(path)
-        # A folder that is not a model does not hide a registered name: zoo names such as synthetic_64 are common
-        # folder names too (the folder won, and its error never mentioned the zoo).
-        not_a_model = path_obj.is_dir() and not (path_obj / MODEL_FILE).exists()
+        # A folder or file that is not a model does not hide a registered name: zoo names such as synthetic_64 are
+        # common folder and file names too (they won, and their error never mentioned the zoo). A checkpoint is a
+        # zip archive (torch.save's format since PyTorch 1.6).
+        not_a_model = ((path_obj.is_dir() and not (path_obj / MODEL_FILE).exists())
+                       or (path_obj.is_file() and not zipfile.is_zipfile(path_obj)))
         if not path_obj.exists() or not_a_model:
             from ipoke import zoo
 

@@ -14,7 +14,7 @@ from ipoke import zoo
 from ipoke.cli import main
 from ipoke.evaluation import compare_with_baseline
 from ipoke.metrics import MetricUnavailable
-from ipoke.sampling import Poker
+from ipoke.sampling import ModelLoadError, Poker
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +81,13 @@ def test_zoo_register_resolve_and_tamper(exported, tmp_path, monkeypatch):
     (folder / ".DS_Store").write_bytes(b"finder")
     (folder / "cinn" / ".model.pt.swp").write_bytes(b"vim")
     assert zoo.folder_checksum(folder) == registered and zoo.resolve("tiny_64") == folder.resolve()
+    # Nor does a file of that name that is not a checkpoint (it was unpickled and blamed instead).
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny_64").write_text("notes")
+    assert Poker.from_checkpoint("tiny_64").size == 64
+    (tmp_path / "notes.txt").write_text("notes")  # not a registered name: still read, and refused clearly
+    with pytest.raises(ModelLoadError, match="notes.txt is not a readable checkpoint"):
+        Poker.from_checkpoint("notes.txt")
     (folder / "cinn" / "model.pt").write_bytes(b"tampered")
     with pytest.raises(ValueError, match="changed on disk"):
         zoo.resolve("tiny_64")
