@@ -482,8 +482,9 @@ def _add_sample_command(subparsers: argparse._SubParsersAction) -> None:
     sample.add_argument("--poke", type=_poke_arg, action="append", default=[],
                         help="x,y,dx,dy in the image's pixels; repeat for several pokes applied together")
     sample.add_argument("--data", help="a prepared dataset to take clips and pokes from (instead of --image)")
-    sample.add_argument("--split", default="test", help="dataset split for --data (default: test)")
-    sample.add_argument("--n", type=_positive_int, default=8, help="number of dataset clips for --data (default 8)")
+    sample.add_argument("--split", default=None, help="dataset split for --data (default: test)")
+    sample.add_argument("--n", type=_positive_int, default=None,
+                        help="number of dataset clips for --data (default 8)")
     sample.add_argument("--samples", type=_positive_int, default=None,
                         help="videos per image/clip (default 4; sensitivity mode draws one residual for all pokes; "
                              "transfer mode writes one video per clip, as the transfer is deterministic)")
@@ -523,8 +524,9 @@ def _run_sample(args: argparse.Namespace) -> int:
         raise UserError(f"--image {args.image} does not exist or is not a file")
     if args.data is not None and args.poke:
         raise UserError("--poke is for --image; dataset clips (--data) bring their own simulated pokes")
-    if args.mode == "transfer" and (args.data is None or args.n < 2):
+    if args.mode == "transfer" and (args.data is None or (args.n is not None and args.n < 2)):
         raise UserError("--mode transfer replays each dataset clip on the next one: give --data and --n 2 or more")
+    _dataset_options(args, default_n=8)
     if args.mode == "transfer" and args.samples is not None:
         print("ipoke: note: --mode transfer writes one video per clip (the transfer is deterministic); --samples is "
               "ignored", file=sys.stderr)
@@ -549,6 +551,18 @@ def _run_sample(args: argparse.Namespace) -> int:
         raise UserError(str(error)) from error
     print(f"wrote {count} overview(s) and their samples to {args.out}")
     return 0
+
+
+def _dataset_options(args: argparse.Namespace, *, default_n: int) -> None:
+    """Fill in --split and --n for --data; refuse them with --image (they were ignored silently, and recorded)."""
+    if args.data is None:
+        given = [option for option, value in (("--n", args.n), ("--split", args.split)) if value is not None]
+        if given:
+            raise UserError(f"{' and '.join(given)} {'are' if len(given) > 1 else 'is'} for --data (which clips of "
+                            "a dataset to take); with --image they mean nothing")
+        return
+    args.split = "test" if args.split is None else args.split
+    args.n = default_n if args.n is None else args.n
 
 
 def _sensitivity_magnitudes(dx: float, dy: float) -> tuple[float, float] | None:
@@ -619,8 +633,8 @@ def _add_app_command(subparsers: argparse._SubParsersAction) -> None:
                      help="an image file to poke (any size; its centre square is what the model sees); repeat for "
                           "several")
     app.add_argument("--data", help="a prepared dataset whose clips' first frames to poke (instead of --image)")
-    app.add_argument("--split", default="test", help="dataset split for --data (default: test)")
-    app.add_argument("--n", type=_positive_int, default=16, help="first frames taken from --data (default 16)")
+    app.add_argument("--split", default=None, help="dataset split for --data (default: test)")
+    app.add_argument("--n", type=_positive_int, default=None, help="first frames taken from --data (default 16)")
     app.add_argument("--samples", type=_positive_int, default=3, help="videos per poke (default 3, at most 16)")
     app.add_argument("--host", default="127.0.0.1",
                      help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 opens it to the "
@@ -637,6 +651,7 @@ def _run_app(args: argparse.Namespace) -> int:
 
     if bool(args.image) == (args.data is not None):
         raise UserError("give either --image (one or more) or --data")
+    _dataset_options(args, default_n=16)
     for image in args.image:
         if not os.path.isfile(image):
             raise UserError(f"--image {image} does not exist or is not a file")

@@ -254,6 +254,8 @@ def test_command_line(tiny_model, tmp_path, monkeypatch, capsys, synthetic_datas
     assert "give either --image" in capsys.readouterr().err
     assert main(["app", "--ckpt", str(tiny_model), "--image", str(tmp_path / "none.png")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert main(["app", "--ckpt", str(tiny_model), "--image", str(image), "--n", "3"]) == 2
+    assert "--n is for --data" in capsys.readouterr().err
     # A model or image that cannot be loaded is named as such (it was blamed on the port).
     assert main(["app", "--ckpt", str(tmp_path / "nowhere"), "--image", str(image)]) == 2
     error = capsys.readouterr().err

@@ -329,6 +329,9 @@ def test_sample_command_rejects_bad_input_without_writing(exported, tmp_path, ca
     assert "centre square" in capsys.readouterr().err and not out.exists()
     assert main(["sample", "--ckpt", str(image), "--image", str(image), "--poke", "75,50,1,1", "--out", str(out)]) == 2
     assert "not a readable checkpoint" in capsys.readouterr().err and not out.exists()
+    # --n and --split choose dataset clips: with --image they were ignored silently (and recorded as settings).
+    assert main([*base, "--poke", "75,50,1,1", "--n", "50", "--split", "nosuchsplit"]) == 2
+    assert "--n and --split are for --data" in capsys.readouterr().err and not out.exists()
     for bad in (["--poke", "75,50,nan,1"], ["--poke", "75,50,1,1", "--samples", "0"],
                 ["--poke", "75,50,1,1", "--fps", "0"], ["--poke", "75,50,1,1", "--scale", "-1"]):
         with pytest.raises(SystemExit):
