@@ -119,8 +119,12 @@ class VideoLoggingCallback(L.Callback):
             return
         was_training = pl_module.training
         pl_module.eval()
+        # Sampling draws from the global random state: without the fork, logging changed every later posterior
+        # sample and poke of the training (and, on rank 0 only, made the ranks' streams diverge).
+        devices = [pl_module.device] if pl_module.device.type == "cuda" else []
         try:
-            videos = pl_module.log_videos(batch, max_videos=self.max_videos)
+            with torch.random.fork_rng(devices=devices):
+                videos = pl_module.log_videos(batch, max_videos=self.max_videos)
         finally:
             pl_module.train(was_training)
         step = self.batches_seen

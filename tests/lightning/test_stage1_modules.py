@@ -387,3 +387,20 @@ def test_flow_to_rgb_colours():
     rgb = flow_to_rgb(flow, max_magnitude=1.0)
     torch.testing.assert_close(rgb[0, :, 0, 0], torch.ones(3))
     torch.testing.assert_close(rgb[0, :, 0, 1], torch.tensor([1.0, -1.0, -1.0]))
+
+
+def test_video_logging_leaves_the_training_random_stream_alone(tmp_path):
+    # A module whose log_videos samples from the global generator (as the cINN's and the cVAE's do): logging changed
+    # every later posterior sample and poke of the training. The callback forks the random state around it.
+    class SamplingModule(VideoAutoencoderModule):
+        def log_videos(self, batch, max_videos=4):
+            return {"noise": torch.rand(1, FRAMES + 1, 3, SIZE, SIZE) * 2 - 1}
+
+    module = SamplingModule(tiny_autoencoder(), perceptual="none")
+    callback = VideoLoggingCallback(every_n_steps=1, max_videos=1, log_validation=False)
+    the_trainer = trainer(tmp_path, max_epochs=1, limit_train_batches=1, limit_val_batches=0, callbacks=[callback])
+    batch = next(iter(loader()))  # (a loader's iterator draws its seed from the global generator)
+    torch.manual_seed(3)
+    before = torch.get_rng_state()
+    callback._log(the_trainer, module, batch, "train")
+    assert torch.equal(torch.get_rng_state(), before) and len(callback.written) == 1
