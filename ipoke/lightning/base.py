@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import inspect
 import os
+import random
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
 
 from ipoke.models.base import NETWORKS_KEY, instantiate, network_specs
+
+# Steps apart, the seeds of two resumes (see NetworkCheckpointMixin.on_train_start): a large odd number, so that the
+# streams of nearby seeds and steps do not coincide.
+RESUME_SEED_STRIDE = 1_000_003
 
 
 class TrainingSetupError(MisconfigurationException, ValueError):
@@ -44,6 +50,22 @@ class NetworkCheckpointMixin(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[NETWORKS_KEY] = network_specs(self)
+
+    def on_train_start(self) -> None:
+        """On a resumed run, move the random streams on by the restored step.
+
+        The configs' ``seed_everything`` seeds every start alike, and checkpoints hold no random state, so each
+        resumed job replayed the first job's draws: the same clip order, pokes, augmentation and posterior noise
+        every time (and, with ``limit_train_batches``, never the other clips). Seeding from the seed and the restored
+        step keeps resumes reproducible and their streams new. (A resumed run still differs from an uninterrupted
+        one: its draws are not those the uninterrupted run would have made.)
+        """
+        step = self.trainer.global_step if self._trainer is not None else 0
+        if step > 0:
+            seed = (torch.initial_seed() + RESUME_SEED_STRIDE * step) % 2**63
+            torch.manual_seed(seed)  # also every CUDA device's generator
+            np.random.seed(seed % 2**32)
+            random.seed(seed)
 
     @classmethod
     def _networks_to_rebuild(cls, hyper_parameters: dict[str, Any]) -> set[str]:

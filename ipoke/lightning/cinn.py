@@ -305,6 +305,7 @@ class PokeINNModule(NetworkCheckpointMixin):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_train_start(self) -> None:
+        super().on_train_start()  # a resumed run's random streams move on (NetworkCheckpointMixin)
         # Resuming restores the scheduler's state, and with it the length of the run that wrote the checkpoint: a
         # resume with a larger max_epochs decayed to lr 0 at the old end and silently trained nothing. Keep this
         # run's schedule (its own end from max_epochs/max_steps, unless total_steps is set) from the restored step on.

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import random
+
 import lightning as L
+import numpy as np
 import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger
@@ -404,3 +407,28 @@ def test_video_logging_leaves_the_training_random_stream_alone(tmp_path):
     before = torch.get_rng_state()
     callback._log(the_trainer, module, batch, "train")
     assert torch.equal(torch.get_rng_state(), before) and len(callback.written) == 1
+
+
+def test_a_resumed_run_draws_new_random_numbers(tmp_path):
+    # `ipoke fit` seeds every start alike (seed_everything: 0) and checkpoints hold no random state: each resumed job
+    # replayed the first job's clip order, pokes, augmentation and noise. Now the stream moves on with the step.
+    class Draws(L.Callback):
+        def __init__(self):
+            self.values = []
+
+        def on_train_epoch_start(self, trainer, pl_module):
+            self.values.append((torch.rand(1).item(), float(np.random.rand()), random.random()))
+
+    def run(max_epochs, ckpt_path=None):
+        L.seed_everything(0, verbose=False)  # as the CLI does at each start
+        draws = Draws()
+        fit = trainer(tmp_path, max_epochs=max_epochs, limit_train_batches=1, limit_val_batches=0, callbacks=[draws])
+        fit.fit(tiny_gan_module(), loader(), ckpt_path=ckpt_path)
+        return fit, draws.values
+
+    first, first_draws = run(1)
+    first.save_checkpoint(tmp_path / "a.ckpt")
+    _, resumed = run(2, tmp_path / "a.ckpt")
+    _, again = run(2, tmp_path / "a.ckpt")
+    assert len(resumed) == 1 and resumed == again  # reproducible
+    assert all(new != old for new, old in zip(resumed[0], first_draws[0], strict=True))  # not a replay
