@@ -16,6 +16,7 @@ from ipoke.losses.perceptual import build_perceptual_loss
 from ipoke.losses.reconstruction import kl_loss, l1_loss, motion_weighted_l1_loss, psnr, ssim
 from ipoke.models.autoencoder import VideoAutoencoder
 from ipoke.models.discriminators import PatchDiscriminator2d, TemporalDiscriminator
+from ipoke.utils import is_whole_number
 
 TRAIN_BATCHES_KEY = "ipoke_train_batches"
 
@@ -66,6 +67,10 @@ class VideoAutoencoderModule(NetworkCheckpointMixin):
                  feature_matching_weight: float = 1.0, r1_weight: float = 1.0, gan_start_step: int = 0,
                  spatial_frames: int = 16, compile: bool = False, motion_weight: float = 0.0) -> None:
         super().__init__()
+        # Checked when the config is built: 0 crashed after the first batch (modulo by zero; an empty frame draw).
+        for name, value in (("lr_decay_every", lr_decay_every), ("spatial_frames", spatial_frames)):
+            if not is_whole_number(value, 1):
+                raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
         self.save_hyperparameters(ignore=["autoencoder", "spatial_discriminator", "temporal_discriminator"])
         self.automatic_optimization = False
         self.autoencoder = autoencoder

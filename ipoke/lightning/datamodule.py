@@ -9,6 +9,7 @@ import lightning as L
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from ipoke.data.datasets import PokeDataset
+from ipoke.utils import is_whole_number
 
 
 class PokeDataModule(L.LightningDataModule):
@@ -46,6 +47,14 @@ class PokeDataModule(L.LightningDataModule):
                  test_split: str = "test", eval_n_pokes: int = 1, max_val_clips: int | None = 1000,
                  seed: int = 0) -> None:
         super().__init__()
+        # Checked when the config is built: these failed later, at setup or in the loader, with a traceback.
+        for name, value, minimum in (("n_frames", n_frames, 1), ("frame_step", frame_step, 1),
+                                     ("batch_size", batch_size, 1), ("num_workers", num_workers, 0),
+                                     ("poke_size", poke_size, 1)):
+            if not is_whole_number(value, minimum):
+                raise ValueError(f"data.init_args.{name} must be a whole number >= {minimum}, got {value!r}")
+        if not 0 <= zero_poke_fraction <= 1:
+            raise ValueError(f"data.init_args.zero_poke_fraction must be in [0, 1], got {zero_poke_fraction!r}")
         if poke_source == "recorded" and augment:
             # Checked here, not only when the training set is built at fit time: the default augment=True would
             # otherwise fail minutes into a run (and until session 12 it silently served flow pokes instead).

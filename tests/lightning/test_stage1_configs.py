@@ -85,6 +85,16 @@ def test_constructor_errors_print_their_own_message_without_a_traceback(tmp_path
     err = capsys.readouterr().err
     assert "ipoke: error: the config could not be built: ValueError: channels must list 4 stage widths" in err
     assert "jsonargparse" not in err  # (pytest may add logging noise from an earlier test's closed stream)
+    # 0 for these crashed after the first batch with a traceback (modulo by zero; an empty frame draw).
+    for option in ("lr_decay_every", "spatial_frames"):
+        assert main(["fit", "--config", str(CONFIGS / "autoencoder" / "tiny.yaml"), f"--model.init_args.{option}=0",
+                     f"--trainer.default_root_dir={tmp_path}"]) == 2
+        assert f"ValueError: {option} must be a whole number >= 1, got 0" in capsys.readouterr().err
+    # Bad data-module values failed at setup or in the loader with a traceback.
+    for option in ("n_frames", "frame_step", "batch_size"):
+        assert main(["fit", "--config", str(CONFIGS / "poke_encoder" / "tiny.yaml"), f"--data.init_args.{option}=0",
+                     f"--trainer.default_root_dir={tmp_path}"]) == 2
+        assert f"data.init_args.{option} must be a whole number >= 1, got 0" in capsys.readouterr().err
 
 
 def test_missing_checkpoint_and_dataset_are_named(tmp_path, capsys):
