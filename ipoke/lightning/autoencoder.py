@@ -265,4 +265,5 @@ class VideoAutoencoderModule(NetworkCheckpointMixin):
         checkpoint[TRAIN_BATCHES_KEY] = self.train_batches
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
         self.train_batches = int(checkpoint.get(TRAIN_BATCHES_KEY, 0))

@@ -23,6 +23,41 @@ from ipoke.models.base import NETWORKS_KEY, instantiate, network_specs
 RESUME_SEED_STRIDE = 1_000_003
 
 
+# What a resume takes from this run's configure_optimizers rather than from the checkpoint (see
+# NetworkCheckpointMixin.on_train_start): optimiser settings besides the rate (AMSGrad is left as restored: its state
+# has no maximum to switch to), schedulers' decay settings, and the hyperparameters reported when they changed.
+RESUMED_GROUP_SETTINGS = ("betas", "weight_decay", "eps")
+RESUMED_SCHEDULER_SETTINGS = ("gamma", "factor", "patience", "cooldown", "threshold", "min_lrs")
+RESUMED_HYPERPARAMETERS = ("learning_rate", "lr_decay", "lr_patience", "betas", "weight_decay")
+
+
+def _optimizers_and_schedulers(configured: Any) -> tuple[list[Any], list[Any]]:
+    """The optimisers and schedulers of any return value of ``configure_optimizers`` Lightning accepts here: an
+    optimiser, ``(optimisers, schedulers)``, a dict with ``optimizer`` and ``lr_scheduler``, or a list of either."""
+    optimizers: list[Any] = []
+    schedulers: list[Any] = []
+
+    def add_scheduler(entry: Any) -> None:
+        schedulers.append(entry["scheduler"] if isinstance(entry, dict) else entry)
+
+    if isinstance(configured, torch.optim.Optimizer):
+        optimizers.append(configured)
+    elif isinstance(configured, dict):
+        optimizers.append(configured["optimizer"])
+        if configured.get("lr_scheduler") is not None:
+            add_scheduler(configured["lr_scheduler"])
+    elif isinstance(configured, tuple) and len(configured) == 2 and isinstance(configured[0], list):
+        optimizers.extend(configured[0])
+        for entry in configured[1]:
+            add_scheduler(entry)
+    elif isinstance(configured, (list, tuple)):
+        for entry in configured:
+            more_optimizers, more_schedulers = _optimizers_and_schedulers(entry)
+            optimizers.extend(more_optimizers)
+            schedulers.extend(more_schedulers)
+    return optimizers, schedulers
+
+
 class TrainingSetupError(MisconfigurationException, ValueError):
     """A trainer option that a module cannot train with (found in its ``setup``, before the first step); the
     ``ipoke`` command prints it as one line, like Lightning's own refusals of a configuration."""
@@ -51,7 +86,54 @@ class NetworkCheckpointMixin(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[NETWORKS_KEY] = network_specs(self)
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The settings the checkpoint was trained with: a resume compares its optimiser settings with them.
+        self._checkpoint_hyperparameters = dict(checkpoint.get("hyper_parameters") or {})
+
     def on_train_start(self) -> None:
+        """On a resumed run, apply this run's optimiser settings and move the random streams on by the restored step.
+
+        Lightning restores the optimisers' and schedulers' states, and with them the settings of the run that wrote
+        the checkpoint: a resume with another ``learning_rate``, ``lr_decay``, ``lr_patience``, ``betas`` or
+        ``weight_decay`` trained with the old values while the new ones were recorded as used. They are applied now:
+        the learning rate is scaled by new / old wherever the schedule has reached (base rates included), the
+        schedulers' decay settings and the optimisers' other settings are taken from this run's
+        ``configure_optimizers``.
+        """
+        self._apply_resumed_optimizer_settings()
+        self._advance_random_streams()
+
+    def _apply_resumed_optimizer_settings(self) -> None:
+        old = getattr(self, "_checkpoint_hyperparameters", None)
+        if not old or self._trainer is None or self.trainer.global_step == 0:
+            return
+        new_rate, old_rate = self.hparams.get("learning_rate"), old.get("learning_rate")
+        ratio = new_rate / old_rate if new_rate and old_rate and new_rate != old_rate else 1.0
+        fresh_optimizers, fresh_schedulers = _optimizers_and_schedulers(self.configure_optimizers())
+        restored_schedulers = [config.scheduler for config in self.trainer.lr_scheduler_configs]
+        for restored, fresh in zip(self.trainer.optimizers, fresh_optimizers, strict=False):
+            for group, fresh_group in zip(restored.param_groups, fresh.param_groups, strict=False):
+                for key in RESUMED_GROUP_SETTINGS:
+                    if key in fresh_group:
+                        group[key] = fresh_group[key]
+                for key in ("lr", "initial_lr"):
+                    if key in group:
+                        group[key] *= ratio
+        for restored, fresh in zip(restored_schedulers, fresh_schedulers, strict=False):
+            if hasattr(restored, "base_lrs"):
+                restored.base_lrs = [rate * ratio for rate in restored.base_lrs]
+            if hasattr(restored, "_last_lr"):
+                restored._last_lr = [group["lr"] for group in restored.optimizer.param_groups]
+            for key in RESUMED_SCHEDULER_SETTINGS:
+                if type(restored) is type(fresh) and hasattr(fresh, key):
+                    setattr(restored, key, getattr(fresh, key))
+        changed = {key: (old[key], self.hparams[key]) for key in RESUMED_HYPERPARAMETERS
+                   if key in old and key in self.hparams and old[key] != self.hparams[key]}
+        if changed:
+            rank_zero_info("Resumed with other optimiser settings than the checkpoint's, applied: " + ", ".join(
+                f"{key} {before!r} -> {after!r}" for key, (before, after) in changed.items()))
+
+    def _advance_random_streams(self) -> None:
         """On a resumed run, move the random streams on by the restored step.
 
         The configs' ``seed_everything`` seeds every start alike, and checkpoints hold no random state, so each

@@ -205,6 +205,7 @@ class ImageEncoderModule(NetworkCheckpointMixin):
         checkpoint["ipoke_train_batches"] = self.train_batches
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
         self.train_batches = int(checkpoint.get("ipoke_train_batches", 0))
 
 

@@ -286,6 +286,17 @@ def test_resuming_with_more_epochs_keeps_training_and_validation_is_deterministi
     assert resumed.global_step == 12
     changed = [key for key, value in resumed_module.flow.state_dict().items() if not torch.equal(value, before[key])]
     assert changed, "the resumed run did not train"
+    # A resume with another learning rate trains at it (the restored schedule kept the old peak, 1e-3 by default).
+    class FirstRate(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            self.rate = getattr(self, "rate", trainer.optimizers[0].param_groups[0]["lr"])
+
+    seen, lower = FirstRate(), PokeINNModule(**stage1, flow=tiny_flow(), warmup_steps=2, learning_rate=1e-5)
+    L.Trainer(accelerator="cpu", max_epochs=3, limit_val_batches=0, logger=False, enable_checkpointing=False,
+              enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+              callbacks=[seen]).fit(lower, train_dataloaders=loader(4), ckpt_path=checkpoint)
+    # Step 4 of a 2-step warm-up and a 12-step linear decay: (12 - 4) / (12 - 2) of the peak.
+    assert seen.rate == pytest.approx(1e-5 * 8 / 10)
     # Validating the same weights twice gives the same figures.
     again = [L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
                        default_root_dir=tmp_path).validate(resumed_module, loader(1, seed=1), verbose=False)[0]

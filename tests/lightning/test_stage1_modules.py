@@ -432,3 +432,42 @@ def test_a_resumed_run_draws_new_random_numbers(tmp_path):
     _, again = run(2, tmp_path / "a.ckpt")
     assert len(resumed) == 1 and resumed == again  # reproducible
     assert all(new != old for new, old in zip(resumed[0], first_draws[0], strict=True))  # not a replay
+
+
+def test_a_resume_applies_this_runs_optimiser_settings(tmp_path):
+    # Lightning restores the optimisers' and schedulers' states with the settings of the run that wrote them: a resume
+    # with learning_rate 1e-5 trained at the old rate (and lr_decay, betas likewise) while recording the new values.
+    def module(**settings):
+        return VideoAutoencoderModule(
+            tiny_autoencoder(), PatchDiscriminator2d(base_channels=8, n_layers=2),
+            TemporalDiscriminator(channels=[8, 8, 8, 8], blocks_per_stage=1, norm_groups=4), spatial_frames=4,
+            lr_decay_every=1, **settings)
+
+    class Seen(L.Callback):
+        def __init__(self):
+            self.groups, self.gammas = None, None
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if self.groups is None:
+                self.groups = [dict(group) for optimizer in trainer.optimizers for group in optimizer.param_groups]
+                self.gammas = [config.scheduler.gamma for config in trainer.lr_scheduler_configs]
+
+    first = trainer(tmp_path, max_epochs=1, limit_train_batches=2, limit_val_batches=0)
+    first.fit(module(learning_rate=1e-3, lr_decay=0.9), loader())
+    first.save_checkpoint(tmp_path / "a.ckpt")
+    reached = [group["lr"] for optimizer in first.optimizers for group in optimizer.param_groups]
+    np.testing.assert_allclose(reached, [1e-3 * 0.9 ** 2] * 3)  # decayed after each of the two batches
+
+    def resume(**settings):
+        seen = Seen()
+        trainer(tmp_path, max_epochs=2, limit_train_batches=2, limit_val_batches=0, callbacks=[seen]).fit(
+            module(**settings), loader(), ckpt_path=tmp_path / "a.ckpt")
+        return seen
+
+    same = resume(learning_rate=1e-3, lr_decay=0.9)
+    np.testing.assert_allclose([group["lr"] for group in same.groups], reached)
+    assert same.gammas == [0.9] * 3 and all(group["betas"] == (0.5, 0.9) for group in same.groups)
+    changed = resume(learning_rate=1e-4, lr_decay=0.5, betas=(0.6, 0.95))
+    np.testing.assert_allclose([group["lr"] for group in changed.groups], [1e-4 * 0.9 ** 2] * 3)  # where it was
+    np.testing.assert_allclose([group["initial_lr"] for group in changed.groups], [1e-4] * 3)
+    assert changed.gammas == [0.5] * 3 and all(tuple(group["betas"]) == (0.6, 0.95) for group in changed.groups)
