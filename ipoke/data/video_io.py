@@ -437,6 +437,12 @@ def _write_mp4_with_opencv(path: Path, frames: np.ndarray, *, fps: float) -> Pat
     return path
 
 
+def gif_delay_ms(fps: float) -> int:
+    """The frame delay of a GIF at ``fps``, in ms: the nearest whole centisecond, which is what GIF stores (Pillow
+    truncates milliseconds to centiseconds, so 15 fps as 67 ms played at 16.7 fps, as 60 ms, beside a 15 fps mp4)."""
+    return max(1, round(100 / fps)) * 10
+
+
 def gif_bytes(frames: Any, *, fps: float = 10.0, loop: int = 0, fast: bool = False) -> bytes:
     """An animated GIF of a clip, in memory (arguments as :func:`write_gif`).
 
@@ -452,7 +458,7 @@ def gif_bytes(frames: Any, *, fps: float = 10.0, loop: int = 0, fast: bool = Fal
     if fast:
         images = [image.quantize(256, method=Image.Quantize.FASTOCTREE) for image in images]
     buffer = io.BytesIO()
-    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=max(1, round(1000 / fps)),
+    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=gif_delay_ms(fps),
                    loop=loop, optimize=False, disposal=1)
     return buffer.getvalue()
 

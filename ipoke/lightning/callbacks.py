@@ -15,6 +15,7 @@ from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from ipoke.data.layouts import LOGGED_VIDEOS_MARKER
+from ipoke.data.video_io import write_gif  # (re-exported: it lived here)
 
 
 def videos_to_uint8(videos: torch.Tensor) -> np.ndarray:
@@ -25,17 +26,6 @@ def videos_to_uint8(videos: torch.Tensor) -> np.ndarray:
 def tile_videos(videos: np.ndarray) -> np.ndarray:
     """Put ``N`` clips side by side: uint8 ``(N, T, C, H, W)`` -> ``(T, C, H, N * W)``."""
     return np.concatenate(list(videos), axis=-1)
-
-
-def write_gif(path: str | Path, frames: np.ndarray, fps: int = 4) -> Path:
-    """Write uint8 frames ``(T, C, H, W)`` as a looping GIF; returns the path."""
-    from PIL import Image
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    images = [Image.fromarray(np.ascontiguousarray(frame.transpose(1, 2, 0))) for frame in frames]
-    images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
-    return path
 
 
 def _tensorboard_video_available() -> bool:

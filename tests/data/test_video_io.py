@@ -309,3 +309,19 @@ def test_video_whose_resolution_changes_mid_stream_is_refused(tmp_path):
                                              r"is 96x64 .*split it where the resolution changes"):
         read_frames(path)
     assert read_frames(path, max_frames=2).shape == (2, 64, 80, 3)
+
+
+@pytest.mark.parametrize(("fps", "delay"), [(15, 70), (7.3, 140), (5, 200), (4, 250), (50, 20)])
+def test_gif_frame_delay_is_the_nearest_centisecond(tmp_path, fps, delay):
+    # Pillow truncates milliseconds to centiseconds: 15 fps (67 ms) played as 60 ms, faster than the sample's mp4.
+    from PIL import Image
+
+    from ipoke.data.video_io import write_gif
+
+    frames = np.random.default_rng(0).integers(0, 255, (3, 8, 8, 3), dtype=np.uint8)
+    with Image.open(write_gif(tmp_path / "a.gif", frames, fps=fps)) as gif:
+        durations = []
+        for index in range(gif.n_frames):
+            gif.seek(index)
+            durations.append(gif.info["duration"])
+    assert durations == [delay] * 3
