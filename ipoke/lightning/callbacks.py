@@ -153,7 +153,7 @@ class VideoLoggingCallback(L.Callback):
         wandb_logger = next((logger for logger in trainer.loggers if isinstance(logger, WandbLogger)), None)
         if wandb_logger is not None:  # its log folder is shared by every W&B run: one sub-folder per run
             folder = folder / str(wandb_logger.experiment.id)
-        path = write_gif(folder / f"{key.replace('/', '_')}_{step:07d}.gif", frames, self.fps)
+        path = write_gif(folder / f"{key.replace('/', '_')}_{step:07d}.gif", frames, fps=self.fps)
         self.written.append(path)
         # Marks the folder as ipoke's output, so that `ipoke data prepare` never reads these gifs as raw videos
         # (a run's log folder may well lie inside the folder of the videos it trains on).
