@@ -54,6 +54,13 @@ def test_export_round_trip_is_exact(exported, tmp_path):
     first = poker.sample(x0, poke, n_samples=2, generator=torch.Generator().manual_seed(0))
     second = again.sample(x0, poke, n_samples=2, generator=torch.Generator().manual_seed(0))
     assert torch.equal(first, second)
+    # A float64 model stays float64 (its weights were cast down to float32 on loading, and its videos changed).
+    double = Poker.from_checkpoint(exported).double()
+    reloaded = Poker.from_checkpoint(double.export(tmp_path / "double"))
+    assert reloaded.dtype == torch.float64
+    first, second = (model.sample(x0.double(), poke.double(), generator=torch.Generator().manual_seed(0))
+                     for model in (double, reloaded))
+    assert first.dtype == torch.float64 and torch.equal(first, second)
 
 
 def test_transfer_reuses_the_residual(exported):

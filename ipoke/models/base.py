@@ -174,6 +174,8 @@ def _load_state(module: nn.Module, state: dict[str, torch.Tensor], source: str) 
             f"weights in {source} do not fit the {class_path_of(module)} its config builds: {mismatched[0]}"
             f"{f' and {len(mismatched) - 1} more' if len(mismatched) > 1 else ''}. Was it saved by another version of "
             "ipoke? Retrain it with this version, or load it with the version that wrote it.")
+    if {value.dtype for value in state.values() if value.is_floating_point()} == {torch.float64}:
+        module.double()  # weights saved in float64 stay float64 (load_state_dict cast them down to the build's fp32)
     missing, unexpected = module.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise WeightsMismatchError(
