@@ -153,7 +153,8 @@ def atomic_directory(target: str | os.PathLike, *, marker: str) -> Iterator[Path
     """Build a folder under a temporary name and move it to ``target`` only if the block succeeds.
 
     Yields the temporary folder (a hidden sibling of ``target``). On success an existing ``target`` is replaced; on
-    any error the temporary folder is deleted and ``target`` is left as it was, so readers never see half a folder.
+    any error the temporary folder is deleted (and the parent folders this call created) and ``target`` is left as it
+    was, so readers never see half a folder.
 
     Args:
         target: The folder to write.
@@ -182,6 +183,7 @@ def atomic_directory(target: str | os.PathLike, *, marker: str) -> Iterator[Path
     reason = unwritable_reason(target)
     if reason is not None:
         raise PermissionError(f"cannot write {target}: {reason}; choose another output folder")
+    created = [folder for folder in (target.parent, *target.parent.parents) if not folder.exists()]
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove_orphaned_temporaries(target)
     # The writer's process id is in the name, so that a later run can tell an orphan (its writer was killed with
@@ -196,6 +198,11 @@ def atomic_directory(target: str | os.PathLike, *, marker: str) -> Iterator[Path
         tmp.rename(target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        for folder in created:  # the parents this call made (deepest first), unless something else is in them now
+            try:
+                folder.rmdir()
+            except OSError:
+                break
         raise
 
 

@@ -157,3 +157,24 @@ def test_export_onto_a_full_disk_says_so_in_one_line(tiny_model, tmp_path, monke
     error = capsys.readouterr().err
     assert error.startswith("ipoke: error: No space left on device: ") and "free some space" in error
     assert not (tmp_path / "m").exists() and not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_atomic_directory_removes_the_parents_it_made_when_the_work_fails(tmp_path):
+    # A failed `ipoke sample --out new/a/b` left new/a behind.
+    from ipoke.utils import atomic_directory
+
+    with pytest.raises(RuntimeError, match="bad poke"):
+        with atomic_directory(tmp_path / "new" / "a" / "b", marker="x.json") as folder:
+            (folder / "x.json").write_text("{}")
+            raise RuntimeError("bad poke")
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "kept").mkdir()  # a parent that existed stays, and so does one that got other content meanwhile
+    with pytest.raises(RuntimeError):
+        with atomic_directory(tmp_path / "kept" / "a" / "b", marker="x.json"):
+            (tmp_path / "kept" / "a" / "notes.txt").write_text("someone else's")
+            raise RuntimeError
+    assert sorted(str(path.relative_to(tmp_path)) for path in tmp_path.rglob("*")) == ["kept", "kept/a",
+                                                                                         "kept/a/notes.txt"]
+    with atomic_directory(tmp_path / "ok" / "c", marker="x.json") as folder:
+        (folder / "x.json").write_text("{}")
+    assert (tmp_path / "ok" / "c" / "x.json").is_file()
