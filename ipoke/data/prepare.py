@@ -152,6 +152,11 @@ class PrepareResult:
                    "a random split sends videos to test only from 2 videos on, per object when objects are known")
             text += ("\nnote: no video is in the test split, which `ipoke fit` validates and `ipoke evaluate` tests "
                      f"on ({why}): add videos, or name test videos in a --split-file")
+        elif self.index.get("videos") and "test" not in splits and settings.get("split_file") is not None:
+            # A typo such as 'Test' in the split file went unnoticed until training found no test split.
+            text += (f"\nnote: the split file names no video 'test' (its splits here: {', '.join(sorted(splits))}); "
+                     "`ipoke fit` validates and `ipoke evaluate` tests on 'test' unless told otherwise (split names "
+                     "are case-sensitive)")
         requested = settings.get("flow_resolution")
         capped = sorted((meta["flow_resolution"], meta["id"]) for meta in self.index.get("videos", [])
                         if requested and meta.get("flow_resolution", requested) < requested)

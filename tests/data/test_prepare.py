@@ -502,6 +502,16 @@ def test_summary_notes_an_empty_test_split(tmp_path):
     write_frame_folder(tmp_path / "raw" / "only", panning_clip(6))
     result = prepare_dataset(tmp_path / "raw", tmp_path / "out", size=32, lags=LAGS, progress=False)
     assert "1 videos (train 1)" in result.summary() and "note: no video is in the test split" in result.summary()
+    # With a split file, a misspelt split name ('Test') left no test split without a word.
+    split_file = tmp_path / "splits.txt"
+    split_file.write_text("only Test\n")
+    result = prepare_dataset(tmp_path / "raw", tmp_path / "named", size=32, lags=LAGS, split_file=split_file,
+                             progress=False)
+    assert "note: the split file names no video 'test' (its splits here: Test)" in result.summary()
+    split_file.write_text("only test\n")
+    result = prepare_dataset(tmp_path / "raw", tmp_path / "right", size=32, lags=LAGS, split_file=split_file,
+                             progress=False)
+    assert "\nnote:" not in result.summary()
 
 
 def test_flow_resolution_actually_used_is_recorded_per_video(tmp_path):
