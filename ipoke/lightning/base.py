@@ -31,6 +31,13 @@ RESUMED_SCHEDULER_SETTINGS = ("gamma", "factor", "patience", "cooldown", "thresh
 RESUMED_HYPERPARAMETERS = ("learning_rate", "lr_decay", "lr_patience", "betas", "weight_decay")
 
 
+def resume_seed(trainer: Any) -> int | None:
+    """The seed of a resumed run's random streams (None when the run starts at step 0): the current seed (the config's
+    ``seed_everything``) moved on by the restored step, so that each resumed job draws new, reproducible numbers."""
+    step = int(getattr(trainer, "global_step", 0) or 0) if trainer is not None else 0
+    return (torch.initial_seed() + RESUME_SEED_STRIDE * step) % 2**63 if step > 0 else None
+
+
 def _optimizers_and_schedulers(configured: Any) -> tuple[list[Any], list[Any]]:
     """The optimisers and schedulers of any return value of ``configure_optimizers`` Lightning accepts here: an
     optimiser, ``(optimisers, schedulers)``, a dict with ``optimizer`` and ``lr_scheduler``, or a list of either."""
@@ -140,11 +147,12 @@ class NetworkCheckpointMixin(L.LightningModule):
         resumed job replayed the first job's draws: the same clip order, pokes, augmentation and posterior noise
         every time (and, with ``limit_train_batches``, never the other clips). Seeding from the seed and the restored
         step keeps resumes reproducible and their streams new. (A resumed run still differs from an uninterrupted
-        one: its draws are not those the uninterrupted run would have made.)
+        one: its draws are not those the uninterrupted run would have made.) The training loader is built before this
+        hook and seeds its workers and shuffling from its own generator, which :class:`PokeDataModule` seeds the
+        same way (:func:`resume_seed`).
         """
-        step = self.trainer.global_step if self._trainer is not None else 0
-        if step > 0:
-            seed = (torch.initial_seed() + RESUME_SEED_STRIDE * step) % 2**63
+        seed = resume_seed(self.trainer if self._trainer is not None else None)
+        if seed is not None:
             torch.manual_seed(seed)  # also every CUDA device's generator
             np.random.seed(seed % 2**32)
             random.seed(seed)

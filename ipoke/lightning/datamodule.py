@@ -6,9 +6,11 @@ import math
 import warnings
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from ipoke.data.datasets import PokeDataset
+from ipoke.lightning.base import resume_seed
 from ipoke.utils import is_whole_number
 
 
@@ -97,8 +99,8 @@ class PokeDataModule(L.LightningDataModule):
         if stage in (None, "test") and self.test_set is None:
             self.test_set = self._dataset(self.hparams.test_split, train=False)
 
-    def _loader(self, dataset: PokeDataset, *, shuffle: bool, sampler: WeightedRandomSampler | None = None
-                ) -> DataLoader:
+    def _loader(self, dataset: PokeDataset, *, shuffle: bool, sampler: WeightedRandomSampler | None = None,
+                generator: torch.Generator | None = None) -> DataLoader:
         workers = self.hparams.num_workers
         # Training drops the last partial batch, unless that would drop every batch: under DDP each process sees
         # only its share of the clips (rounded up, as the distributed sampler pads), and until session 12 a set
@@ -107,15 +109,21 @@ class PokeDataModule(L.LightningDataModule):
         share = math.ceil(len(dataset) / max(int(world_size), 1))
         return DataLoader(dataset, batch_size=self.hparams.batch_size, shuffle=shuffle and sampler is None,
                           sampler=sampler, num_workers=workers, drop_last=shuffle and share >= self.hparams.batch_size,
-                          persistent_workers=workers > 0, pin_memory=False)
+                          persistent_workers=workers > 0, pin_memory=False, generator=generator)
 
     def train_dataloader(self) -> DataLoader:
+        # A resumed run (Lightning restores the step before building this loader) seeds the shuffling and the
+        # workers' pokes and augmentation from the step: seeded from the config's seed alone, every resumed job
+        # replayed the first job's clip order, pokes and augmentation (the workers' seeds are drawn when the
+        # loader's iterator is made, before any training hook could reseed).
+        seed = resume_seed(self.trainer)
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
         sampler = None
         if self.hparams.object_weighting:
             # Under DDP Lightning wraps this sampler so that each process draws its own share.
             weights = self.train_set.object_balancing_weights()
-            sampler = WeightedRandomSampler(weights, num_samples=len(weights), replacement=True)
-        return self._loader(self.train_set, shuffle=True, sampler=sampler)
+            sampler = WeightedRandomSampler(weights, num_samples=len(weights), replacement=True, generator=generator)
+        return self._loader(self.train_set, shuffle=True, sampler=sampler, generator=generator)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, shuffle=False)

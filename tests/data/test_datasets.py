@@ -119,6 +119,32 @@ def test_datamodule_batches(synthetic_dataset):
     assert len(module.test_set) == 4
 
 
+@pytest.mark.parametrize("object_weighting", [False, True])
+def test_a_resumed_runs_loader_shuffles_and_seeds_its_workers_anew(synthetic_dataset, object_weighting):
+    # The training loader draws its clip order and its workers' seeds (pokes, augmentation) when its iterator is
+    # made, before any training hook: seeded from the config's seed alone, each resumed job replayed the first one's.
+    # Resumed (restored step > 0), it draws from the seed moved on by the step: new, and reproducible.
+    from types import SimpleNamespace
+
+    import lightning as L
+
+    module = PokeDataModule(data_dir=synthetic_dataset, batch_size=2, num_workers=0, object_weighting=object_weighting)
+    module.setup("fit")
+
+    def draws(step):
+        L.seed_everything(0, verbose=False)  # as `ipoke fit` at every start
+        module.trainer = SimpleNamespace(global_step=step, world_size=1)
+        loader = module.train_dataloader()
+        worker_seed = iter(loader)._base_seed
+        return worker_seed, list(loader.sampler)
+
+    fresh, resumed, later = draws(0), draws(12), draws(24)
+    assert draws(0) == fresh and draws(12) == resumed  # reproducible
+    assert resumed[0] != fresh[0] and later[0] != resumed[0]  # the workers' seeds
+    assert resumed[1] != fresh[1] and later[1] != resumed[1]  # the clip order
+    assert set(resumed[1]) <= set(range(len(module.train_set)))
+
+
 def test_datamodule_validates_on_test_when_there_is_no_val_split(tmp_path):
     from ipoke.data.synthetic import SyntheticSettings, generate_dataset
 
