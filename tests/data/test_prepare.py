@@ -762,6 +762,15 @@ def test_split_file_names_must_name_one_video_each(tmp_path, caplog):
         assert assign_splits(videos, split_file=split_file) == {"kitchen__door_01": "test",
                                                                 "garden__door_01": "train"}
     assert "not found" not in caplog.text
+    # A top-level clip.mp4 and x/clip.mp4: each line names the video whose path it is (the loose file name of
+    # x/clip.mp4 is the other video's path); this was refused as a double listing, then as ambiguous.
+    nested = [VideoSource(video_id="clip", path=Path("clip.mp4"), relative_path="clip.mp4"),
+              VideoSource(video_id="x__clip", path=Path("x/clip.mp4"), relative_path="x/clip.mp4")]
+    for first, second in (("train", "test"), ("test", "test")):
+        split_file.write_text(f"clip.mp4 {first}\nx/clip.mp4 {second}\n")
+        assert assign_splits(nested, split_file=split_file) == {"clip": first, "x__clip": second}
+    split_file.write_text("clip test\nx__clip train\n")  # the ids work too
+    assert assign_splits(nested, split_file=split_file) == {"clip": "test", "x__clip": "train"}
 
 
 def test_summary_note_names_the_layouts_test_videos(tmp_path):
