@@ -198,11 +198,7 @@ def atomic_directory(target: str | os.PathLike, *, marker: str) -> Iterator[Path
         tmp.rename(target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-        for folder in created:  # the parents this call made (deepest first), unless something else is in them now
-            try:
-                folder.rmdir()
-            except OSError:
-                break
+        _remove_created(created)  # the parents this call made, unless something else is in them now
         raise
 
 
@@ -213,9 +209,10 @@ def exclusive_output(target: str | os.PathLike, what: str) -> Iterator[None]:
     Two runs writing one folder (two quickstarts, two ``ipoke data synth``) deleted each other's temporary files,
     failed with messages about missing files, or, worst, left a model whose cINN was trained for the other run's
     autoencoder. The lock is ``flock`` on a hidden sibling file ``.<name>.lock`` (kept: deleting lock files races);
-    the system releases it when the process ends, ``kill -9`` included. Without ``fcntl`` (Windows), or where the
-    sibling cannot be created (the parent does not exist yet, or is read-only: the writes fail then anyway),
-    nothing is locked.
+    the system releases it when the process ends, ``kill -9`` included. Missing parent folders are created first (and
+    removed again with the lock file when ``target`` was not written). Without ``fcntl`` (Windows), or where the
+    sibling cannot be created (a read-only parent, a file in the way: the writes fail then anyway), nothing is
+    locked.
 
     Raises:
         FileExistsError: Another process holds ``target``; the message says so (one line from the ``ipoke`` command).
@@ -226,9 +223,15 @@ def exclusive_output(target: str | os.PathLike, what: str) -> Iterator[None]:
         yield
         return
     target = Path(target).absolute()
+    lock = target.parent / f".{_temporary_stem(target.name)}.lock"
+    # Missing parents are made here, so that the lock holds for a new nested --out too (without them there was no
+    # lock, and the writer made the parents anyway); removed again, with the lock file, if nothing was written.
+    created = [folder for folder in (target.parent, *target.parent.parents) if not folder.exists()]
     try:
-        handle = os.open(target.parent / f".{_temporary_stem(target.name)}.lock", os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError:  # a file in the way, a read-only parent: the writes fail with their own message
+        _remove_created(created)
         yield
         return
     try:
@@ -240,6 +243,18 @@ def exclusive_output(target: str | os.PathLike, what: str) -> Iterator[None]:
         yield
     finally:
         os.close(handle)
+        if created and not target.exists():
+            lock.unlink(missing_ok=True)
+            _remove_created(created)
+
+
+def _remove_created(folders: list[Path]) -> None:
+    """Remove the folders a call created (deepest first), stopping at the first that holds something now."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            break
 
 
 def writes_exclusively(argument: str, what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

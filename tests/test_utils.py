@@ -178,3 +178,25 @@ def test_atomic_directory_removes_the_parents_it_made_when_the_work_fails(tmp_pa
     with atomic_directory(tmp_path / "ok" / "c", marker="x.json") as folder:
         (folder / "x.json").write_text("{}")
     assert (tmp_path / "ok" / "c" / "x.json").is_file()
+
+
+def test_exclusive_output_locks_a_new_nested_folder_and_cleans_up_when_nothing_was_written(tmp_path):
+    # With --out's parent missing there was no lock at all: two exports into new/sub/out both "succeeded", the
+    # later one silently replacing the other's model.
+    from ipoke.utils import exclusive_output
+
+    target = tmp_path / "new" / "sub" / "out"
+    with exclusive_output(target, "first run"):
+        assert (tmp_path / "new" / "sub" / ".out.lock").is_file()
+        with pytest.raises(FileExistsError, match=f"another second run is writing {target} right now"):
+            with exclusive_output(target, "second run"):
+                pass
+    assert list(tmp_path.iterdir()) == []  # nothing written: the parents it made and the lock file are gone
+    with exclusive_output(target, "a run"):
+        target.mkdir()
+    assert target.is_dir() and (target.parent / ".out.lock").is_file()  # written: kept (lock files stay)
+    blocked = tmp_path / "a_file"
+    blocked.write_text("x")
+    with exclusive_output(blocked / "out", "a run"):  # a file in the way: no lock, the writer reports it
+        pass
+    assert blocked.read_text() == "x"

@@ -15,7 +15,7 @@ from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from ipoke.data.layouts import LOGGED_VIDEOS_MARKER
-from ipoke.data.video_io import write_gif  # (re-exported: it lived here)
+from ipoke.data.video_io import write_gif as write_gif_file
 
 
 def videos_to_uint8(videos: torch.Tensor) -> np.ndarray:
@@ -35,6 +35,12 @@ def _tensorboard_video_available() -> bool:
             importlib.util.find_spec("moviepy.editor") is not None)
     except (ImportError, ValueError):
         return False
+
+
+def write_gif(path: str | Path, frames: np.ndarray, fps: float = 4) -> Path:
+    """Write uint8 frames ``(T, C, H, W)`` as a looping GIF; returns the path
+    (:func:`ipoke.data.video_io.write_gif`, whose frame delays are whole centiseconds)."""
+    return write_gif_file(path, frames, fps=fps)
 
 
 class VideoLoggingCallback(L.Callback):
@@ -153,7 +159,7 @@ class VideoLoggingCallback(L.Callback):
         wandb_logger = next((logger for logger in trainer.loggers if isinstance(logger, WandbLogger)), None)
         if wandb_logger is not None:  # its log folder is shared by every W&B run: one sub-folder per run
             folder = folder / str(wandb_logger.experiment.id)
-        path = write_gif(folder / f"{key.replace('/', '_')}_{step:07d}.gif", frames, fps=self.fps)
+        path = write_gif(folder / f"{key.replace('/', '_')}_{step:07d}.gif", frames, self.fps)
         self.written.append(path)
         # Marks the folder as ipoke's output, so that `ipoke data prepare` never reads these gifs as raw videos
         # (a run's log folder may well lie inside the folder of the videos it trains on).
