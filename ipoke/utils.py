@@ -64,6 +64,10 @@ def unwritable_reason(path: str | os.PathLike) -> str | None:
     writable (it is replaced). Root passes these checks, as it passes the writes.
     """
     path = Path(path).absolute()
+    if path.is_symlink():  # written through (write_text_atomic), so its target is what must be writable
+        path = path.resolve()
+    if path.exists() and not path.is_file() and not path.is_dir():  # a device or pipe (/dev/null) is written into
+        return None if os.access(path, os.W_OK) else f"{path} is not writable"
     blocker = file_in_the_way(path.parent)
     if blocker is not None:
         return f"{blocker} is a file, so nothing can be created inside it"
@@ -112,8 +116,17 @@ def save_torch(obj: Any, path: str | os.PathLike) -> None:
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to a hidden sibling of ``path`` and rename it over ``path``: readers see the old or the new
-    file, never half of one."""
+    file, never half of one. A symbolic link is followed (its target replaced, the link kept); a device or pipe is
+    written into directly."""
     path = Path(path)
+    if path.is_symlink():  # replace the file it points to and keep the link (the link itself was replaced)
+        path = path.resolve()
+    if path.exists() and not path.is_file() and not path.is_dir():
+        # A device or pipe (`--out /dev/null`, `--out >(jq .)`) is written into: renaming over it replaced it with a
+        # plain file (as root, /dev/null itself).
+        with open(path, "w") as file:
+            file.write(text)
+        return
     # A name of its own per writer: with one fixed name, two processes writing the same file at once overwrote and
     # renamed away each other's temporary file.
     handle, tmp_name = tempfile.mkstemp(prefix=f".{_temporary_stem(path.name)}.", suffix=".tmp", dir=path.parent)

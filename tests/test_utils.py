@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -200,3 +201,29 @@ def test_exclusive_output_locks_a_new_nested_folder_and_cleans_up_when_nothing_w
     with exclusive_output(blocked / "out", "a run"):  # a file in the way: no lock, the writer reports it
         pass
     assert blocked.read_text() == "x"
+
+
+def test_write_text_atomic_writes_through_links_devices_and_pipes(tmp_path):
+    # `ipoke evaluate --out` renamed its file over whatever was there: a symlink became a plain file (its target
+    # untouched), a FIFO or device too (as root, --out /dev/null replaced /dev/null).
+    import threading
+
+    from ipoke.utils import unwritable_reason, write_text_atomic
+
+    target = tmp_path / "target.json"
+    target.write_text("old")
+    link = tmp_path / "link.json"
+    link.symlink_to(target)
+    write_text_atomic(link, "new")
+    assert link.is_symlink() and target.read_text() == "new"
+    assert unwritable_reason(os.devnull) is None  # (it named the folder /dev, which only root may write)
+    write_text_atomic(os.devnull, "discarded")
+    assert Path(os.devnull).is_char_device()
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_text()))
+    reader.start()
+    write_text_atomic(fifo, "through the pipe")
+    reader.join(timeout=10)
+    assert received == ["through the pipe"] and fifo.is_fifo()
