@@ -170,6 +170,19 @@ def clip_generators(seed: int, first_clip: int, count: int, *, stream: int = 0) 
             for clip in range(first_clip, first_clip + count)]
 
 
+def _finite(name: str, videos: torch.Tensor, first_clip: int) -> torch.Tensor:
+    """``videos`` ``(B, K, T + 1, 3, S, S)``, refused when a sample holds NaN or inf: such frames scored "n/a" (SSIM,
+    PSNR), were dropped from the means, or read as black by the flow of the control metrics, whose errors then looked
+    like a good model's."""
+    bad = ~torch.isfinite(videos).flatten(2).all(dim=2).all(dim=1)
+    if bad.any():
+        clips = (torch.nonzero(bad).flatten() + first_clip).tolist()
+        raise ValueError(f"the samples of {name!r} hold NaN or inf values (clips {clips[:5]}"
+                         f"{' ...' if len(clips) > 5 else ''}): its metrics would be meaningless; check the model "
+                         "(a diverged training run?)")
+    return videos
+
+
 def copy_first_frame_sampler(batch: dict[str, Any], n_samples: int,
                              generators: Sequence[torch.Generator] | None = None) -> torch.Tensor:
     """Baseline: the start frame repeated (no motion at all)."""
@@ -391,7 +404,8 @@ def _evaluate(samplers: dict[str, Sampler], dataset: PokeDataset, *, split: str,
         # The frame metrics run on the metric device: on a GPU machine, SSIM on the CPU was most of an evaluation.
         real_on_device = real.to(device)
         for name, sampler in samplers.items():
-            videos = sampler(batch, samples, clip_generators(seed, first_clip, len(real))).float()
+            videos = _finite(name, sampler(batch, samples, clip_generators(seed, first_clip, len(real))).float(),
+                             first_clip)
             accumulator = accumulators[name]
             flat_pred = videos[:, :, 1:].to(device).flatten(0, 1)
             flat_true = real_on_device[:, 1:].unsqueeze(1).expand(-1, samples, -1, -1, -1, -1).flatten(0, 1)
@@ -483,7 +497,8 @@ def _keypoint_pass(samplers: dict[str, Sampler], dataset: PokeDataset, accumulat
         pokes = batch["poke_coords"][:, 0].double()
         pokes[~batch["keypoint_poke"]] = math.nan  # flow-simulated fallback pokes are not scored
         for name, sampler in samplers.items():
-            videos = sampler(batch, samples, clip_generators(seed, first_clip, len(pokes), stream=1)).float()
+            videos = _finite(name, sampler(batch, samples, clip_generators(seed, first_clip, len(pokes), stream=1)
+                                           ).float(), first_clip)
             errors = keypoint_errors(videos.flatten(0, 1), pokes.repeat_interleave(samples, dim=0))
             errors = errors.reshape(-1, samples)
             accumulators[name].add(CONTROL_KEYPOINT_ERROR, errors)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 
@@ -893,3 +894,23 @@ def test_a_second_export_or_sample_into_one_folder_is_refused_while_the_first_wr
         assert not samples.exists()
     assert main(sample) == 0 and (samples / "overview_0.png").is_file()
     assert not [path.name for path in tmp_path.iterdir() if path.name.endswith(".tmp")]
+
+
+def test_a_model_whose_samples_hold_nan_is_refused_not_scored(synthetic_dataset):
+    # NaN frames scored "n/a" for SSIM/PSNR, were dropped from the means, and read as black frames by the control
+    # metrics' flow, whose errors then beat copying x0.
+    from ipoke.evaluation import copy_first_frame_sampler, evaluate
+    from ipoke.metrics.common import to_unit_range
+
+    def diverged(batch, n_samples, generator):
+        videos = copy_first_frame_sampler(batch, n_samples, generator).clone()
+        videos[1:, :, 2] = math.nan  # every clip of the batch but its first
+        return videos
+
+    options = {"split": "train", "n_clips": 4, "batch_size": 2, "include_baselines": False, "device": "cpu",
+               "progress": False, "samples": 2}
+    for metrics in (("ssim", "control"), ("keypoints",)):
+        with pytest.raises(ValueError, match=r"the samples of 'diverged' hold NaN or inf values \(clips \[1\]\)"):
+            evaluate({"diverged": diverged}, synthetic_dataset, metrics=metrics, **options)
+    with pytest.raises(ValueError, match="videos must be finite, but 1 of 2 values are NaN"):
+        to_unit_range(torch.tensor([0.5, math.nan]))

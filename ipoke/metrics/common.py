@@ -63,8 +63,9 @@ def to_unit_range(video: torch.Tensor | np.ndarray) -> torch.Tensor:
         Float32 tensor of the same shape in [-1, 1].
 
     Raises:
-        ValueError: For a float video with values beyond +-1.5 (e.g. floats in [0, 255], which every metric would
-            silently misread). Floats in [0, 1] cannot be told from [-1, 1] videos: map them with ``2 * x - 1``.
+        ValueError: For a float video with NaN or inf values, or values beyond +-1.5 (e.g. floats in [0, 255],
+            which every metric would silently misread). Floats in [0, 1] cannot be told from [-1, 1] videos: map
+            them with ``2 * x - 1``.
     """
     video = as_tensor(video)
     if video.dtype == torch.uint8:
@@ -72,6 +73,10 @@ def to_unit_range(video: torch.Tensor | np.ndarray) -> torch.Tensor:
     if not video.is_floating_point():
         raise TypeError(f"videos must be uint8 in [0, 255] or float in [-1, 1], got dtype {video.dtype}")
     if video.numel() and video.device.type != "meta":
+        finite = torch.isfinite(video.detach())
+        if not finite.all():  # NaN failed every range comparison and scored as a frame (or was dropped silently)
+            raise ValueError(f"videos must be finite, but {int((~finite).sum())} of {video.numel()} values are NaN or "
+                             "inf (a model that diverged?)")
         low, high = video.detach().aminmax()
         if low < -FLOAT_RANGE_LIMIT or high > FLOAT_RANGE_LIMIT:
             raise ValueError(f"float videos must be in [-1, 1], but this one spans [{low.item():.4g}, "
