@@ -166,7 +166,8 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu",
 def clip_generators(seed: int, first_clip: int, count: int, *, stream: int = 0) -> list[torch.Generator]:
     """One CPU generator per clip ``first_clip .. first_clip + count - 1``, seeded from ``seed``, the clip's index
     and a ``stream`` (0: the simulated-poke pass, 1: the keypoint pass), whatever the batch size."""
-    return [torch.Generator().manual_seed((seed * 1_000_003 + clip) * 7 + stream)
+    # Modulo 2**64, what a generator takes: seeds above about 2.6e12 (the CLI accepts up to 2**63) overflowed.
+    return [torch.Generator().manual_seed(((seed * 1_000_003 + clip) * 7 + stream) % 2**64)
             for clip in range(first_clip, first_clip + count)]
 
 

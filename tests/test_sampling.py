@@ -914,3 +914,13 @@ def test_a_model_whose_samples_hold_nan_is_refused_not_scored(synthetic_dataset)
             evaluate({"diverged": diverged}, synthetic_dataset, metrics=metrics, **options)
     with pytest.raises(ValueError, match="videos must be finite, but 1 of 2 values are NaN"):
         to_unit_range(torch.tensor([0.5, math.nan]))
+
+
+def test_every_seed_the_command_accepts_seeds_the_clips():
+    # Seeds above about 2.6e12 overflowed the generators once the evaluation had started; small seeds are unchanged.
+    from ipoke import evaluation
+
+    for seed in (10**14, 2**63 - 1):
+        first, second = evaluation.clip_generators(seed, 5, 2)
+        assert first.initial_seed() != second.initial_seed()
+    assert evaluation.clip_generators(7, 2, 1)[0].initial_seed() == (7 * 1_000_003 + 2) * 7
