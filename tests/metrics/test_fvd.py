@@ -205,3 +205,16 @@ def test_evaluate_computes_fvd_beside_the_baselines(kinetics_i3d, synthetic_data
     assert results["real"]["fvd"] == pytest.approx(0.0, abs=1e-2)
     assert results["copy_x0"]["fvd"] > 1.0 and results["ground_truth_resimulated"]["fvd"] >= 0.0
     assert all(row["n_clips"] == 3 for row in results.values())
+
+
+def test_clips_of_another_length_are_refused():
+    # FVD depends on T: the same clips cut to 16 and 9 frames scored 3482 with no warning.
+    metric = FrechetVideoDistance(network=PooledPixelsStandIn(), device="cpu")
+    videos = torch.rand(2, 16, 3, 32, 32) * 2 - 1
+    with pytest.raises(ValueError, match="these fake clips have 9 frames, the clips before 16"):
+        metric.update(real=videos, fake=videos[:, :9])
+    metric.reset()
+    metric.update(real=videos[:, :9], fake=videos[:, :9])
+    with pytest.raises(ValueError, match="these real clips have 16 frames, the clips before 9"):
+        metric.update(real=videos)
+    assert metric.compute()["fvd/n_real"] == 2
