@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ipoke.metrics.common import MetricUnavailable, to_unit_range
+from ipoke.metrics.common import MetricUnavailable, as_tensor, to_unit_range
 from ipoke.weights import WeightsNotFoundError, find_torch_hub_checkpoint, load_weights_file
 
 ALEXNET_FILENAME = "alexnet-owt-7be5be79.pth"
@@ -120,10 +120,12 @@ class LearnedPerceptualSimilarity(nn.Module):
         Returns:
             ``(B, T)`` float32 distances on the CPU.
         """
-        prediction, target = torch.as_tensor(prediction), torch.as_tensor(target)
+        prediction, target = as_tensor(prediction), as_tensor(target)  # (numpy views with negative strides too)
         if prediction.shape != target.shape or prediction.ndim != 5:
             raise ValueError(f"expected two (B, T, 3, H, W) videos of equal shape, got {tuple(prediction.shape)} "
                              f"and {tuple(target.shape)}")
+        if prediction.shape[1] == 0:  # no frames: an empty (B, 0), as SSIM and PSNR give
+            return torch.zeros(prediction.shape[:2])
         flat_a, flat_b = prediction.flatten(0, 1), target.flatten(0, 1)
         distances = [self(flat_a[i:i + batch_size], flat_b[i:i + batch_size]).cpu()
                      for i in range(0, len(flat_a), batch_size)]

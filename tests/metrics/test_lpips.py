@@ -30,6 +30,11 @@ def test_identical_inputs_give_zero_and_different_inputs_do_not(random_alexnet_p
     assert different.shape == (2, 3) and torch.all(different > 0)
     # Frames are paired in order: row 0 equals the image-level distances of video 0.
     torch.testing.assert_close(different[0], model(video[0], other[0]))
+    # Numpy views with negative strides (a reversed clip) were refused by torch.as_tensor; no frames give (B, 0).
+    reversed_frames = video.numpy()[:, ::-1]
+    torch.testing.assert_close(lpips_per_frame(reversed_frames, other.numpy(), model=model),
+                               model.video_distance(video.flip(1), other))
+    assert model.video_distance(video[:, :0], other[:, :0]).shape == (2, 0)
 
 
 def test_missing_backbone_is_reported_unavailable(tmp_path):
