@@ -6,8 +6,8 @@ range. SSIM is different: its luminance term compares the local means relative t
 changes it. By default it is computed as iPOKE's evaluation computed it, on the [-1, 1] frames with data range 2
 (``value_range=(-1, 1)``); the [0, 1] convention of the interactive image-to-video predecessor, of scikit-image on
 uint8 or [0, 1] images and of most image libraries (``value_range=(0, 1)``) gives other values on the same frames
-(0.986 instead of 0.899 for a noisy mid-grey frame in ``tests/metrics/test_image_quality.py``; 0.58 instead of 0.98
-for a dark one, whose means sit far from mid-grey). Compare SSIM only across
+(in ``tests/metrics/test_image_quality.py``: 0.632 instead of 0.566 for a textured frame with noise, 0.804 instead
+of 0.993 for a dark one brightened by 0.1, whose means sit near 0 in [0, 1]). Compare SSIM only across
 numbers of one convention. SSIM follows Wang et al. 2004 with the reference settings: 11x11 Gaussian window with
 sigma 1.5, K1 = 0.01, K2 = 0.03, population (biased) local statistics, the map averaged over the valid region (no
 padding) and over channels. This matches ``skimage.metrics.structural_similarity(..., gaussian_weights=True,

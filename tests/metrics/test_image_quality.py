@@ -77,6 +77,14 @@ def test_ssim_value_range_zero_one_matches_skimage_and_differs_from_the_ipoke_co
                                               channel_axis=0)
             assert float(ours[0, frame]) == pytest.approx(reference, abs=1e-6)
     assert (zero_one > minus_one_one + 0.01).all()
+    # The figures the docs quote (image_quality.py, docs/metrics.md): the conventions differ in either direction.
+    frame = smooth_video(batch=1, frames=1, size=32, seed=4)
+    noisy = (frame + 0.2 * torch.randn(frame.shape, generator=torch.Generator().manual_seed(5))).clamp(-1, 1)
+    dark = frame * 0.1 - 0.9
+    for prediction, target, ipoke_value, zero_one_value in ((noisy, frame, 0.566, 0.632), (dark + 0.1, dark, 0.993,
+                                                                                            0.804)):
+        assert float(ssim_per_frame(prediction, target)) == pytest.approx(ipoke_value, abs=5e-4)
+        assert float(ssim_per_frame(prediction, target, value_range=(0, 1))) == pytest.approx(zero_one_value, abs=5e-4)
     with pytest.raises(ValueError, match="value_range"):
         ssim_per_frame(prediction, target, value_range=(1, 0))
 
