@@ -202,8 +202,9 @@ class PokeDataset(Dataset):
         self.augment_settings = AugmentSettings()
         # Synthetic datasets of generator versions before 4 stored keypoints half a pixel off (pixel i covering
         # [i, i + 1) instead of centred at i); read them in today's convention.
-        generator = (self.data.index.get("settings") or {}).get("generator_version")
-        legacy = self.data.index.get("source") == "synthetic" and generator is not None and generator < 4
+        # Version 1 wrote no version number into the index (it read as current, half a pixel off).
+        generator = (self.data.index.get("settings") or {}).get("generator_version", 1)
+        legacy = self.data.index.get("source") == "synthetic" and generator < 4
         self._keypoint_shift = -0.5 if legacy else 0.0
         self.clips: list[tuple[str, int]] = []
         for meta in self.data.videos:

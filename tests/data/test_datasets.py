@@ -291,6 +291,11 @@ def test_keypoints_of_an_older_synthetic_dataset_are_read_in_todays_convention(s
     options = dict(split="train", n_pokes=1, fixed_poke_count=True, zero_poke_fraction=0.0, deterministic=True,
                    poke_source="keypoints")
     today, older = PokeDataset(synthetic_dataset, **options), PokeDataset(legacy, **options)
+    # Version 1 wrote no version number: it was read as current.
+    del index["settings"]["generator_version"]
+    (legacy / "ipoke_dataset.json").write_text(json.dumps(index))
+    assert PokeDataset(legacy, **options)._keypoint_shift == -0.5 == older._keypoint_shift
+    assert today._keypoint_shift == 0.0
     compared = 0
     for index in range(len(today)):
         a, b = today[index], older[index]
