@@ -245,12 +245,18 @@ def run_quickstart(out: str | Path = "quickstart", *, minutes: float | None = No
     except DatasetFormatError as error:  # e.g. data of an older generator: the stages trained on it go too
         raise DatasetFormatError(f"{error}. For the quickstart: rerun with --fresh to redo the whole run") from error
     runs = out / "runs"
+    trained: list[str] = []  # stages trained by this run (the others are reused)
     for stage in STAGE_SHARES:
         number = "3/5" if stage == "cinn" else "2/5"
         target = runs / stage / "network"
+        if stage == "cinn" and trained and target.exists():
+            # The cINN models the latents of the autoencoder and the encoders' embeddings it was trained with.
+            _log(f"stage {number}: {stage}: retraining, as {', '.join(trained)} was retrained")
+            shutil.rmtree(runs / stage)
         if target.exists():
             _log(f"stage {number}: {stage}: reusing {target}")
             continue
+        trained.append(stage)
         seconds = budget_seconds * STAGE_SHARES[stage]
         _log(f"stage {number}: training {stage} for {seconds / 60:.1f} min")
         network, module = _build_stage(stage, settings, runs)
@@ -282,7 +288,8 @@ def run_quickstart(out: str | Path = "quickstart", *, minutes: float | None = No
     _note_other_budgets(records, budget_seconds)
 
     model_dir = out / "model"
-    if not model_dir.exists():
+    # Exported again when a stage was (re)trained: the old export was evaluated after a stage had been retrained.
+    if trained or not model_dir.exists():
         _log(f"stage 4/5: exporting the model -> {model_dir}")
         networks = {name: load_network(runs / stage / "network") for name, stage in
                     (("autoencoder", "autoencoder"), ("image_encoder", "image_encoder"),

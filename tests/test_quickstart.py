@@ -96,6 +96,22 @@ def test_second_run_reuses_finished_stages(quickstart_run, capsys):
     assert (quickstart_run / "model" / "cinn" / "model.pt").stat().st_mtime_ns == before
 
 
+def test_a_retrained_stage_retrains_the_cinn_and_is_exported(quickstart_run, capsys):
+    # With one stage network deleted, the rerun trained it again but kept evaluating the old export (and a cINN
+    # trained for the old encoder).
+    import shutil
+
+    shutil.rmtree(quickstart_run / "runs" / "poke_encoder")
+    assert main(["quickstart", "--out", str(quickstart_run), "--minutes", "0.4", "--videos", "30",
+                 "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "autoencoder: reusing" in printed and "poke_encoder: reusing" not in printed
+    assert "cinn: retraining, as poke_encoder was retrained" in printed and "stage 4/5: exporting" in printed
+    for stage in ("poke_encoder", "cinn", "autoencoder"):
+        exported = (quickstart_run / "model" / stage / "model.pt").read_bytes()
+        assert exported == (quickstart_run / "runs" / stage / "network" / "model.pt").read_bytes(), stage
+
+
 def test_other_settings_are_refused(quickstart_run, capsys):
     assert main(["quickstart", "--out", str(quickstart_run), "--videos", "31", "--device", "cpu"]) == 2
     assert "--fresh" in capsys.readouterr().err
