@@ -652,6 +652,31 @@ def _worker(args: tuple[SyntheticSettings, str, str, int, Any]) -> str:
     return video_id
 
 
+def _check_videos_without_index(root: Path, settings: SyntheticSettings) -> None:
+    """Refuse to resume videos whose index (and with it their settings) is gone unless they are this run's: the first
+    video is made again (its scene only) and compared, frame shape included. Without this, a rerun with other
+    options after a deleted index mixed two datasets (other sizes and seeds) under the new settings."""
+    import json
+
+    from ipoke.data.format import VIDEOS_DIR, DatasetFormatError
+
+    existing = sorted(folder.name for folder in (root / VIDEOS_DIR).iterdir() if (folder / "meta.json").is_file())
+    if not existing:
+        return
+    plan = {video_id: (split, index) for video_id, split, index in _video_plan(settings)}
+    video_id, folder = existing[0], root / VIDEOS_DIR / existing[0]
+    same = video_id in plan and (folder / "scene.json").is_file() and (folder / "frames.npy").is_file()
+    if same:
+        frames = np.load(folder / "frames.npy", mmap_mode="r")
+        expected = make_video(settings, *plan[video_id])
+        same = (frames.shape == expected["frames"].shape
+                and json.loads((folder / "scene.json").read_text()) == json.loads(json.dumps(expected["scene"])))
+    if not same:
+        raise DatasetFormatError(f"{root} holds videos but no index (ipoke_dataset.json), and its video {video_id} "
+                                 "was not made with these options (size, frames, seed, split fractions, ...): rerun "
+                                 "with the options that made it, or use another --out folder")
+
+
 @writes_exclusively("out", "ipoke data synth")
 def generate_dataset(out: str | os.PathLike, settings: SyntheticSettings, *, workers: int = 1,
                      progress: bool = True) -> Path:
@@ -668,7 +693,14 @@ def generate_dataset(out: str | os.PathLike, settings: SyntheticSettings, *, wor
     """
     from tqdm.auto import tqdm
 
-    from ipoke.data.format import PREPARE_SETTINGS_FILE, DatasetFormatError, DatasetWriter, is_dataset, read_index
+    from ipoke.data.format import (
+        PREPARE_SETTINGS_FILE,
+        VIDEOS_DIR,
+        DatasetFormatError,
+        DatasetWriter,
+        is_dataset,
+        read_index,
+    )
 
     root = Path(out)
     recorded = {**settings.__dict__, "generator_version": GENERATOR_VERSION}
@@ -684,13 +716,15 @@ def generate_dataset(out: str | os.PathLike, settings: SyntheticSettings, *, wor
         stored = index.get("settings") or {}
         different = [key for key in sorted(set(stored) | set(recorded)) if stored.get(key) != recorded.get(key)]
         if stored and different == ["generator_version"]:
-            raise DatasetFormatError(f"{root} was written by version {stored.get('generator_version')} of the "
+            raise DatasetFormatError(f"{root} was written by version {stored.get('generator_version', 1)} of the "
                                      f"synthetic generator and this ipoke writes version {GENERATOR_VERSION}: it "
                                      "cannot be resumed; delete it or use another --out folder")
         if stored and different:
             details = ", ".join(f"{key} {stored.get(key)!r} (this run: {recorded.get(key)!r})" for key in different)
             raise DatasetFormatError(f"{root} was generated with other settings: {details}; use the same options to "
                                      "resume, or another --out folder")
+    elif (root / VIDEOS_DIR).is_dir():
+        _check_videos_without_index(root, settings)
     for message in settings.empty_split_warnings():
         logger.warning("%s", message)
     writer = DatasetWriter(root, size=settings.size, flow_lags=list(range(1, settings.frames + 1)), source="synthetic",

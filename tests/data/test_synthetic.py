@@ -290,6 +290,10 @@ def test_a_dataset_of_an_older_generator_version_is_not_resumed(tmp_path):
     with pytest.raises(DatasetFormatError, match=r"version 3 of the synthetic generator .* writes version 4: it "
                                                  r"cannot be resumed; delete it or use another --out folder"):
         generate_dataset(root, SyntheticSettings(videos=2, frames=2, size=16), progress=False)
+    del index["settings"]["generator_version"]  # version 1 wrote none ("version None" in the message)
+    (root / "ipoke_dataset.json").write_text(json.dumps(index))
+    with pytest.raises(DatasetFormatError, match=r"version 1 of the synthetic generator"):
+        generate_dataset(root, SyntheticSettings(videos=2, frames=2, size=16), progress=False)
 
 
 def test_ctrl_c_during_synth_ends_the_pool_and_says_how_to_resume(tmp_path, monkeypatch, capsys):
@@ -381,3 +385,19 @@ def test_sigterm_stops_the_pool_workers_too(tmp_path, kill):
             os.killpg(process.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def test_videos_whose_index_is_gone_resume_only_with_their_own_options(tmp_path):
+    # With the index deleted (as the docs advise for a damaged one), a rerun with other options mixed 32 px videos of
+    # seed 0 with 48 px videos of seed 5 under the new settings.
+    from ipoke.data.format import DatasetFormatError, PreparedDataset
+
+    settings = SyntheticSettings(videos=4, frames=2, size=32, seed=0)
+    root = generate_dataset(tmp_path / "d", settings, progress=False)
+    (root / "ipoke_dataset.json").unlink()
+    for other in (SyntheticSettings(videos=6, frames=2, size=48, seed=5), SyntheticSettings(videos=4, frames=2,
+                                                                                              size=32, seed=1)):
+        with pytest.raises(DatasetFormatError, match="holds videos but no index .* was not made with these options"):
+            generate_dataset(root, other, progress=False)
+    generate_dataset(root, settings, progress=False)
+    assert len(PreparedDataset(root)) == 4
