@@ -87,6 +87,19 @@ def test_data_errors_are_clear(tmp_path, capsys):
     assert "not an ipoke dataset" in capsys.readouterr().err
     assert main(["data", "info", str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    # A damaged meta.json of one video was a JSONDecodeError traceback.
+    data = tmp_path / "data"
+    synth = ["data", "synth", "--out", str(data), "--videos", "3", "--frames", "2", "--size", "16", "--workers", "1"]
+    assert main(synth) == 0
+    meta = next((data / "videos").glob("*/meta.json"))
+    meta.write_text("{bad")
+    assert main(["data", "index", str(data)]) == 2
+    error = capsys.readouterr().err
+    assert f"{meta} is damaged (JSONDecodeError" in error and f"delete the folder {meta.parent}" in error
+    import shutil
+
+    shutil.rmtree(meta.parent)  # what the message advises: the rerun makes the video again
+    assert main(synth) == 0 and main(["data", "index", str(data)]) == 0 and meta.is_file()
 
 
 @pytest.mark.parametrize("options, message", [

@@ -230,7 +230,13 @@ def write_index(root: str | os.PathLike, *, size: int | None = None, flow_lags: 
     old: dict[str, Any] = read_index(root) if is_dataset(root) else {}
     videos = []
     for meta_file in sorted((root / VIDEOS_DIR).glob("*/meta.json")):
-        videos.append(json.loads(meta_file.read_text()))
+        try:
+            meta = json.loads(meta_file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:  # was a raw traceback
+            raise DatasetFormatError(
+                f"{meta_file} is damaged ({type(error).__name__}: {error}); delete the folder {meta_file.parent} and "
+                "run the command that made the dataset again (it makes the missing video again)") from None
+        videos.append(meta)
     index = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,

@@ -55,8 +55,8 @@ class PokeDataModule(L.LightningDataModule):
                                      ("poke_size", poke_size, 1)):
             if not is_whole_number(value, minimum):
                 raise ValueError(f"data.init_args.{name} must be a whole number >= {minimum}, got {value!r}")
-        if not 0 <= zero_poke_fraction <= 1:
-            raise ValueError(f"data.init_args.zero_poke_fraction must be in [0, 1], got {zero_poke_fraction!r}")
+        if not 0 <= zero_poke_fraction < 1:  # (1 would leave no clip that moves; PokeDataset refuses it too)
+            raise ValueError(f"data.init_args.zero_poke_fraction must be in [0, 1), got {zero_poke_fraction!r}")
         if poke_source == "recorded" and augment:
             # Checked here, not only when the training set is built at fit time: the default augment=True would
             # otherwise fail minutes into a run (and until session 12 it silently served flow pokes instead).
