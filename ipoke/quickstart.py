@@ -383,18 +383,26 @@ def _note_other_budgets(records: dict[str, dict[str, float]] | None, budget_seco
 def write_example_image(path: Path, data_dir: Path, poker: Any, *, side: int = 256) -> tuple[Path, str]:
     """Save a held-out start frame at ``side`` px (a photo-sized input for ``ipoke sample --image``).
 
-    The frame is the first clip of the test split, as the evaluation draws it, whose poke is on the object (not a
-    background poke); the returned poke ``"x,y,dx,dy"`` is that clip's simulated poke in the saved image's pixels
-    (on the object, moving the way the plant moved).
+    The frame is the first clip of the test split (else of the val split), as the evaluation draws it, whose poke is
+    on the object (not a background poke); the returned poke ``"x,y,dx,dy"`` is that clip's simulated poke in the
+    saved image's pixels (on the object, moving the way the plant moved).
     """
     import cv2
     import numpy as np
 
     from ipoke.data.video_io import write_image_file
 
-    clips = poker.evaluation_clips(data_dir, split="test", seed=42)
-    # The first clip whose poke is on the object: a background poke (nothing moves) would be a poor showcase.
-    clip = next((clips[i] for i in range(len(clips)) if not bool(clips[i]["background_poke"])), clips[0])
+    # The first clip whose poke is on the object: a background poke (nothing moves) would be a poor showcase. With
+    # few videos (--videos 12) every test clip can be one: the val split's clips are tried next.
+    clip = None
+    for split in EVALUATION_SPLITS:
+        clips = poker.evaluation_clips(data_dir, split=split, seed=42)
+        clip = next((clips[i] for i in range(len(clips)) if not bool(clips[i]["background_poke"])), None)
+        if clip is not None:
+            break
+    if clip is None:
+        clip = poker.evaluation_clips(data_dir, split="test", seed=42)[0]
+        _log("note: every held-out clip is a background poke (few --videos), so the example poke hits the background")
     frame = ((clip["video"][0].permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
     write_image_file(path, cv2.resize(frame, (side, side), interpolation=cv2.INTER_CUBIC))
     scale = side / poker.size

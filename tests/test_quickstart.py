@@ -59,6 +59,25 @@ def test_the_example_poke_is_the_evaluations_poke(quickstart_run, tmp_path):
     np.testing.assert_allclose(mapped[0, 2:], clip["poke_coords"][0, 2:].numpy(), atol=0.5 * 64 / 256)
 
 
+def test_the_example_falls_back_to_the_val_split_when_every_test_poke_is_on_the_background(quickstart_run, tmp_path):
+    # With few --videos every test clip can be a background poke: the example suggested a drag on the background.
+    poker = Poker.from_checkpoint(quickstart_run / "model")
+    real = poker.evaluation_clips
+
+    def evaluation_clips(data_dir, *, split, seed):
+        clips = real(data_dir, split=split, seed=seed)
+        if split == "test":
+            return [{**clips[i], "background_poke": True} for i in range(len(clips))]
+        return clips
+
+    poker.evaluation_clips = evaluation_clips
+    _, poke = quickstart.write_example_image(tmp_path / "example.png", quickstart_run / "data", poker)
+    clips = real(quickstart_run / "data", split="val", seed=42)
+    clip = clips[next(i for i in range(len(clips)) if not clips[i]["background_poke"])]
+    x, y = (float(value) for value in poke.split(",")[:2])
+    np.testing.assert_array_equal(np.floor([x * 64 / 256, y * 64 / 256]), np.floor(clip["poke_coords"][0, :2].numpy()))
+
+
 def test_metrics_follow_the_evaluate_schema(quickstart_run):
     report = json.loads((quickstart_run / "metrics.json").read_text())
     assert set(report) == {"settings", "results", "unavailable", "per_clip", "per_clip_videos"}
