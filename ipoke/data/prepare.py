@@ -530,17 +530,16 @@ def assign_splits(sources: Sequence[VideoSource], *, split_file: str | os.PathLi
         entries = read_split_file(split_file)
         used: dict[str, list[str]] = {}
         missing = []
-        # A video's exact names (id, path, path without extension) come first; its file name (with or without
-        # extension) counts only when it is not another video's exact name: `clip.mp4 train` names the top-level
-        # clip.mp4, not also x/clip.mp4.
+        # A video's exact names (id, path, path without extension) always count; its file name (with or without
+        # extension) counts unless it is another video's exact name: `clip.mp4 train` names the top-level clip.mp4,
+        # not also x/clip.mp4.
         exact_names = {name for source in sources for name in _names_of(source)[:3]}
         for source in sources:
             # Every line that names this video counts: a video listed as "door_04.mp4 test" and "door_04 train" went
             # to train silently, and the other line was reported "not found".
-            names = list(dict.fromkeys(name for name in _names_of(source)[:3] if name in entries))
-            if not names:
-                names = list(dict.fromkeys(name for name in _names_of(source)[3:]
-                                           if name in entries and name not in exact_names))
+            own = _names_of(source)[:3]
+            names = list(dict.fromkeys(name for name in _names_of(source)
+                                       if name in entries and (name in own or name not in exact_names)))
             if not names:
                 if unlisted == "error":
                     missing.append(source.relative_path)

@@ -771,6 +771,11 @@ def test_split_file_names_must_name_one_video_each(tmp_path, caplog):
         assert assign_splits(nested, split_file=split_file) == {"clip": first, "x__clip": second}
     split_file.write_text("clip test\nx__clip train\n")  # the ids work too
     assert assign_splits(nested, split_file=split_file) == {"clip": "test", "x__clip": "train"}
+    # A loose name that is no other video's id or path still counts, and a contradiction is found (the first
+    # priority rule let "door_01 train" pass beside "kitchen/door_01.mp4 test").
+    split_file.write_text("kitchen/door_01.mp4 test\ndoor_01 train\n")
+    with pytest.raises(PrepareError, match="lists the video 'kitchen/door_01.mp4' more than once"):
+        assign_splits(videos[:1], split_file=split_file)
 
 
 def test_summary_note_names_the_layouts_test_videos(tmp_path):
