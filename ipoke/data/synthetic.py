@@ -660,12 +660,16 @@ def _check_videos_without_index(root: Path, settings: SyntheticSettings) -> None
 
     from ipoke.data.format import VIDEOS_DIR, DatasetFormatError
 
-    existing = sorted(folder.name for folder in (root / VIDEOS_DIR).iterdir() if (folder / "meta.json").is_file())
+    # (Hidden folders are a killed writer's temporaries, which the writer deletes.)
+    existing = sorted(folder.name for folder in (root / VIDEOS_DIR).iterdir()
+                      if not folder.name.startswith(".") and (folder / "meta.json").is_file())
     if not existing:
         return
     plan = {video_id: (split, index) for video_id, split, index in _video_plan(settings)}
     video_id, folder = existing[0], root / VIDEOS_DIR / existing[0]
-    same = video_id in plan and (folder / "scene.json").is_file() and (folder / "frames.npy").is_file()
+    # Every video must be one this run would make (other --videos or split fractions made others), and the first
+    # one is made again and compared (size, frames, seed, ...).
+    same = set(existing) <= set(plan) and (folder / "scene.json").is_file() and (folder / "frames.npy").is_file()
     if same:
         frames = np.load(folder / "frames.npy", mmap_mode="r")
         expected = make_video(settings, *plan[video_id])

@@ -399,5 +399,10 @@ def test_videos_whose_index_is_gone_resume_only_with_their_own_options(tmp_path)
                                                                                               size=32, seed=1)):
         with pytest.raises(DatasetFormatError, match="holds videos but no index .* was not made with these options"):
             generate_dataset(root, other, progress=False)
+    with pytest.raises(DatasetFormatError, match="holds videos but no index"):  # fewer videos: theirs are not all
+        generate_dataset(root, SyntheticSettings(videos=2, frames=2, size=32, seed=0), progress=False)
+    # A killed writer's temporary folder (it holds meta.json) is not one of the videos compared.
+    video = next(folder for folder in (root / "videos").iterdir() if folder.name.startswith("train"))
+    video.rename(video.parent / f".{video.name}.pid4242.abcd.tmp")
     generate_dataset(root, settings, progress=False)
     assert len(PreparedDataset(root)) == 4
