@@ -65,7 +65,10 @@ def unwritable_reason(path: str | os.PathLike) -> str | None:
     """
     path = Path(path).absolute()
     if path.is_symlink():  # written through (write_text_atomic), so its target is what must be writable
-        path = path.resolve()
+        try:
+            path = path.resolve(strict=False)
+        except (RuntimeError, OSError):  # a loop of links
+            return f"{path} is a symbolic link that cannot be resolved (a loop of links?)"
     if path.exists() and not path.is_file() and not path.is_dir():  # a device or pipe (/dev/null) is written into
         return None if os.access(path, os.W_OK) else f"{path} is not writable"
     blocker = file_in_the_way(path.parent)
@@ -120,7 +123,11 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     written into directly."""
     path = Path(path)
     if path.is_symlink():  # replace the file it points to and keep the link (the link itself was replaced)
-        path = path.resolve()
+        try:
+            path = path.resolve(strict=False)
+        except RuntimeError as error:  # (Python < 3.13 raises RuntimeError for a loop of links)
+            raise OSError(f"{path} is a symbolic link that cannot be resolved (a loop of links?)") from error
+        path.parent.mkdir(parents=True, exist_ok=True)  # a dangling link's target folder, as for a plain path
     if path.exists() and not path.is_file() and not path.is_dir():
         # A device or pipe (`--out /dev/null`, `--out >(jq .)`) is written into: renaming over it replaced it with a
         # plain file (as root, /dev/null itself).

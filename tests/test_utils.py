@@ -216,6 +216,14 @@ def test_write_text_atomic_writes_through_links_devices_and_pipes(tmp_path):
     link.symlink_to(target)
     write_text_atomic(link, "new")
     assert link.is_symlink() and target.read_text() == "new"
+    dangling = tmp_path / "dangling.json"  # its target's folder is made, as for a plain path
+    dangling.symlink_to(tmp_path / "missing" / "out.json")
+    assert unwritable_reason(dangling) is None
+    write_text_atomic(dangling, "made")
+    assert dangling.is_symlink() and (tmp_path / "missing" / "out.json").read_text() == "made"
+    (tmp_path / "loop1").symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(tmp_path / "loop1")
+    assert "cannot be resolved" in unwritable_reason(tmp_path / "loop1")
     assert unwritable_reason(os.devnull) is None  # (it named the folder /dev, which only root may write)
     write_text_atomic(os.devnull, "discarded")
     assert Path(os.devnull).is_char_device()
