@@ -254,16 +254,19 @@ def exclusive_output(target: str | os.PathLike, what: str) -> Iterator[None]:
         _remove_created(created)
         yield
         return
+    locked = False
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise FileExistsError(f"another {what} is writing {target} right now; wait for it to finish, or choose "
                                   "another output folder") from None
+        locked = True
         yield
     finally:
         os.close(handle)
-        if created and not target.exists():
+        # Only the holder cleans up: a refused run that had seen the parents missing deleted the holder's lock file.
+        if locked and created and not target.exists():
             lock.unlink(missing_ok=True)
             _remove_created(created)
 
