@@ -66,9 +66,9 @@ def unwritable_reason(path: str | os.PathLike) -> str | None:
     path = Path(path).absolute()
     if path.is_symlink():  # written through (write_text_atomic), so its target is what must be writable
         try:
-            path = path.resolve(strict=False)
-        except (RuntimeError, OSError):  # a loop of links
-            return f"{path} is a symbolic link that cannot be resolved (a loop of links?)"
+            path = _link_target(path)
+        except OSError as error:
+            return str(error)
     if path.exists() and not path.is_file() and not path.is_dir():  # a device or pipe (/dev/null) is written into
         return None if os.access(path, os.W_OK) else f"{path} is not writable"
     blocker = file_in_the_way(path.parent)
@@ -88,6 +88,20 @@ def _temporary_stem(name: str) -> str:
     while len(name.encode("utf-8", "surrogateescape")) > 100:
         name = name[:-1]
     return name
+
+
+def _link_target(link: Path) -> Path:
+    """The path a symbolic link leads to (which need not exist); ``OSError`` for a loop of links."""
+    try:
+        return link.resolve(strict=False)
+    except (RuntimeError, OSError) as error:  # (Python < 3.13 raises RuntimeError for a loop)
+        raise OSError(f"{link} is a symbolic link that cannot be resolved (a loop of links?)") from error
+
+
+def _missing_folders(path: Path) -> list[Path]:
+    """The folders among ``path`` and its parents that do not exist yet, deepest first (for :func:`_remove_created`
+    once a call that made them has failed)."""
+    return [folder for folder in (path, *path.parents) if not folder.exists()]
 
 
 def save_torch(obj: Any, path: str | os.PathLike) -> None:
@@ -123,10 +137,7 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     written into directly."""
     path = Path(path)
     if path.is_symlink():  # replace the file it points to and keep the link (the link itself was replaced)
-        try:
-            path = path.resolve(strict=False)
-        except RuntimeError as error:  # (Python < 3.13 raises RuntimeError for a loop of links)
-            raise OSError(f"{path} is a symbolic link that cannot be resolved (a loop of links?)") from error
+        path = _link_target(path)
         path.parent.mkdir(parents=True, exist_ok=True)  # a dangling link's target folder, as for a plain path
     if path.exists() and not path.is_file() and not path.is_dir():
         # A device or pipe (`--out /dev/null`, `--out >(jq .)`) is written into: renaming over it replaced it with a
@@ -203,7 +214,7 @@ def atomic_directory(target: str | os.PathLike, *, marker: str) -> Iterator[Path
     reason = unwritable_reason(target)
     if reason is not None:
         raise PermissionError(f"cannot write {target}: {reason}; choose another output folder")
-    created = [folder for folder in (target.parent, *target.parent.parents) if not folder.exists()]
+    created = _missing_folders(target.parent)
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove_orphaned_temporaries(target)
     # The writer's process id is in the name, so that a later run can tell an orphan (its writer was killed with
@@ -246,7 +257,7 @@ def exclusive_output(target: str | os.PathLike, what: str) -> Iterator[None]:
     lock = target.parent / f".{_temporary_stem(target.name)}.lock"
     # Missing parents are made here, so that the lock holds for a new nested --out too (without them there was no
     # lock, and the writer made the parents anyway); removed again, with the lock file, if nothing was written.
-    created = [folder for folder in (target.parent, *target.parent.parents) if not folder.exists()]
+    created = _missing_folders(target.parent)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         handle = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)

@@ -51,6 +51,14 @@ def _check_pair(frame_a: np.ndarray, frame_b: np.ndarray) -> None:
         raise ValueError(f"expected uint8 frames, got {frame_a.dtype} and {frame_b.dtype}")
 
 
+def _checked_lags(frames: Sequence[np.ndarray], lags: Sequence[int]) -> list[int]:
+    """``lags`` as ints, each in ``[1, len(frames) - 1]`` (else ``ValueError``)."""
+    lags = [int(lag) for lag in lags]
+    if not lags or min(lags) < 1 or max(lags) >= len(frames):
+        raise ValueError(f"lags must be in [1, {len(frames) - 1}] for {len(frames)} frames, got {lags}")
+    return lags
+
+
 class FlowEstimator:
     """Base class: ``estimator(frame_a, frame_b)`` -> float32 ``(2, H, W)``; subclasses implement :meth:`__call__`."""
 
@@ -74,9 +82,7 @@ class FlowEstimator:
     def estimate_lags(self, frames: Sequence[np.ndarray], lags: Sequence[int]) -> np.ndarray:
         """Flow from ``frames[0]`` to ``frames[lag]`` for each lag, float32 ``(L, 2, H, W)``: the frames of a video,
         so that an estimator may use the frames in between (:class:`DISFlow` does); here the direct estimates."""
-        lags = [int(lag) for lag in lags]
-        if not lags or min(lags) < 1 or max(lags) >= len(frames):
-            raise ValueError(f"lags must be in [1, {len(frames) - 1}] for {len(frames)} frames, got {lags}")
+        lags = _checked_lags(frames, lags)
         return self.estimate_pairs([frames[0]] * len(lags), [frames[lag] for lag in lags])
 
 
@@ -143,9 +149,8 @@ class DISFlow(FlowEstimator):
         background beside the object (4.3 px off at 30 px instead of 1.0 at most). Occlusions break a chain; there
         the direct estimate usually wins the comparison.
         """
-        frames, lags = list(frames), [int(lag) for lag in lags]
-        if not lags or min(lags) < 1 or max(lags) >= len(frames):
-            raise ValueError(f"lags must be in [1, {len(frames) - 1}] for {len(frames)} frames, got {lags}")
+        frames = list(frames)
+        lags = _checked_lags(frames, lags)
         for frame in frames[1:]:
             _check_pair(frames[0], frame)
         if self.chain_hop == 0:
