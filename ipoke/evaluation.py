@@ -22,6 +22,7 @@ Baselines on the same clips: ``copy_x0`` (a static video) and, on synthetic data
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -59,6 +60,8 @@ from ipoke.metrics import (
     ssim_per_frame,
 )
 from ipoke.metrics.i3d import I3D_MIN_FRAMES
+
+logger = logging.getLogger(__name__)
 
 ALL_METRICS = ("fvd", "lpips", "ssim", "psnr", "diversity", "control", "keypoints")
 BASELINE_NAMES = ("copy_x0", "ground_truth_resimulated")
@@ -380,8 +383,14 @@ def _evaluate(samplers: dict[str, Sampler], dataset: PokeDataset, *, split: str,
         except MetricUnavailable as error:
             unavailable["fvd"] = str(error)
     has_control = dataset.data.index.get("source") == "synthetic"
+    generator_version = (dataset.data.index.get("settings") or {}).get("generator_version", 1) if has_control else None
     if "control" in metrics and not has_control:
         unavailable["control"] = "control accuracy needs exact ground-truth motion (synthetic datasets only)"
+    elif "control" in metrics and generator_version < 5:
+        logger.warning("%s was made by version %s of the synthetic generator, whose part masks are about 1.3x the "
+                       "visible object: control/object_epe and control/background_motion are not comparable with "
+                       "figures on datasets of version 5 or later (regenerate it with `ipoke data synth`)",
+                       data_dir, generator_version)
     split_videos = [meta for meta in dataset.data.videos if meta["split"] == split]
     if "keypoints" in metrics and not any(meta.get("has_keypoints") for meta in split_videos):
         unavailable["keypoints"] = (f"targeted keypoint accuracy needs keypoints, and no video of split {split!r} has "
@@ -464,6 +473,7 @@ def _evaluate(samplers: dict[str, Sampler], dataset: PokeDataset, *, split: str,
     settings = {"data_dir": str(data_dir), "split": split, "metrics": list(metrics), "n_clips": len(dataset),
                 "samples": samples, "seed": seed, "n_frames": n_frames, "frame_step": frame_step,
                 "size": dataset.size, "poke_size": poke_size, "n_pokes_per_clip": 1,
+                **({"synthetic_generator_version": generator_version} if has_control else {}),
                 "ssim_psnr_data_range": "frames in [-1, 1], data range 2 (SSIM in this convention differs from the "
                                         "[0, 1] one; see docs/metrics.md)"}
     if n_keypoint_clips is not None:

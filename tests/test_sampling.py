@@ -186,6 +186,27 @@ def test_control_metrics_average_every_sample(synthetic_dataset):
     assert mixed["control/poke_epe"] == pytest.approx((static["control/poke_epe"] + true["control/poke_epe"]) / 2)
 
 
+def test_control_on_a_dataset_with_dilated_masks_is_flagged(synthetic_dataset, tmp_path, caplog):
+    """Generator versions before 5 drew part masks 1.3x the object: the report records the version and warns."""
+    from ipoke.evaluation import copy_first_frame_sampler, evaluate
+
+    legacy = tmp_path / "legacy"
+    shutil.copytree(synthetic_dataset, legacy)
+    index = json.loads((legacy / "ipoke_dataset.json").read_text())
+    index["settings"]["generator_version"] = 4
+    (legacy / "ipoke_dataset.json").write_text(json.dumps(index))
+    options = {"metrics": ("control",), "n_clips": 2, "batch_size": 2, "include_baselines": False, "device": "cpu",
+               "samples": 1}
+    with caplog.at_level("WARNING", logger="ipoke.evaluation"):
+        today = evaluate({"static": copy_first_frame_sampler}, synthetic_dataset, **options)
+    assert today["settings"]["synthetic_generator_version"] >= 5
+    assert "part masks" not in caplog.text
+    with caplog.at_level("WARNING", logger="ipoke.evaluation"):
+        older = evaluate({"static": copy_first_frame_sampler}, legacy, **options)
+    assert older["settings"]["synthetic_generator_version"] == 4
+    assert "version 4 of the synthetic generator, whose part masks are about 1.3x" in caplog.text
+
+
 def test_evaluate_missing_metric_alone_fails(tmp_path, synthetic_dataset, monkeypatch, capsys):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setenv("IPOKE_CACHE", str(tmp_path / "cache"))
@@ -564,7 +585,11 @@ def test_keypoint_accuracy_scores_where_the_poked_joint_ends(synthetic_dataset, 
 
 
 def test_evaluation_does_not_depend_on_the_batch_size(synthetic_dataset, make_tiny_poker):
-    """Every clip draws its samples from its own seeded generator: batch 2 and batch 3 give the same numbers."""
+    """Every clip draws its samples from its own seeded generator: batch 2 and batch 3 give the same numbers.
+
+    The convolutions of another batch size may take other CPU kernels (samples differ by ~1e-6), which can flip a
+    grey level of the 8-bit frames that DIS reads: the control errors agree to 1e-3 (other draws differ by far more).
+    """
     from ipoke.evaluation import evaluate, poker_sampler
 
     samplers = {"tiny": poker_sampler(make_tiny_poker())}
@@ -574,7 +599,8 @@ def test_evaluation_does_not_depend_on_the_batch_size(synthetic_dataset, make_ti
     large = evaluate(samplers, synthetic_dataset, batch_size=3, **options)
     for name in small["results"]:  # the model and both baselines, the re-simulation included
         for key, value in small["results"][name].items():
-            assert large["results"][name][key] == pytest.approx(value, rel=1e-5, nan_ok=True), (name, key)
+            tolerance = 1e-3 if key.startswith("control/") else 1e-5
+            assert large["results"][name][key] == pytest.approx(value, rel=tolerance, nan_ok=True), (name, key)
     assert small["results"]["tiny"]["diversity/mse"] > 0
 
 
