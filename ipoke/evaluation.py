@@ -13,7 +13,8 @@ simulated poke per clip (deterministic, seeded), ``samples`` videos per clip dra
 * ``control/keypoint_error`` (metric ``keypoints``): any data with keypoints, real or synthetic. A second pass over
   the same clips with *keypoint pokes* instead (a moving joint poked with its own displacement; see
   :mod:`ipoke.data.datasets`): how far from its true end the generated video takes the joint, in pixels; clips
-  without a moving joint are left out (``n_keypoint_clips`` in the settings).
+  without a moving joint are left out (``n_keypoint_clips`` in the settings). On real data the motion is followed
+  through the generated frames (``keypoint_flow``), since real joints move beyond the direct estimate's range.
 
 Baselines on the same clips: ``copy_x0`` (a static video) and, on synthetic data, ``ground_truth_resimulated``
 (the same scene and poke simulated again with other physics: an upper bound of what a model can reach).
@@ -59,6 +60,7 @@ from ipoke.metrics import (
     psnr_per_frame,
     ssim_per_frame,
 )
+from ipoke.metrics.control import KEYPOINT_FLOWS
 from ipoke.metrics.i3d import I3D_MIN_FRAMES
 
 logger = logging.getLogger(__name__)
@@ -295,7 +297,7 @@ def evaluate(samplers: dict[str, Sampler], data_dir: str | os.PathLike, *, split
              seed: int = 42, n_frames: int = 10, frame_step: int = 1, size: int | None = None, poke_size: int = 5,
              include_baselines: bool = True, device: str | torch.device | None = None,
              fvd_weights: str | None = None, lpips_backbone: str | None = None, strict: bool = False,
-             progress: bool = True) -> dict[str, Any]:
+             keypoint_flow: str = "auto", progress: bool = True) -> dict[str, Any]:
     """Evaluate samplers (models) and the baselines on the same clips and pokes.
 
     Args:
@@ -313,6 +315,11 @@ def evaluate(samplers: dict[str, Sampler], data_dir: str | os.PathLike, *, split
         fvd_weights, lpips_backbone: Optional weight files for I3D and LPIPS' AlexNet.
         strict: Raise when a requested metric cannot be computed at all instead of reporting it (``diversity``
             without LPIPS weights still gives ``diversity/mse``).
+        keypoint_flow: How ``control/keypoint_error`` estimates the generated motion (:func:`keypoint_errors`):
+            ``direct`` (DIS x0 -> last frame, as the other control metrics; motion up to about a tenth of the frame),
+            ``chained`` (through the frames in between; real joints move farther) or ``auto``: ``direct`` on
+            synthetic data (small motion, figures comparable across versions), ``chained`` on prepared real data.
+            Recorded as ``settings.keypoint_flow``.
         progress: Show a progress bar.
 
     Returns:
@@ -324,6 +331,8 @@ def evaluate(samplers: dict[str, Sampler], data_dir: str | os.PathLike, *, split
     unknown = set(metrics) - set(ALL_METRICS)
     if unknown:
         raise ValueError(f"unknown metrics {sorted(unknown)}; choose from {', '.join(ALL_METRICS)}")
+    if keypoint_flow not in ("auto", *KEYPOINT_FLOWS):
+        raise ValueError(f"keypoint_flow must be auto, {' or '.join(KEYPOINT_FLOWS)}, got {keypoint_flow!r}")
     dataset = evaluation_clips(data_dir, split=split, size=size, n_frames=n_frames, frame_step=frame_step,
                                poke_size=poke_size, seed=seed, max_clips=n_clips)
     samplers = dict(samplers)
@@ -340,7 +349,7 @@ def evaluate(samplers: dict[str, Sampler], data_dir: str | os.PathLike, *, split
         return _evaluate(samplers, dataset, split=split, metrics=metrics, samples=samples, batch_size=batch_size,
                          seed=seed, n_frames=n_frames, frame_step=frame_step, poke_size=poke_size, device=device,
                          fvd_weights=fvd_weights, lpips_backbone=lpips_backbone, strict=strict, progress=progress,
-                         data_dir=data_dir)
+                         data_dir=data_dir, keypoint_flow=keypoint_flow)
     finally:
         for sampler in samplers.values():
             if isinstance(sampler, ResimulationSampler):
@@ -350,7 +359,7 @@ def evaluate(samplers: dict[str, Sampler], data_dir: str | os.PathLike, *, split
 def _evaluate(samplers: dict[str, Sampler], dataset: PokeDataset, *, split: str, metrics: Sequence[str], samples: int,
               batch_size: int, seed: int, n_frames: int, frame_step: int, poke_size: int,
               device: str | torch.device | None, fvd_weights: str | None, lpips_backbone: str | None, strict: bool,
-              progress: bool, data_dir: str | os.PathLike) -> dict[str, Any]:
+              progress: bool, data_dir: str | os.PathLike, keypoint_flow: str) -> dict[str, Any]:
     """:func:`evaluate` once its clips and samplers are set up."""
     from tqdm.auto import tqdm
 
@@ -445,9 +454,11 @@ def _evaluate(samplers: dict[str, Sampler], dataset: PokeDataset, *, split: str,
         bar.update(len(real))
     bar.close()
     n_keypoint_clips = None
+    if keypoint_flow == "auto":
+        keypoint_flow = "direct" if has_control else "chained"
     if "keypoints" in metrics and "keypoints" not in unavailable:
         n_keypoint_clips = _keypoint_pass(samplers, dataset, accumulators, per_clip, samples=samples,
-                                          batch_size=batch_size, seed=seed, progress=progress)
+                                          batch_size=batch_size, seed=seed, flow=keypoint_flow, progress=progress)
         if n_keypoint_clips == 0:  # known only now: keypoints exist, but no joint of these clips moves enough
             unavailable["keypoints"] = (
                 f"no clip of split {split!r} has a joint inside the frame that moves at least "
@@ -478,6 +489,7 @@ def _evaluate(samplers: dict[str, Sampler], dataset: PokeDataset, *, split: str,
                                         "[0, 1] one; see docs/metrics.md)"}
     if n_keypoint_clips is not None:
         settings["n_keypoint_clips"] = n_keypoint_clips
+        settings["keypoint_flow"] = keypoint_flow
     report = {"settings": settings, "results": results, "unavailable": unavailable}
     if per_clip:
         report["per_clip"] = per_clip
@@ -487,7 +499,7 @@ def _evaluate(samplers: dict[str, Sampler], dataset: PokeDataset, *, split: str,
 
 def _keypoint_pass(samplers: dict[str, Sampler], dataset: PokeDataset, accumulators: dict[str, _Accumulator],
                    per_clip: dict[str, dict[str, list[float]]], *, samples: int, batch_size: int, seed: int,
-                   progress: bool) -> int:
+                   flow: str, progress: bool) -> int:
     """Targeted keypoint accuracy: sample the clips of ``dataset`` again with keypoint pokes; returns the clips scored.
 
     The clips are the same as the main pass's (same split, order and ``max_clips``); their pokes are replaced by
@@ -510,7 +522,7 @@ def _keypoint_pass(samplers: dict[str, Sampler], dataset: PokeDataset, accumulat
         for name, sampler in samplers.items():
             videos = _finite(name, sampler(batch, samples, clip_generators(seed, first_clip, len(pokes), stream=1)
                                            ).float(), first_clip)
-            errors = keypoint_errors(videos.flatten(0, 1), pokes.repeat_interleave(samples, dim=0))
+            errors = keypoint_errors(videos.flatten(0, 1), pokes.repeat_interleave(samples, dim=0), flow=flow)
             errors = errors.reshape(-1, samples)
             accumulators[name].add(CONTROL_KEYPOINT_ERROR, errors)
             per_clip.setdefault(name, {}).setdefault(CONTROL_KEYPOINT_ERROR, []).extend(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -100,3 +101,29 @@ def tiny_model(tmp_path_factory) -> str:
     folder = tmp_path_factory.mktemp("model") / "tiny"
     tiny_poker().export(folder)
     return folder
+
+
+def _moving_textured_square(seed: int, speed: float, n_frames: int) -> tuple[list[np.ndarray], list[int]]:
+    """A textured 20 px square on a textured 64 px background of the same mean brightness, moving right by ``speed``
+    px per frame (rounded to whole pixels): the frames and the square's total shift at each frame."""
+    rng = np.random.default_rng(seed)
+
+    def texture(side: int, sigma: float, mean: float, spread: float) -> np.ndarray:
+        smooth = cv2.GaussianBlur(rng.uniform(0, 255, (side, side, 3)).astype(np.float32), (0, 0), sigma)
+        return np.clip((smooth - smooth.mean()) / smooth.std() * spread + mean, 0, 255).astype(np.uint8)
+
+    background, square = texture(64, 2.0, 110, 50), texture(20, 1.5, 128, 60)
+    frames, shifts = [], []
+    for index in range(n_frames):
+        shift = int(round(speed * index))
+        frame = background.copy()
+        frame[20:40, 5 + shift:25 + shift] = square
+        frames.append(frame)
+        shifts.append(shift)
+    return frames, shifts
+
+
+@pytest.fixture
+def moving_textured_square():
+    """:func:`_moving_textured_square`: the scene that the chained flow estimate is for (flow and metric tests)."""
+    return _moving_textured_square

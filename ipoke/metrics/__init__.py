@@ -29,6 +29,7 @@ from ipoke.metrics.control import (
     ControlAccuracy,
     control_errors,
     control_errors_from_flow,
+    estimate_chained_flow,
     estimate_flow,
     keypoint_errors,
 )
@@ -44,7 +45,8 @@ __all__ = [
     "CONTROL_POKE_ANGLE_DEG", "CONTROL_POKE_EPE", "DIVERSITY_LPIPS", "DIVERSITY_MSE", "FVD", "LPIPS", "METRIC_KEYS",
     "N_CLIPS", "N_SAMPLES", "PSNR", "SSIM", "ControlAccuracy", "FeatureStatistics", "FrechetVideoDistance",
     "InceptionI3d", "LearnedPerceptualSimilarity", "MeanAccumulator", "MetricUnavailable", "control_errors",
-    "control_errors_from_flow", "diversity", "estimate_flow", "frechet_distance", "frechet_distance_from_statistics",
-    "fvd", "keypoint_errors", "load_fvd_network", "lpips_per_frame", "pairwise_lpips", "pairwise_mse",
-    "preprocess_for_i3d", "psnr", "psnr_per_frame", "resize_bilinear_tf1", "ssim", "ssim_per_frame", "to_unit_range",
+    "control_errors_from_flow", "diversity", "estimate_chained_flow", "estimate_flow", "frechet_distance",
+    "frechet_distance_from_statistics", "fvd", "keypoint_errors", "load_fvd_network", "lpips_per_frame",
+    "pairwise_lpips", "pairwise_mse", "preprocess_for_i3d", "psnr", "psnr_per_frame", "resize_bilinear_tf1", "ssim",
+    "ssim_per_frame", "to_unit_range",
 ]

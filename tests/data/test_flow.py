@@ -63,28 +63,8 @@ def test_dis_finds_an_object_moving_a_third_of_the_frame_and_keeps_pans():
         make_flow_estimator("dis", pad_factor=3)
 
 
-def moving_textured_square(seed: int, speed: float, n_frames: int) -> tuple[list[np.ndarray], list[int]]:
-    """A textured 20 px square on a textured 64 px background of the same mean brightness, moving right by ``speed``
-    px per frame (rounded to whole pixels): the frames and the square's total shift at each frame."""
-    rng = np.random.default_rng(seed)
-
-    def texture(side: int, sigma: float, mean: float, spread: float) -> np.ndarray:
-        smooth = cv2.GaussianBlur(rng.uniform(0, 255, (side, side, 3)).astype(np.float32), (0, 0), sigma)
-        return np.clip((smooth - smooth.mean()) / smooth.std() * spread + mean, 0, 255).astype(np.uint8)
-
-    background, square = texture(64, 2.0, 110, 50), texture(20, 1.5, 128, 60)
-    frames, shifts = [], []
-    for index in range(n_frames):
-        shift = int(round(speed * index))
-        frame = background.copy()
-        frame[20:40, 5 + shift:25 + shift] = square
-        frames.append(frame)
-        shifts.append(shift)
-    return frames, shifts
-
-
 @pytest.mark.parametrize(("seed", "speed", "lags"), [(0, 1.5, (10, 20)), (1, 2.0, (4, 10)), (2, 0.5, (3, 7))])
-def test_dis_follows_a_textured_object_through_the_frames_in_between(seed, speed, lags):
+def test_dis_follows_a_textured_object_through_the_frames_in_between(seed, speed, lags, moving_textured_square):
     # With the same mean brightness as its background, the square is invisible to the coarse pyramid levels that
     # padding adds: the direct estimate of a 15-30 px move came out between -2 and +1.4 px. The chained estimate
     # follows it through the frames in between.
@@ -107,7 +87,7 @@ def test_dis_follows_a_textured_object_through_the_frames_in_between(seed, speed
                                   np.stack([estimator(frames[0], frames[lag]) for lag in lags]))
 
 
-def test_estimate_lags_rejects_lags_beyond_the_frames_and_a_bad_hop():
+def test_estimate_lags_rejects_lags_beyond_the_frames_and_a_bad_hop(moving_textured_square):
     frames, _ = moving_textured_square(0, 1.0, 4)
     for estimator in (make_flow_estimator("dis"), make_flow_estimator("farneback")):
         with pytest.raises(ValueError, match=r"lags must be in \[1, 3\] for 4 frames"):
@@ -180,7 +160,7 @@ def test_raft_runs_with_a_saved_state_dict(empty_weight_caches):
         make_flow_estimator("raft", raft_model="raft_large", weights=weights)
 
 
-def test_prepare_stores_the_chained_flow_of_a_textured_object(tmp_path):
+def test_prepare_stores_the_chained_flow_of_a_textured_object(tmp_path, moving_textured_square):
     # End to end: the flow `ipoke data prepare` stores (and draws the training pokes from) follows a textured object
     # 15 and 30 px; with the chain off it is the direct estimate, which loses it.
     from ipoke.data.format import PreparedDataset
