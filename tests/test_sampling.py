@@ -192,7 +192,7 @@ def test_control_metrics_average_every_sample(synthetic_dataset):
 
 
 def test_control_on_a_dataset_with_dilated_masks_is_flagged(synthetic_dataset, tmp_path, caplog):
-    """Generator versions before 5 drew part masks 1.3x the object: the report records the version and warns."""
+    """Generator versions before 5 drew part masks 1.2x the object: the report records the version and warns."""
     from ipoke.evaluation import copy_first_frame_sampler, evaluate
 
     legacy = tmp_path / "legacy"
@@ -209,7 +209,7 @@ def test_control_on_a_dataset_with_dilated_masks_is_flagged(synthetic_dataset, t
     with caplog.at_level("WARNING", logger="ipoke.evaluation"):
         older = evaluate({"static": copy_first_frame_sampler}, legacy, **options)
     assert older["settings"]["synthetic_generator_version"] == 4
-    assert "version 4 of the synthetic generator, whose part masks are about 1.3x" in caplog.text
+    assert "version 4 of the synthetic generator, whose part masks are about 1.2x" in caplog.text
 
 
 def test_evaluate_missing_metric_alone_fails(tmp_path, synthetic_dataset, monkeypatch, capsys):

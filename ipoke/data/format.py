@@ -250,10 +250,11 @@ def write_index(root: str | os.PathLike, *, size: int | None = None, flow_lags: 
     if index["size"] is None or index["flow_lags"] is None:
         raise DatasetFormatError(unfinished_prepare_message(root) or
                                  f"{root} has no index to take size/flow_lags from: `ipoke data index` only "
-                                 "rebuilds an existing one. Re-run the command that made the dataset with the same "
-                                 "options (`ipoke data synth` or `ipoke data prepare`: it keeps the finished videos "
-                                 "and writes the index), or from Python pass them: "
-                                 "ipoke.data.format.write_index(root, size=..., flow_lags=[...])")
+                                 "rebuilds an existing one. From Python, pass them: "
+                                 "ipoke.data.format.write_index(root, size=..., flow_lags=[...]); or re-run the "
+                                 "command that made the dataset with the same options (`ipoke data synth` or `ipoke "
+                                 "data prepare`): it keeps the finished videos and writes the index, but also makes "
+                                 "again any video you deleted (delete those again, then run `ipoke data index`)")
     write_text_atomic(root / INDEX_FILE, json.dumps(index, indent=1))
     return index
 

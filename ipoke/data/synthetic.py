@@ -39,9 +39,9 @@ from ipoke.utils import ignore_interrupts_in_worker, stop_process_pool, writes_e
 logger = logging.getLogger(__name__)
 
 WORLD = 256.0
-# Smallest frame side: at 16 px stems are already drawn 1 px wide (the minimum), below it plants are a few pixels.
+# Smallest frame side: at 16 px stems are already under a pixel wide; below it plants are a few pixels.
 MIN_SIZE = 16
-GENERATOR_VERSION = 5  # 5: part masks by the pixel centre (were 1.3x the visible area), see render_ids(); 4:
+GENERATOR_VERSION = 5  # 5: frames and part masks from exact shapes (masks were 1.2x the frame), see render_ids(); 4:
 #                        keypoints with pixel centres at integers (were half a pixel off); 3: pokes twice as strong
 #                        (impulse_scale 760, was 380), see simulate()
 
@@ -295,47 +295,9 @@ def _segment_ends(body: dict[str, Any], center: np.ndarray, angle: float) -> tup
     return center - half, center + half
 
 
-def _draw_bodies(canvas: np.ndarray, bodies: list[dict[str, Any]], poses: np.ndarray, scale: float) -> None:
-    """Draw every body at its pose in its colour, anti-aliased (:func:`render_ids` samples the same shapes)."""
-    shift = 4  # cv2 sub-pixel precision bits
-    line_type = cv2.LINE_AA
-    # Pixel centres sit at (i + 0.5) world/scale: shift by half a pixel so the frames agree with the flow grid.
-    offset = -0.5
-    for order in ("segment", "leaf"):
-        for index, body in enumerate(bodies):
-            if body["kind"] != order:
-                continue
-            center, angle = poses[index, :2], poses[index, 2]
-            color = tuple(int(c) for c in body["color"])
-            if order == "segment":
-                a, b = _segment_ends(body, center, angle)
-                pa = tuple(int(round((v * scale + offset) * (1 << shift))) for v in a)
-                pb = tuple(int(round((v * scale + offset) * (1 << shift))) for v in b)
-                thickness = max(1, int(round(body["thickness"] * scale)))
-                cv2.line(canvas, pa, pb, color, thickness, line_type, shift)
-            else:
-                polygon = _body_polygon(body, center, angle)
-                points = np.round((polygon * scale + offset) * (1 << shift)).astype(np.int32)
-                cv2.fillPoly(canvas, [points], color, line_type, shift)
-                darker = tuple(int(c * 0.6) for c in body["color"])  # the midrib
-                a, b = _segment_ends({"length": body["length"] * 0.8}, center, angle)
-                pa = tuple(int(round((v * scale + offset) * (1 << shift))) for v in a)
-                pb = tuple(int(round((v * scale + offset) * (1 << shift))) for v in b)
-                cv2.line(canvas, pa, pb, darker, max(1, int(round(1.2 * scale))), line_type, shift)
-
-
 def _supersample(size: int) -> int:
     """Supersampling factor of :func:`render_frame` at output size ``size``."""
     return 4 if size <= 128 else 2
-
-
-def render_frame(bodies: list[dict[str, Any]], poses: np.ndarray, background: np.ndarray) -> np.ndarray:
-    """Anti-aliased RGB frame ``(S, S, 3)`` uint8: bodies drawn 4x supersampled over ``background``."""
-    size = background.shape[0]
-    supersample = _supersample(size)
-    big = cv2.resize(background, (size * supersample, size * supersample), interpolation=cv2.INTER_NEAREST)
-    _draw_bodies(big, bodies, poses, size * supersample / WORLD)
-    return cv2.resize(big, (size, size), interpolation=cv2.INTER_AREA)
 
 
 def _inside_polygon(x: np.ndarray, y: np.ndarray, polygon: np.ndarray) -> np.ndarray:
@@ -348,49 +310,90 @@ def _inside_polygon(x: np.ndarray, y: np.ndarray, polygon: np.ndarray) -> np.nda
 
 
 def _inside_capsule(x: np.ndarray, y: np.ndarray, a: np.ndarray, b: np.ndarray, radius: float) -> np.ndarray:
-    """Points ``(x, y)`` within ``radius`` of the segment ``a``-``b``: a thick line with round ends, as cv2 draws."""
+    """Points ``(x, y)`` within ``radius`` of the segment ``a``-``b``: a thick line with round ends."""
     d = b - a
     t = np.clip(((x - a[0]) * d[0] + (y - a[1]) * d[1]) / max(float(d @ d), 1e-12), 0.0, 1.0)
     return (x - a[0] - t * d[0]) ** 2 + (y - a[1] - t * d[1]) ** 2 <= radius * radius
 
 
-def render_ids(bodies: list[dict[str, Any]], poses: np.ndarray, size: int) -> np.ndarray:
-    """Part mask ``(S, S)`` uint8: 0 = background, k = body k-1, the topmost body whose shape holds the pixel's centre.
+def _label_map(bodies: list[dict[str, Any]], poses: np.ndarray, side: int, *, thinnest: float,
+               midribs: bool) -> np.ndarray:
+    """Exact labels of a ``side x side`` grid over the world, sampled at the cells' centres, ``(side, side)`` int32.
 
-    The shapes are those :func:`render_frame` draws (leaf polygons; stems as lines with round ends whose width is
-    rounded as on its supersampled canvas), sampled exactly at pixel centres, so a pixel is marked when the object
-    covers it in the frame by about half or more and the mask's area matches the visible area. Generator versions
-    before 5 rasterised the ids with OpenCV's ``LINE_8`` at size S, which marks every pixel an edge touches: masks
-    were about 1.3x the visible area at 64 px, and a quarter of their pixels were mostly background (with the
-    body's flow as their ground truth).
+    0 is the background and k body k-1 (the topmost: stems first, then leaves, later bodies over earlier ones); with
+    ``midribs``, ``n + 1 + j`` is the darker midrib of leaf j, drawn over it. Stems are lines with round ends of the
+    body's thickness, and stems and midribs are at least ``thinnest`` world units wide (one cell of the frame's
+    supersampled canvas: thinner ones would fall between its samples).
     """
-    if len(bodies) > 254:
-        raise ValueError("at most 254 bodies per scene fit a uint8 part mask")
-    ids = np.zeros((size, size), np.uint8)
-    scale = size / WORLD  # pixel i covers world [i, i + 1) / scale; its centre is at (i + 0.5) / scale
-    frame_scale = size * _supersample(size) / WORLD
-    centres = (np.arange(size) + 0.5) / scale
-    for order in ("segment", "leaf"):  # drawing order of render_frame: leaves over stems, later bodies on top
+    labels = np.zeros((side, side), np.int32)
+    scale = side / WORLD  # cell i covers world [i, i + 1) / scale; its centre is at (i + 0.5) / scale
+    centres = (np.arange(side) + 0.5) / scale
+
+    def fill(low: np.ndarray, high: np.ndarray, inside: Any, label: int) -> None:
+        # Only the cells whose centres fall in the bounding box are tested.
+        c0, r0 = np.maximum(np.ceil(low * scale - 0.5), 0).astype(int)
+        c1, r1 = np.minimum(np.floor(high * scale - 0.5), side - 1).astype(int)
+        if c1 >= c0 and r1 >= r0:
+            labels[r0:r1 + 1, c0:c1 + 1][inside(centres[None, c0:c1 + 1], centres[r0:r1 + 1, None])] = label
+
+    for order in ("segment", "leaf"):
         for index, body in enumerate(bodies):
             if body["kind"] != order:
                 continue
             center, angle = poses[index, :2], poses[index, 2]
             if order == "segment":
                 a, b = _segment_ends(body, center, angle)
-                radius = 0.5 * max(1, int(round(body["thickness"] * frame_scale))) / frame_scale
-                low, high = np.minimum(a, b) - radius, np.maximum(a, b) + radius
-            else:
-                polygon = _body_polygon(body, center, angle)
-                low, high = polygon.min(axis=0), polygon.max(axis=0)
-            # Pixels whose centres fall in the bounding box.
-            c0, r0 = np.maximum(np.ceil(low * scale - 0.5), 0).astype(int)
-            c1, r1 = np.minimum(np.floor(high * scale - 0.5), size - 1).astype(int)
-            if c1 < c0 or r1 < r0:
+                radius = 0.5 * max(body["thickness"], thinnest)
+                fill(np.minimum(a, b) - radius, np.maximum(a, b) + radius,
+                     lambda x, y, a=a, b=b, radius=radius: _inside_capsule(x, y, a, b, radius), index + 1)
                 continue
-            x, y = centres[None, c0:c1 + 1], centres[r0:r1 + 1, None]
-            inside = _inside_capsule(x, y, a, b, radius) if order == "segment" else _inside_polygon(x, y, polygon)
-            ids[r0:r1 + 1, c0:c1 + 1][inside] = index + 1
-    return ids
+            polygon = _body_polygon(body, center, angle)
+            fill(polygon.min(axis=0), polygon.max(axis=0), lambda x, y, p=polygon: _inside_polygon(x, y, p), index + 1)
+            if midribs:
+                a, b = _segment_ends({"length": body["length"] * 0.8}, center, angle)
+                radius = 0.5 * max(1.2, thinnest)
+                fill(np.minimum(a, b) - radius, np.maximum(a, b) + radius,
+                     lambda x, y, a=a, b=b, radius=radius: _inside_capsule(x, y, a, b, radius),
+                     len(bodies) + 1 + index)
+    return labels
+
+
+def render_frame(bodies: list[dict[str, Any]], poses: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """Anti-aliased RGB frame ``(S, S, 3)`` uint8: the bodies' exact shapes sampled 4x4 per pixel (2x2 above 128 px)
+    over ``background`` and averaged, so a pixel shows each body in proportion to the area it covers.
+
+    Frames and part masks (:func:`render_ids`) come from the same shapes. Generator versions before 5 drew the frames
+    with OpenCV's anti-aliased lines and polygons, which paint wider than the shape they are given (a line about 1.4
+    to 2.4 canvas pixels wider, a polygon about 0.7 px per edge): at 64 px the plants showed about 15 % more area than
+    their bodies have, and that fringe had no mask or flow.
+    """
+    size = background.shape[0]
+    supersample = _supersample(size)
+    side = size * supersample
+    labels = _label_map(bodies, poses, side, thinnest=WORLD / side, midribs=True)
+    palette = np.zeros((2 * len(bodies) + 1, 3), np.uint8)
+    for index, body in enumerate(bodies):
+        palette[1 + index] = body["color"]
+        palette[1 + len(bodies) + index] = [int(c * 0.6) for c in body["color"]]
+    big = cv2.resize(background, (side, side), interpolation=cv2.INTER_NEAREST)
+    covered = labels > 0
+    big[covered] = palette[labels[covered]]
+    return cv2.resize(big, (size, size), interpolation=cv2.INTER_AREA)
+
+
+def render_ids(bodies: list[dict[str, Any]], poses: np.ndarray, size: int) -> np.ndarray:
+    """Part mask ``(S, S)`` uint8: 0 = background, k = body k-1, the topmost body whose shape holds the pixel's centre.
+
+    The shapes are those :func:`render_frame` draws, sampled at pixel centres, so a pixel is marked when a body
+    covers about half of it or more in the frame and the mask's area is the bodies' visible area. Generator versions
+    before 5 rasterised the ids with OpenCV's ``LINE_8`` at size S, which marks every pixel an edge touches: masks
+    were about 1.4x the bodies' area at 64 px (and, since the frames were drawn wider than the bodies too, 1.2x what
+    the frame showed), and a fifth of their pixels were mostly background, with the body's flow as their truth.
+    """
+    if len(bodies) > 254:
+        raise ValueError("at most 254 bodies per scene fit a uint8 part mask")
+    thinnest = WORLD / (size * _supersample(size))  # as in render_frame
+    return _label_map(bodies, poses, size, thinnest=thinnest, midribs=False).astype(np.uint8)
 
 
 # ----------------------------------------------------------------------------------------------------------------

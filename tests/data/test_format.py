@@ -115,8 +115,9 @@ def test_index_is_rebuilt_from_videos(tmp_path):
     writer.write_index()
     (tmp_path / "d" / "ipoke_dataset.json").unlink()
     # `ipoke data index DIR` cannot pass size and flow_lags: the message names what works instead.
-    with pytest.raises(DatasetFormatError, match=r"only rebuilds an existing one\. Re-run the command that made the "
-                                                 r"dataset .*write_index\(root, size=\.\.\., flow_lags=\[\.\.\.\]\)"):
+    with pytest.raises(DatasetFormatError, match=r"only rebuilds an existing one\. From Python, pass them: .*"
+                                                 r"write_index\(root, size=\.\.\., flow_lags=\[\.\.\.\]\); or "
+                                                 r"re-run .* also makes again any video you deleted"):
         write_index(tmp_path / "d")
     index = write_index(tmp_path / "d", size=16, flow_lags=[1, 2])
     assert [v["id"] for v in index["videos"]] == ["a", "b"]

@@ -92,34 +92,40 @@ def test_exact_flow_carries_every_object_pixel_to_its_body():
 
 
 def test_flow_matches_frame_differences_inside_parts():
-    """Warping frame t back along the exact flow reproduces frame 0 on part interiors."""
+    """Warping frame t back along the exact flow reproduces frame 0 on part interiors (up to the bilinear
+    interpolation of sharp, rotating texture and parts sliding under others: a third to a half of the static error;
+    a wrong flow scores about the static error or more)."""
     import cv2
 
-    rng = np.random.default_rng(8)
-    scene = sample_scene(rng)
-    poke = sample_poke(rng, scene, size=128)
-    result = simulate(scene, poke, n_frames=8, size=128, physics_seed=0, stochastic=False)
-    frames, flow, masks = result["frames"], result["flow"], result["masks"]
-    grid_y, grid_x = np.mgrid[0:128, 0:128].astype(np.float32)
-    warped = cv2.remap(frames[8], grid_x + flow[7, 0], grid_y + flow[7, 1], cv2.INTER_LINEAR)
-    interior = cv2.erode((masks[0] > 0).astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
-    moving = np.linalg.norm(flow[7], axis=0) > 0.5
-    region = interior & moving
-    assert region.sum() > 20
-    error = np.abs(warped.astype(float) - frames[0].astype(float))[region].mean()
-    static_error = np.abs(frames[8].astype(float) - frames[0].astype(float))[region].mean()
-    assert error < 0.5 * static_error
+    ratios = []
+    for seed in (8, 1, 2, 3):
+        rng = np.random.default_rng(seed)
+        scene = sample_scene(rng)
+        poke = sample_poke(rng, scene, size=128)
+        result = simulate(scene, poke, n_frames=8, size=128, physics_seed=0, stochastic=False)
+        frames, flow, masks = result["frames"], result["flow"], result["masks"]
+        grid_y, grid_x = np.mgrid[0:128, 0:128].astype(np.float32)
+        warped = cv2.remap(frames[8], grid_x + flow[7, 0], grid_y + flow[7, 1], cv2.INTER_LINEAR)
+        interior = cv2.erode((masks[0] > 0).astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+        moving = np.linalg.norm(flow[7], axis=0) > 0.5
+        region = interior & moving
+        assert region.sum() > 20
+        error = np.abs(warped.astype(float) - frames[0].astype(float))[region].mean()
+        static_error = np.abs(frames[8].astype(float) - frames[0].astype(float))[region].mean()
+        ratios.append(error / static_error)
+    assert max(ratios) < 0.6 and np.mean(ratios) < 0.45, ratios
 
 
-def _coverage_by_bodies(bodies, poses, size, factor=16):
-    """Reference part ids at ``factor`` x the resolution, drawn by OpenCV (an independent rasteriser), as
-    ``(S, factor, S, factor)``; thin dilation at 1/16 px is negligible."""
+def _reference_ids(bodies, poses, size, factor=16):
+    """Part ids of the bodies' shapes drawn by OpenCV (an independent rasteriser) at ``factor`` x the resolution,
+    ``(S, factor, S, factor)``; its edge pixels thicken shapes by 1/16 px, negligible here."""
     import cv2
 
     from ipoke.data import synthetic
 
     big = np.zeros((size * factor, size * factor), np.uint8)
-    scale, frame_scale = size * factor / synthetic.WORLD, size * synthetic._supersample(size) / synthetic.WORLD
+    scale = size * factor / synthetic.WORLD
+    thinnest = synthetic.WORLD / (size * synthetic._supersample(size))
 
     def fixed(point):
         return tuple(int(round((v * scale - 0.5) * 16)) for v in point)
@@ -131,7 +137,7 @@ def _coverage_by_bodies(bodies, poses, size, factor=16):
             center, angle = poses[index, :2], poses[index, 2]
             if kind == "segment":
                 a, b = synthetic._segment_ends(body, center, angle)
-                width = max(1, round(body["thickness"] * frame_scale)) / frame_scale * scale
+                width = max(body["thickness"], thinnest) * scale
                 cv2.line(big, fixed(a), fixed(b), index + 1, int(round(width)), cv2.LINE_8, 4)
             else:
                 polygon = synthetic._body_polygon(body, center, angle)
@@ -141,27 +147,34 @@ def _coverage_by_bodies(bodies, poses, size, factor=16):
 
 
 @pytest.mark.parametrize("size", [32, 64, 128])
-def test_part_masks_mark_the_pixels_the_object_covers(size):
-    """A mask pixel is a pixel mostly covered by its body: the mask's area is the visible area (versions before 5
-    marked every pixel an edge touched, 1.3x the area, a quarter of the pixels mostly background)."""
-    from ipoke.data.synthetic import render_ids
+def test_part_masks_mark_the_pixels_the_frame_shows_as_object(size):
+    """A mask pixel is one the frame paints mostly with a body, and the mask's area is the painted area. Versions
+    before 5 marked every pixel an edge touched (masks 1.2x the painted area at 64 px, a quarter of their pixels
+    mostly background) and drew the frames with OpenCV's anti-aliasing, wider than the bodies."""
+    from ipoke.data.synthetic import render_frame, render_ids
 
     for seed in range(4):
         scene = sample_scene(np.random.default_rng(seed), novel=seed % 2 == 1)
         bodies = scene["bodies"]
         poses = np.array([[*body["center"], body["angle"]] for body in bodies])
         ids = render_ids(bodies, poses, size)
-        reference = _coverage_by_bodies(bodies, poses, size)
-        coverage = (reference > 0).mean(axis=(1, 3))
+        # How much of each pixel the frame paints with plant: the frame over black and over white differ by the rest.
+        black, white = (render_frame(bodies, poses, np.full((size, size, 3), v, np.uint8)).astype(float)
+                        for v in (0, 255))
+        painted = 1 - ((white - black) / 255).mean(axis=2)
         # Sampling at pixel centres is exact on average; at 32 px stems are about a pixel wide, so single scenes vary.
-        low, high = (0.88, 1.08) if size == 32 else (0.95, 1.05)
-        assert low < (ids > 0).sum() / coverage.sum() < high, seed
-        assert ((ids > 0) & (coverage < 0.25)).sum() <= 2, seed  # at most a stray pixel at a sharp tip
-        assert ((ids == 0) & (coverage > 0.75)).sum() <= 2, seed
-        # Where one body covers a pixel almost alone, the mask names that body.
+        low, high = (0.9, 1.1) if size == 32 else (0.96, 1.04)
+        assert low < (ids > 0).sum() / painted.sum() < high, seed
+        assert ((ids > 0) & (painted < 0.25)).sum() <= 2, seed  # at most a stray pixel at a sharp tip
+        assert ((ids == 0) & (painted > 0.75)).sum() <= 2, seed
+        # Where one body covers a pixel almost alone (by another rasteriser), the mask names that body.
+        reference = _reference_ids(bodies, poses, size)
+        checked = 0
         for body in np.unique(ids[ids > 0]):
             alone = (reference == body).mean(axis=(1, 3)) > 0.9
             assert (ids[alone] == body).all(), (seed, body)
+            checked += alone.sum()
+        assert checked > 0.3 * (ids > 0).sum(), seed
 
 
 def test_physics_samples_differ_but_share_the_first_frame():
