@@ -395,11 +395,11 @@ def _evaluate(samplers: dict[str, Sampler], dataset: PokeDataset, *, split: str,
     generator_version = (dataset.data.index.get("settings") or {}).get("generator_version", 1) if has_control else None
     if "control" in metrics and not has_control:
         unavailable["control"] = "control accuracy needs exact ground-truth motion (synthetic datasets only)"
-    elif "control" in metrics and generator_version < 5:
-        logger.warning("%s was made by version %s of the synthetic generator, whose part masks are about 1.2x the "
-                       "plants its frames show: control/object_epe and control/background_motion are not comparable "
-                       "with figures on datasets of version 5 or later (regenerate it with `ipoke data synth`)",
-                       data_dir, generator_version)
+    elif "control" in metrics and generator_version < 6:
+        logger.warning("%s was made by version %s of the synthetic generator, whose part masks do not match the plants "
+                       "its frames show (up to version 4 they are about 1.2x them): control/object_epe and "
+                       "control/background_motion are not comparable with figures on datasets of version 6 or later "
+                       "(regenerate it with `ipoke data synth`)", data_dir, generator_version)
     split_videos = [meta for meta in dataset.data.videos if meta["split"] == split]
     if "keypoints" in metrics and not any(meta.get("has_keypoints") for meta in split_videos):
         unavailable["keypoints"] = (f"targeted keypoint accuracy needs keypoints, and no video of split {split!r} has "

@@ -192,7 +192,8 @@ def test_control_metrics_average_every_sample(synthetic_dataset):
 
 
 def test_control_on_a_dataset_with_dilated_masks_is_flagged(synthetic_dataset, tmp_path, caplog):
-    """Generator versions before 5 drew part masks 1.2x the object: the report records the version and warns."""
+    """Generator versions before 6 drew part masks that do not match the frames: the report records the version and
+    warns."""
     from ipoke.evaluation import copy_first_frame_sampler, evaluate
 
     legacy = tmp_path / "legacy"
@@ -204,12 +205,12 @@ def test_control_on_a_dataset_with_dilated_masks_is_flagged(synthetic_dataset, t
                "samples": 1}
     with caplog.at_level("WARNING", logger="ipoke.evaluation"):
         today = evaluate({"static": copy_first_frame_sampler}, synthetic_dataset, **options)
-    assert today["settings"]["synthetic_generator_version"] >= 5
+    assert today["settings"]["synthetic_generator_version"] >= 6
     assert "part masks" not in caplog.text
     with caplog.at_level("WARNING", logger="ipoke.evaluation"):
         older = evaluate({"static": copy_first_frame_sampler}, legacy, **options)
     assert older["settings"]["synthetic_generator_version"] == 4
-    assert "version 4 of the synthetic generator, whose part masks are about 1.2x" in caplog.text
+    assert "version 4 of the synthetic generator, whose part masks do not match" in caplog.text
 
 
 def test_evaluate_missing_metric_alone_fails(tmp_path, synthetic_dataset, monkeypatch, capsys):

@@ -41,9 +41,10 @@ logger = logging.getLogger(__name__)
 WORLD = 256.0
 # Smallest frame side: at 16 px stems are already under a pixel wide; below it plants are a few pixels.
 MIN_SIZE = 16
-GENERATOR_VERSION = 5  # 5: frames and part masks from exact shapes (masks were 1.2x the frame), see render_ids(); 4:
-#                        keypoints with pixel centres at integers (were half a pixel off); 3: pokes twice as strong
-#                        (impulse_scale 760, was 380), see simulate()
+GENERATOR_VERSION = 6  # 6: frames and part masks from the same exact shapes, see render_frame() and render_ids();
+#                        5 (only while session 16 developed it): exact masks over OpenCV-drawn frames, 0.87x what
+#                        the frames showed; 4: keypoints with pixel centres at integers (were half a pixel off);
+#                        3: pokes twice as strong (impulse_scale 760, was 380), see simulate()
 
 # ----------------------------------------------------------------------------------------------------------------
 # Species: what a plant looks like. Train and novel (test) species share nothing visible.
@@ -362,7 +363,7 @@ def render_frame(bodies: list[dict[str, Any]], poses: np.ndarray, background: np
     """Anti-aliased RGB frame ``(S, S, 3)`` uint8: the bodies' exact shapes sampled 4x4 per pixel (2x2 above 128 px)
     over ``background`` and averaged, so a pixel shows each body in proportion to the area it covers.
 
-    Frames and part masks (:func:`render_ids`) come from the same shapes. Generator versions before 5 drew the frames
+    Frames and part masks (:func:`render_ids`) come from the same shapes. Generator versions before 6 drew the frames
     with OpenCV's anti-aliased lines and polygons, which paint wider than the shape they are given (a line about 1.4
     to 2.4 canvas pixels wider, a polygon about 0.7 px per edge): at 64 px the plants showed about 15 % more area than
     their bodies have, and that fringe had no mask or flow.

@@ -149,7 +149,7 @@ def _reference_ids(bodies, poses, size, factor=16):
 @pytest.mark.parametrize("size", [32, 64, 128])
 def test_part_masks_mark_the_pixels_the_frame_shows_as_object(size):
     """A mask pixel is one the frame paints mostly with a body, and the mask's area is the painted area. Versions
-    before 5 marked every pixel an edge touched (masks 1.2x the painted area at 64 px, a quarter of their pixels
+    before 5 marked every pixel an edge touched (masks 1.2x the painted area at 64 px, a fifth of their pixels
     mostly background) and drew the frames with OpenCV's anti-aliasing, wider than the bodies."""
     from ipoke.data.synthetic import render_frame, render_ids
 
@@ -353,7 +353,7 @@ def test_a_dataset_of_an_older_generator_version_is_not_resumed(tmp_path):
     index = json.loads((root / "ipoke_dataset.json").read_text())
     index["settings"]["generator_version"] = 3
     (root / "ipoke_dataset.json").write_text(json.dumps(index))
-    with pytest.raises(DatasetFormatError, match=r"version 3 of the synthetic generator .* writes version 5: it "
+    with pytest.raises(DatasetFormatError, match=r"version 3 of the synthetic generator .* writes version 6: it "
                                                  r"cannot be resumed; delete it or use another --out folder"):
         generate_dataset(root, SyntheticSettings(videos=2, frames=2, size=16), progress=False)
     del index["settings"]["generator_version"]  # version 1 wrote none ("version None" in the message)
