@@ -727,12 +727,16 @@ def _check_videos_without_index(root: Path, settings: SyntheticSettings) -> None
     if same:
         frames = np.load(folder / "frames.npy", mmap_mode="r")
         expected = make_video(settings, *plan[video_id])
+        # The frames too: another generator version draws the same scene differently.
         same = (frames.shape == expected["frames"].shape
-                and json.loads((folder / "scene.json").read_text()) == json.loads(json.dumps(expected["scene"])))
+                and json.loads((folder / "scene.json").read_text()) == json.loads(json.dumps(expected["scene"]))
+                and np.array_equal(frames, expected["frames"]))
     if not same:
         raise DatasetFormatError(f"{root} holds videos but no index (ipoke_dataset.json), and its video {video_id} "
-                                 "was not made with these options (size, frames, seed, split fractions, ...): rerun "
-                                 "with the options that made it, or use another --out folder")
+                                 "was not made with these options (size, frames, seed, split fractions, ...) or was "
+                                 f"made by another version of the generator (this ipoke writes version "
+                                 f"{GENERATOR_VERSION}): rerun with the options that made it, or use another --out "
+                                 "folder")
 
 
 @writes_exclusively("out", "ipoke data synth")

@@ -467,6 +467,14 @@ def test_videos_whose_index_is_gone_resume_only_with_their_own_options(tmp_path)
             generate_dataset(root, other, progress=False)
     with pytest.raises(DatasetFormatError, match="holds videos but no index"):  # fewer videos: theirs are not all
         generate_dataset(root, SyntheticSettings(videos=2, frames=2, size=32, seed=0), progress=False)
+    # Same options, same scene, other frames: what an older generator version (another renderer) left.
+    first = sorted(folder for folder in (root / "videos").iterdir() if not folder.name.startswith("."))[0]
+    frames = np.load(first / "frames.npy")
+    np.save(first / "frames.npy", np.ascontiguousarray(255 - frames))
+    with pytest.raises(DatasetFormatError, match=r"or was made by another version of the generator \(this ipoke "
+                                                 r"writes version \d+\)"):
+        generate_dataset(root, settings, progress=False)
+    np.save(first / "frames.npy", frames)
     # A killed writer's temporary folder (it holds meta.json) is not one of the videos compared.
     video = next(folder for folder in (root / "videos").iterdir() if folder.name.startswith("train"))
     video.rename(video.parent / f".{video.name}.pid4242.abcd.tmp")
