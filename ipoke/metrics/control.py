@@ -42,6 +42,7 @@ textured object moving half the frame within about a pixel; ``ipoke evaluate`` u
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import cv2
 import numpy as np
@@ -67,10 +68,31 @@ CONTROL_KEYS = (CONTROL_POKE_EPE, CONTROL_POKE_ANGLE_DEG, CONTROL_OBJECT_EPE, CO
 KEYPOINT_FLOWS = ("direct", "chained")
 
 
+def _uint8(frames: np.ndarray) -> np.ndarray:
+    """Float frames in [-1, 1] -> uint8 in [0, 255], any shape."""
+    return np.clip(np.round((frames + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
 def _gray_uint8(frame: np.ndarray) -> np.ndarray:
     """``(3, H, W)`` float in [-1, 1] -> ``(H, W)`` uint8 grayscale."""
-    rgb = np.clip(np.round((frame.transpose(1, 2, 0) + 1.0) * 127.5), 0, 255).astype(np.uint8)
-    return cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)
+    return cv2.cvtColor(np.ascontiguousarray(_uint8(frame.transpose(1, 2, 0))), cv2.COLOR_RGB2GRAY)
+
+
+def _in_threads(count: int, work: Callable[[range], list[np.ndarray]]) -> list[np.ndarray]:
+    """``work(indices)`` (a list of results) over contiguous chunks of ``range(count)`` in threads, in order.
+
+    DIS releases the GIL, and each pair is independent: the results are the same as one loop's. ``work`` makes its
+    own OpenCV algorithm object, which is not shared across threads.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ipoke.utils import cpu_threads
+
+    threads = min(cpu_threads(), count)
+    bounds = np.linspace(0, count, threads + 1).astype(int)
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        chunks = list(pool.map(work, [range(a, b) for a, b in zip(bounds[:-1], bounds[1:])]))
+    return [result for chunk in chunks for result in chunk]
 
 
 # DIS with 4x4 patches every 2 px down to the full resolution (finest scale 0) and 50 gradient-descent iterations.
@@ -100,10 +122,6 @@ def estimate_flow(first: torch.Tensor | np.ndarray, last: torch.Tensor | np.ndar
     Returns:
         ``(N, 2, H, W)`` float32 flow in pixels (channel 0 = dx, 1 = dy) such that ``first(p) ≈ last(p + flow(p))``.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
-    from ipoke.utils import cpu_threads
-
     first, last = to_unit_range(first).cpu().numpy(), to_unit_range(last).cpu().numpy()
     if len(first) != len(last):
         raise ValueError(f"first and last must hold the same number of frames, got {len(first)} and {len(last)}")
@@ -114,12 +132,7 @@ def estimate_flow(first: torch.Tensor | np.ndarray, last: torch.Tensor | np.ndar
         dis = _dis()  # one per thread: an OpenCV algorithm object is not shared across threads
         return [dis.calc(_gray_uint8(first[i]), _gray_uint8(last[i]), None) for i in indices]
 
-    # DIS releases the GIL: contiguous chunks in threads give the same flows as one loop (each pair is independent).
-    threads = min(cpu_threads(), len(first))
-    bounds = np.linspace(0, len(first), threads + 1).astype(int)
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        chunks = list(pool.map(flows, [range(a, b) for a, b in zip(bounds[:-1], bounds[1:])]))
-    return np.stack([flow for chunk in chunks for flow in chunk]).transpose(0, 3, 1, 2).astype(np.float32)
+    return np.stack(_in_threads(len(first), flows)).transpose(0, 3, 1, 2).astype(np.float32)
 
 
 def estimate_chained_flow(videos: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -136,16 +149,13 @@ def estimate_chained_flow(videos: torch.Tensor | np.ndarray) -> np.ndarray:
     Returns:
         ``(N, 2, H, W)`` float32 flow in pixels, frame 0 -> frame T, as :func:`estimate_flow`.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     from ipoke.data.flow import DISFlow
-    from ipoke.utils import cpu_threads
 
     videos = to_unit_range(videos)
     check_video(videos, "videos")
     if videos.shape[1] < 2:
         raise ValueError(f"videos need at least 2 frames to have motion, got {videos.shape[1]}")
-    rgb = np.clip(np.round((videos.cpu().numpy().transpose(0, 1, 3, 4, 2) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    rgb = _uint8(videos.cpu().numpy().transpose(0, 1, 3, 4, 2))
     if not len(rgb):
         return np.zeros((0, 2, *rgb.shape[2:4]), np.float32)
     last = rgb.shape[1] - 1
@@ -154,11 +164,7 @@ def estimate_chained_flow(videos: torch.Tensor | np.ndarray) -> np.ndarray:
         estimator = DISFlow()  # one per thread: it holds an OpenCV algorithm object
         return [estimator.estimate_lags(list(rgb[i]), [last])[0] for i in indices]
 
-    threads = min(cpu_threads(), len(rgb))
-    bounds = np.linspace(0, len(rgb), threads + 1).astype(int)
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        chunks = list(pool.map(flows, [range(a, b) for a, b in zip(bounds[:-1], bounds[1:])]))
-    return np.stack([flow for chunk in chunks for flow in chunk]).astype(np.float32)
+    return np.stack(_in_threads(len(rgb), flows)).astype(np.float32)
 
 
 def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
