@@ -62,6 +62,7 @@ from ipoke.metrics import (
 )
 from ipoke.metrics.control import KEYPOINT_FLOWS
 from ipoke.metrics.i3d import I3D_MIN_FRAMES
+from ipoke.metrics.perceptual import LPIPS_MIN_SIZE
 
 logger = logging.getLogger(__name__)
 
@@ -369,12 +370,21 @@ def _evaluate(samplers: dict[str, Sampler], dataset: PokeDataset, *, split: str,
 
     unavailable: dict[str, str] = {}
     lpips_model = None
-    if "lpips" in metrics or "diversity" in metrics:
+    if ("lpips" in metrics or "diversity" in metrics) and dataset.size < LPIPS_MIN_SIZE:
+        reason = (f"LPIPS (AlexNet) needs frames of at least {LPIPS_MIN_SIZE} px, these have {dataset.size} px "
+                  "(--size)")
+        for key, wanted in (("lpips", "lpips"), (DIVERSITY_LPIPS, "diversity")):
+            if wanted in metrics:
+                unavailable[key] = reason
+    elif "lpips" in metrics or "diversity" in metrics:
         try:
             lpips_model = LearnedPerceptualSimilarity.from_pretrained(backbone_path=lpips_backbone, device=device)
         except MetricUnavailable as error:
-            # diversity/mse needs no network: a missing LPIPS costs only lpips and diversity/lpips.
-            unavailable["lpips" if "lpips" in metrics else DIVERSITY_LPIPS] = str(error)
+            # diversity/mse needs no network: a missing LPIPS costs only lpips and diversity/lpips (both are listed
+            # when both were asked for).
+            for key, wanted in (("lpips", "lpips"), (DIVERSITY_LPIPS, "diversity")):
+                if wanted in metrics:
+                    unavailable[key] = str(error)
     if "diversity" in metrics and samples < 2:
         unavailable["diversity"] = f"diversity compares the samples of a clip: needs --samples 2 or more, got {samples}"
     fvd_metrics: dict[str, FrechetVideoDistance] = {}

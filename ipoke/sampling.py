@@ -21,6 +21,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+import PIL.Image
 import torch
 import yaml
 from torch import nn
@@ -56,12 +57,18 @@ ROLES = {"autoencoder": VideoAutoencoder, "image_encoder": ImageEncoder, "poke_e
          "cinn": ConditionalINN}
 
 
-def load_image(image: str | os.PathLike | np.ndarray | torch.Tensor) -> np.ndarray:
+# PIL modes whose pixels np.asarray returns as grey, RGB or RGBA values (or as integers the checks below judge);
+# any other mode (palette, CMYK, YCbCr, grey + alpha, 1-bit, ...) is converted to RGB first.
+PIL_MODES_READ_AS_IS = ("RGB", "RGBA", "L", "I", "I;16", "F")
+
+
+def load_image(image: str | os.PathLike | np.ndarray | torch.Tensor | PIL.Image.Image) -> np.ndarray:
     """An image as uint8 RGB ``(H, W, 3)``.
 
-    Accepts a file path (any format OpenCV reads; grey and RGBA files become RGB), an array ``(H, W)`` or
-    ``(H, W, C)``, or a tensor ``(H, W)`` or ``(C, H, W)``, with ``C`` 1 (grey, repeated), 3 (RGB) or 4 (RGBA: the alpha
-    channel is dropped, not composited). Values: integers in [0, 255], or floats in [-1, 1] (a float image outside
+    Accepts a file path (any format OpenCV reads; grey and RGBA files become RGB), a PIL image (palette, CMYK, grey
+    + alpha and other modes are converted to RGB), an array ``(H, W)`` or ``(H, W, C)``, or a tensor ``(H, W)`` or
+    ``(C, H, W)``, with ``C`` 1 (grey, repeated), 3 (RGB) or 4 (RGBA: the alpha channel is dropped, not
+    composited). Values: integers in [0, 255], or floats in [-1, 1] (a float image outside
     [-1, 1] is refused, as a [0, 255] one would be; a [0, 1] one cannot be told apart and is read as [-1, 1], washed
     out: convert it with ``x * 2 - 1``).
     """
@@ -75,6 +82,10 @@ def load_image(image: str | os.PathLike | np.ndarray | torch.Tensor) -> np.ndarr
         if rgb is None:
             raise FileNotFoundError(f"cannot read image {image}: not an image file, or a damaged one")
         return rgb
+    if isinstance(image, PIL.Image.Image) and image.mode not in PIL_MODES_READ_AS_IS:
+        # np.asarray gives a palette image's indices, CMYK or YCbCr values as if they were RGB(A), and two
+        # channels for grey + alpha: all were animated as another picture or crashed.
+        image = image.convert("RGB")
     kind = "tensor" if isinstance(image, torch.Tensor) else "array"
     if isinstance(image, torch.Tensor):
         tensor = image.detach().cpu()
@@ -87,7 +98,7 @@ def load_image(image: str | os.PathLike | np.ndarray | torch.Tensor) -> np.ndarr
     if array.ndim == 2:
         array = array[:, :, None]
     if array.ndim != 3 or array.shape[2] not in (1, 3, 4) or min(array.shape[:2]) < 1:
-        raise ValueError(f"image {kind}s must be {layout} with C = 1, 3 or 4, got shape {tuple(image.shape)}")
+        raise ValueError(f"image {kind}s must be {layout} with C = 1, 3 or 4, got shape {tuple(array.shape)}")
     if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.number):
         raise ValueError(f"image {kind}s must hold numbers, got {array.dtype}")
     if np.issubdtype(array.dtype, np.floating):

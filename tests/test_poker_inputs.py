@@ -36,6 +36,24 @@ def test_every_image_form_gives_the_same_rgb(rgb):
         assert np.array_equal(loaded, expected), name
 
 
+def test_pil_images_of_any_mode_give_their_rgb_pixels(rgb):
+    # np.asarray read a palette image's indices as grey, CMYK as RGBA and YCbCr as RGB: another picture, no warning;
+    # grey + alpha crashed with an AttributeError.
+    from PIL import Image
+
+    picture = Image.fromarray(rgb)
+    assert np.array_equal(load_image(picture), rgb)
+    assert np.array_equal(load_image(picture.convert("RGBA")), rgb)
+    grey = np.asarray(picture.convert("L"))
+    for mode in ("L", "LA"):
+        assert np.array_equal(load_image(picture.convert(mode)), np.repeat(grey[:, :, None], 3, axis=2)), mode
+    palette = picture.quantize(colors=16)
+    assert np.array_equal(load_image(palette), np.asarray(palette.convert("RGB"))) and load_image(palette).max() > 16
+    for mode in ("CMYK", "YCbCr"):  # lossy round trips: close to the pixels, unlike the raw channel values
+        converted = load_image(picture.convert(mode)).astype(int)
+        assert np.abs(converted - rgb).mean() < 3, mode
+
+
 @pytest.mark.parametrize(("image", "message"), [
     (np.zeros((20, 30, 2), np.uint8), r"\(H, W\) or \(H, W, C\) with C = 1, 3 or 4, got shape \(20, 30, 2\)"),
     (np.zeros((2, 20, 30, 3), np.uint8), r"got shape \(2, 20, 30, 3\)"),
@@ -44,6 +62,9 @@ def test_every_image_form_gives_the_same_rgb(rgb):
     (np.full((4, 4, 3), 300), r"integer image arrays must hold values in \[0, 255\], got \[300, 300\]"),
     (np.zeros((4, 4, 3), bool), "must hold numbers"),
     (torch.zeros(5, 8, 8), r"image tensors must be \(H, W\) or \(C, H, W\)"),
+    # Not an array (cv2.imread of a missing file gives None): the message used to crash on image.shape.
+    (None, r"image arrays must be \(H, W\) or \(H, W, C\) with C = 1, 3 or 4, got shape \(\)"),
+    ([1, 2, 3], r"got shape \(3,\)"),
 ])
 def test_images_it_cannot_read_are_refused_clearly(image, message):
     with pytest.raises(ValueError, match=message):

@@ -62,6 +62,16 @@ def test_export_round_trip_is_exact(exported, tmp_path):
     first, second = (model.sample(x0.double(), poke.double(), generator=torch.Generator().manual_seed(0))
                      for model in (double, reloaded))
     assert first.dtype == torch.float64 and torch.equal(first, second)
+    # The same seed draws the same residual in float64 (torch draws another stream in float64: a float64 model's
+    # samples were unrelated to its float32 ones, and control_sensitivity's no longer matched animate's).
+    image = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)
+    single = poker.animate(image, [(30, 20, 6, -3)], n_samples=2, seed=5)
+    double_videos = double.animate(image, [(30, 20, 6, -3)], n_samples=2, seed=5)
+    assert double_videos.dtype == torch.float64
+    torch.testing.assert_close(double_videos.float(), single, atol=1e-4, rtol=0)
+    sensitivity, pokes = double.control_sensitivity(image, 30, 20, magnitudes=[6.0], n_directions=2, seed=5)
+    torch.testing.assert_close(sensitivity[1:2], double.animate(image, [tuple(pokes[1])], n_samples=1, seed=5),
+                               atol=1e-9, rtol=0)
 
 
 def test_transfer_reuses_the_residual(exported):
@@ -440,6 +450,11 @@ def test_evaluate_command_checks_its_arguments_before_working(exported, tmp_path
     assert main([*base, "--metrics", "diversity", "--samples", "2", "--out", str(tmp_path / "d.json")]) == 0
     report = json.loads((tmp_path / "d.json").read_text())
     assert "diversity/mse" in report["results"]["tiny"] and "diversity/lpips" in report["unavailable"]
+    # With lpips asked for too, both keys are listed (diversity/lpips used to vanish silently).
+    report = evaluation.evaluate({}, synthetic_dataset, metrics=("lpips", "diversity"), n_clips=2, samples=2,
+                                 n_frames=3, progress=False)
+    assert {"lpips", "diversity/lpips"} <= set(report["unavailable"])
+    assert "diversity/mse" in report["results"]["copy_x0"]
     report = evaluation.evaluate({}, synthetic_dataset, metrics=("diversity", "ssim"), n_clips=2, samples=1,
                                  progress=False)
     assert "--samples 2" in report["unavailable"]["diversity"]

@@ -122,7 +122,7 @@ def estimate_flow(first: torch.Tensor | np.ndarray, last: torch.Tensor | np.ndar
     Returns:
         ``(N, 2, H, W)`` float32 flow in pixels (channel 0 = dx, 1 = dy) such that ``first(p) ≈ last(p + flow(p))``.
     """
-    first, last = to_unit_range(first).cpu().numpy(), to_unit_range(last).cpu().numpy()
+    first, last = to_unit_range(first).detach().cpu().numpy(), to_unit_range(last).detach().cpu().numpy()
     if len(first) != len(last):
         raise ValueError(f"first and last must hold the same number of frames, got {len(first)} and {len(last)}")
     if not len(first):
@@ -133,6 +133,13 @@ def estimate_flow(first: torch.Tensor | np.ndarray, last: torch.Tensor | np.ndar
         return [dis.calc(_gray_uint8(first[i]), _gray_uint8(last[i]), None) for i in indices]
 
     return np.stack(_in_threads(len(first), flows)).transpose(0, 3, 1, 2).astype(np.float32)
+
+
+def _check_motion_frames(videos: torch.Tensor) -> None:
+    """Refuse ``(N, T+1, ...)`` videos of fewer than 2 frames: x0 alone has no motion to score (it was compared
+    with itself and scored as a static video)."""
+    if videos.shape[1] < 2:
+        raise ValueError(f"videos need at least 2 frames (x0 and a later one) to have motion, got {videos.shape[1]}")
 
 
 def estimate_chained_flow(videos: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -153,9 +160,8 @@ def estimate_chained_flow(videos: torch.Tensor | np.ndarray) -> np.ndarray:
 
     videos = to_unit_range(videos)
     check_video(videos, "videos")
-    if videos.shape[1] < 2:
-        raise ValueError(f"videos need at least 2 frames to have motion, got {videos.shape[1]}")
-    rgb = _uint8(videos.cpu().numpy().transpose(0, 1, 3, 4, 2))
+    _check_motion_frames(videos)
+    rgb = _uint8(videos.detach().cpu().numpy().transpose(0, 1, 3, 4, 2))
     if not len(rgb):
         return np.zeros((0, 2, *rgb.shape[2:4]), np.float32)
     last = rgb.shape[1] - 1
@@ -264,6 +270,7 @@ def control_errors(videos: torch.Tensor | np.ndarray, true_flow: torch.Tensor | 
     check_video(videos, "videos")
     if videos.shape[0] == 0 or videos.shape[2] != 3:
         raise ValueError(f"videos must be (N, T+1, 3, S, S) with N >= 1 and RGB frames, got {tuple(videos.shape)}")
+    _check_motion_frames(videos)
     estimated = estimate_flow(videos[:, 0], videos[:, -1])
     return control_errors_from_flow(
         estimated, as_tensor(true_flow).detach().cpu().numpy().astype(np.float32),
@@ -293,6 +300,7 @@ def keypoint_errors(videos: torch.Tensor | np.ndarray, keypoint_pokes: torch.Ten
         raise ValueError(f"flow must be one of {', '.join(KEYPOINT_FLOWS)}, got {flow!r}")
     videos = to_unit_range(videos)
     check_video(videos, "videos")
+    _check_motion_frames(videos)
     pokes = as_tensor(keypoint_pokes).detach().cpu().double().numpy().reshape(-1, 4)
     if len(pokes) != videos.shape[0]:
         raise ValueError(f"{videos.shape[0]} videos but {len(pokes)} keypoint pokes")

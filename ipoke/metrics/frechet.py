@@ -132,10 +132,12 @@ class FeatureStatistics:
                              "NaN or inf); the Fréchet distance is undefined for them")
         if self.total is None:
             dimension = array.shape[1]
-            if self.shift is None:
-                self.shift = array.mean(axis=0) if len(array) else np.zeros(dimension)
             self.total = np.zeros(dimension)
             self.outer_total = np.zeros((dimension, dimension))
+        if self.shift is None and self.count == 0 and len(array):
+            # The first non-empty batch's mean (an empty first batch used to fix the shift at 0, the one-pass
+            # formula's precision loss again); nothing was summed yet, so nothing needs re-centring.
+            self.shift = array.mean(axis=0)
         centred = array - self._shift()
         self.count += array.shape[0]
         self.total += centred.sum(axis=0)

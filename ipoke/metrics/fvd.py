@@ -192,18 +192,23 @@ class FrechetVideoDistance:
             ValueError: If T differs from that of the clips added before (real or fake): FVD depends on T, and the
                 same clips cut to 16 and 9 frames scored 3482 with no warning.
         """
-        for name, videos in (("real", real), ("fake", fake)):
-            if videos is None or not len(videos) or getattr(videos, "ndim", 0) < 2:
-                continue
+        given = {name: as_tensor(videos) for name, videos in (("real", real), ("fake", fake))
+                 if videos is not None and len(videos)}
+        n_frames = self.n_frames
+        for name, videos in given.items():
+            check_video(videos, f"{name} clips")
             frames = int(videos.shape[1])
-            if self.n_frames is not None and frames != self.n_frames:
-                raise ValueError(f"these {name} clips have {frames} frames, the clips before {self.n_frames}: FVD "
-                                 "compares sets of clips of one length (cut both to the same T)")
-            self.n_frames = frames
-        if real is not None and len(real):
-            self.real.update(self.features(real))
-        if fake is not None and len(fake):
-            self.fake.update(self.features(fake))
+            if n_frames is not None and frames != n_frames:
+                before = "the clips before" if self.n_frames is not None else "the real clips"
+                raise ValueError(f"these {name} clips have {frames} frames, {before} {n_frames}: FVD compares sets "
+                                 "of clips of one length (cut both to the same T)")
+            n_frames = frames
+        # Every feature first, then the statistics: a batch that fails (too few frames for I3D, say) adds nothing,
+        # neither its length nor the real half of a real + fake call.
+        features = {name: self.features(videos) for name, videos in given.items()}
+        for name, values in features.items():
+            getattr(self, name).update(values)
+        self.n_frames = n_frames
 
     def compute(self) -> dict[str, float | int]:
         """``{"fvd": value, "fvd/n_real": N_real, "fvd/n_fake": N_fake}``; report the counts with the value."""

@@ -25,6 +25,9 @@ from ipoke.metrics.common import MetricUnavailable, as_tensor, to_unit_range
 from ipoke.weights import WeightsNotFoundError, find_torch_hub_checkpoint, load_weights_file
 
 ALEXNET_FILENAME = "alexnet-owt-7be5be79.pth"
+# The smallest frame side AlexNet's layers up to relu5 accept: conv1 (11x11, stride 4, padding 2) gives 7 at 31 px,
+# the two 3x3 stride-2 max-poolings 3 and then 1; at 30 px the second pooling gets 2x2 and fails.
+LPIPS_MIN_SIZE = 31
 # torchvision AlexNet ``features`` indices of the five conv layers, and the lpips slice holding each.
 _ALEXNET_CONV_SLICES = {0: 1, 3: 2, 6: 3, 8: 4, 10: 5}
 
@@ -105,6 +108,10 @@ class LearnedPerceptualSimilarity(nn.Module):
         if images_a.shape != images_b.shape or images_a.ndim != 4 or images_a.shape[1] != 3:
             raise ValueError(f"expected two (N, 3, H, W) batches, got {tuple(images_a.shape)} and "
                              f"{tuple(images_b.shape)}")
+        if min(images_a.shape[-2:]) < LPIPS_MIN_SIZE:
+            raise ValueError(f"LPIPS (AlexNet) needs frames of at least {LPIPS_MIN_SIZE}x{LPIPS_MIN_SIZE} pixels, got "
+                             f"{images_a.shape[-2]}x{images_a.shape[-1]} (its second max-pooling has nothing left to "
+                             "pool below that)")
         return self.network(images_a, images_b).flatten().float()
 
     @torch.no_grad()

@@ -19,18 +19,21 @@ def standard_normal(shape: Sequence[int], generator: Generators, *, device: torc
     (``repeat_interleave``: item 0's samples first): each item's rows then come from its own generator, so an item's
     draw does not depend on which other items share its batch (evaluation seeds every clip, and gets the same
     numbers at any batch size).
+
+    The numbers are always drawn in float32 and then cast to ``dtype``: torch draws another stream in float64, so a
+    float64 model gave other samples than the same model in float32 for the same seed.
     """
     shape = tuple(int(n) for n in shape)
     if generator is None or isinstance(generator, torch.Generator):
         source = generator.device if generator is not None else device
-        noise = torch.randn(shape, generator=generator, device=source, dtype=dtype)
-        return noise if device is None else noise.to(device)
-    generators = list(generator)
-    if not generators or shape[0] % len(generators):
-        raise ValueError(f"{len(generators)} generators cannot split a draw of {shape[0]} rows evenly")
-    rows = shape[0] // len(generators)
-    noise = torch.cat([torch.randn((rows, *shape[1:]), generator=g, device=g.device, dtype=dtype) for g in generators])
-    return noise if device is None else noise.to(device)
+        noise = torch.randn(shape, generator=generator, device=source)
+    else:
+        generators = list(generator)
+        if not generators or shape[0] % len(generators):
+            raise ValueError(f"{len(generators)} generators cannot split a draw of {shape[0]} rows evenly")
+        rows = shape[0] // len(generators)
+        noise = torch.cat([torch.randn((rows, *shape[1:]), generator=g, device=g.device) for g in generators])
+    return noise.to(device=device, dtype=dtype)
 
 
 def check_generators(generator: Generators, batch: int, *, seed_hint: str = "") -> None:

@@ -221,6 +221,28 @@ def test_annotations_that_do_not_fit_the_videos_are_refused():
         control_errors(array.copy(), flow[:2], masks[:2], poke[:2], np.zeros(2, bool))[CONTROL_OBJECT_EPE])
 
 
+def test_tensors_that_require_grad_are_scored_and_x0_alone_is_refused():
+    # The control metrics called .numpy() on the graph (every other metric accepted such tensors), and a one-frame
+    # "video" was scored as a static one (x0 against itself) instead of being refused.
+    from ipoke.metrics import keypoint_errors
+
+    video, mask = clip(SHIFT)
+    videos = torch.stack([video])
+    flow, masks, poke = ground_truth(mask)[None], mask[None], torch.tensor([[28.0, 30.0, 6.0, 4.0]])
+    background = torch.zeros(1, dtype=torch.bool)
+    plain = control_errors(videos, flow, masks, poke, background)
+    tracked = control_errors(videos.clone().requires_grad_(), flow, masks, poke, background)
+    for key in plain:
+        np.testing.assert_array_equal(tracked[key], plain[key])
+    for method in ("direct", "chained"):
+        np.testing.assert_array_equal(keypoint_errors(videos.clone().requires_grad_(), poke, flow=method),
+                                      keypoint_errors(videos, poke, flow=method))
+        with pytest.raises(ValueError, match="at least 2 frames .* got 1"):
+            keypoint_errors(videos[:, :1], poke, flow=method)
+    with pytest.raises(ValueError, match="at least 2 frames .* got 1"):
+        control_errors(videos[:, :1], flow, masks, poke, background)
+
+
 def test_estimate_flow_is_the_same_in_threads_and_finds_a_translation(monkeypatch):
     from ipoke.metrics.control import estimate_flow
 

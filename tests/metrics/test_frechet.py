@@ -90,6 +90,12 @@ def test_features_far_from_zero_give_the_same_distance():
     whole = np.concatenate([a[:100] + 1e8, a[100:] - 5])
     np.testing.assert_allclose(merged.mean, whole.mean(0), rtol=1e-12)
     np.testing.assert_allclose(merged.covariance, np.cov(whole, rowvar=False), rtol=1e-6)
+    # An empty first batch must not fix the shift at 0 (that distance was 0.0 instead of the reference's).
+    streamed = FeatureStatistics()
+    streamed.update(np.zeros((0, 8)))
+    streamed.update(a + 1e8)
+    assert streamed.count == 500
+    assert streamed.frechet_distance(FeatureStatistics.from_features(b + 1e8)) == pytest.approx(expected, rel=1e-6)
 
 
 def test_non_finite_features_and_mismatched_merges_are_refused():

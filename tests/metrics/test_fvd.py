@@ -211,10 +211,36 @@ def test_clips_of_another_length_are_refused():
     # FVD depends on T: the same clips cut to 16 and 9 frames scored 3482 with no warning.
     metric = FrechetVideoDistance(network=PooledPixelsStandIn(), device="cpu")
     videos = torch.rand(2, 16, 3, 32, 32) * 2 - 1
-    with pytest.raises(ValueError, match="these fake clips have 9 frames, the clips before 16"):
+    with pytest.raises(ValueError, match="these fake clips have 9 frames, the real clips 16"):
         metric.update(real=videos, fake=videos[:, :9])
     metric.reset()
     metric.update(real=videos[:, :9], fake=videos[:, :9])
     with pytest.raises(ValueError, match="these real clips have 16 frames, the clips before 9"):
         metric.update(real=videos)
     assert metric.compute()["fvd/n_real"] == 2
+
+
+
+def test_a_failed_update_adds_nothing():
+    # Too few frames for I3D used to fix the metric's clip length anyway (the next, valid clips were refused), and a
+    # real + fake call whose fake half failed had added the real clips already (a retry counted them twice).
+    class NeedsNineFrames(PooledPixelsStandIn):
+        def forward(self, video):
+            if video.shape[1] < 9:  # (N, T, 3, 224, 224) after preprocessing
+                raise ValueError("I3D needs at least 9 frames")
+            return super().forward(video)
+
+    metric = FrechetVideoDistance(network=NeedsNineFrames(), device="cpu")
+    videos = torch.rand(3, 9, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with pytest.raises(ValueError, match="at least 9 frames"):
+        metric.update(real=videos[:, :8])
+    assert metric.n_frames is None and metric.real.count == 0
+    with pytest.raises(ValueError, match="these fake clips have 8 frames, the real clips 9"):
+        metric.update(real=videos, fake=videos[:, :8])
+    with pytest.raises(ValueError, match=r"fake clips must be \(B, T, C, H, W\)"):
+        metric.update(real=videos, fake=videos[0])
+    assert metric.real.count == 0 and metric.fake.count == 0
+    metric.update(real=videos, fake=videos.flip(0))
+    result = metric.compute()
+    assert (result["fvd/n_real"], result["fvd/n_fake"]) == (3, 3)
+    assert result["fvd"] == pytest.approx(0.0, abs=1e-6)  # the same clips in another order

@@ -52,3 +52,27 @@ def test_backbone_found_in_the_torch_hub_cache(random_alexnet_path):
     model = LearnedPerceptualSimilarity.from_pretrained()
     image = torch.zeros(1, 3, 32, 32)
     assert float(model(image, image)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_frames_too_small_for_alexnet_are_refused_and_evaluate_reports_lpips_unavailable(random_alexnet_path,
+                                                                                          synthetic_dataset):
+    # AlexNet's second max-pooling fails below 31 px: `ipoke evaluate --size 24` died after sampling with a torch
+    # traceback and wrote no report when LPIPS weights were present.
+    from ipoke.evaluation import evaluate
+    from ipoke.metrics.perceptual import LPIPS_MIN_SIZE
+
+    model = LearnedPerceptualSimilarity.from_pretrained(backbone_path=random_alexnet_path)
+    smallest = torch.rand(2, 3, LPIPS_MIN_SIZE, 40) * 2 - 1
+    assert model(smallest, smallest.flip(0)).shape == (2,)
+    with pytest.raises(ValueError, match=f"at least {LPIPS_MIN_SIZE}x{LPIPS_MIN_SIZE} pixels, got 30x40"):
+        model(smallest[:, :, :30], smallest[:, :, :30])
+    settings = dict(metrics=("lpips", "diversity", "ssim"), n_clips=2, samples=2, n_frames=3,
+                    lpips_backbone=str(random_alexnet_path), progress=False)
+    small = evaluate({}, synthetic_dataset, size=24, **settings)
+    assert set(small["unavailable"]) == {"lpips", "diversity/lpips"}
+    assert "at least 31 px, these have 24 px" in small["unavailable"]["lpips"]
+    assert {"ssim", "diversity/mse"} <= set(small["results"]["ground_truth_resimulated"])
+    large = evaluate({}, synthetic_dataset, size=LPIPS_MIN_SIZE, **settings)
+    assert not large["unavailable"]
+    assert large["results"]["ground_truth_resimulated"]["diversity/lpips"] > 0
+    assert large["results"]["copy_x0"]["lpips"] > 0
