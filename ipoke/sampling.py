@@ -539,7 +539,7 @@ class Poker(nn.Module):
         x0 = torch.cat([item[0] for item in first]).to(self.device, self.dtype)
         maps = torch.cat([item[1] for item in first]).to(self.device, self.dtype)
         generator = None if seed is None else torch.Generator().manual_seed(_seed(seed))
-        residual = torch.randn((1, *self.cinn.latent_shape), generator=generator)
+        residual = torch.randn((1, *self.cinn.latent_shape), generator=generator, dtype=torch.float32)
         residual = residual * temperature
         with torch.no_grad():
             h = self.condition(x0, maps)

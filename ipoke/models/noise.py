@@ -26,13 +26,14 @@ def standard_normal(shape: Sequence[int], generator: Generators, *, device: torc
     shape = tuple(int(n) for n in shape)
     if generator is None or isinstance(generator, torch.Generator):
         source = generator.device if generator is not None else device
-        noise = torch.randn(shape, generator=generator, device=source)
+        noise = torch.randn(shape, generator=generator, device=source, dtype=torch.float32)
     else:
         generators = list(generator)
         if not generators or shape[0] % len(generators):
             raise ValueError(f"{len(generators)} generators cannot split a draw of {shape[0]} rows evenly")
         rows = shape[0] // len(generators)
-        noise = torch.cat([torch.randn((rows, *shape[1:]), generator=g, device=g.device) for g in generators])
+        noise = torch.cat([torch.randn((rows, *shape[1:]), generator=g, device=g.device, dtype=torch.float32)
+                           for g in generators])
     return noise.to(device=device, dtype=dtype)
 
 
