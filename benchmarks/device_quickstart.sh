@@ -3,7 +3,8 @@
 # Usage (repo root; wheels in .whl from ../shared/tools/device-wheels.sh pymunk==7.3.1 cffi==2.1.1 pycparser==3.12,
 # carried with the device call; the GPU image has no pymunk/cffi, and no PyAV: mp4s are then written by OpenCV):
 #   bash benchmarks/device_quickstart.sh MINUTES [extra quickstart arguments]
-# (SKIP_INSTALL=1 to use the packages already importable, e.g. for a dry run on CPU with `--device cpu --videos 60`.)
+# (SKIP_INSTALL=1 to use the packages already importable, e.g. for a dry run on CPU with `--device cpu --videos 60`
+# and DIAGNOSE_TIMEOUT=150: the diagnostics take about 85 s on 2 CPU cores, a few seconds on a GPU.)
 # A 40-video smoke run first, so a broken GPU path fails in a minute instead of after the training (SMOKE=0 skips it,
 # DIAGNOSE=0 skips the diagnostics at the end: for the last few minutes of a device budget; DIAGNOSE_TIMEOUT sets
 # their limit in seconds, default 60). Exits non-zero when the quickstart or the diagnostics fail.
@@ -55,7 +56,8 @@ fi
 start=$(date +%s)
 rc=0
 timeout "${DIAGNOSE_TIMEOUT:-60}" python3 benchmarks/diagnose_model.py --model /tmp/qs/model --data /tmp/qs/data \
-  --clips 64 --samples 3 --out "$out/diagnose.json" 2>&1 | { grep -v -E "it/s|s/it|clip/s|Warning|warn\(" || true; } \
+  --clips 64 --samples 3 --out "$out/diagnose.json" 2>&1 | tee "$out/diagnose.log" \
+  | { grep -v -E "it/s|s/it|clip/s|Warning|warn\(" || true; } \
   || rc=$?
 echo "diagnostics $(( $(date +%s) - start )) s"
 ls -la "$out"

@@ -110,6 +110,14 @@ class ImageEncoderModule(NetworkCheckpointMixin):
 
     def configure_model(self) -> None:
         if self.hparams.compile:
+            if self.discriminator is not None:
+                # The GAN's adaptive weight takes two gradients with retain_graph=True through the compiled
+                # networks; a compiled backward that donates its buffers (PyTorch's default) refuses that once a
+                # second batch shape was compiled, so training crashed when the GAN started (found by review).
+                # Process-wide; costs some memory in compiled backward passes.
+                import torch._functorch.config as functorch_config
+
+                functorch_config.donated_buffer = False
             self.image_encoder.compile()
             if self.discriminator is not None:
                 self.discriminator.compile()

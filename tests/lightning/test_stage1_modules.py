@@ -197,6 +197,25 @@ def test_image_encoder_module_fast_dev_run(tmp_path, use_gan):
     assert torch.isfinite(fit.callback_metrics["val/psnr"])
 
 
+def test_compiled_image_encoder_survives_the_gan_start(tmp_path, monkeypatch):
+    # compile: true (what the configs suggest on a GPU) crashed when the GAN started: the adaptive weight's two
+    # retain_graph gradients through a compiled backward that donates its buffers, once a second batch shape had been
+    # compiled. aot_eager traces as the default backend does, without its slow code generation on a CPU.
+    import torch._functorch.config as functorch_config
+
+    original = torch.nn.Module.compile
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kwargs: original(self, backend="aot_eager"))
+    monkeypatch.setattr(functorch_config, "donated_buffer", functorch_config.donated_buffer)  # restored afterwards
+    encoder = ImageEncoder(spatial_size=SIZE, base_channels=8, max_channels=8, embedding_channels=8, norm_groups=4)
+    discriminator = PatchDiscriminator2d(base_channels=8, n_layers=2, norm="group")
+    module = ImageEncoderModule(encoder, discriminator, gan_start_step=1, compile=True)
+    before = snapshot(encoder)
+    # Batches of 3 and 1 clips (a second shape), twice: the GAN runs from the second batch on.
+    trainer(tmp_path, max_epochs=2, limit_val_batches=0).fit(module, DataLoader(RandomPokeBatches(), batch_size=3))
+    assert module.train_batches == 4 and changed(before, encoder)
+    assert torch.isfinite(module.trainer.callback_metrics["train/gan_weight"])
+
+
 def test_image_encoder_gan_starts_with_the_epoch_given(tmp_path):
     # The configs start the GAN with epoch 2 (the reference's pretrain: 2 epochs): 4000 batches, the fixed count they
     # gave before, was never reached on the synthetic dataset.
