@@ -116,7 +116,7 @@ def check_checkpoint_networks(ckpt_path: str | os.PathLike, model: Any) -> None:
     """
     import torch
 
-    from ipoke.models.base import NETWORKS_KEY, network_specs
+    from ipoke.models.base import NETWORKS_KEY, network_specs, spec_with_defaults
 
     checkpoint = None
     # Memory-mapped first (only the small network specs are read, not gigabytes of weights), tensors only first; a
@@ -137,6 +137,7 @@ def check_checkpoint_networks(ckpt_path: str | os.PathLike, model: Any) -> None:
     if set(saved) != set(built):
         raise UserError(f"--ckpt_path {ckpt_path} holds the networks {sorted(saved)}, but this config builds "
                         f"{sorted(built)}: is it a checkpoint of another stage?")
+    saved, built = spec_with_defaults(saved), spec_with_defaults(built)
     differences = [line for name in sorted(saved) for line in _spec_differences(saved[name], built[name], name)]
     if differences:
         shown = "; ".join(differences[:5]) + ("; ..." if len(differences) > 5 else "")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 import os
 from pathlib import Path
 from typing import Any, TypeVar
@@ -136,6 +137,31 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(item) for item in value]
     return value
+
+
+def spec_with_defaults(spec: Any) -> Any:
+    """``spec`` with every constructor argument it leaves out filled in with its default, recursively.
+
+    A network built in Python records only the arguments it was given; one built from a config records every default
+    too (jsonargparse passes them all). Filled in, the specs of two identical networks compare equal either way: a
+    resume of a Python-trained checkpoint from the CLI was refused, naming defaults as differences.
+    """
+    if isinstance(spec, dict) and "class_path" in spec and set(spec) <= {"class_path", "init_args"}:
+        init_args = {key: spec_with_defaults(value) for key, value in (spec.get("init_args") or {}).items()}
+        try:
+            parameters = inspect.signature(import_class(spec["class_path"])).parameters.values()
+        except (ValueError, TypeError):  # a class that no longer imports: compare what was recorded
+            parameters = []
+        for parameter in parameters:
+            if (parameter.name not in init_args and parameter.default is not inspect.Parameter.empty
+                    and parameter.kind in (parameter.KEYWORD_ONLY, parameter.POSITIONAL_OR_KEYWORD)):
+                init_args[parameter.name] = _plain(parameter.default)
+        return {"class_path": spec["class_path"], "init_args": init_args}
+    if isinstance(spec, dict):
+        return {key: spec_with_defaults(value) for key, value in spec.items()}
+    if isinstance(spec, list):
+        return [spec_with_defaults(value) for value in spec]
+    return spec
 
 
 def network_specs(module: nn.Module) -> dict[str, dict[str, Any]]:

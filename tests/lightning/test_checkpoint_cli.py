@@ -154,6 +154,38 @@ def test_the_network_check_reads_checkpoints_holding_objects_or_in_the_old_forma
         check_checkpoint_networks(tmp_path / "notes.ckpt", Module(16))
 
 
+def test_the_network_check_fills_in_defaults_on_both_sides(tmp_path):
+    # A network built in Python records only the arguments passed, one built from a config every default: a
+    # Python-trained checkpoint was refused by --ckpt_path for identical networks ("latent_size: None in the
+    # checkpoint, 8 in the config"), and a real difference came with such false ones.
+    import inspect
+
+    from ipoke.cli import UserError, check_checkpoint_networks
+    from ipoke.models.base import NETWORKS_KEY, network_specs
+    from ipoke.models.encoders import PokeEncoder
+
+    given = dict(spatial_size=64, base_channels=8, max_channels=16, norm_groups=4)
+    defaults = {name: parameter.default for name, parameter in inspect.signature(PokeEncoder).parameters.items()
+                if parameter.default is not inspect.Parameter.empty and name not in given}
+    assert {"latent_size", "spectral_norm", "embedding_channels"} <= set(defaults)
+
+    class Module(torch.nn.Module):
+        def __init__(self, **arguments) -> None:
+            super().__init__()
+            self.poke_encoder = PokeEncoder(**arguments)
+
+    path = tmp_path / "python.ckpt"
+    torch.save({NETWORKS_KEY: network_specs(Module(**given))}, path)
+    check_checkpoint_networks(path, Module(**given, **defaults))  # the config's way: every default passed
+    other = {**defaults, "embedding_channels": defaults["embedding_channels"] * 2}
+    with pytest.raises(UserError) as refused:
+        check_checkpoint_networks(path, Module(**given, **other))
+    message = str(refused.value)
+    assert (f"embedding_channels: {defaults['embedding_channels']} in the checkpoint, "
+            f"{other['embedding_channels']} in the config") in message
+    assert "latent_size" not in message and "spectral_norm" not in message
+
+
 def test_a_validation_interval_longer_than_the_epoch_is_one_line(synthetic_dataset, tmp_path, monkeypatch, capsys):
     torch.set_num_threads(1)
     monkeypatch.chdir(tmp_path)
