@@ -921,6 +921,11 @@ def _prepare_sources(writer: DatasetWriter, sources: list[VideoSource], splits: 
         bar.close()
     if failed_error is not None:
         raise failed_error  # prepare_dataset removes a new output folder in which nothing was finished
+    if result.failed and not result.written and not result.skipped:
+        # A finished index of no videos blocked the corrected command (its settings differ) and passed for a
+        # dataset; raising instead lets prepare_dataset remove a new output folder, as after a bad video.
+        raise PrepareError(f"all {len(result.failed)} videos failed, so no dataset was written:\n" + "\n".join(
+            f"  {video_id}: {message}" for video_id, message in sorted(result.failed.items())))
     if result.failed and split_file is None:
         # The random split was drawn over every video before any was read; draw it again over those that were
         # prepared, so that a left-out video does not take the test slots with it. The same inputs give the same

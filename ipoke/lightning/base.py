@@ -233,7 +233,9 @@ def for_evaluated_split(module: L.LightningModule, metrics: dict[str, Any]) -> d
 
 def recorded_clip_settings(path: str | os.PathLike) -> dict[str, int]:
     """``{"frame_step", "poke_size"}`` of the clips a stage-1 Lightning checkpoint was trained on, as its data module
-    recorded them; empty for a ``save_pretrained`` folder or a checkpoint without them (nothing to check against)."""
+    recorded them, and ``"flow_lag"`` (``n_frames * frame_step``: the lag of the flow its clips end on, which the
+    poke encoder regresses) where it recorded ``n_frames``; empty for a ``save_pretrained`` folder or a checkpoint
+    without them (nothing to check against)."""
     from ipoke.models.base import clip_settings
 
     if not os.path.isfile(path):
@@ -244,17 +246,22 @@ def recorded_clip_settings(path: str | os.PathLike) -> dict[str, int]:
         return {}
     if not isinstance(checkpoint, dict) or not checkpoint.get("datamodule_hyper_parameters"):
         return {}
-    return clip_settings(checkpoint)
+    settings = clip_settings(checkpoint)
+    n_frames = checkpoint["datamodule_hyper_parameters"].get("n_frames")
+    if n_frames is not None:
+        settings["flow_lag"] = int(n_frames) * settings["frame_step"]
+    return settings
 
 
 def check_clips_fit(module: L.LightningModule, *, n_frames: int | None = None, size: int | None = None,
-                    frame_step: int | None = None, poke_size: int | None = None,
+                    frame_step: int | None = None, poke_size: int | None = None, flow_lag: int | None = None,
                     networks: str = "the networks") -> None:
     """Refuse data whose clips the networks were not built for, before the first batch.
 
     A mismatch otherwise crashed deep in a loss, or trained silently on clips the autoencoder was not built for (and
     the checkpoint then claimed a clip length it never saw). ``frame_step`` and ``poke_size`` are those of the clips
-    the networks were trained on, where known (:func:`recorded_clip_settings`). Call from ``setup``: the data module
+    the networks were trained on, where known (:func:`recorded_clip_settings`), and so is ``flow_lag`` (the poke
+    encoder's: ``n_frames * frame_step`` of its clips). Call from ``setup``: the data module
     is set up first.
 
     Raises:
@@ -279,5 +286,12 @@ def check_clips_fit(module: L.LightningModule, *, n_frames: int | None = None, s
     if poke_size is not None and getattr(dataset, "poke_size", poke_size) != poke_size:
         problems.append(f"poke_size {dataset.poke_size} in the data (data.init_args.poke_size) against {poke_size} "
                         f"in the clips {networks} were trained on")
+    data_lag = getattr(dataset, "n_frames", None), getattr(dataset, "frame_step", None)
+    if flow_lag is not None and None not in data_lag and data_lag[0] * data_lag[1] != flow_lag:
+        # A poke encoder trained at another lag reads pokes of other magnitudes than the data gives it: its clips
+        # ended elsewhere (data.init_args.n_frames or frame_step differed when it was trained).
+        problems.append(f"clips ending {data_lag[0] * data_lag[1]} frames after x0 in the data (n_frames {data_lag[0]} "
+                        f"x frame_step {data_lag[1]}) against {flow_lag} in the clips the poke encoder was trained on "
+                        "(it regresses the flow at that lag)")
     if problems:
         raise DatasetFormatError("; ".join(problems) + ": make the data's settings and the networks' the same")

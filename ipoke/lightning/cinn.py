@@ -142,7 +142,7 @@ class PokeINNModule(NetworkCheckpointMixin):
         poke_encoder_clips = recorded_clip_settings(self.hparams.poke_encoder_checkpoint)
         check_clips_fit(self, n_frames=self.autoencoder.n_frames, size=self.autoencoder.spatial_size,
                         frame_step=autoencoder_clips.get("frame_step"), poke_size=poke_encoder_clips.get("poke_size"),
-                        networks="the stage-1 networks")
+                        flow_lag=poke_encoder_clips.get("flow_lag"), networks="the stage-1 networks")
         if self.hparams.cuda_graph and self.trainer.world_size > 1:
             raise TrainingSetupError(
                 f"cuda_graph trains on one device, but this run has {self.trainer.world_size} processes (the graphed "

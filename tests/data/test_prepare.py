@@ -236,6 +236,17 @@ def test_bad_videos_stop_the_run_or_are_skipped(raw, tmp_path):
     assert sorted(video["id"] for video in index["videos"]) == ["pan", "sub__jump", "walk"]
     assert sorted(index["settings"]["failed"]) == ["broken", "short"]
     assert not (out / "videos" / "short").exists()
+    # Every video failing under --skip-bad wrote a finished index of no videos, which passed for a dataset and
+    # refused the corrected command (other settings); now nothing is left, and the corrected command runs.
+    only_short = tmp_path / "only_short"
+    write_frame_folder(only_short / "short", panning_clip(4))
+    write_frame_folder(only_short / "shorter", panning_clip(3))
+    fresh = tmp_path / "fresh"
+    with pytest.raises(PrepareError, match=r"all 2 videos failed, so no dataset was written:\n  short: .*4 frames"):
+        prepare_dataset(only_short, fresh, size=32, lags=LAGS, on_error="skip", progress=False)
+    assert not fresh.exists()
+    corrected = prepare_dataset(only_short, fresh, size=32, lags=(1, 2), on_error="skip", progress=False)
+    assert sorted(corrected.written) == ["short", "shorter"]
 
 
 def test_bad_folders_and_outputs(raw, tmp_path):

@@ -327,3 +327,13 @@ def test_stage2_data_must_cut_clips_as_stage1_was_trained_on(tmp_path):
     with pytest.raises(DatasetFormatError, match=r"frame_step 2 in the data \(data.init_args.frame_step\) against 1 "
                                                  r"in the clips the stage-1 networks were trained on; poke_size 9"):
         check_clips_fit(module(2, 9), n_frames=4, size=64, frame_step=1, poke_size=5, networks="the stage-1 networks")
+    # A poke encoder trained on clips ending at another lag (n_frames x frame_step) regresses the flow of that lag:
+    # the cINN trained with it silently (only the autoencoder's frame_step was compared).
+    poke_checkpoint = tmp_path / "poke_encoder.ckpt"
+    torch.save({"state_dict": {}, "datamodule_hyper_parameters": {"n_frames": 10, "frame_step": 2, "poke_size": 5}},
+               poke_checkpoint)
+    assert recorded_clip_settings(poke_checkpoint) == {"frame_step": 2, "poke_size": 5, "flow_lag": 20}
+    check_clips_fit(module(5, 5), n_frames=4, size=64, flow_lag=20)  # 4 x 5: the same lag
+    with pytest.raises(DatasetFormatError, match=r"clips ending 4 frames after x0 in the data \(n_frames 4 x "
+                                                 r"frame_step 1\) against 20 in the clips the poke encoder"):
+        check_clips_fit(module(1, 5), n_frames=4, size=64, frame_step=1, poke_size=5, flow_lag=20)
