@@ -59,18 +59,18 @@ ROLES = {"autoencoder": VideoAutoencoder, "image_encoder": ImageEncoder, "poke_e
 
 # PIL modes whose pixels np.asarray returns as grey, RGB or RGBA values (or as integers the checks below judge);
 # any other mode (palette, CMYK, YCbCr, grey + alpha, 1-bit, ...) is converted to RGB first.
-PIL_MODES_READ_AS_IS = ("RGB", "RGBA", "L", "I", "I;16", "F")
+PIL_MODES_READ_AS_IS = ("RGB", "RGBA", "L", "I", "F")
 
 
 def load_image(image: str | os.PathLike | np.ndarray | torch.Tensor | PIL.Image.Image) -> np.ndarray:
     """An image as uint8 RGB ``(H, W, 3)``.
 
     Accepts a file path (any format OpenCV reads; grey and RGBA files become RGB), a PIL image (palette, CMYK, grey
-    + alpha and other modes are converted to RGB), an array ``(H, W)`` or ``(H, W, C)``, or a tensor ``(H, W)`` or
-    ``(C, H, W)``, with ``C`` 1 (grey, repeated), 3 (RGB) or 4 (RGBA: the alpha channel is dropped, not
-    composited). Values: integers in [0, 255], or floats in [-1, 1] (a float image outside
-    [-1, 1] is refused, as a [0, 255] one would be; a [0, 1] one cannot be told apart and is read as [-1, 1], washed
-    out: convert it with ``x * 2 - 1``).
+    + alpha and other modes are converted to RGB, 16-bit grey scaled to 8 bits), an array ``(H, W)`` or
+    ``(H, W, C)``, or a tensor ``(H, W)`` or ``(C, H, W)``, with ``C`` 1 (grey, repeated), 3 (RGB) or 4 (RGBA: the
+    alpha channel is dropped, not composited). Values: integers in [0, 255], or floats in [-1, 1] (a float image
+    outside [-1, 1] is refused, as a [0, 255] one would be; a [0, 1] one cannot be told apart and is read as
+    [-1, 1], washed out: convert it with ``x * 2 - 1``).
     """
     if isinstance(image, (str, os.PathLike)):
         from ipoke.data.video_io import decode_image_file
@@ -82,7 +82,11 @@ def load_image(image: str | os.PathLike | np.ndarray | torch.Tensor | PIL.Image.
         if rgb is None:
             raise FileNotFoundError(f"cannot read image {image}: not an image file, or a damaged one")
         return rgb
-    if isinstance(image, PIL.Image.Image) and image.mode not in PIL_MODES_READ_AS_IS:
+    if isinstance(image, PIL.Image.Image) and image.mode.startswith("I;16"):
+        # 16-bit grey (any byte order) scaled to 8 bits, as a 16-bit file given as a path is; convert("RGB") clipped
+        # every value above 255 to white.
+        image = np.round(np.asarray(image.convert("I"), np.float64) / 257.0).astype(np.uint8)
+    elif isinstance(image, PIL.Image.Image) and image.mode not in PIL_MODES_READ_AS_IS:
         # np.asarray gives a palette image's indices, CMYK or YCbCr values as if they were RGB(A), and two
         # channels for grey + alpha: all were animated as another picture or crashed.
         image = image.convert("RGB")

@@ -49,6 +49,11 @@ def test_pil_images_of_any_mode_give_their_rgb_pixels(rgb):
         assert np.array_equal(load_image(picture.convert(mode)), np.repeat(grey[:, :, None], 3, axis=2)), mode
     palette = picture.quantize(colors=16)
     assert np.array_equal(load_image(palette), np.asarray(palette.convert("RGB"))) and load_image(palette).max() > 16
+    ramp = np.linspace(0, 65535, 20 * 30).reshape(20, 30).astype(np.uint16)  # 16-bit grey, both byte orders
+    expected = np.repeat(np.round(ramp / 257.0).astype(np.uint8)[:, :, None], 3, axis=2)
+    for mode, dtype in (("I;16", "<u2"), ("I;16B", ">u2")):
+        sixteen = Image.frombytes(mode, (30, 20), ramp.astype(dtype).tobytes())
+        np.testing.assert_array_equal(load_image(sixteen), expected, err_msg=mode)
     for mode in ("CMYK", "YCbCr"):  # lossy round trips: close to the pixels, unlike the raw channel values
         converted = load_image(picture.convert(mode)).astype(int)
         assert np.abs(converted - rgb).mean() < 3, mode

@@ -726,7 +726,8 @@ def prepare_dataset(videos_dir: str | os.PathLike, out: str | os.PathLike, *, si
             (points outside a crop become NaN); files that match no video are ignored with a warning.
         on_error: ``"raise"`` stops at the first bad video (finished videos stay, the index is not written, so the
             output is not mistaken for a complete dataset); ``"skip"`` leaves bad videos out, writes the index and
-            lists them in the result and in the index's settings.
+            lists them in the result and in the index's settings (when every video fails it raises
+            ``PrepareError`` instead and writes no index).
         progress: Show a tqdm progress bar.
 
     Returns:
@@ -736,7 +737,7 @@ def prepare_dataset(videos_dir: str | os.PathLike, out: str | os.PathLike, *, si
         LayoutError: If ``videos_dir`` is missing, holds no videos or does not fit ``layout``.
         PrepareError: For bad options, a bad split file, missing or malformed keypoint files, a resume with other
             settings, or (``on_error="raise"``) an unreadable or too short video or keypoints whose row count is not
-            the video's frame count; the message names the file.
+            the video's frame count (``on_error="skip"``: when every video fails); the message names the file.
         DatasetFormatError: If ``out`` exists and is not empty and not a dataset.
         WeightsNotFoundError: For ``flow_method="raft"`` without its weights on disk.
     """
@@ -1033,7 +1034,7 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
                         help="iper layout: the official train.txt when it is not in the videos folder")
     parser.add_argument("--skip-bad", action="store_true",
                         help="leave unreadable or too short videos out (listed at the end, exit code 1) instead of "
-                             "stopping at the first")
+                             "stopping at the first; when every video fails, no dataset is written (exit code 2)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 

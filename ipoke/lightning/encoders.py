@@ -117,7 +117,8 @@ class ImageEncoderModule(NetworkCheckpointMixin):
                 # Process-wide; costs some memory in compiled backward passes.
                 import torch._functorch.config as functorch_config
 
-                functorch_config.donated_buffer = False
+                if hasattr(functorch_config, "donated_buffer"):  # older torch has no such buffers (nor flag)
+                    functorch_config.donated_buffer = False
             self.image_encoder.compile()
             if self.discriminator is not None:
                 self.discriminator.compile()
