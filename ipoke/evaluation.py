@@ -370,21 +370,22 @@ def _evaluate(samplers: dict[str, Sampler], dataset: PokeDataset, *, split: str,
 
     unavailable: dict[str, str] = {}
     lpips_model = None
-    if ("lpips" in metrics or "diversity" in metrics) and dataset.size < LPIPS_MIN_SIZE:
-        reason = (f"LPIPS (AlexNet) needs frames of at least {LPIPS_MIN_SIZE} px, these have {dataset.size} px "
-                  "(--size)")
-        for key, wanted in (("lpips", "lpips"), (DIVERSITY_LPIPS, "diversity")):
-            if wanted in metrics:
-                unavailable[key] = reason
-    elif "lpips" in metrics or "diversity" in metrics:
-        try:
-            lpips_model = LearnedPerceptualSimilarity.from_pretrained(backbone_path=lpips_backbone, device=device)
-        except MetricUnavailable as error:
+    if "lpips" in metrics or "diversity" in metrics:
+        lpips_missing = None
+        if dataset.size < LPIPS_MIN_SIZE:
+            lpips_missing = (f"LPIPS (AlexNet) needs frames of at least {LPIPS_MIN_SIZE} px, these have {dataset.size} "
+                             "px (--size)")
+        else:
+            try:
+                lpips_model = LearnedPerceptualSimilarity.from_pretrained(backbone_path=lpips_backbone, device=device)
+            except MetricUnavailable as error:
+                lpips_missing = str(error)
+        if lpips_missing is not None:
             # diversity/mse needs no network: a missing LPIPS costs only lpips and diversity/lpips (both are listed
             # when both were asked for).
             for key, wanted in (("lpips", "lpips"), (DIVERSITY_LPIPS, "diversity")):
                 if wanted in metrics:
-                    unavailable[key] = str(error)
+                    unavailable[key] = lpips_missing
     if "diversity" in metrics and samples < 2:
         unavailable["diversity"] = f"diversity compares the samples of a clip: needs --samples 2 or more, got {samples}"
     fvd_metrics: dict[str, FrechetVideoDistance] = {}

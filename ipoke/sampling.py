@@ -40,7 +40,7 @@ from ipoke.models.base import (
 from ipoke.models.cinn.condition import stage2_condition
 from ipoke.models.cinn.network import ConditionalINN
 from ipoke.models.encoders import ImageEncoder, PokeEncoder
-from ipoke.models.noise import Generators, check_generators, check_temperature
+from ipoke.models.noise import Generators, check_generators, check_temperature, standard_normal
 from ipoke.utils import atomic_directory, exclusive_output
 
 MODEL_FILE = "poker.yaml"
@@ -83,8 +83,9 @@ def load_image(image: str | os.PathLike | np.ndarray | torch.Tensor | PIL.Image.
             raise FileNotFoundError(f"cannot read image {image}: not an image file, or a damaged one")
         return rgb
     if isinstance(image, PIL.Image.Image) and image.mode.startswith("I;16"):
-        # 16-bit grey (any byte order) scaled to 8 bits, as a 16-bit file given as a path is; convert("RGB") clipped
-        # every value above 255 to white.
+        # 16-bit grey (any byte order) scaled to 8 bits (x / 257, rounded; a 16-bit file given as a path is decoded
+        # by OpenCV, which drops the low byte: at most one grey level apart); convert("RGB") clipped every value
+        # above 255 to white.
         image = np.round(np.asarray(image.convert("I"), np.float64) / 257.0).astype(np.uint8)
     elif isinstance(image, PIL.Image.Image) and image.mode not in PIL_MODES_READ_AS_IS:
         # np.asarray gives a palette image's indices, CMYK or YCbCr values as if they were RGB(A), and two
@@ -543,8 +544,7 @@ class Poker(nn.Module):
         x0 = torch.cat([item[0] for item in first]).to(self.device, self.dtype)
         maps = torch.cat([item[1] for item in first]).to(self.device, self.dtype)
         generator = None if seed is None else torch.Generator().manual_seed(_seed(seed))
-        residual = torch.randn((1, *self.cinn.latent_shape), generator=generator, dtype=torch.float32)
-        residual = residual * temperature
+        residual = standard_normal((1, *self.cinn.latent_shape), generator) * temperature  # as sample() draws
         with torch.no_grad():
             h = self.condition(x0, maps)
             z = self.cinn.inverse(residual.expand(len(pokes), -1, -1, -1).to(h), h)
