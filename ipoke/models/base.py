@@ -103,7 +103,9 @@ class SavableModule(nn.Module):
                 if outermost:
                     object.__setattr__(self, "_recording_config", False)
             if outermost:
-                object.__setattr__(self, "config", dict(init_kwargs))
+                # Every argument, defaults included: a saved network rebuilds as it was trained even if a later
+                # version changes a default, and a resume names a changed default as a difference.
+                object.__setattr__(self, "config", _with_defaults(type(self), dict(init_kwargs)))
 
         cls.__init__ = recording_init  # type: ignore[method-assign]
 
@@ -139,6 +141,20 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _with_defaults(cls: type, init_args: dict[str, Any]) -> dict[str, Any]:
+    """``init_args`` plus the default of every keyword argument of ``cls`` that it leaves out."""
+    filled = dict(init_args)
+    try:
+        parameters = inspect.signature(cls).parameters.values()
+    except (ValueError, TypeError):
+        return filled
+    for parameter in parameters:
+        if (parameter.name not in filled and parameter.default is not inspect.Parameter.empty
+                and parameter.kind in (parameter.KEYWORD_ONLY, parameter.POSITIONAL_OR_KEYWORD)):
+            filled[parameter.name] = _plain(parameter.default)
+    return filled
+
+
 def spec_with_defaults(spec: Any) -> Any:
     """``spec`` with every constructor argument it leaves out filled in with its default, recursively.
 
@@ -149,14 +165,10 @@ def spec_with_defaults(spec: Any) -> Any:
     if isinstance(spec, dict) and "class_path" in spec and set(spec) <= {"class_path", "init_args"}:
         init_args = {key: spec_with_defaults(value) for key, value in (spec.get("init_args") or {}).items()}
         try:
-            parameters = inspect.signature(import_class(spec["class_path"])).parameters.values()
+            cls = import_class(spec["class_path"])
         except (ValueError, TypeError):  # a class that no longer imports: compare what was recorded
-            parameters = []
-        for parameter in parameters:
-            if (parameter.name not in init_args and parameter.default is not inspect.Parameter.empty
-                    and parameter.kind in (parameter.KEYWORD_ONLY, parameter.POSITIONAL_OR_KEYWORD)):
-                init_args[parameter.name] = _plain(parameter.default)
-        return {"class_path": spec["class_path"], "init_args": init_args}
+            return {"class_path": spec["class_path"], "init_args": init_args}
+        return {"class_path": spec["class_path"], "init_args": _with_defaults(cls, init_args)}
     if isinstance(spec, dict):
         return {key: spec_with_defaults(value) for key, value in spec.items()}
     if isinstance(spec, list):

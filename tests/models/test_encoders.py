@@ -61,6 +61,26 @@ def test_save_pretrained_round_trip(cls, tmp_path):
         assert loaded.encode(x).shape == (2, 16, 8, 8)
 
 
+def test_saved_network_records_its_defaults_and_survives_a_changed_default(tmp_path, monkeypatch):
+    """Defaults are written with the network: a later version that changes one still rebuilds what was trained."""
+    import inspect
+
+    model = ImageEncoder(spatial_size=32, embedding_channels=16, norm_groups=4).eval()
+    defaults = {name: parameter.default for name, parameter in inspect.signature(ImageEncoder).parameters.items()}
+    assert set(model.spec()["init_args"]) == set(defaults)
+    assert model.spec()["init_args"]["base_channels"] == defaults["base_channels"] == 32
+    assert model.spec()["init_args"]["embedding_channels"] == 16  # given, not the default
+    save_pretrained(model, tmp_path / "net")
+    original_init = inspect.unwrap(ImageEncoder.__init__)
+    monkeypatch.setattr(original_init, "__kwdefaults__", {**original_init.__kwdefaults__, "base_channels": 8})
+    assert ImageEncoder(spatial_size=32, embedding_channels=16, norm_groups=4).config[
+        "base_channels"] == 8  # the changed default is in effect for new networks
+    loaded = ImageEncoder.from_checkpoint(tmp_path / "net")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert loaded.config["base_channels"] == 32 and torch.equal(loaded(x), model(x))
+
+
 def test_weights_of_another_architecture_fail_clearly(tmp_path):
     """A network saved with 1x1 skip convs (earlier ipoke versions) names the tensor that does not fit."""
     from ipoke.models.base import WEIGHTS_FILE
