@@ -61,6 +61,19 @@ def resize_flow(flow: np.ndarray, size: int) -> np.ndarray:
     return np.stack([channels[0] * (size / width), channels[1] * (size / height)]).astype(np.float32)
 
 
+def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """Resize a ``(H, W)`` 0/1 mask to ``(size, size)``: a pixel is marked when at least half of it is.
+
+    Centre-aligned like the frames' area resize. (Nearest-neighbour resizing took each block's corner pixel, which put
+    the mask ``(f - 1) / 2`` source pixels up and left of what the frame shows: at 4x shrinking it overlapped the true
+    small mask only at IoU 0.3.)
+    """
+    if mask.shape == (size, size):
+        return mask.astype(np.uint8)
+    area = cv2.resize(mask.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA)
+    return (area >= 0.5).astype(np.uint8)
+
+
 def frames_to_tensor(frames: np.ndarray) -> torch.Tensor:
     """uint8 ``(N, S, S, 3)`` -> float32 ``(N, 3, S, S)`` in [-1, 1]."""
     return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
@@ -268,7 +281,7 @@ class PokeDataset(Dataset):
         frames = resize_frames(frames, self.size)
         flow = resize_flow(flow, self.size)
         if mask is not None and stored_size != self.size:
-            mask = cv2.resize(mask, (self.size, self.size), interpolation=cv2.INTER_NEAREST)
+            mask = resize_mask(mask, self.size)
         if self.augment:
             frames, flow, masks = augment_clip(frames, flow, None if mask is None else mask[None], rng,
                                                self.augment_settings)

@@ -4,8 +4,9 @@ A poke is a drag at pixel ``(x, y)`` by ``(dx, dy)`` pixels. Networks see it as 
 ``poke_size x poke_size`` square centred on the pixel, filled with ``(dx, dy)``, zero elsewhere. At training and test
 time pokes are simulated from the flow of the clip (x0 -> last frame), following the original iPOKE code's protocol:
 
-1. amplitude ``A = |flow|`` inside the valid region ``[poke_size, S - poke_size)^2``, min-max normalised; zeroed
-   outside the foreground mask when one exists;
+1. amplitude ``A = |flow|`` inside the valid region ``[poke_size, S - poke_size)^2`` (the whole frame when nothing
+   moves inside it but something moves at the border), min-max normalised; zeroed outside the foreground mask when
+   one exists;
 2. candidates ``A > mean + 2 std`` (fallbacks ``> mean + std``, ``> mean``);
 3. ``n ~ U{1, ..., min(n_pokes, #candidates)}`` pixels drawn uniformly with replacement (``n = n_pokes`` when
    ``fixed_count``);
@@ -54,11 +55,13 @@ def _valid_region(size: int, poke_size: int) -> np.ndarray:
     return valid
 
 
-def motion_amplitude(flow: np.ndarray, *, poke_size: int = 5, mask: np.ndarray | None = None) -> np.ndarray:
-    """Normalised motion amplitude ``(S, S)`` in [0, 1]; zero outside the valid region and the mask."""
+def motion_amplitude(flow: np.ndarray, *, poke_size: int = 5, mask: np.ndarray | None = None,
+                     valid: np.ndarray | None = None) -> np.ndarray:
+    """Normalised motion amplitude ``(S, S)`` in [0, 1]; zero outside the valid region (``valid``, by default
+    ``poke_size`` pixels in from the border) and the mask."""
     size = flow.shape[-1]
     amplitude = np.sqrt(flow[0].astype(np.float32) ** 2 + flow[1].astype(np.float32) ** 2)
-    amplitude = np.where(_valid_region(size, poke_size), amplitude, 0.0)
+    amplitude = np.where(_valid_region(size, poke_size) if valid is None else valid, amplitude, 0.0)
     low, high = amplitude.min(), amplitude.max()
     amplitude = (amplitude - low) / (high - low) if high > low else np.zeros_like(amplitude)
     if mask is not None:
@@ -101,13 +104,19 @@ def sample_pokes(flow: np.ndarray, rng: np.random.Generator, *, n_pokes: int = 5
         raise ValueError(f"flow must have shape (2, S, S), got {flow.shape}")
     if n_pokes < 1:
         raise ValueError(f"n_pokes must be >= 1, got {n_pokes}")
-    if np.sqrt((flow.astype(np.float32) ** 2).sum(0)).max() < min_amplitude:
+    speed = np.sqrt((flow.astype(np.float32) ** 2).sum(0))
+    if speed.max() < min_amplitude:
         return background_poke(flow, rng, poke_size=poke_size, mask=mask)
-    amplitude = motion_amplitude(flow, poke_size=poke_size, mask=mask)
     valid = _valid_region(size, poke_size)
+    if speed[valid].max() < min_amplitude:
+        # Everything that moves lies within poke_size of the border (someone entering the frame): poke it there, the
+        # square clipped at the border. Keeping to the valid region gave a random-direction poke on a static pixel,
+        # served as an object poke of a moving clip.
+        valid = np.ones_like(valid)
+    amplitude = motion_amplitude(flow, poke_size=poke_size, mask=mask, valid=valid)
     if mask is not None and not (amplitude > 0).any():
         # The mask missed all the motion (e.g. a bad GrabCut): fall back to the whole valid region.
-        amplitude = motion_amplitude(flow, poke_size=poke_size)
+        amplitude = motion_amplitude(flow, poke_size=poke_size, valid=valid)
     picked = _candidates(amplitude, valid)
     if len(picked) == 0:
         return background_poke(flow, rng, poke_size=poke_size, mask=mask)

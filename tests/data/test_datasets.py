@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from ipoke.data.datasets import PokeDataset, resize_flow
+from ipoke.data.datasets import PokeDataset, resize_flow, resize_mask
 from ipoke.data.format import DatasetFormatError
 from ipoke.lightning.datamodule import PokeDataModule
 
@@ -90,6 +90,21 @@ def test_resize_flow_rescales_vectors():
     flow = np.ones((2, 16, 16), np.float32) * np.array([3.0, -1.0], np.float32)[:, None, None]
     small = resize_flow(flow, 8)
     np.testing.assert_allclose(small[:, 4, 4], [1.5, -0.5])
+
+
+def test_resize_mask_marks_the_pixels_mostly_covered():
+    # A 4x4 block at 64 px rows/cols 9-12 covers 9/16 of the 16 px pixel (2, 2) and 1/16 of (3, 3); the frames'
+    # area resize shows it at (2, 2). Nearest-neighbour resizing marked (3, 3) alone.
+    mask = np.zeros((64, 64), np.uint8)
+    mask[9:13, 9:13] = 1
+    small = resize_mask(mask, 16)
+    assert small.dtype == np.uint8 and small.shape == (16, 16)
+    assert np.argwhere(small).tolist() == [[2, 2]]
+    # Upscaling keeps each pixel's footprint, centre-aligned.
+    tiny = np.zeros((8, 8), np.uint8)
+    tiny[3, 5] = 1
+    large = resize_mask(tiny, 32)
+    assert large.sum() == 16 and np.argwhere(large).min(0).tolist() == [12, 20]
 
 
 def test_clear_errors(synthetic_dataset):

@@ -89,6 +89,18 @@ def test_uniform_motion_is_poked_with_its_own_vector():
         np.testing.assert_array_equal(coords[:, 2:], np.tile([3.0, 0.0], (len(coords), 1)))
 
 
+def test_motion_only_at_the_border_is_poked_where_it_moves():
+    # Only the 4 right-most columns move (someone entering the frame), inside the poke_size margin. The poke went
+    # to a static pixel with a random vector and was served as an object poke of a moving clip.
+    flow = np.zeros((2, 64, 64), np.float32)
+    flow[0, :, 60:] = 3.0
+    for seed in range(5):
+        poke, coords = sample_pokes(flow, np.random.default_rng(seed), n_pokes=3, poke_size=5)
+        assert len(coords) >= 1 and (coords[:, 0] >= 60).all()
+        np.testing.assert_array_equal(coords[:, 2:], np.tile([3.0, 0.0], (len(coords), 1)))
+        assert poke.shape == (2, 64, 64) and poke[0].max() == 3.0
+
+
 def test_poke_from_flow_at_moves_onto_the_nearest_object_pixel():
     flow = np.zeros((2, 8, 8), np.float32)
     mask = np.zeros((8, 8), bool)
