@@ -49,13 +49,22 @@ def is_dataset(root: str | os.PathLike) -> bool:
     return (Path(root) / INDEX_FILE).is_file()
 
 
+def finished_meta_files(root: str | os.PathLike) -> list[Path]:
+    """The ``meta.json`` of every finished video folder of ``root``, sorted; hidden folders are skipped (a writer's
+    temporary folder holds its ``meta.json`` just before it is renamed, and a killed run can leave it behind)."""
+    videos = Path(root) / VIDEOS_DIR
+    if not videos.is_dir():
+        return []
+    return sorted(path for path in videos.glob("*/meta.json") if not path.parent.name.startswith("."))
+
+
 def unfinished_prepare_message(root: str | os.PathLike) -> str | None:
     """What to do with a folder that an ``ipoke data prepare`` run started but did not finish (its settings file but
     no index: interrupted, or stopped at a bad video); None for any other folder."""
     root = Path(root)
     if is_dataset(root) or not (root / PREPARE_SETTINGS_FILE).is_file():
         return None
-    finished = len(list((root / VIDEOS_DIR).glob("*/meta.json")))
+    finished = len(finished_meta_files(root))
     return (f"{root} is an unfinished `ipoke data prepare` output ({finished} videos finished, no {INDEX_FILE} yet): "
             "the run was interrupted or stopped at a bad video; run the same `ipoke data prepare` command again to "
             "finish it (finished videos are kept; --skip-bad leaves bad videos out)")
@@ -229,7 +238,7 @@ def write_index(root: str | os.PathLike, *, size: int | None = None, flow_lags: 
     root = Path(root)
     old: dict[str, Any] = read_index(root) if is_dataset(root) else {}
     videos = []
-    for meta_file in sorted((root / VIDEOS_DIR).glob("*/meta.json")):
+    for meta_file in finished_meta_files(root):
         try:
             meta = json.loads(meta_file.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as error:  # was a raw traceback

@@ -195,7 +195,20 @@ def find_media(root: str | os.PathLike) -> list[Path]:
         logger.warning("%d files in %s are neither videos (%s) nor images and were not read, e.g. %s; convert them "
                        "(e.g. ffmpeg -i IN -c:v libx264 OUT.mp4) if they are videos", len(unread), root,
                        " ".join(VIDEO_EXTENSIONS), ", ".join(unread[:3]))
-    return sorted(found, key=lambda p: natural_sort_key(p.relative_to(root).as_posix()))
+    # A file reached through two links (raw/a/c.mkv -> store/c.mkv and raw/b -> store/) is one video: read twice it
+    # could land in train and in test.
+    unique: dict[str, Path] = {}
+    repeated: list[str] = []
+    for path in sorted(found, key=lambda p: natural_sort_key(p.relative_to(root).as_posix())):
+        real = os.path.realpath(path)
+        if real in unique:
+            repeated.append(f"{path.relative_to(root).as_posix()} (= {unique[real].relative_to(root).as_posix()})")
+        else:
+            unique[real] = path
+    if repeated:
+        logger.warning("%d videos in %s are links to videos found already and were read once: %s", len(repeated),
+                       root, ", ".join(repeated[:3]) + (", ..." if len(repeated) > 3 else ""))
+    return list(unique.values())
 
 
 def _relative(root: Path, path: Path) -> str:

@@ -38,6 +38,7 @@ import os
 import re
 import shutil
 import sys
+import unicodedata
 import zipfile
 from collections import deque
 from collections.abc import Iterable, Sequence
@@ -64,6 +65,7 @@ from ipoke.data.format import (
     VIDEOS_DIR,
     DatasetFormatError,
     DatasetWriter,
+    finished_meta_files,
     is_dataset,
 )
 from ipoke.data.layouts import LAYOUT_META_KEYS, LAYOUTS, LayoutError, VideoSource, discover_videos
@@ -76,6 +78,7 @@ from ipoke.data.video_io import (
     resize_frame,
     resize_points,
     video_fps,
+    video_sample_aspect,
 )
 from ipoke.utils import (
     available_cores,
@@ -254,9 +257,8 @@ def prepare_video_arrays(source: str | os.PathLike, *, estimator: FlowEstimator,
     lags = [int(lag) for lag in lags]
     max_lag = max(lags)
     flow_side = flow_resolution or size
-    frames: list[np.ndarray] = []
+    frames, flows = _GrowingStack(), _GrowingStack()
     window: deque[np.ndarray] = deque(maxlen=max_lag + 1)  # frames i - max_lag .. i at flow resolution
-    flows: list[np.ndarray] = []
     starts: list[int] = []
     raw_size: list[int] = []
     for index, raw in enumerate(kept_frames):
@@ -282,18 +284,62 @@ def prepare_video_arrays(source: str | os.PathLike, *, estimator: FlowEstimator,
     keypoint_array = None
     if points is not None:
         _check_keypoint_rows(points, raw_count[0], points_label, source)
-        keypoint_array = resize_points(points[::frame_step][:len(frames)], raw_size, size, mode=resize)
+        kept_points = points[::frame_step][:len(frames)]
+        aspect = video_sample_aspect(source)
+        if aspect != 1:  # frames were stretched to their display width; the keypoints are in the coded pixels
+            kept_points = kept_points.astype(np.float64, copy=True)
+            kept_points[..., 0] = (kept_points[..., 0] + 0.5) * raw_size[1] / round(raw_size[1] / aspect) - 0.5
+        keypoint_array = resize_points(kept_points, raw_size, size, mode=resize)
+    frame_array, flow_array = frames.stack(), flows.stack()
     mask_array, failures = None, 0
     if masks == "grabcut":
         mask_list = []
-        for frame in frames:
+        for frame in frame_array:
             mask, ok = grabcut_foreground(frame)
             mask_list.append(mask)
             failures += not ok
         mask_array = np.stack(mask_list)
-    return {"frames": np.stack(frames), "flow": np.stack(flows), "flow_starts": np.asarray(starts, np.int32),
+    return {"frames": frame_array, "flow": flow_array, "flow_starts": np.asarray(starts, np.int32),
             "masks": mask_array, "keypoints": keypoint_array, "raw_size": raw_size, "flow_resolution": flow_side,
             "grabcut_failures": failures}
+
+
+class _GrowingStack:
+    """``np.stack`` of arrays that arrive one at a time, at about the memory of the result.
+
+    Arrays are gathered into chunks of 16 MiB or more as they come, and the chunks are copied into the result one by
+    one and freed. (A list stacked at the end needed the list and its copy at once: twice the frames and flow of a
+    long video, since the allocator does not give the many small freed arrays back.)
+    """
+
+    CHUNK_BYTES = 16 * 2**20
+
+    def __init__(self) -> None:
+        self._pending: list[np.ndarray] = []
+        self._chunks: list[np.ndarray] = []
+
+    def __len__(self) -> int:
+        return sum(len(chunk) for chunk in self._chunks) + len(self._pending)
+
+    def append(self, item: np.ndarray) -> None:
+        self._pending.append(item)
+        if len(self._pending) * item.nbytes >= self.CHUNK_BYTES:
+            self._chunks.append(np.stack(self._pending))
+            self._pending = []
+
+    def stack(self) -> np.ndarray:
+        if self._pending:
+            self._chunks.append(np.stack(self._pending))
+            self._pending = []
+        first = self._chunks[0]
+        stacked = np.empty((len(self), *first.shape[1:]), first.dtype)
+        filled = 0
+        while self._chunks:
+            chunk = self._chunks.pop(0)
+            stacked[filled:filled + len(chunk)] = chunk
+            filled += len(chunk)
+            del chunk
+        return stacked
 
 
 def _kept_and_counted(frames: Iterable[np.ndarray], frame_step: int, max_frames: int | None,
@@ -386,7 +432,8 @@ def read_split_file(path: str | os.PathLike) -> dict[str, str]:
         match = re.match(r"^(.*?)[\s,]+([^\s,]+)$", line)
         if match is None:
             raise PrepareError(f"{path}:{number}: expected '<video name> <split>', got {line!r}")
-        name, split = match.group(1).strip().strip("/"), match.group(2)
+        # NFC: a name typed on Linux (composed "é") and the same name copied from macOS or a zip (decomposed) match.
+        name, split = unicodedata.normalize("NFC", match.group(1).strip().strip("/")), match.group(2)
         if name in entries and entries[name] != split:
             raise PrepareError(f"{path}:{number}: {name!r} is in {split!r} here but in {entries[name]!r} on line "
                                f"{lines[name]}; list each video once")
@@ -398,7 +445,7 @@ def read_split_file(path: str | os.PathLike) -> dict[str, str]:
 
 def _names_of(source: VideoSource) -> list[str]:
     """A video's names in a split file: exact (id, path, path without extension), then loose (file name, stem)."""
-    relative = source.relative_path
+    relative = unicodedata.normalize("NFC", source.relative_path)  # as read_split_file's names
     return [source.video_id, relative, os.path.splitext(relative)[0], Path(relative).name,
             os.path.splitext(Path(relative).name)[0]]
 
@@ -425,7 +472,7 @@ def _keep_finished_ids(sources: list[VideoSource], out: Path) -> list[VideoSourc
     import dataclasses
 
     finished: dict[str, str] = {}
-    for meta_file in (out / VIDEOS_DIR).glob("*/meta.json") if (out / VIDEOS_DIR).is_dir() else ():
+    for meta_file in finished_meta_files(out):
         try:
             source_file = json.loads(meta_file.read_text()).get("source_file")
         except (OSError, ValueError, AttributeError):
@@ -833,7 +880,7 @@ def prepare_dataset(videos_dir: str | os.PathLike, out: str | os.PathLike, *, si
 
 def _remove_unfinished(out: Path, *, created_out: bool) -> bool:
     """Remove what a run left in a new or empty ``out`` where no video was finished; True if it did."""
-    if any((out / VIDEOS_DIR).glob("*/meta.json")):
+    if finished_meta_files(out):
         return False
     shutil.rmtree(out / VIDEOS_DIR, ignore_errors=True)
     (out / SETTINGS_FILE).unlink(missing_ok=True)

@@ -117,31 +117,74 @@ def _iter_video_file(path: Path) -> Iterator[np.ndarray]:
         stream = container.streams.video[0]
         # Frame-level threading decodes several frames in parallel; it returns the same frames in the same order.
         stream.thread_type = "AUTO"
-        index, first_pts, last_pts = 0, None, None
+        aspect = _sample_aspect(stream)
+        index, first_pts, last_pts, last_duration = 0, None, None, None
         try:
             for frame in container.decode(stream):
-                yield frame.to_ndarray(format="rgb24")
+                rgb = frame.to_ndarray(format="rgb24")
+                if aspect != 1:  # non-square pixels (DVD, HDV): stretch to the shape a player shows
+                    rgb = stretch_to_display(rgb, aspect)
+                yield rgb
                 index += 1
                 if frame.pts is not None:
                     first_pts = frame.pts if first_pts is None else min(first_pts, frame.pts)
-                    last_pts = frame.pts if last_pts is None else max(last_pts, frame.pts)
+                    if last_pts is None or frame.pts >= last_pts:
+                        last_pts, last_duration = frame.pts, getattr(frame, "duration", None)
         except av.FFmpegError as error:
             raise VideoReadError(f"video {path} is damaged: decoding failed after {index} frames ({error})") from error
         # Reached only when every frame was read. FFmpeg hides a cut-off end (an interrupted copy or download): the
         # frames stop early, and the last one of an AVI can be half garbage. The container says where the video ends;
         # timestamps, not frame counts, are compared (variable frame rates, an mp4 edit list keeping part of its
         # samples, an AVI's empty chunks for dropped frames all have fewer frames than rate x duration).
+        # The span of the timestamps plus the last frame's own duration (a screen recording can hold its last frame
+        # for seconds, which the container's duration includes); an mp4/mov's sample table counts its frames exactly.
         announced = _announced_seconds(container, stream)
         rate = stream.average_rate or stream.guessed_rate
-        if announced is not None and last_pts is not None and rate and stream.time_base:
+        counted_whole = "avi" not in container.format.name and bool(stream.frames) and index >= stream.frames
+        if announced is not None and last_pts is not None and rate and stream.time_base and not counted_whole:
             interval = 1.0 / float(rate)
-            decoded = float((last_pts - first_pts) * stream.time_base) + interval
+            last_shown = float(last_duration * stream.time_base) if last_duration else interval
+            decoded = float((last_pts - first_pts) * stream.time_base) + max(last_shown, interval)
             if decoded < 0.9 * announced - 2 * interval:
                 raise VideoReadError(f"video {path} is damaged: its container announces {announced:.2f} s but the "
                                      f"frames stop after {decoded:.2f} s ({index} frames; the file is probably cut "
                                      "short: copy or re-encode it again)")
     if index == 0:
         raise VideoReadError(f"video {path} has no decodable frames")
+
+
+def _sample_aspect(stream: Any) -> Fraction:
+    """A video stream's pixel aspect ratio (width / height of one pixel as shown; 1 when unknown)."""
+    for aspect in (getattr(stream, "sample_aspect_ratio", None),
+                   getattr(stream.codec_context, "sample_aspect_ratio", None)):
+        if aspect and aspect > 0:
+            return Fraction(aspect)
+    return Fraction(1)
+
+
+def stretch_to_display(frame: np.ndarray, aspect: Fraction | float) -> np.ndarray:
+    """Resize an ``(H, W, C)`` frame of pixels ``aspect`` times as wide as tall to its display width
+    ``round(W * aspect)`` (the height is kept), as video players show it."""
+    height, width = frame.shape[:2]
+    display_width = max(1, round(width * aspect))
+    if display_width == width:
+        return frame
+    interpolation = cv2.INTER_AREA if display_width < width else cv2.INTER_LINEAR
+    return cv2.resize(np.ascontiguousarray(frame), (display_width, height), interpolation=interpolation)
+
+
+def video_sample_aspect(path: str | os.PathLike) -> Fraction:
+    """The pixel aspect ratio of a video file (1 for square pixels, frame folders and GIFs)."""
+    path = Path(path)
+    if path.is_dir() or path.suffix.lower() == ".gif":
+        return Fraction(1)
+    import av
+
+    try:
+        with av.open(_ffmpeg_path(path)) as container:
+            return _sample_aspect(container.streams.video[0]) if container.streams.video else Fraction(1)
+    except av.FFmpegError as error:
+        raise VideoReadError(f"cannot open video {path}: {error}") from error
 
 
 def _announced_seconds(container: Any, stream: Any) -> float | None:

@@ -59,6 +59,20 @@ def test_a_lone_preview_image_beside_videos_is_no_video(tmp_path, caplog):
     assert "preview.jpg" in warnings and "train/sample.png" in warnings
 
 
+def test_a_video_reached_through_two_links_is_read_once(tmp_path, caplog):
+    # raw/a/c*.mkv link to store/c*.mkv and raw/b links to store/: each clip was prepared twice, and a random split
+    # put a0 in train and b0 in test.
+    touch(tmp_path, "store/c0.mkv", "store/c1.mkv")
+    (tmp_path / "raw" / "a").mkdir(parents=True)
+    for name in ("c0.mkv", "c1.mkv"):
+        (tmp_path / "raw" / "a" / name).symlink_to(tmp_path / "store" / name)
+    (tmp_path / "raw" / "b").symlink_to(tmp_path / "store", target_is_directory=True)
+    touch(tmp_path, "raw/b2.mkv")
+    with caplog.at_level("WARNING"):
+        assert [s.video_id for s in discover_videos(tmp_path / "raw")] == ["a__c0", "a__c1", "b2"]
+    assert "b/c0.mkv (= a/c0.mkv)" in caplog.text
+
+
 def test_plain_errors_for_empty_folder_missing_folder_and_id_collisions(tmp_path):
     (tmp_path / "empty").mkdir()
     touch(tmp_path / "empty", "notes.txt")

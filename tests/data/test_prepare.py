@@ -164,10 +164,18 @@ def test_resume_skips_finished_redoes_interrupted_and_relabels(raw, tmp_path, mo
     assert len(finished) == 1 and not finished[0].startswith(".")  # nothing half-written, no index yet
     assert not (out / "ipoke_dataset.json").exists()
     (out / "videos" / ".ghost.tmp").mkdir()  # a stale folder, e.g. from a killed worker
+    # A run killed between writing meta.json and the rename leaves a temporary folder that holds one: it was read as
+    # a finished video named '.<id>.pid<N>.<rand>.tmp' (refused as an id) and counted as finished.
+    import shutil
+
+    from ipoke.data.format import unfinished_prepare_message
+
+    shutil.copytree(out / "videos" / finished[0], out / "videos" / f".{finished[0]}.pid99999.abcd1234.tmp")
+    assert "(1 videos finished" in unfinished_prepare_message(out)
 
     second = prepare_dataset(root, out, size=32, lags=LAGS, progress=False)
     assert second.skipped == finished and len(second.written) == 2
-    assert not (out / "videos" / ".ghost.tmp").exists()
+    assert not [path.name for path in (out / "videos").iterdir() if path.name.startswith(".")]
     frames_before = np.load(out / "videos" / "walk" / "frames.npy")
 
     third = prepare_dataset(root, out, size=32, lags=LAGS, progress=False)
@@ -307,6 +315,19 @@ def test_split_file_names_and_unlisted(tmp_path):
     assert assign_splits(videos, split_file=split_file, unlisted="train") == {
         "walk": "val", "run": "test", "sit": "train"}
     assert assign_splits(videos, split_file=split_file, unlisted="skip")["sit"] is None
+
+
+def test_split_file_names_match_in_either_unicode_form(tmp_path):
+    # The file on disk came from macOS or a zip (decomposed "e" + accent), the split file was typed on Linux
+    # (composed): "does not name 1 of the videos, e.g. ['café.mkv']", naming what the file visibly contained.
+    import unicodedata
+
+    decomposed = unicodedata.normalize("NFD", "caf\u00e9")
+    videos = [VideoSource(video_id="cafe", path=Path("x"), relative_path=f"{decomposed}.mkv"),
+              VideoSource(video_id="tea", path=Path("y"), relative_path="tea.mkv")]
+    split_file = tmp_path / "splits.txt"
+    split_file.write_text("caf\u00e9.mkv test\ntea train\n", encoding="utf-8")
+    assert assign_splits(videos, split_file=split_file) == {"cafe": "test", "tea": "train"}
 
 
 def test_grabcut_finds_a_central_object():
@@ -813,3 +834,16 @@ def test_split_file_may_be_a_pipe_but_not_a_folder(tmp_path):
         read_split_file(tmp_path)
     with pytest.raises(PrepareError, match="does not exist"):
         read_split_file(tmp_path / "nope.txt")
+
+
+def test_growing_stack_equals_np_stack_across_chunks(monkeypatch):
+    # Frames and flow are gathered in chunks (np.stack of a list held the list and its copy at once).
+    from ipoke.data.prepare import _GrowingStack
+
+    monkeypatch.setattr(_GrowingStack, "CHUNK_BYTES", 3 * 2 * 5 * 4)  # 3 items per chunk
+    items = [np.random.default_rng(i).standard_normal((2, 5)).astype(np.float32) for i in range(10)]
+    growing = _GrowingStack()
+    for item in items:
+        growing.append(item)
+    assert len(growing) == 10 and len(growing._chunks) == 3
+    np.testing.assert_array_equal(growing.stack(), np.stack(items))

@@ -237,3 +237,36 @@ def test_command_line_keypoints(raw, tmp_path, capsys):
     assert run_prepare(parser.parse_args([*base, "--out", str(tmp_path / "no"), "--keypoints",
                                           str(tmp_path / "missing")])) == 2
     assert "keypoints folder" in capsys.readouterr().err and not (tmp_path / "no").exists()
+
+
+def test_keypoints_of_a_video_with_non_square_pixels_land_on_the_blob(tmp_path):
+    """An anamorphic video (pixels 4:3 wide, stored 60x60 and shown 80x60) is stretched to its display shape; the
+    keypoints, given in the stored pixels as a pose estimator reading the file with OpenCV sees them, follow."""
+    from fractions import Fraction
+
+    import av
+
+    track = blob_track(N_RAW, 2)  # display pixels
+    coded_width = 60
+    stored = np.stack([cv2.resize(frame, (coded_width, HEIGHT), interpolation=cv2.INTER_AREA)
+                       for frame in blob_frames(track)])
+    root, keypoint_dir = tmp_path / "raw", tmp_path / "keypoints"
+    root.mkdir()
+    keypoint_dir.mkdir()
+    with av.open(str(root / "v.mkv"), "w") as container:
+        stream = container.add_stream("libx264rgb", rate=25)
+        stream.width, stream.height, stream.pix_fmt = coded_width, HEIGHT, "rgb24"
+        stream.options = {"qp": "0"}
+        stream.codec_context.sample_aspect_ratio = Fraction(4, 3)
+        for frame in stored:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    coded = keypoints_of(track)
+    coded[..., 0] = (coded[..., 0] + 0.5) * coded_width / WIDTH - 0.5
+    np.save(keypoint_dir / "v.npy", coded)
+    prepare_dataset(root, tmp_path / "out", size=SIZE, lags=LAGS, keypoints_dir=keypoint_dir, progress=False)
+    video = PreparedDataset(tmp_path / "out").video("v")
+    assert video.meta["raw_size"] == [HEIGHT, WIDTH]
+    np.testing.assert_allclose(video.keypoints[:, 0], resize_points(track, (HEIGHT, WIDTH), SIZE), atol=1e-4)
+    for frame, point in zip(video.frames, video.keypoints[:, 0]):
+        np.testing.assert_allclose(point, centroid(frame), atol=0.15)

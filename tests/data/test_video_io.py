@@ -272,6 +272,71 @@ def test_valid_videos_with_fewer_frames_than_rate_times_duration_are_read_whole(
     assert len(read_frames(dropped)) == 27
 
 
+@pytest.mark.parametrize("suffix", ["mp4", "mkv", "mov"])
+def test_a_last_frame_held_for_seconds_is_no_damage(tmp_path, suffix):
+    # Screen recordings and paused phone clips hold their last frame; the container's duration includes that hold,
+    # so the cut-short check refused these complete files ("announces 6.97 s but the frames stop after 1.20 s").
+    from fractions import Fraction
+
+    import av
+
+    path = tmp_path / f"hold_end.{suffix}"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width = stream.height = 32
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 30)
+        packets = []
+        for i in range(30):
+            picture = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 8 * i, np.uint8), format="rgb24")
+            picture.pts, picture.time_base = i, Fraction(1, 30)
+            packets += stream.encode(picture)
+        packets += stream.encode()
+        for packet in packets:
+            if packet.pts == 29:
+                packet.duration = int(6 / packet.time_base)
+            container.mux(packet)
+    frames = read_frames(path)
+    assert len(frames) == 30
+    np.testing.assert_allclose(frames[:, 16, 16, 0].astype(float), 8 * np.arange(30), atol=6)
+    whole = path.read_bytes()
+    cut = tmp_path / f"cut.{suffix}"
+    cut.write_bytes(whole[: int(len(whole) * 0.6)])
+    with pytest.raises(VideoReadError, match="damaged"):  # still caught when the file is really cut short
+        read_frames(cut)
+
+
+def test_non_square_pixels_are_stretched_to_the_shape_a_player_shows(tmp_path):
+    # HDV/AVCHD and DVD store pixels wider than tall (here 4:3: 192x144 shown as 256x144). Read as stored, a circle
+    # round on screen came out 27 px wide and 36 px tall in the prepared frames.
+    from fractions import Fraction
+
+    import av
+
+    from ipoke.data.video_io import video_sample_aspect
+
+    path = tmp_path / "hdv.mkv"
+    frames = []
+    for t in range(6):
+        shown = np.full((144, 256, 3), 40, np.uint8)
+        cv2.circle(shown, (128 + 4 * t, 72), 40, (255, 255, 255), -1)
+        frames.append(cv2.resize(shown, (192, 144), interpolation=cv2.INTER_AREA))  # what the camera stores
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264rgb", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 192, 144, "rgb24"
+        stream.options = {"qp": "0"}
+        stream.codec_context.sample_aspect_ratio = Fraction(4, 3)
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    assert video_sample_aspect(path) == Fraction(4, 3)
+    read = read_frames(path)
+    assert read.shape == (6, 144, 256, 3)
+    ys, xs = np.nonzero(read[0, ..., 0] > 128)
+    assert abs((xs.max() - xs.min()) - (ys.max() - ys.min())) <= 2  # round again
+    assert abs(xs.mean() - 128) < 1 and abs(ys.mean() - 72) < 1
+
+
 def test_frame_folder_with_mixed_frame_sizes_is_refused(tmp_path):
     folder = tmp_path / "clip"
     folder.mkdir()
