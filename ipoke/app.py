@@ -50,6 +50,10 @@ MAX_TEMPERATURE = 2.0
 
 
 MAX_REQUEST_BYTES = 1 << 20  # a poke request is a few hundred bytes
+# Seconds a connection may wait between bytes of its request: an idle or stalled client (a browser's spare socket, a
+# suspended curl) blocked the request thread in a read, and with it Ctrl-C and SIGTERM, until the client went away.
+REQUEST_TIMEOUT_S = 10.0
+REQUEST_KEYS = ("image", "pokes", "seed", "samples", "temperature")
 
 
 class PokeRequestError(ValueError):
@@ -105,6 +109,9 @@ class PokeApp:
         """
         if not isinstance(body, dict):
             raise PokeRequestError("the request body must be a JSON object")
+        unknown = sorted(str(key) for key in body if key not in REQUEST_KEYS)
+        if unknown:  # a misspelt "Temperature" or "n_samples" was ignored: the defaults were used silently
+            raise PokeRequestError(f"unknown key(s) {unknown} in the request; the keys are {list(REQUEST_KEYS)}")
         index = self._image_index(body.get("image", 0))
         try:
             pokes = np.asarray(body.get("pokes"), np.float32)
@@ -200,6 +207,8 @@ def make_server(app: PokeApp, *, host: str = "127.0.0.1", port: int = 8765) -> T
     """An HTTP server for ``app`` (not started: call ``serve_forever``; port 0 picks a free port)."""
 
     class Handler(BaseHTTPRequestHandler):
+        timeout = REQUEST_TIMEOUT_S  # socket timeout of every read (StreamRequestHandler applies it)
+
         def do_GET(self) -> None:  # noqa: N802 (http.server's name)
             if self.path in ("/", "/index.html"):
                 self._send(HTTPStatus.OK, PAGE.encode(), "text/html; charset=utf-8")

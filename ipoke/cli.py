@@ -646,6 +646,18 @@ def _add_app_command(subparsers: argparse._SubParsersAction) -> None:
     app.set_defaults(handler=_run_app)
 
 
+def _app_out_problem(out: str) -> str | None:
+    """Why ``ipoke app`` could not save into the folder ``out``, or None."""
+    from pathlib import Path
+
+    from ipoke.utils import unwritable_reason
+
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        return "it is a file, not a folder"
+    return unwritable_reason(path)
+
+
 def _run_app(args: argparse.Namespace) -> int:
     from ipoke.app import PokeApp, serve
     from ipoke.sampling import Poker
@@ -658,6 +670,9 @@ def _run_app(args: argparse.Namespace) -> int:
             raise UserError(f"--image {image} does not exist or is not a file")
     if not 0 <= args.port < 65536:
         raise UserError(f"--port must be in [0, 65535], got {args.port}")
+    out_problem = _app_out_problem(args.out)
+    if out_problem:  # found now, not at the first save
+        raise UserError(f"--out {args.out}: {out_problem}; choose another folder")
     try:
         poker = Poker.from_checkpoint(args.ckpt, map_location=_device(args.device))
         app = PokeApp(poker, _app_images(poker, args), samples=args.samples, out=args.out)

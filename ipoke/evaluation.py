@@ -146,8 +146,16 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu",
         try:
             vae = load_network(path_obj, expected_class=PokeConditionedVAE, map_location="cpu")
         except TypeError as error:  # one network of an iPOKE model (e.g. <export>/cinn), not a model
-            raise ModelLoadError(f"{error}: that folder is one network, not a model; pass the exported model's "
-                                 "folder (the one holding poker.yaml), a cINN or cVAE .ckpt, or a zoo name") from error
+            from ipoke import zoo
+
+            try:
+                registered = zoo.is_registered(str(path))
+            except zoo.ZooError:
+                registered = False
+            if not registered:  # a folder that is no model does not hide a zoo name (Poker.from_checkpoint below)
+                raise ModelLoadError(f"{error}: that folder is one network, not a model; pass the exported "
+                                     "model's folder (the one holding poker.yaml), a cINN or cVAE .ckpt, or a zoo "
+                                     "name") from error
     elif path_obj.is_file():
         try:
             checkpoint = torch.load(path_obj, map_location="cpu", weights_only=False)

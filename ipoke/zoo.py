@@ -78,6 +78,14 @@ def _load() -> dict[str, dict[str, Any]]:
         entries = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
         raise ZooError(f"the model registry {path} is not valid YAML ({error}); fix or delete it") from error
+    if isinstance(entries, dict):
+        # A hand-written name YAML reads as a number (`2024:`) is the name "2024" (it crashed sorting and joining).
+        named = {str(name): entry for name, entry in entries.items()}
+        if len(named) != len(entries):
+            twice = sorted({str(name) for name in entries if not isinstance(name, str)} & set(entries))
+            raise ZooError(f"the model registry {path} lists {twice} twice (once quoted, once not); fix or delete "
+                           "it")
+        entries = named
     if not isinstance(entries, dict) or not all(isinstance(entry, dict) and isinstance(entry.get("path"), str)
                                                 and isinstance(entry.get("sha256"), str)
                                                 for entry in entries.values()):
@@ -101,8 +109,20 @@ def folder_checksum(folder: str | os.PathLike) -> str:
     """
     folder = Path(folder)
     digest = hashlib.sha256()
-    for file in sorted(p for p in folder.rglob("*") if p.is_file()
-                       and not any(part.startswith(".") for part in p.relative_to(folder).parts)):
+    files = []
+    # os.walk follows links to folders, as loading does (Path.rglob did not: weights behind a linked network folder
+    # could change unnoticed); each real folder is read once.
+    visited = {os.path.realpath(folder)}
+    for parent, subfolders, names in os.walk(folder, followlinks=True):
+        kept = []
+        for sub in sorted(sub for sub in subfolders if not sub.startswith(".")):
+            real = os.path.realpath(os.path.join(parent, sub))
+            if real not in visited:
+                visited.add(real)
+                kept.append(sub)
+        subfolders[:] = kept
+        files += [Path(parent, name) for name in names if not name.startswith(".") and Path(parent, name).is_file()]
+    for file in sorted(files):
         digest.update(str(file.relative_to(folder)).encode())
         with open(file, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
@@ -133,7 +153,8 @@ def check_name(name: str) -> None:
 
 def register(name: str, folder: str | os.PathLike, *, overwrite: bool = False) -> dict[str, Any]:
     """Register an exported model folder under ``name`` (records its checksum and settings)."""
-    from ipoke.sampling import MODEL_FILE
+    from ipoke.models.base import WEIGHTS_FILE
+    from ipoke.sampling import MODEL_FILE, ROLES
 
     check_name(name)
     folder = Path(folder).resolve()
@@ -146,6 +167,11 @@ def register(name: str, folder: str | os.PathLike, *, overwrite: bool = False) -
     if not isinstance(manifest, dict) or not isinstance(manifest.get("networks"), dict):
         raise ZooError(f"{folder / MODEL_FILE} is not the manifest of an exported model (it names no networks); "
                        "export the model again with `ipoke export`")
+    missing = [f"{role}" for role in ROLES if not isinstance(manifest["networks"].get(role), str)
+               or not (folder / manifest["networks"][role] / WEIGHTS_FILE).is_file()]
+    if missing:  # a copy cut off, say: registered, it was listed as fine and failed at every load
+        raise ZooError(f"{folder} is not a complete exported model: the weights of {missing} are missing; copy or "
+                       "export it again")
     checksum = folder_checksum(folder)  # outside the lock: it reads every weight
     with _locked():
         entries = _load()
@@ -195,5 +221,5 @@ def resolve(name: str) -> Path:
         raise FileNotFoundError(f"model {name!r} is registered at {folder}, which no longer exists")
     if state != "ok":
         raise ZooError(f"model {name!r} at {folder} changed on disk (checksum {checksum[:12]} != registered "
-                       f"{entry['sha256'][:12]}); re-register it with `ipoke zoo register --overwrite`")
+                       f"{entry['sha256'][:12]}); re-register it with `ipoke zoo register --overwrite {name} {folder}`")
     return folder

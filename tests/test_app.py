@@ -126,6 +126,8 @@ def test_poke_returns_one_looping_gif_per_sample_deterministic_for_the_seed(serv
     ({"pokes": [[10, 10, 1, 1]], "samples": 17}, r"samples must be a whole number in \[1, 16\]"),
     ({"pokes": [[10, 10, 1, 1]], "temperature": -0.5}, r"temperature must be a number in \[0, 2.0\]"),
     ({"pokes": [[10, 10, 1, 1]], "temperature": "hot"}, "temperature must be"),
+    # Misspelt keys were ignored: the defaults were used without a word.
+    ({"pokes": [[10, 10, 1, 1]], "Temperature": 0, "n_samples": 8}, r"unknown key\(s\) \['Temperature', 'n_samples'\]"),
 ])
 def test_bad_requests_say_what_is_wrong(server, body, message):
     import re
@@ -205,6 +207,25 @@ def test_closing_the_server_waits_for_a_save_in_progress(poker, images, tmp_path
     assert not any(path.name.startswith(".") for path in app.out.iterdir())
 
 
+def test_an_idle_connection_does_not_keep_the_server_from_stopping(poker, images, tmp_path, monkeypatch):
+    # A client that opened a socket and sent nothing (a browser's spare connection, a suspended curl) blocked its
+    # request thread in a read with no timeout, and server_close() (Ctrl-C, SIGTERM) joined it forever.
+    import ipoke.app as app_module
+
+    monkeypatch.setattr(app_module, "REQUEST_TIMEOUT_S", 0.5)
+    httpd = make_server(PokeApp(poker, images, samples=2, out=tmp_path / "saved"), port=0)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    with socket.create_connection(("127.0.0.1", httpd.server_address[1])) as idle:
+        idle.sendall(b"POST /api/poke HTTP/1.1\r\nContent-Length: 100\r\n\r\n{")  # a body that never ends
+        status, _ = request(f"http://127.0.0.1:{httpd.server_address[1]}/api/info")
+        assert status == 200  # others are served meanwhile
+        httpd.shutdown()
+        closer = threading.Thread(target=httpd.server_close)
+        closer.start()
+        closer.join(10)
+        assert not closer.is_alive()
+
+
 def test_a_failure_while_sampling_is_reported_and_the_server_keeps_serving(server, monkeypatch):
     url, app = server
 
@@ -264,6 +285,11 @@ def test_command_line(tiny_model, tmp_path, monkeypatch, capsys, synthetic_datas
     not_an_image.write_text("text")
     assert main(["app", "--ckpt", str(tiny_model), "--image", str(not_an_image)]) == 2
     assert "--port" not in capsys.readouterr().err
+    # An --out that cannot be a folder is refused at the start (it failed at the first save, as a 400 or 500).
+    (tmp_path / "afile").write_text("x")
+    for out in ("afile", "afile/sub"):
+        assert main(["app", "--ckpt", str(tiny_model), "--image", str(image), "--out", str(tmp_path / out)]) == 2
+        assert f"--out {tmp_path / out}" in capsys.readouterr().err
     # A port in use is one clear line.
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

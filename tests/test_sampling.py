@@ -107,9 +107,22 @@ def test_zoo_register_resolve_and_tamper(exported, tmp_path, monkeypatch):
     with pytest.raises(ModelLoadError, match="notes.txt is not a readable checkpoint"):
         Poker.from_checkpoint("notes.txt")
     (folder / "cinn" / "model.pt").write_bytes(b"tampered")
-    with pytest.raises(ValueError, match="changed on disk"):
+    with pytest.raises(ValueError, match=rf"changed on disk .*register --overwrite tiny_64 {folder.resolve()}"):
         zoo.resolve("tiny_64")
-    with pytest.raises(FileNotFoundError, match="registered: tiny_64"):
+    # Weights behind a linked network folder count too (Path.rglob skipped linked folders: a change went unnoticed).
+    import shutil
+
+    linked = tmp_path / "linked_model"
+    linked.mkdir()
+    for role in ("autoencoder", "image_encoder", "poke_encoder", "poker.yaml"):
+        (linked / role).symlink_to(folder / role)
+    shutil.copytree(folder / "cinn", tmp_path / "shared_cinn")
+    (linked / "cinn").symlink_to(tmp_path / "shared_cinn", target_is_directory=True)
+    zoo.register("linked", linked)
+    (tmp_path / "shared_cinn" / "model.pt").write_bytes(b"swapped")
+    with pytest.raises(ValueError, match="changed on disk"):
+        zoo.resolve("linked")
+    with pytest.raises(FileNotFoundError, match="registered: linked, tiny_64"):
         Poker.from_checkpoint("no_such_model")
 
 
@@ -878,9 +891,38 @@ def test_zoo_names_home_folders_and_hand_written_entries(exported, tmp_path, mon
         assert main(["zoo", "register", "broken", str(broken)]) == 2
         assert "is not the manifest of an exported model" in capsys.readouterr().err
     # A hand-written entry without a checksum: the registry is named as the problem (was KeyError: 'sha256').
+    registry = zoo.registry_file().read_text()
     zoo.registry_file().write_text(f"mine:\n  path: {folder}\n")
     assert main(["zoo", "list"]) == 2
     assert "each with a path and a sha256" in capsys.readouterr().err
+    # A hand-written name that YAML reads as a number is that name (sorting names crashed with a TypeError).
+    zoo.registry_file().write_text(registry + registry.replace("synthetic_64:", "2024:"))
+    assert zoo.names() == ["2024", "synthetic_64"]
+    assert Poker.from_checkpoint("2024").size == 64
+    assert main(["zoo", "list"]) == 0 and "2024" in capsys.readouterr().out
+    zoo.registry_file().write_text(registry.replace("synthetic_64:", "2024:") + registry.replace("synthetic_64:",
+                                                                                                 "'2024':"))
+    with pytest.raises(zoo.ZooError, match=r"lists \['2024'\] twice"):
+        zoo.names()
+    zoo.registry_file().write_text(registry)
+    # An incomplete copy (its manifest but not every network) is refused; it was listed as fine and failed to load.
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / "poker.yaml").write_text((folder / "poker.yaml").read_text())
+    assert main(["zoo", "register", "partial", str(partial)]) == 2
+    assert "not a complete exported model" in capsys.readouterr().err
+    # `ipoke evaluate` too: a folder holding one saved network does not hide the zoo name (it did, unlike sample).
+    import shutil
+
+    from ipoke.evaluation import load_model
+    from ipoke.models.base import save_pretrained
+
+    shutil.rmtree(tmp_path / "synthetic_64")
+    save_pretrained(Poker.from_checkpoint(folder).autoencoder, tmp_path / "synthetic_64")
+    assert load_model("synthetic_64").kind == "ipoke"
+    save_pretrained(Poker.from_checkpoint(folder).autoencoder, tmp_path / "one_network")
+    with pytest.raises(ModelLoadError, match="that folder is one network"):
+        load_model("one_network")
 
 
 def test_devices_this_machine_lacks_are_not_blamed_on_the_model(exported):
