@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -199,7 +200,13 @@ def run_lightning(argv: Sequence[str]) -> int:
                 raise UserError(f"this trainer strategy starts its processes with {start_method!r} (ddp_spawn), "
                                 "which pickles the model, and ipoke's networks (spectral norm) cannot be pickled: use "
                                 "--trainer.strategy ddp (the default with several devices)")
+            started["trainer"], started["time"] = self.trainer, time.time()
             ckpt_path = self.config[self.subcommand].get("ckpt_path") if self.subcommand else None
+            if self.subcommand in ("validate", "test") and not ckpt_path:
+                # Lightning scores the networks as built: untrained (for the cINN, a fresh flow), exit 0.
+                raise UserError(f"{self.subcommand} needs --ckpt_path: a checkpoint file, or last or best (the run "
+                                "in the configs' checkpoint folder); without it the networks would be scored "
+                                "untrained")
             if ckpt_path == "last":
                 ckpt_path = last_checkpoint(self.trainer)  # the file Lightning will pick, checked the same way
                 folders = [getattr(callback, "dirpath", None) for callback in self.trainer.checkpoint_callbacks]
@@ -218,7 +225,20 @@ def run_lightning(argv: Sequence[str]) -> int:
 
     # From the console script LightningCLI reads sys.argv itself (passing it again only earns a warning).
     args = None if list(argv) == sys.argv[1:] else list(argv)
-    hint = f"; {RESUME_HINT}" if list(argv[:1]) == ["fit"] else ""  # for a run that was stopped
+    started: dict[str, Any] = {}  # the trainer, once built, and when: where a stopped run's last.ckpt is
+
+    def hint() -> str:  # for a run that was stopped
+        if list(argv[:1]) != ["fit"] or "trainer" not in started:
+            return ""
+        last = last_checkpoint(started["trainer"])
+        # (A file's time comes from the kernel's coarse clock, which may lag time.time() by a few milliseconds.)
+        if last is None or os.path.getmtime(last) < started["time"] - 1.0:
+            earlier = f" ({last} is from an earlier run)" if last else ""
+            return (f"; no epoch of this run had finished, so it wrote no checkpoint{earlier}: run the same command "
+                    "again to start over")
+        return (f"; {last} holds the state at the end of its last finished epoch: resume with the same command and "
+                "--ckpt_path last")
+
     try:
         CLI(L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
             args=args, save_config_kwargs={"overwrite": True}, parser_kwargs={"prog": "ipoke"})
@@ -237,16 +257,12 @@ def run_lightning(argv: Sequence[str]) -> int:
         if interrupt is None:
             raise
         terminated = isinstance(interrupt, Terminated)
-        print(f"ipoke: {'terminated (SIGTERM)' if terminated else 'interrupted'}{hint}", file=sys.stderr)
+        print(f"ipoke: {'terminated (SIGTERM)' if terminated else 'interrupted'}{hint()}", file=sys.stderr)
         return 143 if terminated else 130
     except KeyboardInterrupt:  # Ctrl-C before or after Lightning's own handling (start-up, checkpoint loading)
-        print(f"ipoke: interrupted{hint}", file=sys.stderr)
+        print(f"ipoke: interrupted{hint()}", file=sys.stderr)
         return 130
     return 0
-
-
-RESUME_HINT = ("the run's checkpoints/last.ckpt holds the state of its last finished epoch: resume with the same "
-               "command and --ckpt_path last")
 
 
 # ------------------------------------------------------------------------------------------------------------------

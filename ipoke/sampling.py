@@ -287,6 +287,12 @@ class Poker(nn.Module):
         the caller, so that a file of several hundred MB is not unpickled twice)."""
         if not isinstance(checkpoint, dict):
             raise ModelLoadError(f"{path} is not a Lightning checkpoint of an ipoke training module")
+        from ipoke.models.cvae import PokeConditionedVAE
+
+        if networks_of_class(checkpoint, PokeConditionedVAE):
+            raise ModelLoadError(f"{path} is a checkpoint of the cVAE baseline, which Poker does not load (it animates "
+                                 "iPOKE models); score the cVAE with `ipoke evaluate --ckpt` (or "
+                                 "ipoke.evaluation.load_model)")
         networks = {}
         for role, role_class in ROLES.items():
             names = networks_of_class(checkpoint, role_class)

@@ -123,7 +123,10 @@ class VideoLoggingCallback(L.Callback):
                 videos = pl_module.log_videos(batch, max_videos=self.max_videos)
         finally:
             pl_module.train(was_training)
-        step = self.batches_seen
+        step = self.batches_seen  # numbers the files
+        # Lightning logs the scalars at the count of batches that stepped, before this batch's end: one less than
+        # batches_seen here (TensorBoard showed a batch's videos one step after its loss).
+        scalar_step = trainer.fit_loop.epoch_loop._batches_that_stepped
         loggers = trainer.loggers
         for name, clip in videos.items():
             frames = tile_videos(videos_to_uint8(clip))
@@ -140,14 +143,14 @@ class VideoLoggingCallback(L.Callback):
                     # trainer.global_step counts optimizer steps (three per batch for the video autoencoder's GAN
                     # step), which put the videos far past the end of the loss curves.
                     logger.experiment.log({key: wandb.Video(str(written), format="gif"),
-                                           "trainer/global_step": trainer.fit_loop.epoch_loop._batches_that_stepped})
+                                           "trainer/global_step": scalar_step})
                 elif isinstance(logger, TensorBoardLogger):
                     # torch's add_video needs moviepy.editor (moviepy < 2) and otherwise only prints a line and logs
                     # nothing, so check first: without it, log the frames side by side as one image.
                     if _tensorboard_video_available():
-                        logger.experiment.add_video(key, torch.from_numpy(frames)[None], step, fps=self.fps)
+                        logger.experiment.add_video(key, torch.from_numpy(frames)[None], scalar_step, fps=self.fps)
                     else:
-                        logger.experiment.add_image(key, np.concatenate(list(frames), axis=-1), step)
+                        logger.experiment.add_image(key, np.concatenate(list(frames), axis=-1), scalar_step)
                     written = written or self._write_file(trainer, key, frames, step)
                 elif written is None:
                     written = self._write_file(trainer, key, frames, step)
@@ -189,6 +192,14 @@ class LastCheckpoint(ModelCheckpoint):
         super().__init__(dirpath=dirpath, filename=self.CHECKPOINT_NAME_LAST, monitor=None, save_top_k=1,
                          save_last=False, every_n_epochs=every_n_epochs, save_on_train_epoch_end=True,
                          enable_version_counter=False)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Write the final state when the last write was earlier: with ``every_n_epochs`` > 1, a run whose epochs are
+        no multiple of it (or that stopped on ``max_steps``) ended with ``last.ckpt`` epochs behind."""
+        super().on_train_end(trainer, pl_module)
+        if not trainer.fast_dev_run and not trainer.sanity_checking and (
+                self._last_global_step_saved != trainer.global_step):
+            self._save_none_monitor_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
 __all__ = ["LastCheckpoint", "VideoLoggingCallback", "tile_videos", "videos_to_uint8", "write_gif"]

@@ -228,8 +228,58 @@ def test_a_terminated_or_interrupted_fit_does_not_exit_0(synthetic_dataset, tmp_
     monkeypatch.chdir(tmp_path)
     command = ["fit", "--config", str(CONFIGS / "poke_encoder" / "tiny.yaml"),
                f"--data.init_args.data_dir={synthetic_dataset}"]
-    for fit, status, line in ((terminated, 143, "ipoke: terminated (SIGTERM); the run's checkpoints/last.ckpt"),
-                              (interrupted, 130, "ipoke: interrupted; the run's checkpoints/last.ckpt")):
+    # The hint named "checkpoints/last.ckpt" whether or not an epoch had finished (and the cINN's is elsewhere).
+    nothing = "no epoch of this run had finished, so it wrote no checkpoint: run the same command again"
+    for fit, status, line in ((terminated, 143, f"ipoke: terminated (SIGTERM); {nothing}"),
+                              (interrupted, 130, f"ipoke: interrupted; {nothing}")):
         monkeypatch.setattr(L.Trainer, "fit", fit)
         assert main(command) == status
         assert line in capsys.readouterr().err
+    last = tmp_path / "runs" / "poke_encoder" / "tiny" / "checkpoints" / "last.ckpt"
+    last.parent.mkdir(parents=True)
+    last.write_bytes(b"")  # written before this run started
+    import os
+    import time
+
+    os.utime(last, (time.time() - 100, time.time() - 100))
+    monkeypatch.setattr(L.Trainer, "fit", terminated)
+    assert main(command) == 143
+    assert "checkpoints/last.ckpt is from an earlier run): run the same command again" in capsys.readouterr().err
+
+    def an_epoch_then_terminated(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        last.write_bytes(b"")
+        raise SIGTERMException
+
+    monkeypatch.setattr(L.Trainer, "fit", an_epoch_then_terminated)
+    assert main(command) == 143
+    assert ("runs/poke_encoder/tiny/checkpoints/last.ckpt holds the state at the end of its last finished epoch: "
+            "resume with the same command and --ckpt_path last") in capsys.readouterr().err
+
+
+def test_validate_or_test_without_a_checkpoint_is_refused(synthetic_dataset, tmp_path, monkeypatch, capsys):
+    # Lightning scored the untrained networks and exited 0.
+    monkeypatch.chdir(tmp_path)
+    for command in ("validate", "test"):
+        assert main([command, "--config", str(CONFIGS / "poke_encoder" / "tiny.yaml"),
+                     f"--data.init_args.data_dir={synthetic_dataset}"]) == 2
+        assert f"{command} needs --ckpt_path" in capsys.readouterr().err
+
+
+def test_last_checkpoint_every_n_epochs_still_writes_the_final_state(synthetic_dataset, tmp_path, monkeypatch):
+    # With every_n_epochs 2 and 3 epochs, last.ckpt stayed at epoch 1 (step 8): the last epoch was lost.
+    import yaml
+
+    torch.set_num_threads(1)
+    monkeypatch.chdir(tmp_path)
+    config = yaml.safe_load((CONFIGS / "poke_encoder" / "tiny.yaml").read_text())
+    last = next(callback for callback in config["trainer"]["callbacks"] if callback["class_path"].endswith("Last"
+                                                                                                         "Checkpoint"))
+    last["init_args"]["every_n_epochs"] = 2
+    (tmp_path / "every2.yaml").write_text(yaml.safe_dump(config))
+    command = ["fit", "--config", str(tmp_path / "every2.yaml"), f"--data.init_args.data_dir={synthetic_dataset}",
+               "--trainer.check_val_every_n_epoch=3"]
+    assert main([*command, "--trainer.max_epochs=3"]) == 0
+    last_file = tmp_path / "runs" / "poke_encoder" / "tiny" / "checkpoints" / "last.ckpt"
+    assert _epoch_and_step(last_file)[1] == 12  # written when training ended (Lightning counts 3 epochs done)
+    assert main([*command, "--trainer.max_epochs=4", "--ckpt_path=last"]) == 0
+    assert _epoch_and_step(last_file)[1] == 16  # one more epoch, not two

@@ -112,6 +112,11 @@ def test_fit_tiny_config_then_evaluate(tmp_path, synthetic_dataset, monkeypatch)
                  "--n-clips", "2", "--samples", "2", "--no-baselines", "--out", str(out)]) == 0
     row = json.loads(out.read_text())["results"]["last"]
     assert 0 < row["ssim"] <= 1 and row["diversity/mse"] > 0 and row["n_clips"] == 2
+    # `ipoke sample` said "does not hold exactly one VideoAutoencoder (found [])"; it now says what the file is.
+    from ipoke.sampling import ModelLoadError, Poker
+
+    with pytest.raises(ModelLoadError, match="checkpoint of the cVAE baseline.*ipoke evaluate --ckpt"):
+        Poker.from_checkpoint(checkpoint)
     if not torch.cuda.is_available():  # torch's "Found no NVIDIA driver" for a cVAE; a cINN said it in one line
         from ipoke.evaluation import load_model
 

@@ -369,7 +369,8 @@ def test_video_logging_callback_tensorboard_without_moviepy_logs_an_image(tmp_pa
             return Recorder()
 
         def log_metrics(self, metrics, step=None):
-            pass
+            if "train/loss" in metrics:
+                scalar_steps.append(step)
 
         def log_hyperparams(self, params, *args, **kwargs):
             pass
@@ -378,15 +379,20 @@ def test_video_logging_callback_tensorboard_without_moviepy_logs_an_image(tmp_pa
             pass
 
     module = VideoAutoencoderModule(tiny_autoencoder(), perceptual="none")
+    scalar_steps = []
     for available, kind in ((False, "image"), (True, "video")):
         calls.clear()
+        scalar_steps.clear()
         monkeypatch.setattr(callbacks, "_tensorboard_video_available", lambda available=available: available)
         callback = VideoLoggingCallback(every_n_steps=1, max_videos=2, log_validation=False)
         trainer(tmp_path / kind, logger=StubTensorBoard(str(tmp_path / kind)), max_epochs=1, limit_train_batches=1,
+                log_every_n_steps=1,
                 limit_val_batches=0, callbacks=[callback]).fit(module, loader())
         shapes = {"image": (3, SIZE, 2 * SIZE * (FRAMES + 1)), "video": (1, FRAMES + 1, 3, SIZE, 2 * SIZE)}
-        assert sorted(calls) == [(kind, "train/inputs", shapes[kind], 1), (kind, "train/reconstructions",
-                                                                           shapes[kind], 1)]
+        # On the scalars' step axis (they were one step apart): the first batch's loss is logged at step 0.
+        assert scalar_steps == [0]
+        assert sorted(calls) == [(kind, "train/inputs", shapes[kind], 0), (kind, "train/reconstructions",
+                                                                           shapes[kind], 0)]
         assert sorted(path.name for path in callback.written) == ["train_inputs_0000001.gif",
                                                                   "train_reconstructions_0000001.gif"]
 
