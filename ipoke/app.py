@@ -15,7 +15,7 @@ HTTP API (JSON; what the page calls, and what a script can call):
 * ``GET /api/info`` -> ``{"images": N, "size": S, "frames": T + 1, "samples": K, "poke_size": ..., "fps": ...}``
 * ``GET /api/image/<i>.png`` -> the start frame ``i`` (``S x S`` PNG)
 * ``POST /api/poke`` ``{"image": i, "pokes": [[x, y, dx, dy], ...], "seed": s, "samples": k, "temperature": t}``
-  (all but ``pokes`` optional; temperature 1 as trained, 0 the most likely video) ->
+  (all but ``pokes`` optional; temperature 1 as trained, 0 the most likely residual r = 0) ->
   ``{"gifs": [base64 GIF per sample], "seed": s, "milliseconds": ...}``
 * ``POST /api/save`` (same body) -> ``{"folder": path}``
 
@@ -144,7 +144,8 @@ class PokeApp:
                 temperature: float = 1.0) -> torch.Tensor:
         """``samples`` videos ``(K, T+1, 3, S, S)`` in [-1, 1] for start frame ``index`` and ``pokes`` in model
         pixels, deterministic for ``seed`` (the same as ``Poker.sample`` with a generator seeded so). ``temperature``
-        is the residuals' standard deviation: 1 as trained and evaluated, 0 the model's most likely video."""
+        is the residuals' standard deviation: 1 as trained and evaluated, 0 the most likely residual
+        r = 0."""
         image = self.images[self._image_index(index)]
         x0 = frames_to_tensor(image[None])
         poke = torch.from_numpy(poke_map_from_coords(pokes, self.size, self.poker.poke_size)).unsqueeze(0)
@@ -302,7 +303,7 @@ PAGE = """<!doctype html>
  <button id="prev">&larr; image (p)</button><button id="next">image &rarr; (n)</button>
  <button id="again">new samples (r)</button>
  <label><input type="checkbox" id="add"> add pokes (a)</label>
- <label title="1: samples as trained and evaluated; 0: the model's most likely video">temperature
+ <label title="1: samples as trained and evaluated; 0: the most likely residual, r = 0">temperature
   <input type="number" id="temperature" min="0" max="2" step="0.25" value="1" style="width: 4em"></label>
  <button id="clear">clear (c)</button><button id="save">save (s)</button>
  <span id="which"></span>

@@ -511,8 +511,8 @@ def _add_sample_command(subparsers: argparse._SubParsersAction) -> None:
                         help="seed >= 0 of the samples (and of the pokes drawn for --data clips): same seed, same "
                              "videos")
     sample.add_argument("--temperature", type=_temperature_arg, default=1.0,
-                        help="standard deviation of the residuals r (default 1, the protocol; 0 gives the model's "
-                             "most likely video, smaller values calmer samples); poke and sensitivity modes")
+                        help="standard deviation of the residuals r (default 1, the protocol; 0 decodes the most "
+                             "likely residual r = 0, smaller values calmer samples); poke and sensitivity modes")
     sample.add_argument("--out", required=True,
                         help="output folder: new, empty, or the output of an earlier `ipoke sample` (replaced as a "
                              "whole; any other folder is refused)")
@@ -836,7 +836,8 @@ def _add_evaluate_command(subparsers: argparse._SubParsersAction) -> None:
                           help="seed >= 0 of pokes and samples (default 42, as the paper)")
     evaluate.add_argument("--temperature", type=_temperature_arg, default=1.0,
                           help="standard deviation of the model's residuals (cINN) or prior samples (cVAE): 1, the "
-                               "default, is the protocol; 0 scores the most likely video (recorded in the JSON)")
+                               "default, is the protocol; 0 scores the video of the "
+                               "most likely residual r = 0 (recorded in the JSON)")
     evaluate.add_argument("--n-frames", type=_positive_int, default=None,
                           help="frames after x0 per clip, for the baselines alone (default 10; with --ckpt: the "
                                "model's)")

@@ -527,7 +527,8 @@ class Poker(nn.Module):
                 (converted to the image's pixels, so a large photo gets pokes the model can see).
             n_directions: Directions, evenly spaced from +x.
             seed: Seed of the one residual shared by every video (None: a fresh random one).
-            temperature: Standard deviation of that residual (0: the model's most likely video for each poke).
+            temperature: Standard deviation of that residual (0: the most likely residual, r = 0, for each
+                poke).
 
         Returns:
             ``(videos (n_directions * len(magnitudes), T + 1, 3, S, S), pokes (N, 4) in the image's pixels)``;

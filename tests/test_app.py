@@ -74,7 +74,7 @@ def test_animate_is_the_models_sample_for_the_seed(poker, images):
     torch.testing.assert_close(videos, expected, rtol=0, atol=0)
     assert videos.shape == (3, 11, 3, 64, 64)
     assert not torch.allclose(app.animate(1, pokes, seed=8, samples=3)[:, 1:], videos[:, 1:])
-    # Temperature 0: every sample is the model's most likely video.
+    # Temperature 0: every sample is the video of the most likely residual.
     mode = app.animate(1, pokes, seed=7, samples=2, temperature=0.0)
     torch.testing.assert_close(mode[0], mode[1], rtol=0, atol=0)
     expected = poker.sample(x0, poke, n_samples=1, generator=torch.Generator().manual_seed(0), temperature=0.0)[0, 0]

@@ -177,7 +177,7 @@ def test_evaluate_command_reports_model_and_baselines(exported, tmp_path, synthe
     # The report read back still gives the paired comparison printed above (null reads as not applicable).
     object_epe = compare_with_baseline(report, "tiny")["control/object_epe"]
     assert object_epe["n_clips"] == 3 and object_epe["model"] == results["tiny"]["control/object_epe"]
-    # --temperature 0 scores the most likely video: every sample of a clip is the same, and the JSON says so.
+    # --temperature 0 scores the video of r = 0: every sample of a clip is the same, and the JSON says so.
     mode_out = tmp_path / "mode.json"
     assert main(["evaluate", "--ckpt", str(exported), "--data", synthetic_dataset, "--metrics", "diversity,control",
                  "--n-clips", "3", "--samples", "2", "--batch-size", "2", "--temperature", "0", "--no-baselines",
