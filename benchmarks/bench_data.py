@@ -9,14 +9,18 @@ simulate pokes, build tensors. Target: >= 100 clips/s per core at 64x64 with pok
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from ipoke.data.datasets import PokeDataset
-from ipoke.data.synthetic import SyntheticSettings, generate_dataset
+# Runs from a checkout without installing ipoke (the device machine has none installed).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ipoke.data.datasets import PokeDataset  # noqa: E402
+from ipoke.data.synthetic import SyntheticSettings, generate_dataset  # noqa: E402
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ backbone whose *speed* is the same (the row says so).
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -18,7 +19,10 @@ from pathlib import Path
 import torch
 import torchvision
 
-from ipoke.metrics import (
+# Runs from a checkout without installing ipoke (the device machine has none installed).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ipoke.metrics import (  # noqa: E402
     ControlAccuracy,
     FrechetVideoDistance,
     LearnedPerceptualSimilarity,

@@ -6,8 +6,11 @@ precision/compilation mode:
 
     fp32           fp32 eager, TF32 off (the baseline the original code was timed with)
     tf32           fp32 eager, TF32 matmuls/convolutions on
-    bf16           bf16 autocast, eager
+    bf16           bf16 autocast, eager (TF32 on for the operations autocast leaves in fp32)
     bf16+compile   bf16 autocast, torch.compile of the networks (R1's double backward stays eager)
+
+The compiled rows run after all eager ones (a long compilation cannot cost the eager rows of a time-limited call), and
+the "first step s" column is the first warm-up step, which holds the compilation.
 
 Usage:
     python benchmarks/bench_stage1.py                                  # GPU, sizes 64 and 128, all modes
@@ -20,15 +23,20 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from ipoke.lightning.autoencoder import VideoAutoencoderModule
-from ipoke.losses.perceptual import VGG19PerceptualLoss, build_perceptual_loss
-from ipoke.models.autoencoder import VideoAutoencoder
-from ipoke.models.discriminators import PatchDiscriminator2d, TemporalDiscriminator
-from ipoke.weights import WeightsNotFoundError
+# Runs from a checkout without installing ipoke (the device machine has none installed).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ipoke.lightning.autoencoder import VideoAutoencoderModule  # noqa: E402
+from ipoke.losses.perceptual import VGG19PerceptualLoss, build_perceptual_loss  # noqa: E402
+from ipoke.models.autoencoder import VideoAutoencoder  # noqa: E402
+from ipoke.models.discriminators import PatchDiscriminator2d, TemporalDiscriminator  # noqa: E402
+from ipoke.weights import WeightsNotFoundError  # noqa: E402
 
 MODES = ("fp32", "tf32", "bf16", "bf16+compile")
 
@@ -48,8 +56,8 @@ def build_module(size: int, perceptual: str, device: torch.device) -> VideoAutoe
     return module.to(device)
 
 
-def run(size: int, mode: str, gan: bool, args: argparse.Namespace) -> tuple[float, float]:
-    """Return (milliseconds per step, peak GiB) for one configuration."""
+def run(size: int, mode: str, gan: bool, args: argparse.Namespace) -> tuple[float, float, float]:
+    """Return (milliseconds per step, peak GiB, seconds of the first warm-up step) for one configuration."""
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     torch.backends.cuda.matmul.allow_tf32 = mode != "fp32"
@@ -89,8 +97,13 @@ def run(size: int, mode: str, gan: bool, args: argparse.Namespace) -> tuple[floa
             for optimizer in optimizers[1:]:
                 optimizer.step()
 
-    for _ in range(args.warmup):
+    first = time.perf_counter()
+    for index in range(args.warmup):
         step()
+        if index == 0:
+            if cuda:
+                torch.cuda.synchronize()
+            first = time.perf_counter() - first
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -101,7 +114,7 @@ def run(size: int, mode: str, gan: bool, args: argparse.Namespace) -> tuple[floa
         torch.cuda.synchronize()
     milliseconds = (time.perf_counter() - start) / args.steps * 1000
     peak = torch.cuda.max_memory_allocated() / 2 ** 30 if cuda else float("nan")
-    return milliseconds, peak
+    return milliseconds, peak, first if args.warmup else float("nan")
 
 
 def main() -> None:
@@ -115,33 +128,36 @@ def main() -> None:
     parser.add_argument("--perceptual", default="vgg19", choices=["vgg19", "ssim", "none"])
     parser.add_argument("--steps-kind", nargs="+", default=["gan", "generator"], choices=["gan", "generator"])
     args = parser.parse_args()
+    if args.steps < 1 or args.warmup < 0 or args.batch < 1:  # found now, not after every configuration's warm-up
+        parser.error("--steps and --batch must be >= 1 and --warmup >= 0")
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     print(f"# stage-1 video autoencoder step, batch {args.batch}, 11-frame clips, perceptual {args.perceptual}, "
           f"device {name}, torch {torch.__version__}")
-    print("| size | step | mode | ms/step | clips/s | peak GiB | speed-up vs fp32 |")
-    print("|---|---|---|---|---|---|---|")
-    for kind in args.steps_kind:
-        for size in args.sizes:
-            baseline = None
-            for mode in args.modes:
-                if mode == "tf32" and not args.device.startswith("cuda"):
-                    # TF32 is a CUDA setting: on a CPU this row would time the fp32 step again and call the noise
-                    # between the two a speed-up.
-                    print(f"| {size} | {kind} | tf32 | skipped: TF32 exists on CUDA GPUs only | | | |", flush=True)
-                    continue
-                try:
-                    ms, peak = run(size, mode, kind == "gan", args)
-                    if args.device.startswith("cuda"):
-                        torch.cuda.empty_cache()  # the networks of run() are gone once it returns
-                except Exception as error:  # a failing mode is reported, the others still run
-                    print(f"| {size} | {kind} | {mode} | failed: {type(error).__name__}: {str(error)[:80]} | | | |")
-                    continue
-                if mode == "fp32":
-                    baseline = ms
-                speedup = f"{baseline / ms:.2f}x" if baseline else "-"
-                print(f"| {size} | {kind} | {mode} | {ms:.1f} | {args.batch / ms * 1000:.1f} | {peak:.2f} | "
-                      f"{speedup} |", flush=True)
-
+    print("| size | step | mode | ms/step | clips/s | peak GiB | speed-up vs fp32 | first step s |")
+    print("|---|---|---|---|---|---|---|---|")
+    configurations = [(kind, size, mode) for kind in args.steps_kind for size in args.sizes for mode in args.modes]
+    configurations.sort(key=lambda configuration: configuration[2].endswith("compile"))  # stable: eager rows first
+    baselines: dict[tuple[str, int], float] = {}
+    for kind, size, mode in configurations:
+        if mode == "tf32" and not args.device.startswith("cuda"):
+            # TF32 is a CUDA setting: on a CPU this row would time the fp32 step again and call the noise between the
+            # two a speed-up.
+            print(f"| {size} | {kind} | tf32 | skipped: TF32 exists on CUDA GPUs only | | | | |", flush=True)
+            continue
+        try:
+            ms, peak, first = run(size, mode, kind == "gan", args)
+            if args.device.startswith("cuda"):
+                torch.cuda.empty_cache()  # the networks of run() are gone once it returns
+        except Exception as error:  # a failing mode is reported, the others still run
+            print(f"| {size} | {kind} | {mode} | failed: {type(error).__name__}: {str(error)[:80]} | | | | |",
+                  flush=True)
+            continue
+        if mode == "fp32":
+            baselines[kind, size] = ms
+        baseline = baselines.get((kind, size))
+        speedup = f"{baseline / ms:.2f}x" if baseline else "-"
+        print(f"| {size} | {kind} | {mode} | {ms:.1f} | {args.batch / ms * 1000:.1f} | {peak:.2f} | {speedup} | "
+              f"{first:.1f} |", flush=True)
 
 if __name__ == "__main__":
     main()

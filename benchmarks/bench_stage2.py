@@ -35,8 +35,13 @@ from ipoke.models.cinn.graphed import GraphedNLLStep  # noqa: E402
 ROWS: list[dict] = []
 
 
+JSON_PATH: list[Path] = []  # --json, rewritten after every row: a call cut off at its time limit keeps its rows
+
+
 def log(row: dict) -> None:
     ROWS.append(row)
+    if JSON_PATH:
+        JSON_PATH[0].write_text(json.dumps(ROWS, indent=1))
     cells = [f"{row.get(key, '')}" for key in ("bench", "arch", "precision", "mode", "batch")]
     if "error" in row:
         print(f"| {' | '.join(cells)} | failed: {row['error']} |", flush=True)
@@ -306,6 +311,10 @@ def main() -> None:
                         help="'train', 'sample' and/or 'pipeline'")
     parser.add_argument("--json", type=Path, help="write all rows to this file")
     args = parser.parse_args()
+    if min(args.batch, args.train_iters, args.sample_iters) < 1 or args.warmup < 0:
+        parser.error("--batch, --train-iters and --sample-iters must be >= 1 and --warmup >= 0")
+    if args.json:
+        JSON_PATH.append(args.json)
     device = torch.device(args.device)
     if device.type == "cpu":
         # Smoke mode: tiny widths and few levels, only to check that every code path runs. Only the sizes left at

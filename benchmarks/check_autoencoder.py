@@ -13,10 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import torch
+
+# Runs from a checkout without installing ipoke (the device machine has none installed).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main() -> None:
@@ -28,6 +32,13 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=64)
     parser.add_argument("--perceptual", choices=("ssim", "i3d", "vgg19", "none"), default="ssim")
     args = parser.parse_args()
+    if args.perceptual in ("vgg19", "i3d"):  # missing weights fail now, not after generating the dataset
+        from ipoke.losses.perceptual import build_perceptual_loss
+
+        try:
+            build_perceptual_loss(args.perceptual)
+        except (FileNotFoundError, OSError, ValueError) as error:
+            parser.error(f"--perceptual {args.perceptual}: {error}")
 
     import lightning as L
 

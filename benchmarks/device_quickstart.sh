@@ -36,9 +36,15 @@ limit=()
 "${limit[@]}" python3 -m ipoke.cli quickstart --out /tmp/qs --minutes "$minutes" --fresh "$@" 2>&1 \
   | tee "$out/quickstart.log" | { grep -v -E "it/s|s/it|clip/s|video/s|batch/s|Warning|warn\(" || true; } || rc=$?
 echo "quickstart wall time $(( $(date +%s) - start )) s"
-# Pack whatever exists, also after a failure or QS_TIMEOUT: the exported model can be evaluated elsewhere.
-if [ -d /tmp/qs/model ]; then
-  tar czf "$out/model.tgz" -C /tmp/qs model quickstart_settings.json
+# Pack whatever exists, also after a failure or QS_TIMEOUT: the exported model can be evaluated elsewhere, and the
+# finished stages of a run stopped mid-way (runs/<stage>/network) let `ipoke quickstart` go on from them elsewhere.
+keep=()
+for path in model quickstart_settings.json /tmp/qs/runs/*/network /tmp/qs/runs/*/training.json; do
+  path=${path#/tmp/qs/}
+  [ -e "/tmp/qs/$path" ] && keep+=("$path")
+done
+if [ -d /tmp/qs/model ] || compgen -G "/tmp/qs/runs/*/network" > /dev/null; then
+  tar czf "$out/model.tgz" -C /tmp/qs "${keep[@]}"
   split -b 15m "$out/model.tgz" "$out/model.tgz.part-" && rm "$out/model.tgz"
 fi
 report=()

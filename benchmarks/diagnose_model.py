@@ -20,9 +20,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
+
+# Runs from a checkout without installing ipoke (the device machine has none installed).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def protocol_clips(poker, data_dir: str, split: str, clips: int):  # noqa: ANN001, ANN201
