@@ -108,7 +108,7 @@ def best_checkpoint(trainer: Any) -> str:
     return os.path.join(folder, pick(scored)[1])
 
 
-def check_checkpoint_networks(ckpt_path: str | os.PathLike, model: Any) -> None:
+def check_checkpoint_networks(ckpt_path: str | os.PathLike, model: Any, *, resume: bool = False) -> None:
     """Refuse a ``--ckpt_path`` whose networks are not the ones the config builds, naming what differs.
 
     Raises:
@@ -145,6 +145,15 @@ def check_checkpoint_networks(ckpt_path: str | os.PathLike, model: Any) -> None:
         raise UserError(f"--ckpt_path {ckpt_path} was trained with other networks than this config builds ({shown}); "
                         "use the config it was trained with (Lightning saves it as config.yaml in the run's log "
                         "folder), or the matching --model.init_args flags")
+    state = checkpoint.get("state_dict") or {}
+    if resume and any(key.endswith("conv_out.weight") and key[:-len("weight")] + "gain" not in state
+                      and key[:-len("weight")] + "gain" in model.state_dict() for key in state):
+        # The coupling subnets' output layers gained a parameter (ZeroGainConv2d, session 18): the weights convert,
+        # but the optimizer's state has fewer parameters and Lightning failed with a raw traceback.
+        raise UserError(f"--ckpt_path {ckpt_path} was written before the coupling cINN's output layers gained their "
+                        "weight-norm gain: its weights load for `ipoke sample`, `ipoke export` and `ipoke validate`, "
+                        "but its optimizer state cannot resume training; start a new fit (or fine-tune from an "
+                        "export)")
 
 
 def _root_cause(error: BaseException) -> BaseException:
@@ -201,6 +210,7 @@ def run_lightning(argv: Sequence[str]) -> int:
                                 "which pickles the model, and ipoke's networks (spectral norm) cannot be pickled: use "
                                 "--trainer.strategy ddp (the default with several devices)")
             started["trainer"], started["time"] = self.trainer, time.time()
+            started["resumed"] = bool(self.config[self.subcommand].get("ckpt_path")) if self.subcommand else False
             ckpt_path = self.config[self.subcommand].get("ckpt_path") if self.subcommand else None
             if self.subcommand in ("validate", "test") and not ckpt_path:
                 # Lightning scores the networks as built: untrained (for the cINN, a fresh flow), exit 0.
@@ -221,7 +231,7 @@ def run_lightning(argv: Sequence[str]) -> int:
                 ckpt_path = best_checkpoint(self.trainer)
                 self.config_init[self.subcommand]["ckpt_path"] = ckpt_path  # what the subcommand gets
             if ckpt_path and ckpt_path not in SPECIAL_CKPT_PATHS:
-                check_checkpoint_networks(ckpt_path, self.model)
+                check_checkpoint_networks(ckpt_path, self.model, resume=self.subcommand == "fit")
 
     # From the console script LightningCLI reads sys.argv itself (passing it again only earns a warning).
     args = None if list(argv) == sys.argv[1:] else list(argv)
@@ -232,6 +242,8 @@ def run_lightning(argv: Sequence[str]) -> int:
             return ""
         last = last_checkpoint(started["trainer"])
         # (A file's time comes from the kernel's coarse clock, which may lag time.time() by a few milliseconds.)
+        if last is not None and os.path.getmtime(last) < started["time"] - 1.0 and started.get("resumed"):
+            return f"; {last} is unchanged since this run started: run the same command again to resume from it"
         if last is None or os.path.getmtime(last) < started["time"] - 1.0:
             earlier = f" ({last} is from an earlier run)" if last else ""
             return (f"; no epoch of this run had finished, so it wrote no checkpoint{earlier}: run the same command "

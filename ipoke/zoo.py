@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shlex
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -221,5 +222,6 @@ def resolve(name: str) -> Path:
         raise FileNotFoundError(f"model {name!r} is registered at {folder}, which no longer exists")
     if state != "ok":
         raise ZooError(f"model {name!r} at {folder} changed on disk (checksum {checksum[:12]} != registered "
-                       f"{entry['sha256'][:12]}); re-register it with `ipoke zoo register --overwrite {name} {folder}`")
+                       f"{entry['sha256'][:12]}); re-register it with `ipoke zoo register --overwrite "
+                       f"{shlex.quote(name)} {shlex.quote(str(folder))}`")
     return folder

@@ -256,6 +256,52 @@ def test_a_terminated_or_interrupted_fit_does_not_exit_0(synthetic_dataset, tmp_
             "resume with the same command and --ckpt_path last") in capsys.readouterr().err
 
 
+def test_a_stopped_resume_says_to_resume_again(poke_encoder_run, monkeypatch, capsys):
+    # It said "no epoch of this run had finished ... run the same command again to start over" for a resumed run.
+    import os
+    import time
+
+    import lightning as L
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    base, folder = poke_encoder_run
+    os.utime(folder / "last.ckpt", (time.time() - 100, time.time() - 100))
+
+    import functools
+
+    @functools.wraps(L.Trainer.fit)  # the CLI reads fit's signature for --ckpt_path
+    def terminated(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise SIGTERMException
+
+    monkeypatch.setattr(L.Trainer, "fit", terminated)
+    assert main(["fit", *base, "--trainer.max_epochs=4", "--ckpt_path=last"]) == 143
+    assert ("last.ckpt is unchanged since this run started: run the same command again to resume from it"
+            in capsys.readouterr().err)
+
+
+def test_an_old_coupling_checkpoint_loads_but_does_not_resume(tmp_path):
+    # The coupling subnets' output layers gained a gain parameter: the old optimizer state has fewer parameters, and
+    # Lightning's resume failed with a raw "parameter group that doesn't match" traceback.
+    from torch import nn
+
+    from ipoke.cli import UserError, check_checkpoint_networks
+    from ipoke.models.base import NETWORKS_KEY, network_specs
+    from ipoke.models.cinn import ConditionalINN
+
+    module = nn.Module()
+    module.flow = ConditionalINN(z_dim=4, condition_channels=8, architecture="coupling", num_blocks=2,
+                                 hidden_channels=8)
+    state = {f"flow.{key}": value for key, value in module.flow.state_dict().items() if not key.endswith(".gain")}
+    path = tmp_path / "old.ckpt"
+    torch.save({NETWORKS_KEY: network_specs(module), "state_dict": state}, path)
+    check_checkpoint_networks(path, module)  # validate / test: the weights convert
+    with pytest.raises(UserError, match="optimizer state cannot resume training"):
+        check_checkpoint_networks(path, module, resume=True)
+    torch.save({NETWORKS_KEY: network_specs(module), "state_dict": {f"flow.{key}": value for key, value in
+                                                                   module.flow.state_dict().items()}}, path)
+    check_checkpoint_networks(path, module, resume=True)
+
+
 def test_validate_or_test_without_a_checkpoint_is_refused(synthetic_dataset, tmp_path, monkeypatch, capsys):
     # Lightning scored the untrained networks and exited 0.
     monkeypatch.chdir(tmp_path)
