@@ -48,7 +48,7 @@ def test_ckpt_path_flags_win_and_a_checkpoint_that_does_not_fit_is_named(poke_en
     built = {}
     check = cli.check_checkpoint_networks
     monkeypatch.setattr(cli, "check_checkpoint_networks",
-                        lambda path, model: (built.update(model.hparams), check(path, model)))
+                        lambda path, model, **kwargs: (built.update(model.hparams), check(path, model, **kwargs)))
     assert main(["validate", *base, f"--ckpt_path={last}", "--model.init_args.learning_rate=0.25"]) == 0
     assert built["learning_rate"] == 0.25
     capsys.readouterr()
@@ -75,7 +75,7 @@ def test_ckpt_path_best_and_last_name_a_file_or_are_refused(poke_encoder_run, ca
     checked = []
     check = cli.check_checkpoint_networks
     monkeypatch.setattr(cli, "check_checkpoint_networks",
-                        lambda path, model: (checked.append(path), check(path, model)))
+                        lambda path, model, **kwargs: (checked.append(path), check(path, model, **kwargs)))
     # `best` is Lightning's only inside the process that trained (a new one raised "not configured to save the best
     # model"): it is the monitored callback's best file, recorded in the newest checkpoint.
     assert main(["validate", *base, "--ckpt_path=best"]) == 0
