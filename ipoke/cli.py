@@ -146,8 +146,9 @@ def check_checkpoint_networks(ckpt_path: str | os.PathLike, model: Any, *, resum
                         "use the config it was trained with (Lightning saves it as config.yaml in the run's log "
                         "folder), or the matching --model.init_args flags")
     state = checkpoint.get("state_dict") or {}
-    if resume and any(key.endswith("conv_out.weight") and key[:-len("weight")] + "gain" not in state
-                      and key[:-len("weight")] + "gain" in model.state_dict() for key in state):
+    gains = {key[:-len("gain")] for key in model.state_dict() if key.endswith("conv_out.gain")} if resume else set()
+    if any(key[:-len("weight")] in gains and key[:-len("weight")] + "gain" not in state for key in state
+           if key.endswith("conv_out.weight")):
         # The coupling subnets' output layers gained a parameter (ZeroGainConv2d, session 18): the weights convert,
         # but the optimizer's state has fewer parameters and Lightning failed with a raw traceback.
         raise UserError(f"--ckpt_path {ckpt_path} was written before the coupling cINN's output layers gained their "
@@ -209,9 +210,8 @@ def run_lightning(argv: Sequence[str]) -> int:
                 raise UserError(f"this trainer strategy starts its processes with {start_method!r} (ddp_spawn), "
                                 "which pickles the model, and ipoke's networks (spectral norm) cannot be pickled: use "
                                 "--trainer.strategy ddp (the default with several devices)")
-            started["trainer"], started["time"] = self.trainer, time.time()
-            started["resumed"] = bool(self.config[self.subcommand].get("ckpt_path")) if self.subcommand else False
             ckpt_path = self.config[self.subcommand].get("ckpt_path") if self.subcommand else None
+            started.update(trainer=self.trainer, time=time.time(), resumed=bool(ckpt_path))
             if self.subcommand in ("validate", "test") and not ckpt_path:
                 # Lightning scores the networks as built: untrained (for the cINN, a fresh flow), exit 0.
                 raise UserError(f"{self.subcommand} needs --ckpt_path: a checkpoint file, or last or best (the run "
@@ -242,14 +242,14 @@ def run_lightning(argv: Sequence[str]) -> int:
             return ""
         last = last_checkpoint(started["trainer"])
         # (A file's time comes from the kernel's coarse clock, which may lag time.time() by a few milliseconds.)
-        if last is not None and os.path.getmtime(last) < started["time"] - 1.0 and started.get("resumed"):
+        if last is not None and os.path.getmtime(last) >= started["time"] - 1.0:
+            return (f"; {last} holds the state at the end of its last finished epoch: resume with the same command "
+                    "and --ckpt_path last")
+        if last is not None and started["resumed"]:
             return f"; {last} is unchanged since this run started: run the same command again to resume from it"
-        if last is None or os.path.getmtime(last) < started["time"] - 1.0:
-            earlier = f" ({last} is from an earlier run)" if last else ""
-            return (f"; no epoch of this run had finished, so it wrote no checkpoint{earlier}: run the same command "
-                    "again to start over")
-        return (f"; {last} holds the state at the end of its last finished epoch: resume with the same command and "
-                "--ckpt_path last")
+        earlier = f" ({last} is from an earlier run)" if last else ""
+        return (f"; no epoch of this run had finished, so it wrote no checkpoint{earlier}: run the same command again "
+                "to start over")
 
     try:
         CLI(L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,

@@ -57,6 +57,26 @@ def file_in_the_way(path: str | os.PathLike) -> Path | None:
     return existing if existing is not None and not existing.is_dir() else None
 
 
+def walk_following_links(root: str | os.PathLike, *, key: Callable[[str], Any] | None = None
+                         ) -> Iterator[tuple[Path, list[str], list[str]]]:
+    """``os.walk(root)`` following links to folders, hidden folders (``.``) left out, each real folder visited once (a
+    link that points back up the tree cannot loop, and a folder reached through two links is read once).
+
+    Yields ``(folder, subfolders, files)``, subfolders sorted by ``key``, files as ``os.walk`` lists them (hidden
+    ones included); the caller may remove subfolders from the yielded list to leave them out, as with ``os.walk``.
+    """
+    visited = {os.path.realpath(root)}
+    for folder, subfolders, files in os.walk(root, followlinks=True):
+        kept = []
+        for name in sorted((name for name in subfolders if not name.startswith(".")), key=key):
+            real = os.path.realpath(os.path.join(folder, name))
+            if real not in visited:
+                visited.add(real)
+                kept.append(name)
+        yield Path(folder), kept, files
+        subfolders[:] = kept
+
+
 def unwritable_reason(path: str | os.PathLike) -> str | None:
     """Why a file or folder cannot be created at ``path`` (checked before long work, not after it), or None.
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from ipoke.utils import write_text_atomic
+from ipoke.utils import walk_following_links, write_text_atomic
 
 ENV_HOME = "IPOKE_HOME"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -110,19 +110,10 @@ def folder_checksum(folder: str | os.PathLike) -> str:
     """
     folder = Path(folder)
     digest = hashlib.sha256()
-    files = []
-    # os.walk follows links to folders, as loading does (Path.rglob did not: weights behind a linked network folder
-    # could change unnoticed); each real folder is read once.
-    visited = {os.path.realpath(folder)}
-    for parent, subfolders, names in os.walk(folder, followlinks=True):
-        kept = []
-        for sub in sorted(sub for sub in subfolders if not sub.startswith(".")):
-            real = os.path.realpath(os.path.join(parent, sub))
-            if real not in visited:
-                visited.add(real)
-                kept.append(sub)
-        subfolders[:] = kept
-        files += [Path(parent, name) for name in names if not name.startswith(".") and Path(parent, name).is_file()]
+    # Links to folders are followed, as loading does (Path.rglob did not: weights behind a linked network folder
+    # could change unnoticed).
+    files = [parent / name for parent, _, names in walk_following_links(folder) for name in names
+             if not name.startswith(".") and (parent / name).is_file()]
     for file in sorted(files):
         digest.update(str(file.relative_to(folder)).encode())
         with open(file, "rb") as handle:

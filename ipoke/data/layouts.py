@@ -48,6 +48,7 @@ from typing import Any
 
 from ipoke.data.format import INDEX_FILE, PREPARE_SETTINGS_FILE
 from ipoke.data.video_io import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, is_image_file, natural_sort_key
+from ipoke.utils import walk_following_links
 
 logger = logging.getLogger(__name__)
 
@@ -150,29 +151,19 @@ def find_media(root: str | os.PathLike) -> list[Path]:
     outputs: list[str] = []
     unread: list[str] = []
     stray: list[str] = []
-    # Symbolic links to folders are followed (a raw tree assembled from links is common); each real folder is read
-    # once, so a link that points back up the tree cannot loop.
-    visited = {os.path.realpath(root)}
-    for folder, subfolders, files in os.walk(root, followlinks=True):
-        folder_path = Path(folder)
-        kept = []
-        for name in sorted((name for name in subfolders if not name.startswith(".")), key=natural_sort_key):
-            real = os.path.realpath(folder_path / name)
-            if real in visited:
-                continue
-            visited.add(real)
+    # Symbolic links to folders are followed (a raw tree assembled from links is common), each real folder once.
+    for folder_path, subfolders, files in walk_following_links(root, key=natural_sort_key):
+        for name in list(subfolders):
             marker = ipoke_output_marker(folder_path / name)
-            if marker is None:
-                kept.append(name)
-            else:
+            if marker is not None:
+                subfolders.remove(name)
                 outputs.append(f"{(folder_path / name).relative_to(root).as_posix()}/ ({marker})")
-        subfolders[:] = kept
         # A folder that holds images is a video (its frames), the raw folder itself included; unless it is one lone
         # image beside videos or sub-folders (a preview or thumbnail; a single frame is no video): a stray
         # preview.jpg made the whole folder one "video", and the layout's error named only the folder.
         images = [name for name in files if not name.startswith(".") and is_image_file(folder_path / name)]
         beside_videos = any(Path(name).suffix.lower() in VIDEO_EXTENSIONS for name in files)
-        if len(images) == 1 and (beside_videos or kept):
+        if len(images) == 1 and (beside_videos or subfolders):
             stray += [(folder_path / name).relative_to(root).as_posix() for name in images]
         elif images:
             found.append(folder_path)

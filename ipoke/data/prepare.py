@@ -338,7 +338,6 @@ class _GrowingStack:
             chunk = self._chunks.pop(0)
             stacked[filled:filled + len(chunk)] = chunk
             filled += len(chunk)
-            del chunk
         return stacked
 
 

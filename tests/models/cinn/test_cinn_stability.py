@@ -18,6 +18,21 @@ from ipoke.models.cinn import ConditionalINN, build_flow_optimizer
 from ipoke.models.cinn.blocks import ZeroGainConv2d
 
 
+def _one_full_lr_step(flow: ConditionalINN, z: torch.Tensor, h: torch.Tensor):
+    """ActNorm init, then one Adam step at the full learning rate: ``(nll before, nll after, r, log_det after)``.
+
+    A short run's warm-up (PokeINNModule: total_steps // 2 = 1 step) gives the full lr to the very first step.
+    """
+    flow.initialize_actnorm(z, h)
+    optimizer, _ = build_flow_optimizer(flow.parameters(), lr=1e-3, warmup_steps=1, total_steps=10)
+    before = gaussian_nll(*flow(z, h))
+    before.backward()
+    optimizer.step()
+    with torch.no_grad():
+        r, log_det = flow(z, h)
+        return before, gaussian_nll(r, log_det), r, log_det
+
+
 def test_one_full_lr_adam_step_keeps_a_deep_flow_bounded():
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
@@ -25,15 +40,7 @@ def test_one_full_lr_adam_step_keeps_a_deep_flow_bounded():
     h = F.elu(torch.randn(2, 32, 4, 4, generator=generator) + 0.5)  # like the stage-1 embeddings: ELU, mean > 0
     flow = ConditionalINN(z_dim=8, condition_channels=32, spatial_size=4, num_steps=[16, 16], factor=4,
                           hidden_channels=8)
-    flow.initialize_actnorm(z, h)
-    # A short run's warm-up (PokeINNModule: total_steps // 2 = 1 step) gives the full lr to the very first step.
-    optimizer, _ = build_flow_optimizer(flow.parameters(), lr=1e-3, warmup_steps=1, total_steps=10)
-    before = gaussian_nll(*flow(z, h))
-    before.backward()
-    optimizer.step()
-    with torch.no_grad():
-        r, log_det = flow(z, h)
-        after = gaussian_nll(r, log_det)
+    before, after, r, log_det = _one_full_lr_step(flow, z, h)
     # Before the fix: NLL 54 -> 9821, max |r| 81 (and inf at the reference size); after: ~100 and ~5.
     assert torch.isfinite(r).all() and torch.isfinite(log_det).all()
     assert r.abs().max() < 10
@@ -50,14 +57,7 @@ def test_one_full_lr_adam_step_keeps_the_coupling_flow_bounded():
     h = F.elu(2 * torch.randn(8, 128, 8, 8, generator=generator))
     flow = ConditionalINN(z_dim=32, condition_channels=128, spatial_size=8, architecture="coupling", num_blocks=16,
                           hidden_channels=512)
-    flow.initialize_actnorm(z, h)
-    optimizer, _ = build_flow_optimizer(flow.parameters(), lr=1e-3, warmup_steps=1, total_steps=10)
-    before = gaussian_nll(*flow(z, h))
-    before.backward()
-    optimizer.step()
-    with torch.no_grad():
-        r, log_det = flow(z, h)
-        after = gaussian_nll(r, log_det)
+    before, after, r, _ = _one_full_lr_step(flow, z, h)
     assert torch.isfinite(r).all() and r.abs().max() < 10
     assert after < 1.5 * before
 
