@@ -242,15 +242,27 @@ def atomic_directory(target: str | os.PathLike, *, marker: str) -> Iterator[Path
     tmp = Path(tempfile.mkdtemp(prefix=f".{_temporary_stem(target.name)}.pid{os.getpid()}.", suffix=".tmp",
                                 dir=target.parent))
     tmp.chmod(umask_mode(0o777))  # mkdtemp makes it private (0700)
+    old = None
     try:
         yield tmp
         if target.exists():
-            shutil.rmtree(target)
+            # Renamed away, not deleted in place: Ctrl-C during a long rmtree left half the earlier folder with its
+            # marker, which later runs took for a finished output. Its name is a temporary's (cleaned up as an
+            # orphan if this process is killed between the renames).
+            old = Path(tempfile.mkdtemp(prefix=f".{_temporary_stem(target.name)}.pid{os.getpid()}.", suffix=".old.tmp",
+                                        dir=target.parent))
+            target.rename(old / "previous")
         tmp.rename(target)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and not target.exists() and (old / "previous").exists():
+            (old / "previous").rename(target)  # interrupted between the renames: the earlier output is put back
+        for folder in (tmp, old):
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
         _remove_created(created)  # the parents this call made, unless something else is in them now
         raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)  # interrupted here, the new output is complete; the rest is an orphan
 
 
 @contextmanager

@@ -64,6 +64,48 @@ def test_atomic_directory_refuses_an_output_it_could_not_replace_before_the_work
     assert work == [] and not (tmp_path / "new").exists()
 
 
+@pytest.mark.parametrize("interrupted", ["deleting the earlier output", "between the renames"])
+def test_an_interrupted_replacement_leaves_one_whole_output(tmp_path, monkeypatch, interrupted):
+    # Ctrl-C during the rmtree of the earlier output left half of it, marker included: later runs loaded it as a
+    # finished output (an export missing networks). Now the folder is either the earlier output or the new one, whole.
+    import shutil
+
+    import ipoke.utils as utils
+
+    target = tmp_path / "out"
+    target.mkdir()
+    for name in ("m.txt", "a", "b", "c"):
+        (target / name).write_text("old")
+    real_rmtree, real_rename = shutil.rmtree, Path.rename
+
+    def rmtree_stopped_midway(path, *args, **kwargs):
+        files = sorted(Path(path).rglob("*"))
+        if len(files) > 1:
+            files[-1].unlink()  # part of the work done, then the interrupt
+            raise KeyboardInterrupt
+        real_rmtree(path, *args, **kwargs)
+
+    def rename_stopped_before_the_new_output(self, destination):
+        if Path(destination) == target.resolve() and ".old." not in str(self):
+            raise KeyboardInterrupt
+        return real_rename(self, destination)
+
+    if interrupted == "deleting the earlier output":
+        monkeypatch.setattr(utils.shutil, "rmtree", rmtree_stopped_midway)
+    else:
+        monkeypatch.setattr(Path, "rename", rename_stopped_before_the_new_output)
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_directory(target, marker="m.txt") as folder:
+            for name in ("m.txt", "a", "b", "c"):
+                (folder / name).write_text("new")
+    monkeypatch.undo()
+    contents = {path.name: path.read_text() for path in target.iterdir()}
+    assert contents in ({name: "old" for name in ("m.txt", "a", "b", "c")},
+                        {name: "new" for name in ("m.txt", "a", "b", "c")})
+    if interrupted == "between the renames":
+        assert set(contents.values()) == {"old"}  # the earlier output was put back
+
+
 def test_a_long_output_name_gets_a_temporary_name_the_file_system_takes(tmp_path):
     # `.<name>.pid<N>.<random>.tmp` of a legal 240-byte name went over the 255-byte limit (OSError mid-run).
     from ipoke.utils import write_text_atomic
