@@ -288,6 +288,9 @@ def run_quickstart(out: str | Path = "quickstart", *, minutes: float | None = No
     _note_other_budgets(records, budget_seconds)
 
     model_dir = out / "model"
+    # The report of an earlier run goes first: stage 5 writes it again, and a rerun stopped in stage 5 left the old
+    # report.md (and samples) beside a re-exported model and a new metrics.json that disagreed with it.
+    _remove_report_files(out)
     # Exported again when a stage was (re)trained: the old export was evaluated after a stage had been retrained.
     if trained or not model_dir.exists():
         _log(f"stage 4/5: exporting the model -> {model_dir}")
@@ -436,6 +439,14 @@ def control_verdict(report: dict[str, Any], model: str = "ipoke") -> str:
                      f"a static video, paired difference {c['difference']:+.3f} ± {c['standard_error']:.3f} px over "
                      f"{clip_count_text(c)}: {wording[c['verdict']]}.")
     return "Control:\n\n" + "\n".join(lines) if lines else ""
+
+
+def _remove_report_files(out: Path) -> None:
+    """Delete what stage 5 writes (``report.md`` first: it is written last, so it is never beside another run's
+    metrics or model)."""
+    for name in ("report.md", *(file for file, _ in EVALUATION_SPLITS.values()), EXAMPLE_IMAGE):
+        (out / name).unlink(missing_ok=True)
+    shutil.rmtree(out / "samples", ignore_errors=True)
 
 
 def _write_report(out: Path, reports: dict[str, dict[str, Any]], seconds: float | None, settings: QuickstartSettings,

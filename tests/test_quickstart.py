@@ -131,6 +131,34 @@ def test_a_retrained_stage_retrains_the_cinn_and_is_exported(quickstart_run, cap
         assert exported == (quickstart_run / "runs" / stage / "network" / "model.pt").read_bytes(), stage
 
 
+def test_a_rerun_stopped_in_the_evaluation_leaves_no_report_of_the_earlier_model(quickstart_run, tmp_path,
+                                                                                  monkeypatch):
+    # report.md, metrics_val.json and the samples of the earlier run stayed beside the re-exported model and a new
+    # metrics.json: the report praised a model that was no longer there.
+    import shutil
+
+    out = tmp_path / "quickstart"
+    shutil.copytree(quickstart_run, out)
+    shutil.rmtree(out / "runs" / "cinn")
+    calls = []
+
+    def evaluate_then_stop(*args, **kwargs):
+        calls.append(kwargs["split"])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_evaluate(*args, **kwargs)
+
+    import ipoke.evaluation
+
+    real_evaluate = ipoke.evaluation.evaluate
+    monkeypatch.setattr(ipoke.evaluation, "evaluate", evaluate_then_stop)  # quickstart imports it when it runs
+    assert main(["quickstart", "--out", str(out), "--minutes", "0.4", "--videos", "30", "--device", "cpu"]) == 130
+    left = sorted(path.name for path in out.iterdir())
+    assert calls == ["test", "val"] and "model" in left and "metrics.json" in left  # the new test-split metrics
+    for stale in ("report.md", "metrics_val.json", "example.png", "samples"):
+        assert stale not in left, stale
+
+
 def test_other_settings_are_refused(quickstart_run, capsys):
     assert main(["quickstart", "--out", str(quickstart_run), "--videos", "31", "--device", "cpu"]) == 2
     assert "--fresh" in capsys.readouterr().err
