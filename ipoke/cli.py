@@ -361,8 +361,7 @@ def _add_data_commands(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--background-poke-fraction", type=_probability, default=1 / 12,
                        help="fraction in [0, 1] of videos whose poke hits the background (nothing moves; default "
                             "1/12)")
-    synth.set_defaults(handler=_run_synth, on_interrupt="the videos finished so far are kept and the folder is "
-                                                   "marked unfinished; run the same command again to resume")
+    synth.set_defaults(handler=_run_synth, on_interrupt=_synth_interrupt_hint)
 
     try:
         from ipoke.data.prepare import add_prepare_arguments, run_prepare
@@ -404,6 +403,17 @@ def _run_synth(args: argparse.Namespace) -> int:
     root = generate_dataset(args.out, settings, workers=max(1, args.workers))
     _run_info(argparse.Namespace(root=str(root)))
     return 0
+
+
+def _synth_interrupt_hint(args: argparse.Namespace) -> str:
+    from pathlib import Path
+
+    from ipoke.data.format import INDEX_FILE
+
+    if not (Path(args.out) / INDEX_FILE).is_file():  # no video was finished: generate_dataset removed what it made
+        return f"no video was finished; nothing was kept in {args.out}"
+    return ("the videos finished so far are kept and the folder is marked unfinished; run the same command again to "
+            "resume")
 
 
 def _run_info(args: argparse.Namespace) -> int:
@@ -1042,6 +1052,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as error:  # Ctrl-C: one line instead of a traceback (from every worker process)
         hint = getattr(args, "on_interrupt", None)
+        hint = hint(args) if callable(hint) else hint  # a hint that depends on what the run left
         what = "terminated (SIGTERM)" if isinstance(error, Terminated) else "interrupted"
         print(f"ipoke: {what}{'; ' + hint if hint else ''}", file=sys.stderr)
         return 143 if isinstance(error, Terminated) else 130

@@ -58,6 +58,21 @@ def finished_meta_files(root: str | os.PathLike) -> list[Path]:
     return sorted(path for path in videos.glob("*/meta.json") if not path.parent.name.startswith("."))
 
 
+def remove_if_nothing_finished(root: str | os.PathLike, *, created_root: bool) -> bool:
+    """Remove what an interrupted or failed writer left in a new or empty ``root`` where no video was finished (the
+    ``videos`` folder, the index, the prepare settings; ``root`` itself if the run created it), so that the corrected
+    command starts there afresh instead of being refused for other settings; True if it did."""
+    root = Path(root)
+    if finished_meta_files(root):
+        return False
+    shutil.rmtree(root / VIDEOS_DIR, ignore_errors=True)
+    for name in (INDEX_FILE, PREPARE_SETTINGS_FILE):
+        (root / name).unlink(missing_ok=True)
+    if created_root:
+        shutil.rmtree(root, ignore_errors=True)
+    return True
+
+
 def unfinished_prepare_message(root: str | os.PathLike) -> str | None:
     """What to do with a folder that an ``ipoke data prepare`` run started but did not finish (its settings file but
     no index: interrupted, or stopped at a bad video); None for any other folder."""

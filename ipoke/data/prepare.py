@@ -36,7 +36,6 @@ import logging
 import multiprocessing
 import os
 import re
-import shutil
 import sys
 import unicodedata
 import zipfile
@@ -67,6 +66,7 @@ from ipoke.data.format import (
     DatasetWriter,
     finished_meta_files,
     is_dataset,
+    remove_if_nothing_finished,
 )
 from ipoke.data.layouts import LAYOUT_META_KEYS, LAYOUTS, LayoutError, VideoSource, discover_videos
 from ipoke.data.video_io import (
@@ -870,22 +870,11 @@ def prepare_dataset(videos_dir: str | os.PathLike, out: str | os.PathLike, *, si
         return _prepare_sources(writer, sources, splits, keypoint_files, settings, flow_options, estimator,
                                 workers=workers, on_error=on_error, progress=progress)
     except BaseException as error:  # Ctrl-C and SIGTERM too: a new folder with no finished video refused the re-run
-        if fresh and _remove_unfinished(out, created_out=created_out):
+        if fresh and remove_if_nothing_finished(out, created_root=created_out):
             if isinstance(error, PrepareError) and error.args[0].endswith(STOPPED_NOTE):
                 raise PrepareError(error.args[0][:-len(STOPPED_NOTE)] + f"\n(stopped; nothing was written to {out}; "
                                    "fix or --exclude the video, or pass --skip-bad to leave bad videos out)") from None
         raise
-
-
-def _remove_unfinished(out: Path, *, created_out: bool) -> bool:
-    """Remove what a run left in a new or empty ``out`` where no video was finished; True if it did."""
-    if finished_meta_files(out):
-        return False
-    shutil.rmtree(out / VIDEOS_DIR, ignore_errors=True)
-    (out / SETTINGS_FILE).unlink(missing_ok=True)
-    if created_out:
-        shutil.rmtree(out, ignore_errors=True)
-    return True
 
 
 def _build_estimator(flow_method: str, flow_options: dict[str, Any]) -> FlowEstimator:
@@ -1120,6 +1109,10 @@ def run_prepare(args: argparse.Namespace) -> int:
         if not (Path(args.out) / SETTINGS_FILE).is_file():  # no video was finished: what the run made is removed
             print(f"ipoke: interrupted before any video was finished; nothing was kept in {args.out}",
                   file=sys.stderr)
+        elif is_dataset(args.out):  # a re-run adding videos to a finished dataset: its index is the earlier one
+            print(f"ipoke: interrupted; the videos finished so far stay in {args.out}, but its index still lists "
+                  "only the videos of the earlier run (it is rewritten at the end); run the same command again to "
+                  "add the rest", file=sys.stderr)
         else:
             print(f"ipoke: interrupted; the videos finished so far stay in {args.out} (the index is written only at "
                   "the end, so it is not a dataset yet); run the same command again to resume", file=sys.stderr)

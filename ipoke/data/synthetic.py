@@ -759,6 +759,7 @@ def generate_dataset(out: str | os.PathLike, settings: SyntheticSettings, *, wor
         DatasetWriter,
         is_dataset,
         read_index,
+        remove_if_nothing_finished,
     )
 
     root = Path(out)
@@ -786,6 +787,8 @@ def generate_dataset(out: str | os.PathLike, settings: SyntheticSettings, *, wor
         _check_videos_without_index(root, settings)
     for message in settings.empty_split_warnings():
         logger.warning("%s", message)
+    fresh = not root.exists() or (root.is_dir() and not any(root.iterdir()))
+    created_root = not root.exists()
     writer = DatasetWriter(root, size=settings.size, flow_lags=list(range(1, settings.frames + 1)), source="synthetic",
                            settings=recorded)
     todo = [(settings, vid, split, index, writer) for vid, split, index in _video_plan(settings)
@@ -808,6 +811,12 @@ def generate_dataset(out: str | os.PathLike, settings: SyntheticSettings, *, wor
             for job in todo:
                 _worker(job)
                 bar.update()
+    except BaseException:
+        # Stopped before a video was finished (Ctrl-C right after a start with the wrong options): a new folder is
+        # removed again, so the corrected command is not refused for "other settings".
+        if fresh:
+            remove_if_nothing_finished(root, created_root=created_root)
+        raise
     finally:
         bar.close()
     writer.write_index()

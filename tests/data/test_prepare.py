@@ -478,6 +478,32 @@ def test_an_interrupt_before_any_video_is_finished_leaves_nothing(raw, tmp_path,
         assert len(prepare_dataset(root, out, size=16, lags=LAGS, progress=False).written) == 3  # other settings
 
 
+def test_an_interrupted_run_adding_videos_says_the_earlier_index_still_holds(raw, tmp_path, capsys, monkeypatch):
+    # It said "the index is written only at the end, so it is not a dataset yet", but the earlier index still loads
+    # (without the videos this run finished).
+    import ipoke.data.prepare as prepare_module
+
+    root, clips = raw
+    out = tmp_path / "out"
+    prepare_dataset(root, out, size=32, lags=LAGS, progress=False)
+    write_frame_folder(root / "added", panning_clip(9, seed=5))
+    real_prepare_one = prepare_module._prepare_one
+
+    def one_then_ctrl_c(task):
+        real_prepare_one(task)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prepare_module, "_prepare_one", one_then_ctrl_c)
+    args = add_prepare_arguments(argparse.ArgumentParser()).parse_args(
+        ["--videos", str(root), "--out", str(out), "--size", "32", "--lags", "2,4", "--no-progress"])
+    assert run_prepare(args) == 130
+    assert "its index still lists only the videos of the earlier run" in capsys.readouterr().err
+    assert (out / "videos" / "added" / "meta.json").is_file() and len(PreparedDataset(out)) == len(clips)
+    monkeypatch.undo()
+    assert prepare_dataset(root, out, size=32, lags=LAGS, progress=False).written == []  # all finished before
+    assert len(PreparedDataset(out)) == len(clips) + 1
+
+
 def test_outputs_of_ipoke_inside_the_videos_folder_are_not_read_as_videos(raw, tmp_path, caplog):
     """An `ipoke sample --out`, a prepared dataset or an unfinished prepare output written inside --videos was read
     as raw videos by the next prepare (its gifs, mp4s and overview pngs); folders holding ipoke's marker files are

@@ -397,6 +397,27 @@ def test_ctrl_c_during_synth_ends_the_pool_and_says_how_to_resume(tmp_path, monk
     assert len(PreparedDataset(out)) == 40
 
 
+def test_synth_stopped_before_any_video_leaves_nothing_in_the_way(tmp_path, monkeypatch, capsys):
+    # Ctrl-C right after starting with the wrong options left an empty dataset marked with those options, and the
+    # corrected command was refused ("was generated with other settings").
+    import ipoke.data.synthetic as synthetic
+    from ipoke.cli import main
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(synthetic, "_worker", interrupted)
+    for out in (tmp_path / "new" / "synth", tmp_path / "empty"):
+        if out.name == "empty":
+            out.mkdir()
+        assert main(["data", "synth", "--out", str(out), "--videos", "40", "--size", "64", "--workers", "1"]) == 130
+        assert f"no video was finished; nothing was kept in {out}" in capsys.readouterr().err
+        assert (out.exists() and not any(out.iterdir())) if out.name == "empty" else not out.exists()
+    monkeypatch.undo()
+    assert main(["data", "synth", "--out", str(out), "--videos", "4", "--size", "32", "--frames", "3"]) == 0
+    assert len(PreparedDataset(out)) == 4
+
+
 def test_synth_refuses_an_unfinished_prepare_run(tmp_path):
     # It wrote synthetic videos beside the real ones and marked the mixture complete (lags 1..10 for clips that
     # store 5 and 10): loading failed with an IndexError, and the prepare could not be resumed.
