@@ -91,21 +91,38 @@ def best_checkpoint(trainer: Any) -> str:
     if not callback.dirpath:
         raise UserError("--ckpt_path best needs the monitored ModelCheckpoint's `dirpath` in the config (every ipoke "
                         "config sets one); give a checkpoint file instead")
+    from ipoke.lightning.base import RUN_ID_KEY
+
     folder = callback.dirpath
     names = sorted(name for name in os.listdir(folder) if name.endswith(".ckpt")
                    and not _is_last_checkpoint_name(name)) if os.path.isdir(folder) else []
-    scored = []
+    # Only the files of the run that wrote the newest last.ckpt: a second `ipoke fit` from scratch into the same
+    # folder left the first run's top-k files there, and `best` picked one of them with no word (files written before
+    # runs were recorded count for any run).
+    last = last_checkpoint(trainer)
+    run = None if last is None else torch.load(last, map_location="cpu", weights_only=True, mmap=True).get(RUN_ID_KEY)
+    scored, other_runs = [], []
     for name in names:
         state = torch.load(os.path.join(folder, name), map_location="cpu", weights_only=True, mmap=True)
         own = (state.get("callbacks", {}).get(callback.state_key) or {})
         scores = {os.path.basename(str(path)): score for path, score in (own.get("best_k_models") or {}).items()}
-        if name in scores and scores[name] is not None:  # a top-k file of this callback, with its score
-            scored.append((float(scores[name]), name))
+        if name not in scores or scores[name] is None:
+            continue  # not a top-k file of this callback, with its score
+        if run is not None and state.get(RUN_ID_KEY) not in (None, run):
+            other_runs.append(name)
+            continue
+        scored.append((float(scores[name]), name))
     if not scored:
-        raise UserError(f"--ckpt_path best: no top-k checkpoint of the monitored {callback.monitor!r} in {folder}; "
-                        "train first with `ipoke fit --config ...`, or give a checkpoint file")
+        earlier = f" ({len(other_runs)} of another run than {last}: {', '.join(other_runs)})" if other_runs else ""
+        raise UserError(f"--ckpt_path best: no top-k checkpoint of the monitored {callback.monitor!r} in "
+                        f"{folder}{earlier}; train first with `ipoke fit --config ...`, or give a checkpoint file")
     pick = min if callback.mode == "min" else max
-    return os.path.join(folder, pick(scored)[1])
+    score, name = pick(scored)
+    ignored = (f"; {len(other_runs)} top-k file(s) of an earlier run in that folder were not considered "
+               f"({', '.join(other_runs)})") if other_runs else ""
+    print(f"ipoke: --ckpt_path best: {os.path.join(folder, name)} ({callback.monitor} {score:.6g}){ignored}",
+          file=sys.stderr)
+    return os.path.join(folder, name)
 
 
 def check_checkpoint_networks(ckpt_path: str | os.PathLike, model: Any, *, resume: bool = False) -> None:

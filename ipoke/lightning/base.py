@@ -83,6 +83,9 @@ def _read_checkpoint(path: str | os.PathLike) -> Any:
         return torch.load(path, map_location="cpu", weights_only=False)
 
 
+RUN_ID_KEY = "ipoke_run_id"
+
+
 class NetworkCheckpointMixin(L.LightningModule):
     """Writes the build spec of every :class:`~ipoke.models.base.SavableModule` attribute into checkpoints.
 
@@ -92,8 +95,16 @@ class NetworkCheckpointMixin(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[NETWORKS_KEY] = network_specs(self)
+        # Which training run wrote the file (kept across resumes): `--ckpt_path best` compares only the top-k files
+        # of the run that wrote the newest last.ckpt, not those a finished earlier run left in the same folder.
+        if getattr(self, "_run_id", None) is None:
+            import uuid
+
+            self._run_id = uuid.uuid4().hex
+        checkpoint[RUN_ID_KEY] = self._run_id
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._run_id = checkpoint.get(RUN_ID_KEY)  # a resume goes on as the same run
         # The settings the checkpoint was trained with: a resume compares its optimiser settings with them.
         self._checkpoint_hyperparameters = dict(checkpoint.get("hyper_parameters") or {})
 

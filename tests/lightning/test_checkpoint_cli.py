@@ -329,3 +329,25 @@ def test_last_checkpoint_every_n_epochs_still_writes_the_final_state(synthetic_d
     assert _epoch_and_step(last_file)[1] == 12  # written when training ended (Lightning counts 3 epochs done)
     assert main([*command, "--trainer.max_epochs=4", "--ckpt_path=last"]) == 0
     assert _epoch_and_step(last_file)[1] == 16  # one more epoch, not two
+
+
+def test_ckpt_path_best_keeps_to_the_run_of_the_newest_last_checkpoint(poke_encoder_run, capsys, monkeypatch):
+    # A second fit from scratch into the same folder left the first run's better top-k file beside its own: `best`
+    # took the first run's file with no word, while `last` was the second run's.
+    from ipoke import cli
+
+    base, folder = poke_encoder_run
+    assert main(["fit", *base, "--trainer.max_epochs=1", "--model.init_args.learning_rate=1e-12"]) == 0
+    first, second = folder / "epoch=1-step=8.ckpt", folder / "epoch=0-step=4.ckpt"
+    key = next(key for key in torch.load(first, weights_only=False)["callbacks"] if "val/loss" in key)
+    scores = [torch.load(path, weights_only=False)["callbacks"][key]["current_score"] for path in (first, second)]
+    assert scores[0] < scores[1]  # the earlier run's file is the better one
+    checked = []
+    check = cli.check_checkpoint_networks
+    monkeypatch.setattr(cli, "check_checkpoint_networks",
+                        lambda path, model, **kwargs: (checked.append(path), check(path, model, **kwargs)))
+    capsys.readouterr()
+    assert main(["validate", *base, "--ckpt_path=best"]) == 0
+    assert [Path(path).name for path in checked] == [second.name]
+    printed = capsys.readouterr().err
+    assert f"--ckpt_path best: {second}" in printed and f"not considered ({first.name})" in printed
