@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
@@ -195,13 +196,7 @@ class ImageEncoderModule(NetworkCheckpointMixin):
     test_step = validation_step
 
     def on_validation_epoch_end(self) -> None:
-        # Only while fitting: `ipoke validate` / `trainer.validate` has no schedulers (this raised there before).
-        if (self.trainer.sanity_checking or self.trainer.state.fn != TrainerFn.FITTING
-                or "val/loss" not in self.trainer.callback_metrics):
-            return
-        schedulers = self.lr_schedulers()
-        for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
-            scheduler.step(self.trainer.callback_metrics["val/loss"])
+        _step_plateau_schedulers(self)
 
     @torch.no_grad()
     def log_videos(self, batch: dict, max_videos: int = 4) -> dict[str, torch.Tensor]:
@@ -216,6 +211,17 @@ class ImageEncoderModule(NetworkCheckpointMixin):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
         self.train_batches = int(checkpoint.get("ipoke_train_batches", 0))
+
+
+def _step_plateau_schedulers(module: NetworkCheckpointMixin) -> None:
+    """Step the module's ``ReduceLROnPlateau`` schedulers on this validation's ``val/loss``: once per validation run,
+    as their patience counts. Only while fitting: ``ipoke validate`` / ``trainer.validate`` has no schedulers."""
+    if (module.trainer.sanity_checking or module.trainer.state.fn != TrainerFn.FITTING
+            or "val/loss" not in module.trainer.callback_metrics):
+        return
+    schedulers = module.lr_schedulers()
+    for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
+        scheduler.step(module.trainer.callback_metrics["val/loss"])
 
 
 class PokeEncoderModule(NetworkCheckpointMixin):
@@ -289,6 +295,14 @@ class PokeEncoderModule(NetworkCheckpointMixin):
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=self.hparams.lr_patience)
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss", "strict": False}}
+
+    def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
+        """Lightning's own step comes at the end of every training epoch with whatever ``val/loss`` was logged
+        last: with ``check_val_every_n_epoch: 2`` it halved the rate after every epoch without validation, while
+        ``val/loss`` improved at each one. The scheduler is stepped in :meth:`on_validation_epoch_end` instead."""
+
+    def on_validation_epoch_end(self) -> None:
+        _step_plateau_schedulers(self)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss, logs = self.flow_loss(batch["flow"], self.poke_encoder(batch["poke"]))

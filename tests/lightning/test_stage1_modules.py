@@ -496,3 +496,21 @@ def test_a_resume_applies_this_runs_optimiser_settings(tmp_path):
     np.testing.assert_allclose([group["lr"] for group in changed.groups], [1e-4 * 0.9 ** 2] * 3)  # where it was
     np.testing.assert_allclose([group["initial_lr"] for group in changed.groups], [1e-4] * 3)
     assert changed.gammas == [0.5] * 3 and all(tuple(group["betas"]) == (0.6, 0.95) for group in changed.groups)
+
+
+@pytest.mark.parametrize("scores", ["improving", "constant"])
+def test_poke_encoder_rate_drops_only_after_a_validation_that_did_not_improve(tmp_path, scores):
+    # Lightning steps plateau schedulers at every training epoch's end with the last logged val/loss: with
+    # check_val_every_n_epoch 2 the rate was halved after each epoch without validation, although val/loss improved.
+    class ScoredPokeEncoder(PokeEncoderModule):
+        def validation_step(self, batch, batch_idx):
+            score = 1.0 / (self.current_epoch + 1) if scores == "improving" else 1.0
+            self.log("val/loss", score, batch_size=2)
+
+    module = ScoredPokeEncoder(PokeEncoder(spatial_size=SIZE, base_channels=8, max_channels=16, embedding_channels=16,
+                                           norm_groups=4), learning_rate=1e-3, lr_patience=0)
+    trainer(tmp_path, max_epochs=4, check_val_every_n_epoch=2, num_sanity_val_steps=0,
+            limit_train_batches=1, limit_val_batches=1).fit(module, loader(), loader())
+    rate = module.optimizers().param_groups[0]["lr"]
+    # Validations after epochs 1 and 3: improving keeps 1e-3; constant halves once (the second did not improve).
+    assert rate == pytest.approx(1e-3 if scores == "improving" else 5e-4)
