@@ -26,7 +26,8 @@ class VideoAutoencoderModule(NetworkCheckpointMixin):
 
     Generator loss: ``l1_weight * L1 + perceptual_weight * P + kl_weight * KL`` and, once ``gan_start_step`` batches
     have been seen, ``spatial_gan_weight * G_s + temporal_gan_weight * G_t + feature_matching_weight * FM_t``.
-    Discriminators: hinge losses; the temporal one adds ``r1_weight * R1`` on real clips. Each of the three
+    Discriminators: hinge losses averaged over real and fake (``(hinge_real + hinge_fake) / 2``, as the reference);
+    the temporal one adds ``r1_weight * R1`` on real clips. Each of the three
     networks has its own Adam and ``ExponentialLR(lr_decay)`` stepped every ``lr_decay_every`` batches (the
     reference stepped it per 2000-batch epoch).
 
@@ -146,7 +147,9 @@ class VideoAutoencoderModule(NetworkCheckpointMixin):
         if self.spatial_discriminator is not None:
             real_logits = self.spatial_discriminator(self._random_frames(video))
             fake_logits = self.spatial_discriminator(self._random_frames(reconstruction))
-            d_spatial = hinge_discriminator_loss(real_logits, fake_logits)
+            # Halved, as the reference's (real + fake) / 2: with Adam the scale of this term alone is moot, but the
+            # temporal one is weighed against R1, so its half keeps `r1_weight: 1` the reference's gp_weight 1.
+            d_spatial = 0.5 * hinge_discriminator_loss(real_logits, fake_logits)
             loss = loss + d_spatial
             logs["d_spatial"] = d_spatial
         if self.temporal_discriminator is not None:
@@ -155,7 +158,9 @@ class VideoAutoencoderModule(NetworkCheckpointMixin):
             # R1 needs a double backward, which compiled graphs do not support: call the eager forward directly.
             real_logits, _ = self.temporal_discriminator.forward(real)
             fake_logits, _ = self.temporal_discriminator(fake_clip)
-            d_temporal = hinge_discriminator_loss(real_logits, fake_logits)
+            # The reference averages real and fake, (real + fake) / 2, then adds gp_weight * R1: without the half,
+            # R1 weighed half as much against the hinge as the configs' `r1_weight: 1` claims.
+            d_temporal = 0.5 * hinge_discriminator_loss(real_logits, fake_logits)
             loss = loss + d_temporal
             logs["d_temporal"] = d_temporal
             if hp.r1_weight > 0:

@@ -514,3 +514,25 @@ def test_poke_encoder_rate_drops_only_after_a_validation_that_did_not_improve(tm
     rate = module.optimizers().param_groups[0]["lr"]
     # Validations after epochs 1 and 3: improving keeps 1e-3; constant halves once (the second did not improve).
     assert rate == pytest.approx(1e-3 if scores == "improving" else 5e-4)
+
+
+def test_temporal_discriminator_loss_weighs_r1_as_the_reference(tmp_path):
+    # The reference averages the hinge over real and fake, (real + fake) / 2, then adds gp_weight * R1; the sum
+    # without the half weighed R1 at half the configs' r1_weight against the hinge.
+    from ipoke.losses.adversarial import hinge_discriminator_loss, r1_penalty
+
+    torch.manual_seed(0)
+    module = VideoAutoencoderModule(tiny_autoencoder(), None,
+                                    TemporalDiscriminator(channels=[8, 8, 8, 8], blocks_per_stage=1, norm_groups=4),
+                                    r1_weight=3.0)
+    video = torch.rand(2, FRAMES + 1, 3, SIZE, SIZE) * 2 - 1
+    reconstruction = torch.rand(2, FRAMES, 3, SIZE, SIZE) * 2 - 1
+    loss, logs = module.discriminator_loss(video, reconstruction)
+    real = video.clone().requires_grad_(True)
+    real_logits, _ = module.temporal_discriminator(real)
+    fake_logits, _ = module.temporal_discriminator(torch.cat([video[:, :1], reconstruction], dim=1))
+    hinge = hinge_discriminator_loss(real_logits, fake_logits)
+    r1 = r1_penalty(real_logits, real)
+    assert hinge.item() > 0.1 and r1.item() > 0
+    assert logs["d_temporal"].item() == pytest.approx(0.5 * hinge.item(), rel=1e-5)
+    assert loss.item() == pytest.approx(0.5 * hinge.item() + 3.0 * r1.item(), rel=1e-5)
