@@ -97,7 +97,10 @@ def ssim(prediction: torch.Tensor, target: torch.Tensor, *, value_range: tuple[f
         cov = filt(x * y) - mu_x * mu_y
         ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x.pow(2) + mu_y.pow(2) + c1)
                                                                  * (var_x + var_y + c2))
-    per_image = ssim_map.flatten(1).mean(dim=1)
+    return _reduced(ssim_map.flatten(1).mean(dim=1), reduction)
+
+
+def _reduced(per_image: torch.Tensor, reduction: str) -> torch.Tensor:
     if reduction == "none":
         return per_image
     if reduction == "mean":
@@ -121,7 +124,7 @@ def psnr(prediction: torch.Tensor, target: torch.Tensor, *, data_range: float = 
     x, y = _as_images(prediction).float(), _as_images(target).float()
     mse = (x - y).pow(2).flatten(1).mean(dim=1).clamp_min(1e-10)
     per_image = 10 * torch.log10(data_range ** 2 / mse)
-    return per_image.mean() if reduction == "mean" else per_image
+    return _reduced(per_image, reduction)  # an unknown reduction raises, as in ssim (it returned per-image values)
 
 
 def kl_loss(posterior: DiagonalGaussian) -> torch.Tensor:

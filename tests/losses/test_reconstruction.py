@@ -63,3 +63,11 @@ def test_ssim_stays_fp32_inside_bf16_autocast():
         inside = ssim(x, y)
     assert inside.dtype == torch.float32
     torch.testing.assert_close(inside, expected, atol=1e-6, rtol=0)
+
+
+def test_psnr_refuses_an_unknown_reduction_as_ssim_does():
+    # psnr(..., reduction="sum") returned the per-image values without a word.
+    x = torch.zeros(3, 3, 8, 8)
+    assert psnr(x + 0.1, x, reduction="none").shape == (3,)
+    with pytest.raises(ValueError, match='Unknown reduction "sum"'):
+        psnr(x + 0.1, x, reduction="sum")
