@@ -9,7 +9,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
-from ipoke.data.datasets import PokeDataset
+from ipoke.data.datasets import MIN_MODEL_SIZE, PokeDataset
 from ipoke.lightning.base import resume_seed
 from ipoke.utils import is_whole_number
 
@@ -52,9 +52,13 @@ class PokeDataModule(L.LightningDataModule):
         # Checked when the config is built: these failed later, at setup or in the loader, with a traceback.
         for name, value, minimum in (("n_frames", n_frames, 1), ("frame_step", frame_step, 1),
                                      ("batch_size", batch_size, 1), ("num_workers", num_workers, 0),
-                                     ("poke_size", poke_size, 1)):
+                                     ("poke_size", poke_size, 1), ("n_pokes", n_pokes, 1),
+                                     ("eval_n_pokes", eval_n_pokes, 1), ("seed", seed, 0)):
             if not is_whole_number(value, minimum):
                 raise ValueError(f"data.init_args.{name} must be a whole number >= {minimum}, got {value!r}")
+        for name, value, minimum in (("size", size, MIN_MODEL_SIZE), ("max_val_clips", max_val_clips, 1)):
+            if value is not None and not is_whole_number(value, minimum):
+                raise ValueError(f"data.init_args.{name} must be a whole number >= {minimum} or null, got {value!r}")
         if not 0 <= zero_poke_fraction < 1:  # (1 would leave no clip that moves; PokeDataset refuses it too)
             raise ValueError(f"data.init_args.zero_poke_fraction must be in [0, 1), got {zero_poke_fraction!r}")
         if poke_source == "recorded" and augment:

@@ -91,10 +91,14 @@ def test_constructor_errors_print_their_own_message_without_a_traceback(tmp_path
                      f"--trainer.default_root_dir={tmp_path}"]) == 2
         assert f"ValueError: {option} must be a whole number >= 1, got 0" in capsys.readouterr().err
     # Bad data-module values failed at setup or in the loader with a traceback.
-    for option in ("n_frames", "frame_step", "batch_size"):
+    for option in ("n_frames", "frame_step", "batch_size", "n_pokes", "eval_n_pokes"):
         assert main(["fit", "--config", str(CONFIGS / "poke_encoder" / "tiny.yaml"), f"--data.init_args.{option}=0",
                      f"--trainer.default_root_dir={tmp_path}"]) == 2
         assert f"data.init_args.{option} must be a whole number >= 1, got 0" in capsys.readouterr().err
+    for option, value, message in (("max_val_clips", "0", ">= 1 or null, got 0"), ("size", "4", ">= 8 or null, got 4")):
+        assert main(["fit", "--config", str(CONFIGS / "poke_encoder" / "tiny.yaml"),
+                     f"--data.init_args.{option}={value}", f"--trainer.default_root_dir={tmp_path}"]) == 2
+        assert f"data.init_args.{option} must be a whole number {message}" in capsys.readouterr().err
 
 
 def test_missing_checkpoint_and_dataset_are_named(tmp_path, capsys):
