@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import numbers
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -315,7 +316,7 @@ def evaluate(samplers: dict[str, Sampler], data_dir: str | os.PathLike, *, split
         split: Split to evaluate on (synthetic ``test`` = novel objects).
         metrics: Subset of ``fvd, lpips, ssim, psnr, diversity, control, keypoints``.
         n_clips: Clips to use (the first ``n_clips`` in a fixed, evenly spaced order).
-        samples: Samples per clip (diversity needs >= 2).
+        samples: Samples per clip, an integer >= 1 (diversity needs >= 2).
         batch_size: Clips per batch.
         seed: Seed of the pokes and of the samples.
         n_frames, frame_step, size, poke_size: Clip settings (must match the model's training).
@@ -342,6 +343,10 @@ def evaluate(samplers: dict[str, Sampler], data_dir: str | os.PathLike, *, split
         raise ValueError(f"unknown metrics {sorted(unknown)}; choose from {', '.join(ALL_METRICS)}")
     if keypoint_flow not in ("auto", *KEYPOINT_FLOWS):
         raise ValueError(f"keypoint_flow must be auto, {' or '.join(KEYPOINT_FLOWS)}, got {keypoint_flow!r}")
+    # 0 failed deep in the sampling loop ("stack expects a non-empty TensorList"), 2.5 in a tensor expand.
+    if isinstance(samples, bool) or not isinstance(samples, numbers.Integral) or samples < 1:
+        raise ValueError(f"samples (samples per clip) must be an integer >= 1, got {samples!r}")
+    samples = int(samples)  # a numpy integer would not go into the report's JSON
     dataset = evaluation_clips(data_dir, split=split, size=size, n_frames=n_frames, frame_step=frame_step,
                                poke_size=poke_size, seed=seed, max_clips=n_clips)
     samplers = dict(samplers)
