@@ -68,11 +68,11 @@ def test_own_mp4s_prepare_train_export_sample_evaluate(tmp_path, monkeypatch, ca
                      "--trainer.limit_val_batches=1", f"--ckpt_path={checkpoint}"]) == 0, stage
     capsys.readouterr()
     assert main(["test", "--config", str(CONFIGS / "cinn" / "tiny.yaml"), "--data.init_args.data_dir=data/mine",
-                 "--trainer.limit_test_batches=1", "--ckpt_path=runs/cinn/tiny/last.ckpt"]) == 0
+                 "--trainer.limit_test_batches=1", "--ckpt_path=runs/cinn/tiny/checkpoints/last.ckpt"]) == 0
     printed = capsys.readouterr().out
     assert "test/nll" in printed and "val/" not in printed  # the test split's figures are named as such
 
-    assert main(["export", "--ckpt", "runs/cinn/tiny/last.ckpt", "--out", "models/mine"]) == 0
+    assert main(["export", "--ckpt", "runs/cinn/tiny/checkpoints/last.ckpt", "--out", "models/mine"]) == 0
     from ipoke.models.autoencoder import VideoAutoencoder
     from ipoke.sampling import Poker
 

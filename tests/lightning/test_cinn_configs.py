@@ -56,7 +56,7 @@ def test_config_parses_and_matches_its_stage1_configs(path):
         assert f"/{stage}/{name}/" in getattr(init, f"{stage}_checkpoint")
     checkpoint = config.trainer.callbacks[0].init_args
     assert checkpoint.monitor == "val/nll" and not checkpoint.save_last  # LastCheckpoint writes last.ckpt
-    assert checkpoint.dirpath == config.trainer.default_root_dir
+    assert checkpoint.dirpath == f"{config.trainer.default_root_dir}/checkpoints"  # beside logs/, as in stage 1
     last = config.trainer.callbacks[1]
     assert last.class_path == "ipoke.lightning.callbacks.LastCheckpoint"
     assert last.init_args.dirpath == checkpoint.dirpath
