@@ -203,6 +203,9 @@ class VideoAutoencoder(SavableModule):
                  encoder_blocks_per_stage: int = 2, spectral_norm: bool = True, output: str = "image",
                  decoder_size: int | None = None) -> None:
         super().__init__()
+        for name, value in (("z_dim", z_dim), ("n_frames", n_frames), ("gru_layers", gru_layers)):
+            if not is_whole_number(value, 1):  # 0 built a network that failed on its first batch, or never
+                raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
         halvings = _n_halvings(spatial_size, latent_size)
         decoder_size = spatial_size if decoder_size is None else decoder_size
         if decoder_size != spatial_size and output == "image":

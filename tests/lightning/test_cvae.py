@@ -104,7 +104,7 @@ def test_fit_tiny_config_then_evaluate(tmp_path, synthetic_dataset, monkeypatch)
     monkeypatch.chdir(tmp_path)
     assert main(["fit", "--config", str(CONFIGS / "cvae" / "tiny.yaml"), "--data.init_args.data_dir",
                  synthetic_dataset, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2"]) == 0
-    checkpoint = tmp_path / "runs" / "cvae" / "tiny" / "last.ckpt"
+    checkpoint = tmp_path / "runs" / "cvae" / "tiny" / "checkpoints" / "last.ckpt"
     assert checkpoint.exists()
     assert isinstance(PokeConditionedVAE.from_checkpoint(checkpoint), PokeConditionedVAE)
     out = tmp_path / "metrics.json"

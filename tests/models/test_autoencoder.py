@@ -46,6 +46,9 @@ def test_default_widths_match_reference_parameter_counts(spatial_size, z_dim, to
 def test_wrong_channel_list_is_rejected():
     with pytest.raises(ValueError, match="encoder_channels needs 4 entries"):
         VideoAutoencoder(spatial_size=64, encoder_channels=[8, 8, 8])
+    for name in ("z_dim", "n_frames", "gru_layers"):  # 0 built a network that failed on its first batch, or never
+        with pytest.raises(ValueError, match=f"{name} must be a whole number >= 1, got 0"):
+            VideoAutoencoder(spatial_size=64, **{name: 0})
 
 
 def test_inputs_that_do_not_fit_are_refused():

@@ -13,6 +13,7 @@ from ipoke.models.cinn.blocks import ActNorm
 from ipoke.models.cinn.coupling import build_coupling_flow
 from ipoke.models.cinn.macow import RELEASED_FACTOR, RELEASED_NUM_STEPS, MaCowMultiScale
 from ipoke.models.noise import Generators, check_temperature, standard_normal
+from ipoke.utils import is_whole_number
 
 ARCHITECTURES = ("macow", "coupling")
 HALF_DTYPES = (torch.float16, torch.bfloat16)
@@ -70,6 +71,17 @@ class ConditionalINN(SavableModule):
         super().__init__()
         if architecture not in ARCHITECTURES:
             raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}")
+        # Checked here: 0 or an empty num_steps built a network that failed deep inside a convolution, divided by
+        # zero, or (num_steps: []) an identity map that trained nothing.
+        for name, value, minimum in (("z_dim", z_dim, 2), ("condition_channels", condition_channels, 1),
+                                     ("spatial_size", spatial_size, 1), ("hidden_channels", hidden_channels, 1),
+                                     ("factor", factor, 1), ("num_blocks", num_blocks, 1)):
+            if not is_whole_number(value, minimum):
+                raise ValueError(f"{name} must be a whole number >= {minimum}, got {value!r}")
+        if (isinstance(num_steps, (str, bytes)) or not isinstance(num_steps, Sequence) or not num_steps
+                or not all(is_whole_number(steps, 1) for steps in num_steps)):
+            raise ValueError(f"num_steps must list the MaCow steps of each level (whole numbers >= 1, at least one "
+                             f"level), got {num_steps!r}")
         if static_reference and condition_channels <= z_dim:
             raise ValueError(f"static_reference needs the condition to end with the z_dim={z_dim} channels of the "
                              f"reference latent besides the embeddings; condition_channels={condition_channels}")

@@ -240,3 +240,17 @@ def test_static_reference_models_the_latent_relative_to_the_last_condition_chann
                                atol=1e-12, rtol=0)
     with pytest.raises(ValueError, match="static_reference"):
         tiny_inn(architecture, condition_channels=Z_DIM, static_reference=True)
+
+
+def test_invalid_sizes_are_refused_by_name():
+    # Before: ZeroDivisionError (factor 0), a convolution error (hidden_channels 0), or, for num_steps [], an
+    # identity "flow" that built and trained nothing.
+    valid = dict(z_dim=8, condition_channels=8, spatial_size=4, hidden_channels=8, num_steps=[1, 1], factor=4)
+    ConditionalINN(**valid)
+    for name, value, minimum in (("z_dim", 1, 2), ("condition_channels", 0, 1), ("spatial_size", 0, 1),
+                                 ("hidden_channels", 0, 1), ("factor", 0, 1), ("num_blocks", 0, 1)):
+        with pytest.raises(ValueError, match=f"{name} must be a whole number >= {minimum}, got {value}"):
+            ConditionalINN(**{**valid, name: value})
+    for num_steps in ([], [2, 0], [1.5], 3):
+        with pytest.raises(ValueError, match="num_steps must list the MaCow steps of each level"):
+            ConditionalINN(**{**valid, "num_steps": num_steps})
