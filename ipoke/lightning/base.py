@@ -21,6 +21,9 @@ from ipoke.models.base import NETWORKS_KEY, instantiate, network_specs
 # Steps apart, the seeds of two resumes (see NetworkCheckpointMixin.on_train_start): a large odd number, so that the
 # streams of nearby seeds and steps do not coincide.
 RESUME_SEED_STRIDE = 1_000_003
+# Ranks apart, the seeds of the processes of one multi-process run: beyond any step's offset (2**48 / 1_000_003 is
+# 2.8e8 steps), so that a rank's streams never coincide with another rank's after a resume.
+RANK_SEED_STRIDE = 2**48 + 21
 
 
 # What a resume takes from this run's configure_optimizers rather than from the checkpoint (see
@@ -36,6 +39,23 @@ def resume_seed(trainer: Any) -> int | None:
     ``seed_everything``) moved on by the restored step, so that each resumed job draws new, reproducible numbers."""
     step = int(getattr(trainer, "global_step", 0) or 0) if trainer is not None else 0
     return (torch.initial_seed() + RESUME_SEED_STRIDE * step) % 2**63 if step > 0 else None
+
+
+def process_seed(trainer: Any) -> int | None:
+    """The seed of this process's random streams when training starts: :func:`resume_seed`, moved on by the global
+    rank under multi-process training; None for rank 0 of a fresh run (the streams stay as ``seed_everything`` left
+    them).
+
+    Every DDP process starts from the same ``seed_everything`` seed, so before session 20 all ranks drew the same
+    numbers: the same posterior noise, discriminator frames and, with ``num_workers: 0``, poke and augmentation draws
+    for the clips at the same position of their shards, which made the ranks' batches less independent than their
+    clips suggested.
+    """
+    seed = resume_seed(trainer)
+    rank = int(getattr(trainer, "global_rank", 0) or 0) if trainer is not None else 0
+    if rank == 0:
+        return seed
+    return ((torch.initial_seed() if seed is None else seed) + RANK_SEED_STRIDE * rank) % 2**63
 
 
 def _optimizers_and_schedulers(configured: Any) -> tuple[list[Any], list[Any]]:
@@ -152,7 +172,7 @@ class NetworkCheckpointMixin(L.LightningModule):
                 f"{key} {before!r} -> {after!r}" for key, (before, after) in changed.items()))
 
     def _advance_random_streams(self) -> None:
-        """On a resumed run, move the random streams on by the restored step.
+        """On a resumed run, move the random streams on by the restored step; on ranks above 0, by the rank too.
 
         The configs' ``seed_everything`` seeds every start alike, and checkpoints hold no random state, so each
         resumed job replayed the first job's draws: the same clip order, pokes, augmentation and posterior noise
@@ -160,9 +180,10 @@ class NetworkCheckpointMixin(L.LightningModule):
         step keeps resumes reproducible and their streams new. (A resumed run still differs from an uninterrupted
         one: its draws are not those the uninterrupted run would have made.) The training loader is built before this
         hook and seeds its workers and shuffling from its own generator, which :class:`PokeDataModule` seeds the
-        same way (:func:`resume_seed`).
+        same way (:func:`resume_seed`). Under multi-process training each rank moves on by its rank as well
+        (:func:`process_seed`), so that the ranks draw different noise.
         """
-        seed = resume_seed(self.trainer if self._trainer is not None else None)
+        seed = process_seed(self.trainer if self._trainer is not None else None)
         if seed is not None:
             torch.manual_seed(seed)  # also every CUDA device's generator
             np.random.seed(seed % 2**32)

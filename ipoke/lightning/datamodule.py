@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from ipoke.data.datasets import MIN_MODEL_SIZE, PokeDataset
-from ipoke.lightning.base import resume_seed
+from ipoke.lightning.base import process_seed, resume_seed
 from ipoke.utils import is_whole_number
 
 
@@ -120,13 +120,19 @@ class PokeDataModule(L.LightningDataModule):
         # workers' pokes and augmentation from the step: seeded from the config's seed alone, every resumed job
         # replayed the first job's clip order, pokes and augmentation (the workers' seeds are drawn when the
         # loader's iterator is made, before any training hook could reseed).
-        seed = resume_seed(self.trainer)
+        # Under multi-process training each rank's loader is seeded by its rank as well (process_seed), so that the
+        # ranks' workers do not draw the same pokes and augmentation.
+        seed = process_seed(self.trainer)
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         sampler = None
         if self.hparams.object_weighting:
-            # Under DDP Lightning wraps this sampler so that each process draws its own share.
+            # Under DDP Lightning wraps this sampler and gives each rank every world_size-th of its draws: the
+            # draws must be the same on every rank, so its generator is seeded without the rank.
+            sampler_seed = resume_seed(self.trainer)
             weights = self.train_set.object_balancing_weights()
-            sampler = WeightedRandomSampler(weights, num_samples=len(weights), replacement=True, generator=generator)
+            sampler = WeightedRandomSampler(
+                weights, num_samples=len(weights), replacement=True,
+                generator=torch.Generator().manual_seed(torch.initial_seed() if sampler_seed is None else sampler_seed))
         return self._loader(self.train_set, shuffle=True, sampler=sampler, generator=generator)
 
     def val_dataloader(self) -> DataLoader:

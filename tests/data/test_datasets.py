@@ -160,6 +160,30 @@ def test_a_resumed_runs_loader_shuffles_and_seeds_its_workers_anew(synthetic_dat
     assert set(resumed[1]) <= set(range(len(module.train_set)))
 
 
+@pytest.mark.parametrize("step", [0, 12])
+def test_each_rank_seeds_its_workers_apart_and_weighs_objects_alike(synthetic_dataset, step):
+    # Under DDP every process starts from the same seed: the ranks' workers drew the same pokes and augmentation.
+    # The weighted sampler's draws must stay the same on every rank (Lightning hands each rank every
+    # world_size-th of them), fresh or resumed.
+    from types import SimpleNamespace
+
+    import lightning as L
+
+    module = PokeDataModule(data_dir=synthetic_dataset, batch_size=2, num_workers=0, object_weighting=True)
+    module.setup("fit")
+
+    def draws(rank):
+        L.seed_everything(0, verbose=False)  # as `ipoke fit` in every process
+        module.trainer = SimpleNamespace(global_step=step, global_rank=rank, world_size=2)
+        loader = module.train_dataloader()
+        return iter(loader)._base_seed, list(loader.sampler)
+
+    rank0, rank1 = draws(0), draws(1)
+    assert rank0[0] != rank1[0]  # the workers' seeds
+    assert rank0[1] == rank1[1]  # the weighted draws
+    assert draws(1) == rank1  # reproducible
+
+
 def test_datamodule_validates_on_test_when_there_is_no_val_split(tmp_path):
     from ipoke.data.synthetic import SyntheticSettings, generate_dataset
 

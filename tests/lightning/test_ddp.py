@@ -48,14 +48,16 @@ class SaveReplica(L.Callback):
     """Each rank writes the clips it trained on and its final parameters to ``<folder>/rank<r>.pt``."""
 
     def __init__(self, folder: Path) -> None:
-        self.folder, self.seen = folder, []
+        self.folder, self.seen, self.random_states = folder, [], []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self.seen.extend(batch["index"].tolist())
+        self.random_states.append(torch.get_rng_state())  # the stream the step's noise is drawn from
 
     def on_train_end(self, trainer, pl_module) -> None:
         parameters = {name: p.detach().clone() for name, p in pl_module.named_parameters()}
-        torch.save({"seen": self.seen, "parameters": parameters}, self.folder / f"rank{trainer.global_rank}.pt")
+        torch.save({"seen": self.seen, "parameters": parameters, "random_states": self.random_states},
+                   self.folder / f"rank{trainer.global_rank}.pt")
 
 
 def fit_on_two_processes(module: L.LightningModule, tmp_path: Path, **trainer_options) -> tuple[dict, dict, dict]:
@@ -77,6 +79,9 @@ def fit_on_two_processes(module: L.LightningModule, tmp_path: Path, **trainer_op
 
 def assert_replicas_trained_identically(initial: dict, rank0: dict, rank1: dict, networks: tuple[str, ...]) -> None:
     assert rank0["seen"] and set(rank0["seen"]).isdisjoint(rank1["seen"]), "the ranks must see different clips"
+    # Every rank started from the same seed and drew the same posterior noise and discriminator frames.
+    assert len(rank0["random_states"]) == len(rank1["random_states"]) == BATCHES
+    assert all(not torch.equal(a, b) for a, b in zip(rank0["random_states"], rank1["random_states"], strict=True))
     for network in networks:
         names = [name for name in initial if name.startswith(network + ".")]
         assert names, network
