@@ -664,11 +664,14 @@ def _write_samples(poker, args: argparse.Namespace, out, generator) -> int:  # n
 
             # The clip's own poke sets the magnitudes, as --poke does (4 and 8 model pixels were used whatever it was).
             x, y, dx, dy = (float(value) for value in pokes[0])
+            # The clip's poke sits at a pixel's centre (col + 0.5, row + 0.5, pixel i spanning [i, i + 1)); the
+            # sensitivity takes the pixel itself (column, row), so the poke squares are the clip's.
+            first_frame = to_uint8(item["video"][0])
             videos, sensitivity_pokes = poker.control_sensitivity(
-                to_uint8(item["video"][0]), x, y, magnitudes=_sensitivity_magnitudes(dx, dy), seed=args.seed,
-                temperature=args.temperature)
-            write_sample_outputs(out, index, item["video"][0], sensitivity_pokes, videos, fps=args.fps,
-                                 scale=args.scale)
+                first_frame, math.floor(x), math.floor(y), magnitudes=_sensitivity_magnitudes(dx, dy),
+                seed=args.seed, temperature=args.temperature)
+            _, _, mapped = poker.prepare(first_frame, sensitivity_pokes)  # drawn at the centres, as --image draws
+            write_sample_outputs(out, index, item["video"][0], mapped, videos, fps=args.fps, scale=args.scale)
         else:
             videos = poker.sample(item["video"][None, 0], item["poke"][None], n_samples=args.samples,
                                   generator=generator, temperature=args.temperature)[0]

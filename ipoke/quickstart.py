@@ -411,8 +411,9 @@ def write_example_image(path: Path, data_dir: Path, poker: Any, *, side: int = 2
     scale = side / poker.size
     x, y, dx, dy = clip["poke_coords"][0].tolist()
     # The served poke already sits at a model pixel's centre (i + 0.5); Poker.prepare maps image pixel p to model
-    # coordinate p / scale, so p = x * scale lands on that centre and the poke square is the evaluation's. (Adding
-    # another half pixel here put the example's square one model pixel right of and below the evaluation's.)
+    # coordinate (p + 0.5) / scale, the centre of p, so the pixel p = int(x * scale) that holds that centre lands in
+    # model pixel i (for any scale >= 1) and the poke square is the evaluation's. (Adding another half pixel here
+    # put the example's square one model pixel right of and below the evaluation's.)
     poke = f"{int(x * scale)},{int(y * scale)},{round(dx * scale)},{round(dy * scale)}"
     return path, poke
 

@@ -7,8 +7,10 @@ the poke encoder and the conditional INN. Sampling draws ``r ~ N(0, I)``, invert
     poker = Poker.from_checkpoint("quickstart/model")            # exported folder, Lightning .ckpt or zoo name
     videos = poker.animate("plant.png", pokes=[(40, 30, 6, -2)], n_samples=4, seed=0)   # (4, T+1, 3, S, S)
 
-Pokes are ``(x, y, dx, dy)`` in the pixels of the image you pass (any size): the image is centre-cropped to a
-square and resized to the model's resolution, and the pokes are mapped the same way.
+Pokes are ``(x, y, dx, dy)`` in the pixels of the image you pass (any size): ``(x, y)`` is the pixel at column
+``x``, row ``y``. The image is centre-cropped to a square and resized to the model's resolution, and a poke lands on
+the model pixel whose area holds the centre of the poked pixel (fractional ``x, y`` count pixel centres at integers,
+as OpenCV does).
 """
 
 from __future__ import annotations
@@ -464,33 +466,45 @@ class Poker(nn.Module):
 
         Args:
             image: Path, uint8 ``(H, W, 3)`` array or ``(3, H, W)`` tensor.
-            pokes: ``(x, y, dx, dy)`` rows in the image's pixels.
+            pokes: ``(x, y, dx, dy)`` rows in the image's pixels: ``(x, y)`` is the pixel at column ``x``, row ``y``
+                (fractions count pixel centres at integers, as OpenCV does).
 
         Returns:
-            ``(x0 (1, 3, S, S), poke map (1, 2, S, S), pokes (P, 4) in model pixels)``.
+            ``(x0 (1, 3, S, S), poke map (1, 2, S, S), pokes (P, 4) in model pixels)``. The model pixel ``i`` spans
+            ``[i, i + 1)`` there (as in the datasets' pokes): a poke is mapped to the position of the poked pixel's
+            centre, and the poke map is centred on the model pixel that holds it.
         """
         array = load_image(image)
         coords = poke_rows(pokes)
         if not np.isfinite(coords).all():
             raise ValueError(f"pokes must be finite numbers, got {coords.tolist()}")
         height, width = array.shape[:2]
-        outside = (coords[:, 0] < 0) | (coords[:, 0] >= width) | (coords[:, 1] < 0) | (coords[:, 1] >= height)
+        # Pixel p spans [p - 0.5, p + 0.5): the integers 0 .. width - 1 are the columns.
+        outside = ((coords[:, 0] < -0.5) | (coords[:, 0] >= width - 0.5) | (coords[:, 1] < -0.5)
+                   | (coords[:, 1] >= height - 0.5))
         if outside.any():
-            raise ValueError(f"poke(s) {coords[outside, :2].tolist()} lie outside the {width}x{height} image")
+            raise ValueError(f"poke(s) {coords[outside, :2].tolist()} lie outside the {width}x{height} image "
+                             f"(columns 0 to {width - 1}, rows 0 to {height - 1})")
         resized, (left, top, side) = self.prepare_image(array)
         lengths = np.hypot(coords[:, 2], coords[:, 3])
         if (lengths > MAX_POKE_LENGTH * side).any():  # 1e9 gave NaN videos, or an OpenCV error drawing the arrow
             raise ValueError(f"poke(s) of length {lengths.max():.4g} px are longer than {MAX_POKE_LENGTH} times the "
                              f"{side} px square the model sees")
         scale = self.size / side
-        mapped = coords.copy()
-        mapped[:, 0] = (coords[:, 0] - left) * scale
-        mapped[:, 1] = (coords[:, 1] - top) * scale
-        mapped[:, 2:] = coords[:, 2:] * scale
-        inside = (mapped[:, 0] >= 0) & (mapped[:, 0] < self.size) & (mapped[:, 1] >= 0) & (mapped[:, 1] < self.size)
+        # The centre of the poked pixel, in model pixels (pixel i spans [i, i + 1) there). Mapping the pixel's
+        # corner, (x - left) * scale, put many pokes one model pixel up or left of the one holding the poked pixel
+        # wherever the square is no whole multiple of the model's size (pixel 39 of a 100 px image fell in model
+        # pixel 24 of 64, its centre is in 25). In float64, so that a centre on a model pixel's edge is not rounded
+        # across it.
+        centres = coords[:, :2].astype(np.float64) + 0.5
+        positions = (centres - np.array([left, top])) * self.size / side
+        inside = ((positions >= 0) & (positions < self.size)).all(axis=1)
         if not inside.all():
-            raise ValueError(f"poke(s) {coords[~inside, :2].tolist()} fall outside the centre square crop "
-                             f"(x in [{left}, {left + side}), y in [{top}, {top + side})) the model sees")
+            raise ValueError(f"poke(s) {coords[~inside, :2].tolist()} fall outside the centre square crop (columns "
+                             f"{left} to {left + side - 1}, rows {top} to {top + side - 1}) the model sees")
+        mapped = coords.copy()
+        mapped[:, :2] = positions
+        mapped[:, 2:] = coords[:, 2:] * scale
         x0 = frames_to_tensor(resized[None])
         poke = torch.from_numpy(poke_map_from_coords(mapped, self.size, self.poke_size)).unsqueeze(0)
         return x0, poke, mapped
@@ -522,7 +536,7 @@ class Poker(nn.Module):
         """One location, many poke directions and magnitudes.
 
         Args:
-            image, x, y: The image and the poked location in its pixels.
+            image, x, y: The image and the poked pixel (column ``x``, row ``y``), as in :meth:`prepare`.
             magnitudes: Poke lengths in the image's pixels; default 4 and 8 pixels *of the model's resolution*
                 (converted to the image's pixels, so a large photo gets pokes the model can see).
             n_directions: Directions, evenly spaced from +x.

@@ -39,13 +39,56 @@ def test_prepare_maps_pokes_through_crop_and_resize(exported):
     poker = Poker.from_checkpoint(exported)
     image = np.zeros((100, 200, 3), np.uint8)  # centre square: x in [50, 150)
     x0, poke, mapped = poker.prepare(image, [(100, 50, 20, 10)])
-    np.testing.assert_allclose(mapped[0], [32.0, 32.0, 12.8, 6.4], rtol=1e-5)
+    np.testing.assert_allclose(mapped[0], [32.32, 32.32, 12.8, 6.4], rtol=1e-5)  # pixel 100's centre, 50.5 px in
     assert poke[0, 0, 32, 32] == pytest.approx(12.8) and poke[0, 1, 32, 32] == pytest.approx(6.4)
     assert x0.shape == (1, 3, 64, 64)
     with pytest.raises(ValueError, match="centre square"):
         poker.prepare(image, [(10, 50, 1, 1)])
     with pytest.raises(ValueError, match="outside the 200x100 image"):
         poker.prepare(image, [(250, 50, 1, 1)])
+
+
+def test_a_poke_lands_on_the_model_pixel_holding_the_poked_pixels_centre(exported):
+    # The pixel's corner was mapped ((x - left) * scale): wherever the scale is not a whole fraction a poke fell one
+    # model pixel up or left of the one holding the poked pixel (pixel 39 of a 100 px image: 24.96 -> model pixel 24,
+    # though its centre 25.28 is in 25).
+    from fractions import Fraction
+
+    from ipoke.data.pokes import poke_map_from_coords
+
+    poker = Poker.from_checkpoint(exported)
+    size = poker.size
+
+    def cells(image, pixels):
+        _, _, mapped = poker.prepare(image, [(x, y, 1.0, 0.0) for x, y in pixels])
+        return np.floor(mapped[:, :2]).astype(int).tolist()
+
+    def expected_cell(pixel, offset, side):  # exact: the model pixel whose area holds the pixel's centre
+        return int((Fraction(2 * (pixel - offset) + 1, 2) * size / side) // 1)
+
+    # 4x the model's size: pixels 4i .. 4i + 3 are model pixel i.
+    big = np.zeros((4 * size, 4 * size, 3), np.uint8)
+    assert cells(big, [(3, 3), (4, 4), (0, 255), (255, 128)]) == [[0, 0], [1, 1], [0, 63], [63, 32]]
+    # A scale that is no whole fraction (100 px and a crop offset of 50 px onto 64), and an upscale (32 px -> 64).
+    for height, width in ((100, 200), (100, 100), (32, 32)):
+        side = min(height, width)
+        left, top = (width - side) // 2, (height - side) // 2
+        image = np.zeros((height, width, 3), np.uint8)
+        pixels = [(left + p, top + side - 1 - p) for p in range(side)]
+        expected = [[expected_cell(x, left, side), expected_cell(y, top, side)] for x, y in pixels]
+        assert cells(image, pixels) == expected, (height, width)
+    image = np.zeros((100, 200, 3), np.uint8)
+    _, _, mapped = poker.prepare(image, [(89, 39, 10, 0)])
+    np.testing.assert_allclose(mapped[0], [39.5 * 0.64, 39.5 * 0.64, 6.4, 0.0], rtol=1e-6)
+    # The poke map is the square of that model pixel, (25, 25), the one the datasets' poke at its centre fills.
+    _, poke, _ = poker.prepare(image, [(89, 39, 10, 0)])
+    np.testing.assert_array_equal(poke[0].numpy(), poke_map_from_coords(np.array([[25.5, 25.5, *mapped[0, 2:]]]),
+                                                                        size, poker.poke_size))
+    # Fractions count pixel centres at integers: -0.4 is in pixel 0, 63.5 is past the last pixel 63.
+    small = np.zeros((size, size, 3), np.uint8)
+    assert cells(small, [(-0.4, 63.4), (0.6, 2.49)]) == [[0, 63], [1, 2]]
+    with pytest.raises(ValueError, match="outside the 64x64 image"):
+        poker.prepare(small, [(63.5, 10, 1, 0)])
 
 
 def test_export_round_trip_is_exact(exported, tmp_path):
@@ -688,7 +731,7 @@ def test_api_refuses_pokes_sample_counts_generators_and_devices_it_cannot_honour
         poker.prepare(image, (10, 10, 1, 1, 20, 20, 1, 1))
     with pytest.raises(ValueError, match="at least one poke"):
         poker.prepare(image, [])
-    assert poker.prepare(image, (10, 12, 1, -1))[2].tolist() == [[10, 12, 1, -1]]
+    assert poker.prepare(image, (10, 12, 1, -1))[2].tolist() == [[10.5, 12.5, 1, -1]]  # the pixel's centre
     # n_samples=0 failed deep inside with an IndexError, -1 with a RuntimeError.
     for bad in (0, -1, 2.5):
         with pytest.raises(ValueError, match="n_samples"):
@@ -943,12 +986,14 @@ def test_outputs_inside_a_file_are_refused_in_words(exported, tmp_path, capsys):
 
 def test_sensitivity_from_data_uses_each_clips_poke_length(exported, tmp_path, synthetic_dataset, monkeypatch, capsys):
     from ipoke import cli
+    from ipoke.data.pokes import poke_map_from_coords
 
-    seen = []
+    seen, places = [], []
     real = Poker.control_sensitivity
 
     def spy(self, image, x, y, **kwargs):  # noqa: ANN001, ANN202
         seen.append(kwargs.get("magnitudes"))
+        places.append((x, y))
         return real(self, image, x, y, **kwargs)
 
     monkeypatch.setattr(Poker, "control_sensitivity", spy)
@@ -957,6 +1002,15 @@ def test_sensitivity_from_data_uses_each_clips_poke_length(exported, tmp_path, s
     assert "--samples is ignored" in capsys.readouterr().err
     clips = Poker.from_checkpoint(exported).evaluation_clips(synthetic_dataset, split="test", seed=0, max_clips=2)
     assert len(seen) == 2
+    # The sensitivity pokes the clip's pixel: its squares are the clip's own poke square (the clip's coordinate, a
+    # pixel centre, was passed as a pixel, and Poker.prepare added another half pixel: one pixel right and down).
+    poker = Poker.from_checkpoint(exported)
+    for (x, y), index in zip(places, range(2)):
+        coords = clips[index]["poke_coords"][0].numpy()
+        _, poke, mapped = poker.prepare(np.zeros((64, 64, 3), np.uint8), [(x, y, 1.0, 0.0)])
+        np.testing.assert_array_equal(np.floor(mapped[0, :2]), np.floor(coords[:2]))
+        expected = poke_map_from_coords(np.array([[coords[0], coords[1], 1.0, 0.0]]), 64, poker.poke_size)
+        np.testing.assert_array_equal(poke[0].numpy(), expected)
     for magnitudes, index in zip(seen, range(2)):
         length = float(np.hypot(*clips[index]["poke_coords"][0, 2:4].numpy()))
         assert magnitudes == pytest.approx((length / 2, length))
