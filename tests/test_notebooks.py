@@ -11,13 +11,36 @@ from nbclient import NotebookClient
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 
-def _run(name: str, parameters: str, cwd: Path) -> nbformat.NotebookNode:
+def _run(name: str, parameters: str, cwd: Path, probe: str | None = None) -> nbformat.NotebookNode:
+    """Execute a notebook with its parameters cell replaced; ``probe`` is run after its last cell (see _probed)."""
     notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
     tagged = [cell for cell in notebook.cells if "parameters" in cell.metadata.get("tags", [])]
     assert len(tagged) == 1, f"{name} must have exactly one parameters cell"
     tagged[0].source = parameters
+    if probe is not None:
+        notebook.cells.append(nbformat.v4.new_code_cell(probe))
     NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}).execute()
     return notebook
+
+
+def _printed(notebook: nbformat.NotebookNode) -> str:
+    return "".join(out.get("text", "") for cell in notebook.cells for out in cell.get("outputs", []))
+
+
+def _probed(notebook: nbformat.NotebookNode):
+    """What the probe cell printed as ``print('PROBE', json.dumps(...))``."""
+    import json
+
+    lines = [line for line in _printed(notebook).splitlines() if line.startswith("PROBE ")]
+    assert len(lines) == 1, lines
+    return json.loads(lines[0][len("PROBE "):])
+
+
+def _code_cell(name: str, marker: str) -> str:
+    cells = [cell.source for cell in nbformat.read(NOTEBOOKS / name, as_version=4).cells
+             if cell.cell_type == "code" and marker in cell.source]
+    assert len(cells) == 1, f"{name}: {len(cells)} code cells hold {marker!r}"
+    return cells[0]
 
 
 @pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("*.ipynb")), ids=lambda p: p.name)
@@ -46,24 +69,96 @@ def test_model_notebooks_cut_clips_with_the_models_poke_size():
 
 
 @pytest.mark.notebook
-def test_data_and_pokes_notebook(tmp_path):
-    notebook = _run("02_data_and_pokes.ipynb", f'DATA = "{tmp_path / "data"}"\nVIDEOS = 8\nSIZE = 32\nSEED = 0',
-                    tmp_path)
-    printed = "".join(out.get("text", "") for cell in notebook.cells for out in cell.get("outputs", []))
-    assert "8 videos" in printed
+@pytest.mark.parametrize("interrupted", [False, True], ids=["new", "interrupted"])
+def test_data_and_pokes_notebook(interrupted, tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    if interrupted:
+        # A generation stopped after 3 of 8 videos (its index says incomplete): the notebook skipped it because an
+        # index existed, and PreparedDataset refused it as incomplete.
+        import ipoke.data.synthetic as synthetic
+        from ipoke.data.format import read_index
+        from ipoke.data.synthetic import SyntheticSettings, generate_dataset
+
+        worker, finished = synthetic._worker, []
+
+        def stopped_after_three(job):
+            if len(finished) == 3:
+                raise KeyboardInterrupt
+            finished.append(worker(job))
+
+        monkeypatch.setattr(synthetic, "_worker", stopped_after_three)
+        with pytest.raises(KeyboardInterrupt):
+            generate_dataset(data, SyntheticSettings(videos=8, size=32, seed=0), workers=1, progress=False)
+        assert read_index(data)["complete"] is False
+    # The pokes cell draws training clips (random pokes and augmentation from torch's generator): run again, it must
+    # draw the same ones (it was not seeded).
+    probe = ("import json\nfirst = (sample['poke_coords'].tolist(), sample['video'].sum().item())\n"
+             f"exec({_code_cell('02_data_and_pokes.ipynb', 'PokeDataset(')!r})\n"
+             "print('PROBE', json.dumps(first == (sample['poke_coords'].tolist(), sample['video'].sum().item())))")
+    notebook = _run("02_data_and_pokes.ipynb", f'DATA = "{data}"\nVIDEOS = 8\nSIZE = 32\nSEED = 0', tmp_path, probe)
+    assert "8 videos" in _printed(notebook)
+    assert _probed(notebook) is True, "the pokes cell drew other pokes when run again"
 
 
 @pytest.mark.notebook
 @pytest.mark.parametrize("name, samples", [("01_quickstart.ipynb", 2), ("01_quickstart.ipynb", 1),
                                            ("03_evaluate.ipynb", 2)])
 def test_model_notebooks(name, samples, tmp_path, tiny_model, synthetic_dataset):
+    # 03's per-frame curves: x is the generated frame 1..T (integer ticks), and PSNR is what `ipoke evaluate`
+    # averages (psnr_per_frame, capped at MAX_PSNR_DB = 100); the plot clamped it at 60 dB and counted frames from 0.
+    probe = None if not name.startswith("03") else (
+        "import json\nlines = [line for ax in axes for line in ax.lines]\n"
+        "print('PROBE', json.dumps({'labels': [ax.get_xlabel() for ax in axes], "
+        "'x': [[float(x) for x in line.get_xdata()] for line in lines], "
+        "'ticks': [float(tick) for ax in axes for tick in ax.get_xticks()], "
+        "'psnr': {line.get_label(): [float(y) for y in line.get_ydata()] for line in axes[1].lines}, "
+        "'expected': psnr_per_frame(static[:, 1:], batch['video'][:, 1:]).mean(0).tolist(), "
+        "'copied': psnr_per_frame(static[:, 1:], static[:, 1:]).mean(0).tolist(), 'frames': poker.n_frames}))")
     notebook = _run(name, f'MODEL = "{tiny_model}"\nDATA = "{synthetic_dataset}"\nN_SAMPLES = {samples}\nSEED = 0\n'
-                          'N_CLIPS = 4\nSAMPLES = 2', tmp_path)
+                          'N_CLIPS = 4\nSAMPLES = 2', tmp_path, probe)
     images = [out for cell in notebook.cells for out in cell.get("outputs", []) if "image/png" in out.get("data", {})]
     assert images, f"{name} drew no figure"
-    printed = "".join(out.get("text", "") for cell in notebook.cells for out in cell.get("outputs", []))
+    printed = _printed(notebook)
     if name.startswith("01"):  # one sample has no spread (it printed nan with a torch warning)
         assert ("n/a (one sample)" in printed) == (samples == 1) and "nan" not in printed
+    if name.startswith("03"):
+        from ipoke.metrics.image_quality import MAX_PSNR_DB
+
+        probed = _probed(notebook)
+        frames = [float(t) for t in range(1, probed["frames"] + 1)]
+        assert probed["labels"] == ["generated frame"] * 2
+        assert probed["x"] == [frames] * 4
+        assert all(tick.is_integer() for tick in probed["ticks"])
+        assert probed["psnr"]["copy x0"] == pytest.approx(probed["expected"], abs=1e-4)
+        assert probed["copied"] == [MAX_PSNR_DB] * probed["frames"]  # the cap the curve must keep, not 60
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("background", [("test",), ("test", "val")], ids=["test", "test+val"])
+def test_quickstart_notebook_when_every_test_clip_is_a_background_poke(background, tmp_path, tiny_model,
+                                                                       synthetic_dataset):
+    # With few videos every test clip can be a background poke: `next(...)` over them raised StopIteration. As the
+    # quickstart's example image: the val split's first object poke, else a background poke with a note.
+    import json
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_dataset, data)
+    index_path = data / "ipoke_dataset.json"
+    index = json.loads(index_path.read_text())
+    for meta in index["videos"]:
+        if meta["split"] in background:
+            meta["background_poke"] = True
+    index_path.write_text(json.dumps(index))
+    probe = "import json\nprint('PROBE', json.dumps([split, bool(clip['background_poke'])]))"
+    notebook = _run("01_quickstart.ipynb", f'MODEL = "{tiny_model}"\nDATA = "{data}"\nN_SAMPLES = 1\nSEED = 0',
+                    tmp_path, probe)
+    split, is_background = _probed(notebook)
+    noted = "every held-out clip is a background poke" in _printed(notebook)
+    if background == ("test",):
+        assert (split, is_background, noted) == ("val", False, False)
+    else:
+        assert is_background and noted
 
 
 def test_default_paths_point_at_the_repository_roots_quickstart():
@@ -100,5 +195,4 @@ def test_data_and_pokes_notebook_on_a_prepared_dataset(tmp_path):
                     progress=False)
     notebook = _run("02_data_and_pokes.ipynb", f'DATA = "{tmp_path / "prepared"}"\nVIDEOS = 8\nSIZE = 32\nSEED = 0',
                     tmp_path)
-    printed = "".join(out.get("text", "") for cell in notebook.cells for out in cell.get("outputs", []))
-    assert "2 videos" in printed
+    assert "2 videos" in _printed(notebook)
