@@ -52,6 +52,20 @@ def test_committed_without_outputs(path):
             assert "sys.path" not in cell.source and "pip install" not in cell.source
 
 
+def test_the_notebooks_extra_opens_them():
+    # The README's `pip install -e ".[notebooks]"` gave no Jupyter to open them with, and without ipywidgets the
+    # progress bar of 02's generation printed "IProgress not found. Please update jupyter and ipywidgets".
+    # (CI installs only the test extra, which executes them with nbclient.)
+    import configparser
+
+    config = configparser.ConfigParser()
+    config.read(NOTEBOOKS.parent / "setup.cfg")
+    extra = {line.split(">")[0].split("=")[0].strip()
+             for line in config["options.extras_require"]["notebooks"].splitlines() if line.strip()}
+    assert {"jupyterlab", "ipywidgets", "ipykernel", "matplotlib"} <= extra
+    assert '`pip install -e ".[notebooks]"`' in (NOTEBOOKS.parent / "README.md").read_text()
+
+
 def test_model_notebooks_cut_clips_with_the_models_poke_size():
     """A model's clips must be cut with its own poke size (03 evaluated every model with the default 5)."""
     import ast
