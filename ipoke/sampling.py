@@ -24,6 +24,7 @@ from typing import Any
 import cv2
 import numpy as np
 import PIL.Image
+import PIL.ImageOps
 import torch
 import yaml
 from torch import nn
@@ -84,6 +85,10 @@ def load_image(image: str | os.PathLike | np.ndarray | torch.Tensor | PIL.Image.
         if rgb is None:
             raise FileNotFoundError(f"cannot read image {image}: not an image file, or a damaged one")
         return rgb
+    if isinstance(image, PIL.Image.Image):
+        # Turned upright by its EXIF orientation, as a file path is (OpenCV applies it): a photo opened with
+        # PIL.Image.open came out rotated or mirrored against the same file given as a path.
+        image = PIL.ImageOps.exif_transpose(image)
     if isinstance(image, PIL.Image.Image) and image.mode.startswith("I;16"):
         # 16-bit grey (any byte order) scaled to 8 bits (x / 257, rounded; a 16-bit file given as a path is decoded
         # by OpenCV, which drops the low byte: at most one grey level apart); convert("RGB") clipped every value
@@ -94,6 +99,7 @@ def load_image(image: str | os.PathLike | np.ndarray | torch.Tensor | PIL.Image.
         # channels for grey + alpha: all were animated as another picture or crashed.
         image = image.convert("RGB")
     kind = "tensor" if isinstance(image, torch.Tensor) else "array"
+    given_shape = tuple(image.shape) if isinstance(image, torch.Tensor) else None
     if isinstance(image, torch.Tensor):
         tensor = image.detach().cpu()
         if tensor.ndim == 3:
@@ -105,7 +111,10 @@ def load_image(image: str | os.PathLike | np.ndarray | torch.Tensor | PIL.Image.
     if array.ndim == 2:
         array = array[:, :, None]
     if array.ndim != 3 or array.shape[2] not in (1, 3, 4) or min(array.shape[:2]) < 1:
-        raise ValueError(f"image {kind}s must be {layout} with C = 1, 3 or 4, got shape {tuple(array.shape)}")
+        # The shape as given: a tensor's is quoted before the (C, H, W) -> (H, W, C) permute (an (H, W, 3) tensor
+        # was reported as (W, 3, H)).
+        raise ValueError(f"image {kind}s must be {layout} with C = 1, 3 or 4, got shape "
+                         f"{given_shape or tuple(array.shape)}")
     if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.number):
         raise ValueError(f"image {kind}s must hold numbers, got {array.dtype}")
     if np.issubdtype(array.dtype, np.floating):
@@ -371,8 +380,8 @@ class Poker(nn.Module):
         """Refuse model inputs of the wrong layout or dtype before they fail deep inside a network.
 
         Names ending in ``first_frame`` are ``(B, 3, S, S)`` in [-1, 1], in ``poke`` ``(B, 2, S, S)`` pokes maps,
-        ``source_video`` ``(B, T + 1, 3, S, S)``; all float (of any precision: the callers cast them to the
-        networks' type), with one ``B``.
+        ``source_video`` ``(B, T + 1, 3, S, S)`` in [-1, 1]; all float (of any precision: the callers cast them to
+        the networks' type) and finite, with one ``B``.
         """
         if self.dtype not in (torch.float32, torch.float64):
             # The cINN draws and inverts in float32 (its inverse exponentiates scales); half-precision weights
@@ -393,6 +402,14 @@ class Poker(nn.Module):
                        else type(tensor).__name__)
                 raise ValueError(f"{name} must be a float tensor {layout} with S = {size}, got {got} "
                                  "(Poker.prepare maps an image and pokes in its pixels to these inputs)")
+            if tensor.numel() and not torch.isfinite(tensor).all():
+                raise ValueError(f"{name} must hold finite values, got NaN or infinite values")
+            if tensor.numel() and not name.endswith("poke"):
+                # As load_image refuses such images: a [0, 255] frame was decoded into saturated videos silently.
+                low, high = float(tensor.min()), float(tensor.max())
+                if low < -1.001 or high > 1.001:
+                    raise ValueError(f"{name} must hold values in [-1, 1], got [{low:.3g}, {high:.3g}]; map [0, 255] "
+                                     "with x / 127.5 - 1 and [0, 1] with x * 2 - 1 (Poker.prepare maps an image)")
         batches = {name: tensor.shape[0] for name, tensor in tensors.items()}
         if len(set(batches.values())) > 1:
             raise ValueError(f"the inputs must share one batch size, got {batches}")
@@ -549,6 +566,9 @@ class Poker(nn.Module):
             every video uses the same residual so only the poke differs.
         """
         image = load_image(image)  # once, not once per poke
+        for name, value in (("x", x), ("y", y)):
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+                raise ValueError(f"{name} must be a number (a pixel of the image), got {value!r}")
         if magnitudes is None:
             side = min(image.shape[:2])
             magnitudes = (4.0 * side / self.size, 8.0 * side / self.size)
@@ -561,9 +581,11 @@ class Poker(nn.Module):
         angles = np.linspace(0, 2 * np.pi, n_directions, endpoint=False)
         pokes = np.array([[x, y, m * np.cos(a), m * np.sin(a)] for m in magnitudes for a in angles], np.float32)
         first = [self.prepare(image, [poke]) for poke in pokes]
+        x0, maps = torch.cat([item[0] for item in first]), torch.cat([item[1] for item in first])
+        # As sample() checks them (a half-precision Poker failed inside a coupling with a dtype mismatch).
+        self._check_inputs(first_frame=x0, poke=maps)
         # Cast to the model's dtype like sample() (a float64 Poker failed here with a dtype mismatch).
-        x0 = torch.cat([item[0] for item in first]).to(self.device, self.dtype)
-        maps = torch.cat([item[1] for item in first]).to(self.device, self.dtype)
+        x0, maps = x0.to(self.device, self.dtype), maps.to(self.device, self.dtype)
         generator = None if seed is None else torch.Generator().manual_seed(_seed(seed))
         residual = standard_normal((1, *self.cinn.latent_shape), generator) * temperature  # as sample() draws
         with torch.no_grad():

@@ -67,6 +67,9 @@ def test_pil_images_of_any_mode_give_their_rgb_pixels(rgb):
     (np.full((4, 4, 3), 300), r"integer image arrays must hold values in \[0, 255\], got \[300, 300\]"),
     (np.zeros((4, 4, 3), bool), "must hold numbers"),
     (torch.zeros(5, 8, 8), r"image tensors must be \(H, W\) or \(C, H, W\)"),
+    # An (H, W, C) tensor is quoted as given (the message showed the shape after the (C, H, W) permute, (30, 3, 20)).
+    (torch.zeros(20, 30, 3), r"image tensors must be \(H, W\) or \(C, H, W\) with C = 1, 3 or 4, got shape "
+                             r"\(20, 30, 3\)"),
     # Not an array (cv2.imread of a missing file gives None): the message used to crash on image.shape.
     (None, r"image arrays must be \(H, W\) or \(H, W, C\) with C = 1, 3 or 4, got shape \(\)"),
     ([1, 2, 3], r"got shape \(3,\)"),
@@ -125,3 +128,73 @@ def test_sample_transfer_and_sensitivity_refuse_what_they_cannot_honour(make_tin
     image = np.zeros((64, 64, 3), np.uint8)
     videos, pokes = poker.control_sensitivity(image, 30, 30, n_directions=2, magnitudes=[4.0], seed=None)
     assert videos.shape == (2, 3, 3, 64, 64) and pokes.shape == (2, 4)
+
+
+def test_a_pil_image_is_turned_upright_by_its_exif_orientation_as_its_file_is(rgb, tmp_path):
+    # A path is decoded by OpenCV, which applies the EXIF orientation; PIL.Image.open of the same file was read as
+    # stored (sideways: (30, 20) against the file's (20, 30)).
+    from PIL import Image
+
+    for orientation in (3, 6, 8):  # 180 degrees, 90 clockwise, 90 counter-clockwise
+        path = tmp_path / f"oriented_{orientation}.jpg"
+        picture = Image.fromarray(rgb)
+        exif = picture.getexif()
+        exif[0x0112] = orientation
+        picture.save(path, exif=exif, quality=100)
+        from_path = load_image(str(path))
+        with Image.open(path) as opened:
+            from_pil = load_image(opened)
+        assert from_pil.shape == from_path.shape == ((30, 20, 3) if orientation in (6, 8) else (20, 30, 3))
+        # The same picture: only the two JPEG decoders' rounding apart.
+        assert np.abs(from_pil.astype(int) - from_path.astype(int)).max() <= 3, orientation
+
+
+def test_sample_and_transfer_refuse_frames_outside_minus_one_to_one(make_tiny_poker):
+    # A [0, 255] (or NaN) frame was decoded silently into saturated or NaN videos; load_image refuses such images.
+    poker = make_tiny_poker(n_frames=2)
+    x0, poke, clip = torch.zeros(1, 3, 64, 64), torch.zeros(1, 2, 64, 64), torch.zeros(1, 3, 3, 64, 64)
+    message = r"must hold values in \[-1, 1\], got \[0, 255\]; map \[0, 255\] with x / 127.5 - 1 and \[0, 1\] with"
+    bright = x0.clone()
+    bright[0, 0, 0, 0] = 255.0
+    with pytest.raises(ValueError, match="first_frame " + message):
+        poker.sample(bright, poke)
+    with pytest.raises(ValueError, match="first_frame must hold values in \\[-1, 1\\], got \\[-3, 0\\]"):
+        poker.sample(x0 - 3 * (torch.arange(64) == 5).float(), poke)
+    bright_clip = clip.clone()
+    bright_clip[0, 1, 2, 3, 4] = 255.0
+    with pytest.raises(ValueError, match="source_video " + message):
+        poker.transfer(bright_clip, poke, x0)
+    with pytest.raises(ValueError, match="target_first_frame " + message):
+        poker.transfer(clip, poke, bright)
+    for bad in (float("nan"), float("inf")):
+        broken = x0.clone()
+        broken[0, 2, 10, 10] = bad
+        with pytest.raises(ValueError, match="first_frame must hold finite values"):
+            poker.sample(broken, poke)
+        broken_poke = poke.clone()
+        broken_poke[0, 0, 10, 10] = bad
+        with pytest.raises(ValueError, match="poke must hold finite values"):
+            poker.sample(x0, broken_poke)
+    # The edges and a rounding error past them pass, in any float precision; pokes may be long.
+    edges = torch.ones(1, 3, 64, 64, dtype=torch.bfloat16)
+    edges[0, 0] = -1.0005
+    assert poker.sample(edges, poke * 0 + 40.0, n_frames=1).shape == (1, 1, 2, 3, 64, 64)
+    assert poker.transfer(clip.double(), poke, x0 + 1.0004).shape == (1, 3, 3, 64, 64)
+
+
+def test_control_sensitivity_checks_its_inputs_as_sample_does(make_tiny_poker):
+    image = np.zeros((64, 64, 3), np.uint8)
+    # A half-precision Poker failed inside a coupling ("Input type (float) and bias type (c10::BFloat16)").
+    for dtype in (torch.float16, torch.bfloat16):
+        half = make_tiny_poker(n_frames=2).to(dtype)
+        with pytest.raises(ValueError, match=f"networks are {dtype}; sampling needs float32.*torch.autocast"):
+            half.control_sensitivity(image, 30, 30, n_directions=2)
+    poker = make_tiny_poker(n_frames=2)
+    for bad in ("30", None, True, [30]):
+        with pytest.raises(ValueError, match=r"x must be a number \(a pixel of the image\)"):
+            poker.control_sensitivity(image, bad, 30, n_directions=2)
+    with pytest.raises(ValueError, match="y must be a number"):
+        poker.control_sensitivity(image, 30, "a", n_directions=2)
+    videos, pokes = poker.control_sensitivity(image, np.int64(30), np.float32(30.0), n_directions=2)
+    assert videos.shape == (4, 3, 3, 64, 64) and pokes.shape == (4, 4)
+
