@@ -517,7 +517,10 @@ def _device(name: str | None) -> str:
         raise UserError(f"--device {name}: no CUDA GPU is available here; use --device cpu")
     if device.type not in ("cpu", "cuda"):
         raise UserError(f"--device {name}: only cpu and cuda are supported")
-    return name
+    if device.type == "cpu" and device.index not in (None, 0):
+        raise UserError(f"--device {name}: the CPU has no index; use --device cpu")
+    # "cpu:0" is the CPU, but torch.load cannot restore weights tagged with it (the model was called damaged).
+    return "cpu" if device.type == "cpu" else name
 
 
 MODEL_HELP = "exported model folder, cINN Lightning checkpoint, or a name registered with `ipoke zoo register`"

@@ -168,6 +168,15 @@ def _check_device(device: str | torch.device) -> None:
                              "or 'cuda'") from None
 
 
+def cpu_as_cpu(device: str | torch.device) -> str | torch.device:
+    """``"cpu"`` for any name of the CPU (``"cpu:0"``, ``torch.device("cpu", 0)``), other devices as given.
+
+    torch.load tags the loaded storages with the location it is given, and ``"cpu:0"`` is not one it restores
+    ("don't know how to restore data location ... (tagged with cpu:0)"): such a model was called damaged.
+    """
+    return "cpu" if torch.device(device).type == "cpu" else device
+
+
 def poke_rows(pokes: Sequence[Sequence[float]] | Sequence[float] | np.ndarray) -> np.ndarray:
     """Pokes as a float32 ``(P, 4)`` array of ``(x, y, dx, dy)`` rows, ``P >= 1``; one flat poke is one row.
 
@@ -245,6 +254,7 @@ class Poker(nn.Module):
         module, or the name of a registered model (:mod:`ipoke.zoo`). ``map_location`` must be a device this machine
         has (a ``ValueError`` says so otherwise, rather than blaming the model)."""
         _check_device(map_location)
+        map_location = cpu_as_cpu(map_location)
         path_obj = Path(path)
         # A folder or file that is not a model does not hide a registered name: zoo names such as synthetic_64 are
         # common folder and file names too (they won, and their error never mentioned the zoo). A checkpoint is a

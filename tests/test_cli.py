@@ -183,3 +183,17 @@ def test_data_synth_workers_default_to_the_cores_this_process_may_use(monkeypatc
     monkeypatch.setattr(ipoke.utils, "available_cores", lambda: 3)
     args = build_parser().parse_args(["data", "synth", "--out", "unused"])
     assert args.workers == 3
+
+
+def test_device_names_the_cpu_as_the_models_loader_takes_it(tiny_model):
+    # `--device cpu:0` was passed on as is, and torch.load cannot restore weights tagged "cpu:0": the model was
+    # reported as damaged ("export it again").
+    from ipoke.cli import UserError, _device
+    from ipoke.sampling import Poker
+
+    assert _device("cpu:0") == "cpu" and _device("cpu") == "cpu"
+    assert Poker.from_checkpoint(tiny_model, map_location=_device("cpu:0")).device.type == "cpu"
+    with pytest.raises(UserError, match="the CPU has no index; use --device cpu"):
+        _device("cpu:1")
+    with pytest.raises(UserError, match="not a device"):
+        _device("tpu")

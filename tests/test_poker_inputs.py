@@ -198,3 +198,13 @@ def test_control_sensitivity_checks_its_inputs_as_sample_does(make_tiny_poker):
     videos, pokes = poker.control_sensitivity(image, np.int64(30), np.float32(30.0), n_directions=2)
     assert videos.shape == (4, 3, 3, 64, 64) and pokes.shape == (4, 4)
 
+
+@pytest.mark.parametrize("device", ["cpu:0", torch.device("cpu", 0), "cpu", torch.device("cpu")])
+def test_every_name_of_the_cpu_loads_a_model(tiny_model, device):
+    # torch.load cannot restore storages tagged "cpu:0": the model was reported as damaged ("export it again").
+    from ipoke.sampling import Poker
+
+    poker = Poker.from_checkpoint(tiny_model, map_location=device)
+    assert poker.device == torch.device("cpu")
+    with pytest.raises(ValueError, match="the CPU has no index"):
+        Poker.from_checkpoint(tiny_model, map_location="cpu:1")
