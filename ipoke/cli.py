@@ -286,12 +286,21 @@ def run_lightning(argv: Sequence[str]) -> int:
         if interrupt is None:
             raise
         terminated = isinstance(interrupt, Terminated)
-        print(f"ipoke: {'terminated (SIGTERM)' if terminated else 'interrupted'}{hint()}", file=sys.stderr)
+        _print_on_rank_zero(f"ipoke: {'terminated (SIGTERM)' if terminated else 'interrupted'}{hint()}")
         return 143 if terminated else 130
     except KeyboardInterrupt:  # Ctrl-C before or after Lightning's own handling (start-up, checkpoint loading)
-        print(f"ipoke: interrupted{hint()}", file=sys.stderr)
+        _print_on_rank_zero(f"ipoke: interrupted{hint()}")
         return 130
     return 0
+
+
+def _print_on_rank_zero(message: str) -> None:
+    """Print ``message`` to stderr from the first process only: under DDP every process of the run is stopped (they
+    share the terminal's Ctrl-C) and each printed the same line before session 20."""
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    if getattr(rank_zero_only, "rank", 0) == 0:
+        print(message, file=sys.stderr)
 
 
 # ------------------------------------------------------------------------------------------------------------------

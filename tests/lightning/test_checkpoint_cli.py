@@ -279,6 +279,26 @@ def test_a_stopped_resume_says_to_resume_again(poke_encoder_run, monkeypatch, ca
             in capsys.readouterr().err)
 
 
+def test_a_stopped_multi_process_run_reports_once(poke_encoder_run, monkeypatch, capsys):
+    # Under DDP every process is stopped by the terminal's Ctrl-C, and each printed the same line.
+    import functools
+
+    import lightning as L
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    base, _ = poke_encoder_run
+
+    @functools.wraps(L.Trainer.fit)  # the CLI reads fit's signature for --ckpt_path
+    def interrupted(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(L.Trainer, "fit", interrupted)
+    for rank, printed in ((1, False), (0, True)):
+        monkeypatch.setattr(rank_zero_only, "rank", rank)
+        assert main(["fit", *base, "--trainer.max_epochs=4"]) == 130
+        assert ("ipoke: interrupted" in capsys.readouterr().err) == printed
+
+
 def test_an_old_coupling_checkpoint_loads_but_does_not_resume(tmp_path):
     # The coupling subnets' output layers gained a gain parameter: the old optimizer state has fewer parameters, and
     # Lightning's resume failed with a raw "parameter group that doesn't match" traceback.
