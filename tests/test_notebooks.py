@@ -120,7 +120,12 @@ def test_data_and_pokes_notebook(interrupted, tmp_path, monkeypatch):
 def test_model_notebooks(name, samples, tmp_path, tiny_model, synthetic_dataset):
     # 03's per-frame curves: x is the generated frame 1..T (integer ticks), and PSNR is what `ipoke evaluate`
     # averages (psnr_per_frame, capped at MAX_PSNR_DB = 100); the plot clamped it at 60 dB and counted frames from 0.
-    probe = None if not name.startswith("03") else (
+    # 01 pokes the clip's poked pixel: Poker.prepare must make the clip's own poke map of it (the clip's coordinate
+    # is the pixel's centre, which prepare, taking pixels, moved one model pixel right and down).
+    probe = ("import json\nmapped = poker.prepare(image, [poke])[1][0]\n"
+             "print('PROBE', json.dumps({'same': bool(torch.allclose(mapped, clip['poke'], atol=1e-5)), "
+             "'moved': bool(clip['poke'].abs().sum() > 0)}))") if name.startswith("01") else (
+
         "import json\nlines = [line for ax in axes for line in ax.lines]\n"
         "print('PROBE', json.dumps({'labels': [ax.get_xlabel() for ax in axes], "
         "'x': [[float(x) for x in line.get_xdata()] for line in lines], "
@@ -134,6 +139,7 @@ def test_model_notebooks(name, samples, tmp_path, tiny_model, synthetic_dataset)
     assert images, f"{name} drew no figure"
     printed = _printed(notebook)
     if name.startswith("01"):  # one sample has no spread (it printed nan with a torch warning)
+        assert _probed(notebook) == {"same": True, "moved": True}
         assert ("n/a (one sample)" in printed) == (samples == 1) and "nan" not in printed
     if name.startswith("03"):
         from ipoke.metrics.image_quality import MAX_PSNR_DB
