@@ -15,6 +15,7 @@ as OpenCV does).
 
 from __future__ import annotations
 
+import math
 import os
 import zipfile
 from collections.abc import Sequence
@@ -36,6 +37,7 @@ from ipoke.models.base import (
     SavableModule,
     WeightsMismatchError,
     clip_settings,
+    cpu_as_cpu,
     load_network,
     networks_of_class,
     save_pretrained,
@@ -166,15 +168,6 @@ def _check_device(device: str | torch.device) -> None:
             reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
             raise ValueError(f"map_location {device!r}: that device is not available here ({reason}); use 'cpu' "
                              "or 'cuda'") from None
-
-
-def cpu_as_cpu(device: str | torch.device) -> str | torch.device:
-    """``"cpu"`` for any name of the CPU (``"cpu:0"``, ``torch.device("cpu", 0)``), other devices as given.
-
-    torch.load tags the loaded storages with the location it is given, and ``"cpu:0"`` is not one it restores
-    ("don't know how to restore data location ... (tagged with cpu:0)"): such a model was called damaged.
-    """
-    return "cpu" if torch.device(device).type == "cpu" else device
 
 
 def poke_rows(pokes: Sequence[Sequence[float]] | Sequence[float] | np.ndarray) -> np.ndarray:
@@ -577,7 +570,13 @@ class Poker(nn.Module):
         """
         image = load_image(image)  # once, not once per poke
         for name, value in (("x", x), ("y", y)):
-            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            # One real number: a Python or numpy number, a 0-d array or a one-element tensor (a row of a poke
+            # tensor); not a bool, a string or a sequence.
+            try:
+                number = None if isinstance(value, (bool, np.bool_, str, bytes)) else float(value)
+            except (TypeError, ValueError):
+                number = None
+            if number is None or not math.isfinite(number):
                 raise ValueError(f"{name} must be a number (a pixel of the image), got {value!r}")
         if magnitudes is None:
             side = min(image.shape[:2])

@@ -190,13 +190,16 @@ def test_control_sensitivity_checks_its_inputs_as_sample_does(make_tiny_poker):
         with pytest.raises(ValueError, match=f"networks are {dtype}; sampling needs float32.*torch.autocast"):
             half.control_sensitivity(image, 30, 30, n_directions=2)
     poker = make_tiny_poker(n_frames=2)
-    for bad in ("30", None, True, [30]):
+    for bad in ("30", None, True, [30], float("nan")):
         with pytest.raises(ValueError, match=r"x must be a number \(a pixel of the image\)"):
             poker.control_sensitivity(image, bad, 30, n_directions=2)
     with pytest.raises(ValueError, match="y must be a number"):
         poker.control_sensitivity(image, 30, "a", n_directions=2)
     videos, pokes = poker.control_sensitivity(image, np.int64(30), np.float32(30.0), n_directions=2)
     assert videos.shape == (4, 3, 3, 64, 64) and pokes.shape == (4, 4)
+    # A row of a poke tensor or array (0-d values) is a number too, as animate takes it.
+    same, _ = poker.control_sensitivity(image, torch.tensor([30.0, 30.0])[0], np.array(30.0), n_directions=2, seed=0)
+    assert torch.equal(same, poker.control_sensitivity(image, 30, 30, n_directions=2, seed=0)[0])
 
 
 @pytest.mark.parametrize("device", ["cpu:0", torch.device("cpu", 0), "cpu", torch.device("cpu")])

@@ -223,6 +223,15 @@ def _load_state(module: nn.Module, state: dict[str, torch.Tensor], source: str) 
         )
 
 
+def cpu_as_cpu(device: str | torch.device) -> str | torch.device:
+    """``"cpu"`` for any name of the CPU (``"cpu:0"``, ``torch.device("cpu", 0)``), other devices as given.
+
+    torch.load tags the loaded storages with the location it is given, and ``"cpu:0"`` is not one it restores
+    ("don't know how to restore data location ... (tagged with cpu:0)"): such a model was called damaged.
+    """
+    return "cpu" if torch.device(device).type == "cpu" else device
+
+
 def load_network(path: str | os.PathLike, *, name: str | None = None, map_location: str | torch.device = "cpu",
                  expected_class: type | None = None, checkpoint: dict[str, Any] | None = None) -> SavableModule:
     """Load any ipoke network from a :func:`save_pretrained` folder or a Lightning checkpoint (see module doc).
@@ -230,6 +239,7 @@ def load_network(path: str | os.PathLike, *, name: str | None = None, map_locati
     ``checkpoint`` is the already loaded Lightning checkpoint at ``path``, so that callers pulling several networks
     out of one large file read it once.
     """
+    map_location = cpu_as_cpu(map_location)
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")

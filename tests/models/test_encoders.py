@@ -61,6 +61,20 @@ def test_save_pretrained_round_trip(cls, tmp_path):
         assert loaded.encode(x).shape == (2, 16, 8, 8)
 
 
+@pytest.mark.parametrize("device", ["cpu:0", torch.device("cpu", 0)])
+def test_any_name_of_the_cpu_loads_a_network(device, tmp_path):
+    # torch.load cannot restore storages tagged "cpu:0" ("don't know how to restore data location"): the network
+    # loaders failed with torch's raw error where Poker.from_checkpoint already worked.
+    from ipoke.models.base import load_network
+
+    model = ImageEncoder(spatial_size=32, base_channels=8, max_channels=16, embedding_channels=16, norm_groups=4)
+    save_pretrained(model, tmp_path / "net")
+    for loaded in (load_network(tmp_path / "net", map_location=device),
+                   ImageEncoder.from_checkpoint(tmp_path / "net", map_location=device)):
+        assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values(),
+                                                     strict=True))
+
+
 def test_saved_network_records_its_defaults_and_survives_a_changed_default(tmp_path, monkeypatch):
     """Defaults are written with the network: a later version that changes one still rebuilds what was trained."""
     import inspect
