@@ -237,6 +237,18 @@ def run_lightning(argv: Sequence[str]) -> int:
             if ckpt_path == "last":
                 ckpt_path = last_checkpoint(self.trainer)  # the file Lightning will pick, checked the same way
                 folders = [getattr(callback, "dirpath", None) for callback in self.trainer.checkpoint_callbacks]
+                moved = [os.path.join(os.path.dirname(os.path.normpath(folder)), "last.ckpt") for folder in folders
+                         if folder and os.path.basename(os.path.normpath(folder)) == "checkpoints"]
+                moved = [path for path in moved if os.path.isfile(path)]
+                if ckpt_path is None and moved:
+                    # Until session 20 the cINN and cVAE configs kept their checkpoints one folder up: a resume
+                    # found none there and quietly trained from step 0.
+                    folder = os.path.dirname(moved[0])
+                    raise UserError(f"--ckpt_path last: no last.ckpt in {os.path.join(folder, 'checkpoints')}, but "
+                                    f"{moved[0]} is there, where the configs kept checkpoints before session 20: "
+                                    f"move that run's .ckpt files into {os.path.join(folder, 'checkpoints')} "
+                                    f"(mkdir -p {os.path.join(folder, 'checkpoints')} && mv {folder}/*.ckpt "
+                                    f"{os.path.join(folder, 'checkpoints')}/), or pass the file as --ckpt_path")
                 if ckpt_path is None and self.subcommand != "fit" and folders and all(folders):
                     # Lightning only warns and then validates/tests the untrained networks (exit 0). A first fit
                     # with --ckpt_path last (the resume command used from the start) may well find none.

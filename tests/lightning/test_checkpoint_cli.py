@@ -279,6 +279,20 @@ def test_a_stopped_resume_says_to_resume_again(poke_encoder_run, monkeypatch, ca
             in capsys.readouterr().err)
 
 
+def test_a_resume_names_checkpoints_left_in_the_folder_the_configs_used_before(poke_encoder_run, capsys):
+    # Until session 20 the cINN and cVAE configs kept their checkpoints in runs/<stage>/<name>/, not in its
+    # checkpoints/ folder: a resume with --ckpt_path last found none there and quietly trained from step 0.
+    base, folder = poke_encoder_run
+    for path in folder.glob("*.ckpt"):
+        path.rename(folder.parent / path.name)
+    for command in ("fit", "validate"):
+        assert main([command, *base, "--trainer.max_epochs=4", "--ckpt_path=last"]) == 2
+        err = capsys.readouterr().err
+        assert f"no last.ckpt in {folder}, but {folder.parent / 'last.ckpt'} is there" in err
+        assert f"mv {folder.parent}/*.ckpt {folder}/" in err
+    assert not list(folder.glob("*.ckpt"))  # nothing trained
+
+
 def test_a_stopped_multi_process_run_reports_once(poke_encoder_run, monkeypatch, capsys):
     # Under DDP every process is stopped by the terminal's Ctrl-C, and each printed the same line.
     import functools
