@@ -455,7 +455,7 @@ def _evaluate(samplers: dict[str, Sampler], dataset: PokeDataset, *, split: str,
             if "ssim" in metrics:
                 accumulator.add(SSIM, ssim_per_frame(flat_pred, flat_true))
             if "psnr" in metrics:
-                accumulator.add(PSNR, psnr_per_frame(flat_pred, flat_true).clamp(max=100.0))
+                accumulator.add(PSNR, psnr_per_frame(flat_pred, flat_true))  # capped at MAX_PSNR_DB
             if "lpips" in metrics and lpips_model is not None:
                 accumulator.add(LPIPS, lpips_model.video_distance(flat_pred, flat_true))
             if "diversity" in metrics and samples >= 2:

@@ -119,7 +119,7 @@ def test_data_and_pokes_notebook(interrupted, tmp_path, monkeypatch):
                                            ("03_evaluate.ipynb", 2)])
 def test_model_notebooks(name, samples, tmp_path, tiny_model, synthetic_dataset):
     # 03's per-frame curves: x is the generated frame 1..T (integer ticks), and PSNR is what `ipoke evaluate`
-    # averages (psnr_per_frame, capped at MAX_PSNR_DB = 100); the plot clamped it at 60 dB and counted frames from 0.
+    # averages (psnr_per_frame, capped at MAX_PSNR_DB); the plot clamped it at 60 dB and counted frames from 0.
     # 01 pokes the clip's poked pixel: Poker.prepare must make the clip's own poke map of it (the clip's coordinate
     # is the pixel's centre, which prepare, taking pixels, moved one model pixel right and down).
     probe = ("import json\nmapped = poker.prepare(image, [poke])[1][0]\n"
@@ -150,7 +150,7 @@ def test_model_notebooks(name, samples, tmp_path, tiny_model, synthetic_dataset)
         assert probed["x"] == [frames] * 4
         assert all(tick.is_integer() for tick in probed["ticks"])
         assert probed["psnr"]["copy x0"] == pytest.approx(probed["expected"], abs=1e-4)
-        assert probed["copied"] == [MAX_PSNR_DB] * probed["frames"]  # the cap the curve must keep, not 60
+        assert probed["copied"] == [MAX_PSNR_DB] * probed["frames"]  # the cap, not a clamp of its own
 
 
 @pytest.mark.notebook

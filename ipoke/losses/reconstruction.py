@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ipoke.metrics.image_quality import MAX_PSNR_DB
 from ipoke.models.distributions import DiagonalGaussian
 
 
@@ -119,11 +120,12 @@ def psnr(prediction: torch.Tensor, target: torch.Tensor, *, data_range: float = 
         reduction: ``"mean"`` (scalar) or ``"none"`` (one value per image).
 
     Returns:
-        PSNR; per-image MSE is floored at 1e-10 so identical images give a large finite value (100 dB + ...).
+        PSNR, capped as the evaluation's at ``MAX_PSNR_DB`` (58.92 dB, 8-bit rounding noise; identical images
+        would give inf).
     """
     x, y = _as_images(prediction).float(), _as_images(target).float()
     mse = (x - y).pow(2).flatten(1).mean(dim=1).clamp_min(1e-10)
-    per_image = 10 * torch.log10(data_range ** 2 / mse)
+    per_image = (10 * torch.log10(data_range ** 2 / mse)).clamp(max=MAX_PSNR_DB)
     return _reduced(per_image, reduction)  # an unknown reduction raises, as in ssim (it returned per-image values)
 
 

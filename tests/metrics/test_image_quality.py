@@ -6,6 +6,7 @@ import torch
 from skimage.metrics import structural_similarity
 
 from ipoke.metrics import psnr, psnr_per_frame, ssim, ssim_per_frame
+from ipoke.metrics.image_quality import MAX_PSNR_DB
 
 
 def smooth_video(batch=2, frames=3, size=32, seed=0):
@@ -17,7 +18,13 @@ def smooth_video(batch=2, frames=3, size=32, seed=0):
 
 def test_identical_videos_give_capped_psnr_and_unit_ssim():
     video = smooth_video()
-    assert torch.equal(psnr_per_frame(video, video), torch.full((2, 3), 100.0))
+    # Capped at the PSNR of 8-bit rounding noise (one uint8 step, 2 / 255, uniform: MSE step² / 12), not inf.
+    cap = 10 * math.log10(2.0 ** 2 / ((2 / 255) ** 2 / 12))
+    assert MAX_PSNR_DB == pytest.approx(cap) == pytest.approx(58.92, abs=0.01)
+    assert torch.equal(psnr_per_frame(video, video), torch.full((2, 3), MAX_PSNR_DB, dtype=torch.float32))
+    rounded = (video + 1) * 127.5  # frames that differ by 8-bit rounding alone score at most the cap
+    assert psnr_per_frame(torch.round(rounded) / 127.5 - 1, video).max() <= MAX_PSNR_DB
+    assert psnr_per_frame(torch.round(rounded) / 127.5 - 1, video).min() > MAX_PSNR_DB - 1
     torch.testing.assert_close(ssim_per_frame(video, video), torch.ones(2, 3))
 
 
