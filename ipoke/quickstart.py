@@ -431,7 +431,7 @@ def control_verdict(report: dict[str, Any], model: str = "ipoke") -> str:
     from ipoke.evaluation import clip_count_text, compare_with_baseline
 
     wording = {"better": "better than copying x0", "worse": "worse than copying x0",
-               "no clear difference": "no clear difference from copying x0 (within two standard errors)"}
+               "no clear difference": "no clear difference from copying x0 (within the 95 % interval)"}
     lines = []
     where = {"control/poke_epe": "at the poked point", "control/object_epe": "over the whole object",
              "control/keypoint_error": "where a joint poked with its own motion ends"}

@@ -311,6 +311,26 @@ def test_paired_standard_error_is_clustered_by_video():
     assert paired_difference(report, "ipoke", "copy_x0", "control/poke_epe") is None
 
 
+def test_a_verdict_needs_the_student_t_margin_of_its_videos():
+    """Three videos, the model lower on each by 0.1, 0.2 and 0.3 px: 3.5 standard errors of the paired difference
+    (0.2 +- 0.058). Two standard errors (the margin until session 20) called that better; with 2 degrees of freedom
+    the 95 % margin is 4.30 standard errors, so it is no clear difference. With 30 videos alike it is better."""
+    from scipy import stats
+
+    from ipoke.evaluation import compare_with_baseline
+
+    copy = {"control/poke_epe": [1.0] * 3}
+    model = {"control/poke_epe": [0.9, 0.8, 0.7]}
+    comparison = compare_with_baseline(_report(model, copy), "ipoke")["control/poke_epe"]
+    assert comparison["standard_error"] == pytest.approx(0.1 / np.sqrt(3))
+    assert comparison["margin"] == pytest.approx(4.3027 * 0.1 / np.sqrt(3), rel=1e-4)
+    assert comparison["verdict"] == "no clear difference"
+    many = compare_with_baseline(_report({"control/poke_epe": [0.9, 0.8, 0.7] * 10}, {"control/poke_epe": [1.0] * 30}),
+                                 "ipoke")["control/poke_epe"]
+    assert many["margin"] == pytest.approx(stats.t.ppf(0.975, 29) * many["standard_error"])
+    assert many["verdict"] == "better"
+
+
 def test_control_verdict_compares_with_copy_x0_clip_by_clip():
     copy = {"control/poke_epe": [1.4, 2.0, 1.0, 1.6], "control/object_epe": [0.70, 0.80, 0.75, 0.75]}
     # Lower at the poke on every clip by 0.1 +- 0.02: better. Over the object: higher on every clip: worse.
