@@ -35,7 +35,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from ipoke.data.datasets import PokeDataset, evaluation_clips, frames_to_tensor, resize_frames
+from ipoke.data.datasets import PokeDataset, check_clip_lag, evaluation_clips, frames_to_tensor, resize_frames
+from ipoke.data.format import PreparedDataset
 from ipoke.metrics import (
     CONTROL_BACKGROUND_MOTION,
     CONTROL_BACKGROUND_POKE_MOTION,
@@ -347,6 +348,8 @@ def evaluate(samplers: dict[str, Sampler], data_dir: str | os.PathLike, *, split
     if isinstance(samples, bool) or not isinstance(samples, numbers.Integral) or samples < 1:
         raise ValueError(f"samples (samples per clip) must be an integer >= 1, got {samples!r}")
     samples = int(samples)  # a numpy integer would not go into the report's JSON
+    if samplers:  # the models' clip length is given: only the data can change (the message says so)
+        check_clip_lag(PreparedDataset(data_dir), n_frames, frame_step, model=True)
     dataset = evaluation_clips(data_dir, split=split, size=size, n_frames=n_frames, frame_step=frame_step,
                                poke_size=poke_size, seed=seed, max_clips=n_clips)
     samplers = dict(samplers)

@@ -459,6 +459,10 @@ class Poker(nn.Module):
                          max_clips: int | None = None) -> PokeDataset:
         """A dataset's clips as this model takes them: :func:`ipoke.data.datasets.evaluation_clips` at the model's
         size, clip length, frame step and poke size (one seeded poke per clip, no augmentation)."""
+        from ipoke.data.datasets import check_clip_lag
+        from ipoke.data.format import PreparedDataset
+
+        check_clip_lag(PreparedDataset(data_dir), self.n_frames, self.frame_step, model=True)  # says what to change
         return evaluation_clips(data_dir, split=split, size=self.size, n_frames=self.n_frames,
                                 frame_step=self.frame_step, poke_size=self.poke_size, seed=seed, max_clips=max_clips)
 

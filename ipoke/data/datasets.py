@@ -110,6 +110,28 @@ def recorded_pokes_for_clip(recorded: np.ndarray, flow: np.ndarray, mask: np.nda
     return np.stack([poke_from_flow_at(x, y, flow, mask) for x, y in scaled[:, :2]]).astype(np.float32)
 
 
+def check_clip_lag(data: PreparedDataset, n_frames: int, frame_step: int, *, model: bool = False) -> None:
+    """Refuse clips whose span ``n_frames * frame_step`` is no flow lag the dataset stores (their pokes and control
+    metrics need the flow from x0 to the clip's last frame).
+
+    Raises:
+        DatasetFormatError: (a ValueError; ``ipoke`` prints it as one line) saying what to change: for a trained
+            model (``model=True``: sampling, evaluation, the app) only the data can change, when training also the
+            clip length.
+    """
+    lag = n_frames * frame_step
+    if lag in data.flow_lags:
+        return
+    if model:
+        raise DatasetFormatError(
+            f"the model cuts clips of {n_frames} frames x frame step {frame_step}, which need flow at lag {lag}, but "
+            f"{data.root} stores lags {data.flow_lags}; prepare the data with {lag} among its --lags (ipoke data "
+            f"prepare ... --lags {','.join(str(value) for value in sorted({*data.flow_lags, lag}))})")
+    raise DatasetFormatError(
+        f"clips of n_frames={n_frames} x frame_step={frame_step} need flow at lag {lag}, but {data.root} stores lags "
+        f"{data.flow_lags}; choose n_frames * frame_step among them or prepare the data with that lag (--lags)")
+
+
 def keypoint_pokes(start_points: np.ndarray, end_points: np.ndarray, rng: np.random.Generator, *, n_pokes: int,
                    size: int, min_motion: float = 1.0, fixed_count: bool = False) -> np.ndarray:
     """Pokes on moving keypoints: rows ``(x, y, dx, dy)`` with ``(x, y)`` a joint in x0 and ``(dx, dy)`` its motion.
@@ -201,12 +223,7 @@ class PokeDataset(Dataset):
         self.size = int(self.data.size if size is None else size)
         self.n_frames, self.frame_step = int(n_frames), int(frame_step)
         self.lag = self.n_frames * self.frame_step
-        if self.lag not in self.data.flow_lags:
-            # DatasetFormatError (a ValueError): `ipoke fit` prints it as one line, like other dataset problems.
-            raise DatasetFormatError(
-                f"clips of n_frames={n_frames} x frame_step={frame_step} need flow at lag {self.lag}, but "
-                f"{self.data.root} stores lags {self.data.flow_lags}; choose n_frames * frame_step among them or "
-                "prepare the data with that lag (--lags)")
+        check_clip_lag(self.data, self.n_frames, self.frame_step)
         self.n_pokes, self.poke_size = int(n_pokes), int(poke_size)
         self.zero_poke_fraction = float(zero_poke_fraction)
         self.augment, self.poke_source = augment, poke_source
