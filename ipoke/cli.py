@@ -284,6 +284,8 @@ def run_lightning(argv: Sequence[str]) -> int:
         CLI(L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
             args=args, save_config_kwargs={"overwrite": True}, parser_kwargs={"prog": "ipoke"})
     except (UserError, DatasetFormatError, MisconfigurationException) as error:  # data problems show at the start
+        if "trainer" in started:
+            _remove_unused_log_folder(started["trainer"], since=started["time"])
         print(f"ipoke: error: {error}", file=sys.stderr)
         return 2
     except ValueError as error:
@@ -304,6 +306,24 @@ def run_lightning(argv: Sequence[str]) -> int:
         _print_on_rank_zero(f"ipoke: interrupted{hint()}")
         return 130
     return 0
+
+
+def _remove_unused_log_folder(trainer: Any, *, since: float) -> None:
+    """Remove the logger's ``version_N`` folder of a run that stopped at a start-up check, if this run made it and it
+    holds nothing or only the config files written at start-up: each such failed start left one, and the real run's
+    logs then landed in ``version_4``."""
+    import shutil
+
+    log_dir = getattr(getattr(trainer, "logger", None), "log_dir", None)
+    if (not log_dir or not os.path.basename(os.path.normpath(log_dir)).startswith("version_")
+            or not os.path.isdir(log_dir) or getattr(trainer, "global_rank", 0) != 0):
+        return
+    try:
+        entries = os.listdir(log_dir)
+        if set(entries) <= {"config.yaml", "hparams.yaml"} and os.stat(log_dir).st_mtime >= since - 1.0:
+            shutil.rmtree(log_dir)
+    except OSError:  # not ours to fight over: the error message matters more
+        pass
 
 
 def _print_on_rank_zero(message: str) -> None:

@@ -117,6 +117,14 @@ def test_missing_checkpoint_and_dataset_are_named(tmp_path, capsys):
                  f"--trainer.logger.init_args.save_dir={tmp_path}"])
     assert code == 2
     assert f"dataset folder {tmp_path / 'nodata'} does not exist" in capsys.readouterr().err
+    # Each failed start left an empty logs/version_N folder (the real run's logs then landed in version_4).
+    assert not list((tmp_path / "logs").glob("version_*"))
+    (tmp_path / "logs" / "version_0").mkdir(parents=True)  # an earlier run's, with its metrics, is kept
+    (tmp_path / "logs" / "version_0" / "metrics.csv").write_text("step\n")
+    assert main(["fit", "--config", str(CONFIGS / "poke_encoder" / "tiny.yaml"),
+                 f"--data.init_args.data_dir={tmp_path / 'nodata'}", f"--trainer.default_root_dir={tmp_path}",
+                 f"--trainer.logger.init_args.save_dir={tmp_path}"]) == 2
+    assert [path.name for path in (tmp_path / "logs").glob("version_*")] == ["version_0"]
 
 
 
