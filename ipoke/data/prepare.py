@@ -74,6 +74,7 @@ from ipoke.data.video_io import (
     VIDEO_EXTENSIONS,
     VideoReadError,
     frame_files,
+    gif_frame_repeats,
     iter_frames,
     resize_frame,
     resize_points,
@@ -222,9 +223,11 @@ def prepare_video_arrays(source: str | os.PathLike, *, estimator: FlowEstimator,
         masks: ``"none"`` or ``"grabcut"``.
         max_frames: Use at most this many (kept) frames.
         keypoints: Optional keypoints of the raw video: ``(N_raw, K, 2)`` ``(x, y)`` in raw pixels, one row per raw
-            frame (before ``frame_step``), NaN where unknown; or a file for :func:`load_keypoints`. The rows of the
-            kept frames are mapped to size S like the frames (:func:`ipoke.data.video_io.resize_points`). A video
-            file is then decoded to its end even with ``max_frames``, to count its frames.
+            frame (before ``frame_step``), NaN where unknown; or a file for :func:`load_keypoints`. For a GIF, one
+            row per stored frame also works: rows are then repeated like the frames a GIF holds longer
+            (:func:`ipoke.data.video_io.gif_frame_repeats`). The rows of the kept frames are mapped to size S like
+            the frames (:func:`ipoke.data.video_io.resize_points`). A video file is then decoded to its end even with
+            ``max_frames``, to count its frames.
 
     Returns:
         Dict with ``frames`` uint8 ``(N, S, S, 3)``, ``flow`` float16 ``(F, L, 2, S, S)``, ``flow_starts`` int32
@@ -283,7 +286,7 @@ def prepare_video_arrays(source: str | os.PathLike, *, estimator: FlowEstimator,
                            f"{max_lag + 1} are needed (use smaller --lags or --frame-step, or leave the video out)")
     keypoint_array = None
     if points is not None:
-        _check_keypoint_rows(points, raw_count[0], points_label, source)
+        points = _check_keypoint_rows(points, raw_count[0], points_label, source)
         kept_points = points[::frame_step][:len(frames)]
         aspect = video_sample_aspect(source)
         if aspect != 1:  # frames were stretched to their display width; the keypoints are in the coded pixels
@@ -363,11 +366,32 @@ def _checked_keypoints(array: np.ndarray, label: str) -> np.ndarray:
     return array
 
 
-def _check_keypoint_rows(points: np.ndarray, raw_count: int, label: str, source: str | os.PathLike) -> None:
-    if len(points) != raw_count:
-        raise PrepareError(f"{label} has {len(points)} rows but video {source} has {raw_count} frames; it needs one "
-                           "row per frame of the raw video (before --frame-step); were the keypoints estimated on "
-                           "another copy or a subsampled version of the video?")
+def _check_keypoint_rows(points: np.ndarray, raw_count: int, label: str, source: str | os.PathLike) -> np.ndarray:
+    """``points`` with one row per raw frame (``raw_count`` of them), or a PrepareError naming both counts.
+
+    A GIF's frame shown k times as long is read as k frames (:func:`ipoke.data.video_io.gif_frame_repeats`), but a
+    pose estimator sees the frames the file stores (OpenCV, Pillow and imageio read those): keypoints with one row per
+    stored frame are repeated like the frames.
+    """
+    if len(points) == raw_count:
+        return points
+    source_path = Path(source)
+    repeats = (gif_frame_repeats(source_path) if source_path.suffix.lower() == ".gif" and source_path.is_file()
+               else None)
+    if repeats is not None and len(repeats) != raw_count:
+        if len(points) == len(repeats) and sum(repeats) == raw_count:
+            return np.repeat(points, repeats, axis=0)
+        held = [(index, count) for index, count in enumerate(repeats) if count > 1]
+        held_text = ", ".join(f"frame {index} is held {count}x" for index, count in held[:3])
+        if len(held) > 3:
+            held_text += f", and {len(held) - 3} more frames"
+        raise PrepareError(f"{label} has {len(points)} rows but {source} is a GIF with {len(repeats)} stored frames, "
+                           f"read as {raw_count} time steps ({held_text}, counting stored frames from 0); it needs "
+                           "one row per stored frame or per time step (before --frame-step); were the keypoints "
+                           "estimated on another copy or a subsampled version of the video?")
+    raise PrepareError(f"{label} has {len(points)} rows but video {source} has {raw_count} frames; it needs one "
+                       "row per frame of the raw video (before --frame-step); were the keypoints estimated on "
+                       "another copy or a subsampled version of the video?")
 
 
 def load_keypoints(path: str | os.PathLike) -> np.ndarray:

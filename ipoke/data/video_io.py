@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -549,12 +549,38 @@ def _gif_frames(path: str | os.PathLike) -> tuple[list[np.ndarray], float | None
         raise VideoReadError(f"cannot read GIF {path}: {error} (the file is damaged or not a GIF)") from error
     if not frames:
         raise VideoReadError(f"GIF {path} has no frames")
+    repeats, unit = _gif_repeats(delays)
+    if unit is None:
+        return frames, None
+    return [frame for frame, count in zip(frames, repeats) for _ in range(count)], 1000.0 / unit
+
+
+def _gif_repeats(delays: Sequence[float]) -> tuple[list[int], float | None]:
+    """How many time steps each stored frame of a GIF is shown for (its delay in units of the shortest delay,
+    rounded, at least 1), and that unit in ms (None, and one step per frame, when the file stores no delays)."""
     shown = [delay for delay in delays if delay > 0]
     if not shown:
-        return frames, None
+        return [1] * len(delays), None
     unit = min(shown)
-    repeats = [max(1, round(delay / unit)) for delay in delays]
-    return [frame for frame, count in zip(frames, repeats) for _ in range(count)], 1000.0 / unit
+    return [max(1, round(delay / unit)) for delay in delays], unit
+
+
+def gif_frame_repeats(path: str | os.PathLike) -> list[int]:
+    """For each frame stored in an animated GIF, how many times :func:`iter_frames` (and :func:`read_gif`) return
+    it: a frame shown k times as long as the shortest is repeated k times. ``sum`` of the result is the number of
+    frames read; its length is the number of stored frames, which other readers (OpenCV, Pillow, imageio) return.
+
+    Raises:
+        VideoReadError: If the file cannot be read as a GIF.
+    """
+    from PIL import Image, ImageSequence, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            delays = [float(frame.info.get("duration") or 0) for frame in ImageSequence.Iterator(image)]
+    except (UnidentifiedImageError, OSError, EOFError) as error:
+        raise VideoReadError(f"cannot read GIF {path}: {error} (the file is damaged or not a GIF)") from error
+    return _gif_repeats(delays)[0]
 
 
 def read_gif(path: str | os.PathLike) -> np.ndarray:

@@ -873,3 +873,44 @@ def test_growing_stack_equals_np_stack_across_chunks(monkeypatch):
         growing.append(item)
     assert len(growing) == 10 and len(growing._chunks) == 3
     np.testing.assert_array_equal(growing.stack(), np.stack(items))
+
+
+def test_keypoints_of_a_gif_may_have_one_row_per_stored_frame(tmp_path):
+    """A GIF frame shown twice as long is read as two frames (a time step each), but a pose estimator sees the frames
+    the file stores (7 here, read as 8): such keypoints were refused ('7 rows but video ... has 8 frames'). They are
+    repeated like the frames; one row per time step still works; other counts name the GIF's held frames."""
+    from PIL import Image
+
+    from ipoke.data.video_io import gif_frame_repeats, read_frames
+
+    clip = panning_clip(7, seed=3)
+    root, keypoints = tmp_path / "raw", tmp_path / "keypoints"
+    root.mkdir()
+    keypoints.mkdir()
+    images = [Image.fromarray(frame) for frame in clip]
+    images[0].save(root / "held.gif", save_all=True, append_images=images[1:], duration=[100] * 3 + [200] + [100] * 3,
+                   loop=0)
+    assert gif_frame_repeats(root / "held.gif") == [1, 1, 1, 2, 1, 1, 1] and len(read_frames(root / "held.gif")) == 8
+    stored = np.zeros((7, 2, 2), np.float32)
+    stored[:, 0] = np.stack([10.0 + 2 * np.arange(7), np.full(7, 12.0)], axis=-1)
+    stored[:, 1] = np.nan
+    np.save(keypoints / "held.npy", stored)
+    result = prepare_dataset(root, tmp_path / "out", size=32, lags=LAGS, keypoints_dir=keypoints, progress=False)
+    assert result.written == ["held"]
+    video = tmp_path / "out" / "videos" / "held"
+    frames, points = np.load(video / "frames.npy"), np.load(video / "keypoints.npy")
+    assert len(frames) == len(points) == 8
+    expected = np.repeat(stored, [1, 1, 1, 2, 1, 1, 1], axis=0)
+    expected[..., 0] -= 4  # the centred 32x32 crop of 40x32 frames starts at x = 4
+    np.testing.assert_array_equal(points, expected)
+    np.testing.assert_array_equal(frames[3], frames[4])  # the held frame, and its keypoints, twice
+
+    np.save(keypoints / "held.npy", np.repeat(stored, [1, 1, 1, 2, 1, 1, 1], axis=0))  # one row per time step
+    again = prepare_dataset(root, tmp_path / "steps", size=32, lags=LAGS, keypoints_dir=keypoints, progress=False)
+    assert again.written == ["held"]
+    np.testing.assert_array_equal(np.load(tmp_path / "steps" / "videos" / "held" / "keypoints.npy"), expected)
+
+    np.save(keypoints / "held.npy", stored[:6])
+    with pytest.raises(PrepareError, match=r"has 6 rows but .*held.gif is a GIF with 7 stored frames, read as 8 time "
+                                           r"steps \(frame 3 is held 2x"):
+        prepare_dataset(root, tmp_path / "short", size=32, lags=LAGS, keypoints_dir=keypoints, progress=False)
