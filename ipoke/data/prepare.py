@@ -18,7 +18,8 @@ Videos are split into train/test by a split file, by the layout (iPER ``train.tx
 folders), or by a seeded fraction of the videos (drawn again at the end over the videos that were prepared when bad
 ones were left out, so a left-out video cannot take the only test slot). Work is spread over ``workers`` processes.
 A re-run skips finished videos (after checking that it uses the same settings), redoes interrupted ones and only
-relabels splits that changed. ::
+relabels splits that changed; videos added to a finished dataset leave the random split of its videos alone (see
+:func:`_kept_splits`). ::
 
     result = prepare_dataset("raw/plants", "data/plants", size=128, layout="plants", workers=2)
     print(result.summary())
@@ -39,8 +40,8 @@ import re
 import sys
 import unicodedata
 import zipfile
-from collections import deque
-from collections.abc import Iterable, Sequence
+from collections import Counter, deque
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +61,7 @@ from ipoke.data.flow import (
     resize_flow,
 )
 from ipoke.data.format import (
+    INDEX_FILE,
     PREPARE_SETTINGS_FILE,
     VIDEOS_DIR,
     DatasetFormatError,
@@ -126,6 +128,8 @@ class PrepareResult:
         written: Ids of videos prepared by this run.
         skipped: Ids of videos that were already finished and were kept.
         relabelled: Ids of finished videos whose split changed (their ``meta.json`` was updated).
+        moved_to_test: Those of ``relabelled`` that are now in test (a model trained on the folder before has seen
+            them; the summary names them).
         failed: Video id -> error message, for videos skipped because of bad input (``on_error="skip"``).
         index: The written index (``ipoke_dataset.json``).
     """
@@ -134,6 +138,7 @@ class PrepareResult:
     written: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     relabelled: list[str] = field(default_factory=list)
+    moved_to_test: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     index: dict[str, Any] = field(default_factory=dict)
 
@@ -161,6 +166,14 @@ class PrepareResult:
             text += (f"\nnote: the split file names no video 'test' (its splits here: {', '.join(sorted(splits))}); "
                      "`ipoke fit` validates and `ipoke evaluate` tests on 'test' unless told otherwise (split names "
                      "are case-sensitive)")
+        if self.moved_to_test:
+            moved = sorted(self.moved_to_test)
+            why = ("the split file puts them there" if settings.get("split_file") is not None else
+                   "the random split was drawn again, since a split file was used before or --seed, --test-fraction, "
+                   "--split-by or --layout changed; with the same ones, finished videos keep their split")
+            text += (f"\nnote: {len(moved)} videos prepared before this run moved into the test split "
+                     f"({', '.join(moved[:5])}{', ...' if len(moved) > 5 else ''}; {why}): a model trained on this "
+                     "folder before has trained on them, so do not test it on this split")
         requested = settings.get("flow_resolution")
         capped = sorted((meta["flow_resolution"], meta["id"]) for meta in self.index.get("videos", [])
                         if requested and meta.get("flow_resolution", requested) < requested)
@@ -566,7 +579,7 @@ def _fraction_count(count: int, fraction: float) -> int:
 
 def assign_splits(sources: Sequence[VideoSource], *, split_file: str | os.PathLike | None = None,
                   test_fraction: float = 0.2, seed: int = 0, split_by: str = "video",
-                  unlisted: str = "error") -> dict[str, str | None]:
+                  unlisted: str = "error", kept: Mapping[str, str] | None = None) -> dict[str, str | None]:
     """Decide the split of every video.
 
     Precedence: a split file, then the layout's split, then a seeded random split of the rest:
@@ -577,6 +590,11 @@ def assign_splits(sources: Sequence[VideoSource], *, split_file: str | os.PathLi
     * ``split_by="object"``: that fraction of the objects goes to test with all their videos (stronger test of
       generalisation to unseen objects).
 
+    ``kept`` fixes the random split of some videos (those an earlier run prepared, so that adding videos never moves
+    a video a model was trained on into test): the others are drawn so that each object (or all videos, or the
+    objects) reaches the test count above counting the kept videos; a new video of an object that ``split_by="object"``
+    already placed joins that object's split.
+
     Args:
         sources: The videos.
         split_file: Optional file for :func:`read_split_file`.
@@ -585,6 +603,8 @@ def assign_splits(sources: Sequence[VideoSource], *, split_file: str | os.PathLi
         split_by: ``"video"`` or ``"object"``.
         unlisted: For videos the split file does not name: ``"error"``, ``"train"``, ``"test"`` or ``"skip"``
             (left out; their split is None).
+        kept: Video id -> split to keep, for videos of the random split (ignored with a split file and for videos
+            whose layout gives their split).
 
     Returns:
         Video id -> split (None for videos to leave out).
@@ -646,25 +666,68 @@ def assign_splits(sources: Sequence[VideoSource], *, split_file: str | os.PathLi
     pending = [source for source in pending if source.split is None]
     if not pending:
         return splits
+    kept = {source.video_id: kept[source.video_id] for source in pending if kept and source.video_id in kept}
     groups: dict[str, list[str]] = {}
     for source in pending:
         groups.setdefault(source.object_id or source.video_id, []).append(source.video_id)
     test: set[str] = set()
     if split_by == "object":
         names = sorted(groups)
-        for index in rng.permutation(len(names))[:_fraction_count(len(names), test_fraction)]:
-            test.update(groups[names[index]])
-    elif any(source.object_id for source in pending):
-        for name in sorted(groups):
-            members = groups[name]
-            test.update(members[i] for i in rng.permutation(len(members))[:_fraction_count(len(members),
-                                                                                         test_fraction)])
+        # An object with kept videos keeps its split (the most common among them), for its new videos too.
+        placed = {name: Counter(kept[vid] for vid in groups[name] if vid in kept).most_common(1)[0][0]
+                  for name in names if any(vid in kept for vid in groups[name])}
+        new_names = [name for name in names if name not in placed]
+        needed = _fraction_count(len(names), test_fraction) - sum(split == "test" for split in placed.values())
+        for index in rng.permutation(len(new_names))[:max(0, needed)]:
+            test.update(groups[new_names[index]])
+        test.update(vid for name, split in placed.items() if split == "test" for vid in groups[name])
     else:
-        ids = [source.video_id for source in pending]
-        test.update(ids[i] for i in rng.permutation(len(ids))[:_fraction_count(len(ids), test_fraction)])
+        # Per object when objects are known (every object also in train), else over all videos; kept test videos
+        # count towards the test share of their unit. Without kept videos this is the plain seeded draw.
+        units = ([groups[name] for name in sorted(groups)] if any(source.object_id for source in pending)
+                 else [[source.video_id for source in pending]])
+        for members in units:
+            new = [vid for vid in members if vid not in kept]
+            needed = _fraction_count(len(members), test_fraction) - sum(kept.get(vid) == "test" for vid in members)
+            test.update(new[i] for i in rng.permutation(len(new))[:max(0, needed)])
     for source in pending:
-        splits[source.video_id] = "test" if source.video_id in test else "train"
+        splits[source.video_id] = kept.get(source.video_id, "test" if source.video_id in test else "train")
     return splits
+
+
+def _kept_splits(out: Path, sources: Sequence[VideoSource], *, split_file: str | os.PathLike | None, layout: str,
+                 test_fraction: float, split_by: str, seed: int) -> dict[str, str]:
+    """The stored splits of the videos ``out`` already holds, when this run's random split must keep them.
+
+    Adding videos to the raw folder and running the same command again redrew the seeded split over all videos, so
+    finished videos changed split: a video a model had been trained on went to test. They keep their split when the
+    finished dataset (its index) was made by the same random split: no split file then or now, and the same layout,
+    test fraction, split unit and seed. Otherwise (other split options, a split file before, or no index yet: an
+    unfinished first run, which nobody can have trained on) the split is drawn afresh over all videos.
+    """
+    if split_file is not None:
+        return {}
+    try:
+        previous = json.loads((out / INDEX_FILE).read_text()).get("settings") or {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+    current = {"split_file": None, "layout": layout, "test_fraction": test_fraction, "split_by": split_by,
+               "seed": seed}
+    defaults = {"split_file": None, "layout": "plain", "test_fraction": 0.2, "split_by": "video", "seed": 0}
+    if not isinstance(previous, dict) or any(previous.get(key, defaults[key]) != value
+                                             for key, value in current.items()):
+        return {}
+    drawn = {source.video_id for source in sources if source.split is None}
+    kept: dict[str, str] = {}
+    for meta_file in finished_meta_files(out):
+        if meta_file.parent.name in drawn:
+            try:
+                split = json.loads(meta_file.read_text()).get("split")
+            except (OSError, ValueError, AttributeError):
+                continue  # a damaged entry is reported where the folder is checked
+            if isinstance(split, str):
+                kept[meta_file.parent.name] = split
+    return kept
 
 
 # Per-process state of the workers: the writer (unpickled without running its constructor, so a worker never
@@ -715,17 +778,17 @@ def _prepare_one(task: tuple[VideoSource, str, Path | None]) -> tuple[str, str |
     return source.video_id, None
 
 
-def _update_meta(writer: DatasetWriter, source: VideoSource, split: str) -> bool:
+def _update_meta(writer: DatasetWriter, source: VideoSource, split: str) -> str | None:
     """Bring a finished video's ``meta.json`` up to date with this run: its split, and what the layout says about it
     (object id, source file, the layout's fields: a resume may use another --layout or split file, which change
-    neither frames nor flow). Returns True if the split changed."""
+    neither frames nor flow). Returns the split it had."""
     meta_file = writer.video_dir(source.video_id) / "meta.json"
     meta = json.loads(meta_file.read_text())
     updated = {key: value for key, value in meta.items() if key not in LAYOUT_META_KEYS}
     updated.update(source.meta, split=split, object_id=source.object_id, source_file=source.relative_path)
     if updated != meta:
         write_text_atomic(meta_file, json.dumps(updated))
-    return meta.get("split") != split
+    return meta.get("split")
 
 
 def _check_resume(out: Path, settings: dict[str, Any]) -> None:
@@ -861,8 +924,11 @@ def prepare_dataset(videos_dir: str | os.PathLike, out: str | os.PathLike, *, si
             f"{len(too_long)} videos get ids longer than {MAX_ID_BYTES} bytes (an id is the path below --videos with "
             f"'/' as '__', and names a folder, which file systems limit), e.g. {too_long[0].relative_path!r}; point "
             "--videos at a deeper folder, or shorten the folder and file names")
+    # Finished videos keep their random split when videos are added (see _kept_splits).
+    kept = _kept_splits(out, sources, split_file=split_file, layout=layout, test_fraction=test_fraction,
+                        split_by=split_by, seed=seed)
     splits = assign_splits(sources, split_file=split_file, test_fraction=test_fraction, seed=seed,
-                           split_by=split_by, unlisted=unlisted)
+                           split_by=split_by, unlisted=unlisted, kept=kept)
     sources = [source for source in sources if splits[source.video_id] is not None]
     keypoint_files: dict[str, Path] = {}
     if keypoints_dir is not None:
@@ -891,7 +957,7 @@ def prepare_dataset(videos_dir: str | os.PathLike, out: str | os.PathLike, *, si
     writer = DatasetWriter(out, size=size, flow_lags=lags, source="prepare", settings=settings)
     try:
         (out / SETTINGS_FILE).write_text(json.dumps(settings, indent=1))
-        return _prepare_sources(writer, sources, splits, keypoint_files, settings, flow_options, estimator,
+        return _prepare_sources(writer, sources, splits, kept, keypoint_files, settings, flow_options, estimator,
                                 workers=workers, on_error=on_error, progress=progress)
     except BaseException as error:  # Ctrl-C and SIGTERM too: a new folder with no finished video refused the re-run
         if fresh and remove_if_nothing_finished(out, created_root=created_out):
@@ -915,8 +981,9 @@ def _build_estimator(flow_method: str, flow_options: dict[str, Any]) -> FlowEsti
 
 
 def _prepare_sources(writer: DatasetWriter, sources: list[VideoSource], splits: dict[str, str | None],
-                     keypoint_files: dict[str, Path], settings: dict[str, Any], flow_options: dict[str, Any],
-                     estimator: FlowEstimator, *, workers: int, on_error: str, progress: bool) -> PrepareResult:
+                     kept: dict[str, str], keypoint_files: dict[str, Path], settings: dict[str, Any],
+                     flow_options: dict[str, Any], estimator: FlowEstimator, *, workers: int, on_error: str,
+                     progress: bool) -> PrepareResult:
     """The preparation loop of :func:`prepare_dataset`, once the output folder is set up."""
     out = writer.root
     split_file, test_fraction, seed, split_by = (settings[key] for key in ("split_file", "test_fraction", "seed",
@@ -989,16 +1056,20 @@ def _prepare_sources(writer: DatasetWriter, sources: list[VideoSource], splits: 
     if result.failed and split_file is None:
         # The random split was drawn over every video before any was read; draw it again over those that were
         # prepared, so that a left-out video does not take the test slots with it. The same inputs give the same
-        # left-out videos, so a re-run draws the same splits.
+        # left-out videos, so a re-run draws the same splits. Videos of an earlier run keep theirs (kept).
         prepared = [source for source in sources if source.video_id not in result.failed]
-        splits = {**splits, **assign_splits(prepared, test_fraction=test_fraction, seed=seed, split_by=split_by)}
+        splits = {**splits, **assign_splits(prepared, test_fraction=test_fraction, seed=seed, split_by=split_by,
+                                            kept=kept)}
     skipped = set(result.skipped)
     for source in sources:
         if source.video_id not in result.failed:
             split = splits[source.video_id]
             assert split is not None
-            if _update_meta(writer, source, split) and source.video_id in skipped:
+            previous = _update_meta(writer, source, split)
+            if previous != split and source.video_id in skipped:
                 result.relabelled.append(source.video_id)
+                if split == "test":
+                    result.moved_to_test.append(source.video_id)
     if result.failed:
         writer.settings = {**settings, "failed": result.failed}
     result.index = writer.write_index()

@@ -914,3 +914,70 @@ def test_keypoints_of_a_gif_may_have_one_row_per_stored_frame(tmp_path):
     with pytest.raises(PrepareError, match=r"has 6 rows but .*held.gif is a GIF with 7 stored frames, read as 8 time "
                                            r"steps \(frame 3 is held 2x"):
         prepare_dataset(root, tmp_path / "short", size=32, lags=LAGS, keypoints_dir=keypoints, progress=False)
+
+
+def test_videos_added_to_the_raw_folder_leave_the_finished_videos_splits_alone(tmp_path):
+    """Adding a video and re-running the same command (the documented way to grow a dataset) redrew the seeded
+    split over all videos: finished videos changed split ('relabelled 2'), a video trained on moved to test. They
+    keep their split now, the new video gets one that keeps the test fraction; other split options redraw, and the
+    summary names the finished videos that moved into test."""
+    root, out = tmp_path / "raw", tmp_path / "out"
+    five = sources(*[(f"v{i}", None) for i in range(5)])
+    six = sources(*[(f"v{i}", None) for i in range(6)])
+    # A seed whose draw over six videos gives one of the first five another split than the draw over five did.
+    seed = next(seed for seed in range(100)
+                if any(assign_splits(five, seed=seed)[f"v{i}"] != assign_splits(six, seed=seed)[f"v{i}"]
+                       for i in range(5)))
+    for index in range(5):
+        write_frame_folder(root / f"v{index}", panning_clip(6, seed=index))
+    first = prepare_dataset(root, out, size=32, lags=LAGS, seed=seed, progress=False)
+    before = {meta["id"]: meta["split"] for meta in first.index["videos"]}
+    assert before == assign_splits(five, seed=seed)
+
+    write_frame_folder(root / "v5", panning_clip(6, seed=5))
+    second = prepare_dataset(root, out, size=32, lags=LAGS, seed=seed, progress=False)
+    after = {meta["id"]: meta["split"] for meta in second.index["videos"]}
+    assert second.written == ["v5"] and second.relabelled == [] and "relabelled 0" in second.summary()
+    assert {vid: after[vid] for vid in before} == before
+    assert after["v5"] == "train" and PreparedDataset(out).splits() == {"test": 1, "train": 5}  # round(0.2 * 6) = 1
+    assert all(json.loads((out / "videos" / vid / "meta.json").read_text())["split"] == split
+               for vid, split in after.items())
+    assert "note:" not in second.summary()
+
+    # Another test fraction draws the split again over all videos; the videos moved into test are named.
+    third = prepare_dataset(root, out, size=32, lags=LAGS, seed=seed, test_fraction=0.5, progress=False)
+    moved = sorted(vid for vid, split in after.items() if split == "train"
+                   and json.loads((out / "videos" / vid / "meta.json").read_text())["split"] == "test")
+    assert PreparedDataset(out).splits() == {"test": 3, "train": 3} and len(moved) >= 2
+    assert sorted(third.moved_to_test) == moved
+    assert f"note: {len(moved)} videos prepared before this run moved into the test split ({', '.join(moved)};" in (
+        third.summary())
+    # The same options again: nothing moves.
+    assert prepare_dataset(root, out, size=32, lags=LAGS, seed=seed, test_fraction=0.5, progress=False
+                           ).relabelled == []
+
+
+def test_random_split_keeps_the_kept_videos_and_tops_up_the_test_share():
+    plain = sources(*[(f"v{i}", None) for i in range(10)])
+    kept = {f"v{i}": "test" if i == 0 else "train" for i in range(8)}
+    splits = assign_splits(plain, seed=0, kept=kept)
+    assert {vid: splits[vid] for vid in kept} == kept
+    assert [splits["v8"], splits["v9"]].count("test") == 1  # round(0.2 * 10) = 2, one of them kept
+    kept = {f"v{i}": "test" if i < 2 else "train" for i in range(8)}
+    assert assign_splits(plain, seed=0, kept=kept) == {**kept, "v8": "train", "v9": "train"}
+    # Per object: a new take tops up its own plant's test share; every plant keeps a video in train.
+    plants = sources(("a0", "A"), ("a1", "A"), ("a2", "A"), ("a3", "A"), ("a4", "A"), ("b0", "B"), ("b1", "B"),
+                     ("b2", "B"), ("c0", "C"))
+    kept = {"a0": "test", "a1": "train", "a2": "train", "a3": "train", "b0": "train", "b1": "train"}
+    splits = assign_splits(plants, seed=0, kept=kept)
+    assert {vid: splits[vid] for vid in kept} == kept
+    assert splits["a4"] == "train" and splits["b2"] == "test" and splits["c0"] == "train"
+    # Whole objects: a new take joins its plant's split; new plants fill what the kept ones leave of the share.
+    objects = sources(("a0", "A"), ("a9", "A"), ("b0", "B"), ("b9", "B"), ("d0", "D"), ("e0", "E"))
+    splits = assign_splits(objects, seed=0, split_by="object", test_fraction=0.34, kept={"a0": "test", "b0": "train"})
+    assert splits == {"a0": "test", "a9": "test", "b0": "train", "b9": "train", "d0": "train", "e0": "train"}
+    splits = assign_splits(objects, seed=0, split_by="object", test_fraction=0.5, kept={"a0": "test", "b0": "train"})
+    assert splits["a9"] == "test" and splits["b9"] == "train" and sorted([splits["d0"], splits["e0"]]) == [
+        "test", "train"]
+    # Without kept videos the draw is the one it always was.
+    assert assign_splits(plain, seed=3, kept={}) == assign_splits(plain, seed=3)
