@@ -636,7 +636,7 @@ def format_comparisons(report: dict[str, Any], baseline: str = "copy_x0") -> str
             continue
         for key, c in compare_with_baseline(report, name, baseline).items():
             lines.append(f"{name} vs {baseline}, {key}: {c['difference']:+.4f} +- {c['standard_error']:.4f} px "
-                         f"(paired, {clip_count_text(c)}): {c['verdict']}")
+                         f"(paired, {clip_count_text(c)}; 95 % margin {c['margin']:.4f}): {c['verdict']}")
     return "\n".join(lines)
 
 

@@ -438,7 +438,8 @@ def control_verdict(report: dict[str, Any], model: str = "ipoke") -> str:
     for key, c in compare_with_baseline(report, model, "copy_x0", keys=tuple(where)).items():
         lines.append(f"- Motion error {where[key]} (`{key}`): {c['model']:.3f} px against {c['baseline']:.3f} px for "
                      f"a static video, paired difference {c['difference']:+.3f} ± {c['standard_error']:.3f} px over "
-                     f"{clip_count_text(c)}: {wording[c['verdict']]}.")
+                     f"{clip_count_text(c)} (standard error; 95 % margin ±{c['margin']:.3f}): "
+                     f"{wording[c['verdict']]}.")
     return "Control:\n\n" + "\n".join(lines) if lines else ""
 
 

@@ -338,7 +338,7 @@ def test_control_verdict_compares_with_copy_x0_clip_by_clip():
     text = quickstart.control_verdict(_report(model, copy))
     poke_line, object_line = text.splitlines()[2:]
     assert "`control/poke_epe`" in poke_line and "1.400 px against 1.500 px" in poke_line
-    assert "paired difference -0.100 ± 0.008 px over 4 clips" in poke_line
+    assert "paired difference -0.100 ± 0.008 px over 4 clips (standard error; 95 % margin ±0.026)" in poke_line
     assert poke_line.endswith(": better than copying x0.")
     assert "`control/object_epe`" in object_line and object_line.endswith(": worse than copying x0.")
     # A lower mean that one clip decides is no verdict: differences -0.3, +0.1, +0.1, +0.05.
