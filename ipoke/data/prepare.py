@@ -205,6 +205,10 @@ def grabcut_foreground(frame: np.ndarray, *, iterations: int = 5) -> tuple[np.nd
     labels = np.zeros((height, width), np.uint8)
     background_model = np.zeros((1, 65), np.float64)
     foreground_model = np.zeros((1, 65), np.float64)
+    # GrabCut initialises its colour models by k-means++, which draws from OpenCV's global random generator: unseeded,
+    # a mask depended on what ran before in the process, so prepared masks changed with --workers, the order of the
+    # videos over the workers and resumes (up to 120 of 14k pixels per video). Seeded here, a mask depends on its frame.
+    cv2.setRNGSeed(0)
     try:
         cv2.grabCut(np.ascontiguousarray(frame), labels, rect, background_model, foreground_model, iterations,
                     cv2.GC_INIT_WITH_RECT)

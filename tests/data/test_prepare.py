@@ -341,6 +341,25 @@ def test_grabcut_finds_a_central_object():
     assert uniform.shape == (32, 32) and uniform.dtype == np.uint8 and isinstance(ok, bool)
 
 
+def test_grabcut_draws_the_same_random_numbers_whatever_ran_before(monkeypatch):
+    # GrabCut's k-means++ draws from OpenCV's global generator: unseeded, masks changed with --workers and with the
+    # videos a worker had done before (the session-20 reproducibility hunt: up to 120 pixels per video).
+    import ipoke.data.prepare as prepare_module
+
+    grab_cut, draws = cv2.grabCut, []
+
+    def recording(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        draws.append(cv2.randu(np.zeros(4), 0.0, 1.0).copy())  # the generator's state GrabCut would start from
+        return grab_cut(*args, **kwargs)
+
+    monkeypatch.setattr(prepare_module.cv2, "grabCut", recording)
+    frame = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    for seed in (1, 2):
+        cv2.setRNGSeed(seed)  # as another video's GrabCut calls would have left it
+        grabcut_foreground(frame)
+    assert len(draws) == 2 and np.array_equal(draws[0], draws[1])
+
+
 def test_grabcut_masks_are_stored(raw, tmp_path):
     root, _ = raw
     prepare_dataset(root, tmp_path / "out", size=32, lags=LAGS, masks="grabcut", exclude=["sub*", "pan"],
