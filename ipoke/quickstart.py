@@ -328,7 +328,8 @@ def run_quickstart(out: str | Path = "quickstart", *, minutes: float | None = No
         raise Terminated if status == 143 else KeyboardInterrupt
     if status != 0:
         raise ValueError(f"the sample overviews could not be written to {samples_dir} (the error is above)")
-    example_image, example_poke = write_example_image(out / EXAMPLE_IMAGE, data_dir, poker)
+    example_image, example_poke = write_example_image(out / EXAMPLE_IMAGE, data_dir, poker,
+                                                      max_clips=settings.eval_clips)
     seconds = None if records is None else sum(record["seconds"] for record in records.values())
     _write_report(out, reports, seconds, settings, accelerator)
     for split, (_, title) in EVALUATION_SPLITS.items():
@@ -383,12 +384,16 @@ def _note_other_budgets(records: dict[str, dict[str, float]] | None, budget_seco
              "retrains them)")
 
 
-def write_example_image(path: Path, data_dir: Path, poker: Any, *, side: int = 256) -> tuple[Path, str]:
+def write_example_image(path: Path, data_dir: Path, poker: Any, *, side: int = 256,
+                        max_clips: int | None = None) -> tuple[Path, str]:
     """Save a held-out start frame at ``side`` px (a photo-sized input for ``ipoke sample --image``).
 
     The frame is the first clip of the test split (else of the val split), as the evaluation draws it, whose poke is
     on the object (not a background poke); the returned poke ``"x,y,dx,dy"`` is that clip's simulated poke in the
-    saved image's pixels (on the object, moving the way the plant moved).
+    saved image's pixels (on the object, moving the way the plant moved). ``max_clips`` is the evaluation's number of
+    clips: it scores evenly spaced clips and seeds their pokes by their place among them, so the example is picked
+    among those (without it, on a split larger than the evaluation's, the example was a clip never scored, with a
+    poke the evaluation never drew).
     """
     import cv2
     import numpy as np
@@ -399,12 +404,12 @@ def write_example_image(path: Path, data_dir: Path, poker: Any, *, side: int = 2
     # few videos (--videos 12) every test clip can be one: the val split's clips are tried next.
     clip = None
     for split in EVALUATION_SPLITS:
-        clips = poker.evaluation_clips(data_dir, split=split, seed=42)
+        clips = poker.evaluation_clips(data_dir, split=split, seed=42, max_clips=max_clips)
         clip = next((clips[i] for i in range(len(clips)) if not bool(clips[i]["background_poke"])), None)
         if clip is not None:
             break
     if clip is None:
-        clip = poker.evaluation_clips(data_dir, split="test", seed=42)[0]
+        clip = poker.evaluation_clips(data_dir, split="test", seed=42, max_clips=max_clips)[0]
         _log("note: every held-out clip is a background poke (few --videos), so the example poke hits the background")
     frame = ((clip["video"][0].permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
     write_image_file(path, cv2.resize(frame, (side, side), interpolation=cv2.INTER_CUBIC))

@@ -57,6 +57,23 @@ def test_the_example_poke_is_the_evaluations_poke(quickstart_run, tmp_path):
     np.testing.assert_array_equal(np.floor(mapped[0, :2]), np.floor(clip["poke_coords"][0, :2].numpy()))
     np.testing.assert_array_equal(poke_map[0].abs().sum(0).numpy() > 0, clip["poke"].abs().sum(0).numpy() > 0)
     np.testing.assert_allclose(mapped[0, 2:], clip["poke_coords"][0, 2:].numpy(), atol=0.5 * 64 / 256)
+    # An evaluation of fewer clips than the split (the GPU preset: 256 of 400) scores evenly spaced clips with pokes
+    # seeded by their place among them: the example is picked among those, with their pokes (it was a clip never
+    # scored, with a poke the evaluation never drew).
+    real, asked = poker.evaluation_clips, []
+
+    def evaluation_clips(data_dir, **options):
+        asked.append(options.get("max_clips"))
+        return real(data_dir, **options)
+
+    poker.evaluation_clips = evaluation_clips
+    _, poke = quickstart.write_example_image(tmp_path / "example.png", quickstart_run / "data", poker, max_clips=2)
+    assert asked and set(asked) == {2}
+    subset = real(quickstart_run / "data", split="test", seed=42, max_clips=2)
+    candidates = [clip for clip in subset if not clip["background_poke"]]
+    if candidates:  # else the val split's, as tested below
+        _, _, mapped = poker.prepare(tmp_path / "example.png", [[float(value) for value in poke.split(",")]])
+        np.testing.assert_array_equal(np.floor(mapped[0, :2]), np.floor(candidates[0]["poke_coords"][0, :2].numpy()))
 
 
 def test_the_example_falls_back_to_the_val_split_when_every_test_poke_is_on_the_background(quickstart_run, tmp_path):
@@ -64,8 +81,8 @@ def test_the_example_falls_back_to_the_val_split_when_every_test_poke_is_on_the_
     poker = Poker.from_checkpoint(quickstart_run / "model")
     real = poker.evaluation_clips
 
-    def evaluation_clips(data_dir, *, split, seed):
-        clips = real(data_dir, split=split, seed=seed)
+    def evaluation_clips(data_dir, *, split, seed, max_clips=None):
+        clips = real(data_dir, split=split, seed=seed, max_clips=max_clips)
         if split == "test":
             return [{**clips[i], "background_poke": True} for i in range(len(clips))]
         return clips
