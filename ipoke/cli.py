@@ -548,6 +548,8 @@ def _temperature_arg(text: str) -> float:
 def _device(name: str | None) -> str:
     import torch
 
+    from ipoke.models.base import cpu_as_cpu
+
     if name is None:
         return "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -560,8 +562,7 @@ def _device(name: str | None) -> str:
         raise UserError(f"--device {name}: only cpu and cuda are supported")
     if device.type == "cpu" and device.index not in (None, 0):
         raise UserError(f"--device {name}: the CPU has no index; use --device cpu")
-    # "cpu:0" is the CPU, but torch.load cannot restore weights tagged with it (the model was called damaged).
-    return "cpu" if device.type == "cpu" else name
+    return cpu_as_cpu(name)  # "cpu:0" is the CPU, but torch.load cannot restore weights tagged with it
 
 
 MODEL_HELP = "exported model folder, cINN Lightning checkpoint, or a name registered with `ipoke zoo register`"

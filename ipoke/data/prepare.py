@@ -61,13 +61,13 @@ from ipoke.data.flow import (
     resize_flow,
 )
 from ipoke.data.format import (
-    INDEX_FILE,
     PREPARE_SETTINGS_FILE,
     VIDEOS_DIR,
     DatasetFormatError,
     DatasetWriter,
     finished_meta_files,
     is_dataset,
+    read_index,
     remove_if_nothing_finished,
 )
 from ipoke.data.layouts import LAYOUT_META_KEYS, LAYOUTS, LayoutError, VideoSource, discover_videos
@@ -712,8 +712,8 @@ def _kept_splits(out: Path, sources: Sequence[VideoSource], *, split_file: str |
     if split_file is not None:
         return {}
     try:
-        previous = json.loads((out / INDEX_FILE).read_text()).get("settings") or {}
-    except (OSError, ValueError, AttributeError):
+        previous = read_index(out).get("settings") or {}
+    except (OSError, DatasetFormatError):  # no index yet, or a damaged one (reported where the folder is checked)
         return {}
     current = {"split_file": None, "layout": layout, "test_fraction": test_fraction, "split_by": split_by,
                "seed": seed}

@@ -41,6 +41,13 @@ def resume_seed(trainer: Any) -> int | None:
     return (torch.initial_seed() + RESUME_SEED_STRIDE * step) % 2**63 if step > 0 else None
 
 
+def run_seed(trainer: Any) -> int:
+    """The seed every process of a run shares when training starts: :func:`resume_seed` on a resumed run, else the
+    current seed (the config's ``seed_everything``)."""
+    seed = resume_seed(trainer)
+    return torch.initial_seed() if seed is None else seed
+
+
 def process_seed(trainer: Any) -> int | None:
     """The seed of this process's random streams when training starts: :func:`resume_seed`, moved on by the global
     rank under multi-process training; None for rank 0 of a fresh run (the streams stay as ``seed_everything`` left
@@ -51,11 +58,10 @@ def process_seed(trainer: Any) -> int | None:
     for the clips at the same position of their shards, which made the ranks' batches less independent than their
     clips suggested.
     """
-    seed = resume_seed(trainer)
     rank = int(getattr(trainer, "global_rank", 0) or 0) if trainer is not None else 0
     if rank == 0:
-        return seed
-    return ((torch.initial_seed() if seed is None else seed) + RANK_SEED_STRIDE * rank) % 2**63
+        return resume_seed(trainer)
+    return (run_seed(trainer) + RANK_SEED_STRIDE * rank) % 2**63
 
 
 def _optimizers_and_schedulers(configured: Any) -> tuple[list[Any], list[Any]]:

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from ipoke.data.datasets import MIN_MODEL_SIZE, PokeDataset
-from ipoke.lightning.base import process_seed, resume_seed
+from ipoke.lightning.base import process_seed, run_seed
 from ipoke.utils import is_whole_number
 
 
@@ -128,11 +128,9 @@ class PokeDataModule(L.LightningDataModule):
         if self.hparams.object_weighting:
             # Under DDP Lightning wraps this sampler and gives each rank every world_size-th of its draws: the
             # draws must be the same on every rank, so its generator is seeded without the rank.
-            sampler_seed = resume_seed(self.trainer)
             weights = self.train_set.object_balancing_weights()
-            sampler = WeightedRandomSampler(
-                weights, num_samples=len(weights), replacement=True,
-                generator=torch.Generator().manual_seed(torch.initial_seed() if sampler_seed is None else sampler_seed))
+            sampler = WeightedRandomSampler(weights, num_samples=len(weights), replacement=True,
+                                            generator=torch.Generator().manual_seed(run_seed(self.trainer)))
         return self._loader(self.train_set, shuffle=True, sampler=sampler, generator=generator)
 
     def val_dataloader(self) -> DataLoader:
