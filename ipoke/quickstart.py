@@ -402,14 +402,14 @@ def write_example_image(path: Path, data_dir: Path, poker: Any, *, side: int = 2
 
     # The first clip whose poke is on the object: a background poke (nothing moves) would be a poor showcase. With
     # few videos (--videos 12) every test clip can be one: the val split's clips are tried next.
-    clip = None
+    clip, split_clips = None, {}
     for split in EVALUATION_SPLITS:
-        clips = poker.evaluation_clips(data_dir, split=split, seed=42, max_clips=max_clips)
+        clips = split_clips[split] = poker.evaluation_clips(data_dir, split=split, seed=42, max_clips=max_clips)
         clip = next((clips[i] for i in range(len(clips)) if not bool(clips[i]["background_poke"])), None)
         if clip is not None:
             break
     if clip is None:
-        clip = poker.evaluation_clips(data_dir, split="test", seed=42, max_clips=max_clips)[0]
+        clip = split_clips["test"][0]
         _log("note: every held-out clip is a background poke (few --videos), so the example poke hits the background")
     frame = ((clip["video"][0].permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
     write_image_file(path, cv2.resize(frame, (side, side), interpolation=cv2.INTER_CUBIC))
